@@ -1,0 +1,187 @@
+// Package agent composes the wgpulse agent from its packages: the config
+// file, the registry, the HTTP endpoints and the reload loop. cmd/wgpulse
+// only parses flags and calls into it.
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/wgpulse/wgpulse/collector"
+)
+
+// Config is the whole configuration file. Every section is optional.
+type Config struct {
+	Collector collector.Config `yaml:"collector"`
+}
+
+// DefaultConfig is what the agent runs with when there is no config file.
+func DefaultConfig() Config {
+	return Config{Collector: collector.DefaultConfig()}
+}
+
+// section is a validated part of the file, at a YAML key.
+type section struct {
+	key      string
+	validate func() error
+}
+
+func (c *Config) sections() []section {
+	return []section{
+		{"collector", c.Collector.Validate},
+	}
+}
+
+// LoadFile reads and validates a config file. An empty path means defaults.
+func LoadFile(path string) (Config, error) {
+	if path == "" {
+		return DefaultConfig(), nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("reading config file: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes YAML over the defaults, rejecting unknown keys, then
+// validates every section. Errors read "FILE:LINE: section.field: problem".
+func Parse(data []byte, filename string) (Config, error) {
+	cfg := DefaultConfig()
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return Config{}, yamlError(filename, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, yamlError(filename, err)
+	}
+	var errs []error
+	for _, s := range cfg.sections() {
+		err := s.validate()
+		if err == nil {
+			continue
+		}
+		for _, e := range unjoin(err) {
+			var fe *collector.FieldError
+			if !errors.As(e, &fe) {
+				errs = append(errs, fmt.Errorf("%s: %s: %w", filename, s.key, e))
+				continue
+			}
+			path := s.key + "." + fe.Field
+			loc := filename
+			if line := lineOf(&root, path); line > 0 {
+				loc = fmt.Sprintf("%s:%d", filename, line)
+			}
+			errs = append(errs, fmt.Errorf("%s: %s: %s", loc, path, fe.Msg))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}
+
+var (
+	yamlLine     = regexp.MustCompile(`^line (\d+): (.*)$`)
+	unknownField = regexp.MustCompile(`^field (\S+) not found in type (\S+)$`)
+)
+
+// yamlError rewrites yaml.v3 errors as "FILE:LINE: problem", one per line.
+func yamlError(filename string, err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := yamlLine.FindStringSubmatch(msg); m != nil {
+			return fmt.Errorf("%s:%s: %s", filename, m[1], m[2])
+		}
+		return fmt.Errorf("%s: %s", filename, msg)
+	}
+	var errs []error
+	for _, e := range te.Errors {
+		m := yamlLine.FindStringSubmatch(e)
+		if m == nil {
+			errs = append(errs, fmt.Errorf("%s: %s", filename, e))
+			continue
+		}
+		msg := m[2]
+		if u := unknownField.FindStringSubmatch(msg); u != nil {
+			sec := strings.TrimSuffix(u[2], ".Config")
+			if sec == "agent" {
+				sec = "top level"
+			}
+			msg = fmt.Sprintf("unknown field %q in %s section; check the spelling against the README's config reference", u[1], sec)
+		}
+		errs = append(errs, fmt.Errorf("%s:%s: %s", filename, m[1], msg))
+	}
+	return errors.Join(errs...)
+}
+
+// lineOf finds the line of a dotted path such as "collector.devices[1]" or
+// "collector.peer_names"; it returns the deepest line found, 0 for none.
+func lineOf(root *yaml.Node, path string) int {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := 0
+	for _, part := range strings.Split(path, ".") {
+		name, idx := part, -1
+		if i := strings.IndexByte(part, '['); i >= 0 && strings.HasSuffix(part, "]") {
+			name = part[:i]
+			if v, err := strconv.Atoi(part[i+1 : len(part)-1]); err == nil {
+				idx = v
+			}
+		}
+		next := mapValue(n, name)
+		if next == nil {
+			return line
+		}
+		line = next.Line
+		n = next
+		if idx >= 0 {
+			if n.Kind != yaml.SequenceNode || idx >= len(n.Content) {
+				return line
+			}
+			n = n.Content[idx]
+			line = n.Line
+		}
+	}
+	return line
+}
+
+func mapValue(n *yaml.Node, key string) *yaml.Node {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			// Point at the key's line; for block values that is where the
+			// user looks.
+			v := n.Content[i+1]
+			if v.Kind == yaml.ScalarNode {
+				return v
+			}
+			c := *v
+			c.Line = n.Content[i].Line
+			return &c
+		}
+	}
+	return nil
+}

@@ -1,0 +1,437 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// WGClient is the part of wgctrl the collector uses. *wgctrl.Client reads
+// kernel devices over generic netlink and userspace devices over UAPI.
+type WGClient interface {
+	Device(name string) (*wgtypes.Device, error)
+}
+
+// LinkHandle is the part of a netlink handle the collector uses: listing
+// links finds kernel WireGuard devices and every link's MTU.
+type LinkHandle interface {
+	LinkList() ([]netlink.Link, error)
+}
+
+var (
+	_ WGClient   = (*wgctrl.Client)(nil)
+	_ LinkHandle = (*netlink.Handle)(nil)
+)
+
+// UAPIDir is where userspace WireGuard implementations put their sockets.
+const UAPIDir = "/var/run/wireguard"
+
+// Options are the transports of a Collector. Zero fields get the real ones.
+type Options struct {
+	Client WGClient
+	Links  LinkHandle
+	// ListUAPI lists userspace device names (default: sockets in UAPIDir).
+	ListUAPI func() ([]string, error)
+	Now      func() time.Time
+}
+
+// Collector polls WireGuard devices, tracks per-peer endpoint changes and
+// publishes Snapshots. It is also a prometheus.Collector (see metrics.go).
+type Collector struct {
+	logger   *slog.Logger
+	client   WGClient
+	links    LinkHandle
+	listUAPI func() ([]string, error)
+	now      func() time.Time
+
+	mu    sync.Mutex // guards cfg and names (changed by ApplyConfig)
+	cfg   Config
+	names map[string]string
+
+	snap atomic.Pointer[Snapshot]
+	subs struct {
+		sync.Mutex
+		chans []chan *Snapshot
+	}
+
+	// Owned by the poll goroutine.
+	tracks  map[string]*deviceTrack
+	errKind map[string]string // device -> last logged error kind, "" = ok
+
+	self selfMetrics
+}
+
+type deviceTrack struct {
+	peers map[wgtypes.Key]*peerTrack
+}
+
+type peerTrack struct {
+	key        string
+	endpoint   netip.AddrPort
+	endpointS  string
+	changes    uint64
+	lastChange time.Time
+	allowed    []netip.Prefix
+	allowedS   []string
+	seen       uint64
+}
+
+// New returns a Collector for cfg. It does not poll until Run or Poll is called.
+func New(cfg Config, logger *slog.Logger, opts Options) (*Collector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	names, err := LoadPeerNames(cfg.PeerNames, cfg.PeerNamesFiles)
+	if err != nil {
+		return nil, err
+	}
+	c := &Collector{
+		logger:   logger,
+		client:   opts.Client,
+		links:    opts.Links,
+		listUAPI: opts.ListUAPI,
+		now:      opts.Now,
+		cfg:      cfg,
+		names:    names,
+		tracks:   make(map[string]*deviceTrack),
+		errKind:  make(map[string]string),
+		self:     newSelfMetrics(),
+	}
+	if c.listUAPI == nil {
+		c.listUAPI = listUAPISockets
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return c, nil
+}
+
+// ApplyConfig swaps the configuration (on SIGHUP). Names files are re-read.
+// On error the old configuration stays in force.
+func (c *Collector) ApplyConfig(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	names, err := LoadPeerNames(cfg.PeerNames, cfg.PeerNamesFiles)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.cfg, c.names = cfg, names
+	c.mu.Unlock()
+	return nil
+}
+
+// Latest returns the newest snapshot, or nil before the first poll.
+func (c *Collector) Latest() *Snapshot { return c.snap.Load() }
+
+// Subscribe returns a channel that always holds the newest snapshot; a slow
+// reader skips intermediate snapshots instead of blocking the poller.
+func (c *Collector) Subscribe() <-chan *Snapshot {
+	ch := make(chan *Snapshot, 1)
+	c.subs.Lock()
+	c.subs.chans = append(c.subs.chans, ch)
+	c.subs.Unlock()
+	if s := c.snap.Load(); s != nil {
+		ch <- s
+	}
+	return ch
+}
+
+// Run polls at the configured interval until ctx is done.
+func (c *Collector) Run(ctx context.Context) {
+	for {
+		c.Poll()
+		c.mu.Lock()
+		interval := c.cfg.PollInterval
+		c.mu.Unlock()
+		t := time.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Poll reads every watched device once and publishes a new Snapshot.
+// It must not be called concurrently with itself or Run.
+func (c *Collector) Poll() *Snapshot {
+	start := c.now()
+	c.mu.Lock()
+	cfg, names := c.cfg, c.names
+	c.mu.Unlock()
+
+	snap := &Snapshot{Time: start, Errors: map[string]error{}}
+	mtus, kernel, linkErr := c.readLinks()
+	devices, enumErr := c.deviceNames(cfg.Devices, kernel, linkErr)
+	if enumErr != nil {
+		snap.Errors[""] = enumErr
+		c.noteError("", enumErr)
+	} else {
+		c.noteOK("")
+	}
+
+	gen := uint64(start.UnixNano())
+	for _, name := range devices {
+		d, err := c.client.Device(name)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				err = fmt.Errorf("device %q not found (check collector.devices and that the interface exists): %w", name, err)
+			}
+			snap.Errors[name] = err
+			c.noteError(name, err)
+			continue
+		}
+		c.noteOK(name)
+		snap.Devices = append(snap.Devices, c.track(d, mtus[name], names, start, gen))
+	}
+	// Forget tracking state of devices no longer watched or present.
+	for name := range c.tracks {
+		if !slices.Contains(devices, name) {
+			delete(c.tracks, name)
+		}
+	}
+	for name := range c.errKind {
+		if name != "" && !slices.Contains(devices, name) {
+			delete(c.errKind, name)
+			c.self.up.DeleteLabelValues(name)
+		}
+	}
+	slices.SortFunc(snap.Devices, func(a, b Device) int { return strings.Compare(a.Name, b.Name) })
+
+	c.self.pollDuration.Observe(c.now().Sub(start).Seconds())
+	c.snap.Store(snap)
+	c.publish(snap)
+	return snap
+}
+
+func (c *Collector) publish(s *Snapshot) {
+	c.subs.Lock()
+	defer c.subs.Unlock()
+	for _, ch := range c.subs.chans {
+		select {
+		case <-ch:
+		default:
+		}
+		ch <- s
+	}
+}
+
+// track converts a wgctrl device into a Device, updating change detection.
+func (c *Collector) track(d *wgtypes.Device, mtu int, names map[string]string, now time.Time, gen uint64) Device {
+	dt := c.tracks[d.Name]
+	if dt == nil {
+		dt = &deviceTrack{peers: make(map[wgtypes.Key]*peerTrack, len(d.Peers))}
+		c.tracks[d.Name] = dt
+	}
+	out := Device{
+		Name:          d.Name,
+		Type:          deviceType(d.Type),
+		PublicKey:     d.PublicKey.String(),
+		ListenPort:    d.ListenPort,
+		MTU:           mtu,
+		Peers:         make([]Peer, len(d.Peers)),
+		listenPortStr: strconv.Itoa(d.ListenPort),
+	}
+	for i := range d.Peers {
+		p := &d.Peers[i]
+		pt := dt.peers[p.PublicKey]
+		if pt == nil {
+			pt = &peerTrack{key: p.PublicKey.String()}
+			dt.peers[p.PublicKey] = pt
+		}
+		pt.seen = gen
+		ep := udpAddrPort(p.Endpoint)
+		if ep != pt.endpoint {
+			if pt.endpoint.IsValid() && ep.IsValid() {
+				pt.changes++
+				pt.lastChange = now
+			}
+			pt.endpoint = ep
+			pt.endpointS = ""
+			if ep.IsValid() {
+				pt.endpointS = ep.String()
+			}
+		}
+		if !sameAllowed(pt.allowed, p.AllowedIPs) {
+			pt.allowed, pt.allowedS = allowedPrefixes(p.AllowedIPs)
+		}
+		hs := p.LastHandshakeTime
+		if hs.Unix() <= 0 {
+			hs = time.Time{}
+		}
+		out.Peers[i] = Peer{
+			PublicKey:           pt.key,
+			Name:                names[pt.key],
+			Endpoint:            ep,
+			LastHandshake:       hs,
+			ReceiveBytes:        p.ReceiveBytes,
+			TransmitBytes:       p.TransmitBytes,
+			PersistentKeepalive: p.PersistentKeepaliveInterval,
+			AllowedIPs:          pt.allowed,
+			EndpointChanges:     pt.changes,
+			LastEndpointChange:  pt.lastChange,
+			endpointStr:         pt.endpointS,
+			allowedStr:          pt.allowedS,
+		}
+	}
+	if len(dt.peers) != len(d.Peers) {
+		for k, pt := range dt.peers {
+			if pt.seen != gen {
+				delete(dt.peers, k)
+			}
+		}
+	}
+	return out
+}
+
+func deviceType(t wgtypes.DeviceType) string {
+	if t == wgtypes.Userspace {
+		return "userspace"
+	}
+	return "kernel"
+}
+
+func udpAddrPort(a *net.UDPAddr) netip.AddrPort {
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap := a.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func sameAllowed(have []netip.Prefix, ips []net.IPNet) bool {
+	if len(have) != len(ips) {
+		return false
+	}
+	for i := range ips {
+		if prefixOf(ips[i]) != have[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func prefixOf(n net.IPNet) netip.Prefix {
+	a, _ := netip.AddrFromSlice(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones)
+}
+
+func allowedPrefixes(ips []net.IPNet) ([]netip.Prefix, []string) {
+	ps := make([]netip.Prefix, len(ips))
+	ss := make([]string, len(ips))
+	for i := range ips {
+		ps[i] = prefixOf(ips[i])
+		ss[i] = ps[i].String()
+	}
+	return ps, ss
+}
+
+// readLinks lists links once per poll: every link's MTU, and the names of
+// kernel WireGuard devices (link type "wireguard").
+func (c *Collector) readLinks() (mtus map[string]int, kernel []string, err error) {
+	if c.links == nil {
+		return nil, nil, errors.New("no netlink handle")
+	}
+	links, err := c.links.LinkList()
+	if err != nil {
+		return nil, nil, err
+	}
+	mtus = make(map[string]int, len(links))
+	for _, l := range links {
+		a := l.Attrs()
+		mtus[a.Name] = a.MTU
+		if l.Type() == "wireguard" {
+			kernel = append(kernel, a.Name)
+		}
+	}
+	return mtus, kernel, nil
+}
+
+// deviceNames returns the devices to poll: the configured list, or every
+// kernel WireGuard link plus every userspace UAPI socket.
+func (c *Collector) deviceNames(configured, kernel []string, linkErr error) ([]string, error) {
+	var errs []error
+	if linkErr != nil {
+		errs = append(errs, fmt.Errorf("listing network links (device MTUs unknown): %w", linkErr))
+	}
+	if len(configured) > 0 {
+		return configured, errors.Join(errs...)
+	}
+	user, err := c.listUAPI()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("listing userspace WireGuard sockets in %s: %w", UAPIDir, err))
+	}
+	names := append(slices.Clip(kernel), user...)
+	slices.Sort(names)
+	return slices.Compact(names), errors.Join(errs...)
+}
+
+func listUAPISockets() ([]string, error) {
+	entries, err := os.ReadDir(UAPIDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Type()&os.ModeSocket != 0 && filepath.Ext(e.Name()) == ".sock" {
+			names = append(names, strings.TrimSuffix(e.Name(), ".sock"))
+		}
+	}
+	return names, nil
+}
+
+// noteError counts a failed read and logs it when the kind of failure
+// changes, not on every poll.
+func (c *Collector) noteError(device string, err error) {
+	c.self.errors.WithLabelValues(device).Inc()
+	c.self.deviceUp(device, 0)
+	kind := err.Error()
+	if errors.Is(err, os.ErrPermission) {
+		kind = "permission"
+	}
+	if c.errKind[device] == kind {
+		return
+	}
+	c.errKind[device] = kind
+	switch {
+	case kind == "permission":
+		c.logger.Error("permission denied reading WireGuard state: run wgpulse as root or grant CAP_NET_ADMIN (kernel devices) and read/write access to "+UAPIDir+" (userspace devices)",
+			"device", device, "err", err)
+	case device == "":
+		c.logger.Warn("cannot list WireGuard devices; polling what can be found", "err", err)
+	default:
+		c.logger.Warn("cannot read WireGuard device; other devices are still polled", "device", device, "err", err)
+	}
+}
+
+func (c *Collector) noteOK(device string) {
+	if device != "" {
+		c.self.deviceUp(device, 1)
+	}
+	if k, ok := c.errKind[device]; ok && k != "" {
+		c.logger.Info("WireGuard device readable again", "device", device)
+	}
+	c.errKind[device] = ""
+}

@@ -1,0 +1,83 @@
+// Package collector reads WireGuard device state (wgctrl for devices and
+// peers, netlink for link MTU), keeps the latest typed Snapshot, and exports
+// it as Prometheus metrics.
+package collector
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Config is the `collector:` section of the agent's configuration file.
+type Config struct {
+	// Devices limits polling to these devices; empty means every WireGuard
+	// device visible on the node (kernel devices via netlink, userspace
+	// devices via their UAPI sockets).
+	Devices []string `yaml:"devices"`
+	// PollInterval is how often devices are read. Endpoint changes (NAT
+	// rebinds, roaming) are detected by comparing consecutive polls.
+	PollInterval time.Duration `yaml:"poll_interval"`
+	// PeerNames maps a peer public key (base64) to a friendly name.
+	PeerNames map[string]string `yaml:"peer_names"`
+	// PeerNamesFiles is a glob of wg-quick style files; a `# Name = x`
+	// comment inside a [Peer] block names that peer. PeerNames wins.
+	PeerNamesFiles string `yaml:"peer_names_files"`
+}
+
+// DefaultConfig returns the configuration used when the file omits the section.
+func DefaultConfig() Config {
+	return Config{PollInterval: 5 * time.Second}
+}
+
+// MinPollInterval is the shortest poll interval accepted: polling faster only
+// burns CPU in the kernel and in wireguard-go.
+const MinPollInterval = 100 * time.Millisecond
+
+// FieldError is a configuration error tied to one field. Field is the YAML
+// path relative to the section (e.g. "poll_interval" or "peer_names[abc]"),
+// so the config loader can prefix the section and point at the line.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// Validate checks the configuration and names the offending field.
+func (c Config) Validate() error {
+	var errs []error
+	if c.PollInterval < MinPollInterval {
+		errs = append(errs, &FieldError{"poll_interval", fmt.Sprintf("must be at least %s, got %s", MinPollInterval, c.PollInterval)})
+	}
+	seen := make(map[string]bool, len(c.Devices))
+	for i, d := range c.Devices {
+		field := fmt.Sprintf("devices[%d]", i)
+		switch {
+		case d == "":
+			errs = append(errs, &FieldError{field, "device name must not be empty"})
+		case len(d) > 15:
+			errs = append(errs, &FieldError{field, fmt.Sprintf("device name %q is longer than 15 bytes (IFNAMSIZ)", d)})
+		case seen[d]:
+			errs = append(errs, &FieldError{field, fmt.Sprintf("device %q listed twice", d)})
+		}
+		seen[d] = true
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.PeerNames)) {
+		if _, err := wgtypes.ParseKey(k); err != nil {
+			// The key is not echoed: a mangled private key must not reach a log.
+			errs = append(errs, &FieldError{"peer_names", fmt.Sprintf("a key of %d characters (named %q) is not a base64 WireGuard public key of 44 characters", len(k), c.PeerNames[k])})
+		}
+	}
+	if c.PeerNamesFiles != "" {
+		if _, err := filepath.Match(c.PeerNamesFiles, ""); err != nil {
+			errs = append(errs, &FieldError{"peer_names_files", fmt.Sprintf("bad glob %q: %v", c.PeerNamesFiles, err)})
+		}
+	}
+	return errors.Join(errs...)
+}

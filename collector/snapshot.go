@@ -1,0 +1,86 @@
+package collector
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Snapshot is one poll of every watched device. It is immutable once
+// published: consumers (the exporter, the prober's auto-targets, the
+// remediator) may keep and read it from any goroutine.
+type Snapshot struct {
+	// Time is when the poll started.
+	Time time.Time
+	// Devices holds the devices read successfully, sorted by name.
+	Devices []Device
+	// Errors holds the devices that could not be read in this poll, by name.
+	Errors map[string]error
+}
+
+// Device is one WireGuard interface. Private keys are never copied here.
+type Device struct {
+	Name       string
+	Type       string // "kernel" or "userspace"
+	PublicKey  string // base64
+	ListenPort int
+	// MTU is the link MTU read through netlink; 0 when the link is not visible
+	// from this network namespace.
+	MTU   int
+	Peers []Peer
+
+	listenPortStr string
+}
+
+// Peer is one peer of a device. Preshared keys are never copied here.
+type Peer struct {
+	PublicKey string // base64
+	// Name is the friendly name from collector.peer_names or a wg-quick file;
+	// empty when the peer is unnamed.
+	Name string
+	// Endpoint is the peer's current UDP endpoint; invalid when unknown.
+	Endpoint netip.AddrPort
+	// LastHandshake is zero when the peer never completed a handshake.
+	LastHandshake       time.Time
+	ReceiveBytes        int64
+	TransmitBytes       int64
+	PersistentKeepalive time.Duration // 0 = off
+	AllowedIPs          []netip.Prefix
+	// EndpointChanges counts polls in which the endpoint differed from the
+	// previous poll (NAT rebind or roaming). The first endpoint seen is not a
+	// change. Changes that revert between two polls are not seen.
+	EndpointChanges    uint64
+	LastEndpointChange time.Time // zero when never changed
+
+	// Exposition cache, shared with the peer's tracking state and rebuilt only
+	// when the underlying value changes, so a scrape does not format strings.
+	endpointStr string
+	allowedStr  []string
+}
+
+// Device returns the named device and true, or false when it was not read.
+func (s *Snapshot) Device(name string) (*Device, bool) {
+	for i := range s.Devices {
+		if s.Devices[i].Name == name {
+			return &s.Devices[i], true
+		}
+	}
+	return nil, false
+}
+
+// HandshakeAge returns how long ago the last handshake completed, and false
+// when the peer never completed one.
+func (p *Peer) HandshakeAge(now time.Time) (time.Duration, bool) {
+	if p.LastHandshake.IsZero() {
+		return 0, false
+	}
+	return now.Sub(p.LastHandshake), true
+}
+
+// unixSeconds is t as fractional Unix seconds, and 0 for the zero time
+// (a peer that never handshook is 0, never "now minus the epoch").
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}
