@@ -155,10 +155,10 @@ wireguard_peer_transmit_bytes_total{device="wg0",name="",public_key="%[2]s"} 0
 		"wireguard_peer_allowed_ips_info", "wireguard_peer_endpoint_changes_total", "wireguard_peer_info",
 		"wireguard_peer_last_endpoint_change_seconds", "wireguard_peer_last_handshake_seconds",
 		"wireguard_peer_persistent_keepalive_seconds", "wireguard_peer_receive_bytes_total", "wireguard_peer_transmit_bytes_total"}
-	if err := testutil.CollectAndCompare(col, strings.NewReader(want), names...); err != nil {
+	if err := testutil.GatherAndCompare(gatherer(t, col), strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
-	problems, err := testutil.CollectAndLint(col)
+	problems, err := testutil.GatherAndLint(gatherer(t, col))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,8 +183,7 @@ func TestPrivateKeysNeverExported(t *testing.T) {
 	col := newCollector(t, collector.DefaultConfig(), &fakeClient{devices: func(string) (*wgtypes.Device, error) { return dev, nil }}, &fakeLinks{}, []string{"wg0"}, nil)
 	col.Poll()
 	var out bytes.Buffer
-	reg := prometheusRegistry(t, col)
-	if err := writeText(reg, &out); err != nil {
+	if err := writeText(gatherer(t, col), &out); err != nil {
 		t.Fatal(err)
 	}
 	for _, secret := range []string{priv.String(), psk.String()} {
@@ -241,7 +240,7 @@ func TestEndpointChanges(t *testing.T) {
 # TYPE wireguard_peer_endpoint_changes_total counter
 wireguard_peer_endpoint_changes_total{device="wg0",name="",public_key="AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="} 2
 `
-	if err := testutil.CollectAndCompare(col, strings.NewReader(want), "wireguard_peer_endpoint_changes_total"); err != nil {
+	if err := testutil.GatherAndCompare(gatherer(t, col), strings.NewReader(want), "wireguard_peer_endpoint_changes_total"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -285,7 +284,7 @@ wgpulse_collector_errors_total{device="wg-a"} 3
 wgpulse_collector_device_up{device="wg-a"} 1
 wgpulse_collector_device_up{device="wg-b"} 1
 `
-	if err := testutil.CollectAndCompare(col, strings.NewReader(want), "wgpulse_collector_errors_total", "wgpulse_collector_device_up"); err != nil {
+	if err := testutil.GatherAndCompare(gatherer(t, col), strings.NewReader(want), "wgpulse_collector_errors_total", "wgpulse_collector_device_up"); err != nil {
 		t.Fatal(err)
 	}
 	if n := strings.Count(logs.String(), "cannot read WireGuard device"); n != 1 {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -102,6 +103,9 @@ type Agent struct {
 	done   chan struct{}
 }
 
+// Pid is the agent's process id (`ip netns exec` execs the agent in place).
+func (a *Agent) Pid() int { return a.cmd.Process.Pid }
+
 // Logs returns everything the agent wrote to stdout and stderr so far.
 func (a *Agent) Logs() string {
 	a.logMu.Lock()
@@ -124,7 +128,10 @@ func StartAgent(t testing.TB, bin, ns, addr string, flags ...string) *Agent {
 	t.Helper()
 	a := &Agent{NS: ns, Addr: addr, Scheme: "http", done: make(chan struct{})}
 	a.Client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: DialContextIn(ns)}}
-	args := append([]string{"--web.listen-address=" + addr, "--log.level=debug"}, flags...)
+	args := append([]string{"--web.listen-address=" + addr}, flags...)
+	if !slices.ContainsFunc(flags, func(f string) bool { return strings.HasPrefix(f, "--log.level") }) {
+		args = append(args, "--log.level=debug")
+	}
 	a.cmd = Command(ns, bin, args...)
 	a.cmd.Stdout, a.cmd.Stderr = lockedWriter{a}, lockedWriter{a}
 	if err := a.cmd.Start(); err != nil {

@@ -121,6 +121,12 @@ func (a *Agent) Close() error {
 // Registry is the agent's own registry (not the global one).
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
+// Gatherer is everything the agent exposes: its registry plus the
+// collector's snapshot families.
+func (a *Agent) Gatherer() prometheus.Gatherer {
+	return collector.Gatherers{a.registry, a.collector}
+}
+
 // Collector is the agent's WireGuard collector.
 func (a *Agent) Collector() *collector.Collector { return a.collector }
 
@@ -146,12 +152,14 @@ func (a *Agent) Reload() error {
 // Handler serves the telemetry path, health, readiness and the landing page.
 func (a *Agent) Handler() (http.Handler, error) {
 	mux := http.NewServeMux()
-	metrics := promhttp.InstrumentMetricHandler(a.registry, promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{
+	metrics := promhttp.InstrumentMetricHandler(a.registry, newGzipHandler(promhttp.HandlerFor(a.Gatherer(), promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(a.logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: 4,
-		Timeout:             30 * time.Second,
-	}))
+		// No Timeout: it wraps http.TimeoutHandler, which buffers the whole
+		// body (11 MB at 10,000 peers). Scrapes only read a snapshot.
+		DisableCompression:  true, // done by newGzipHandler at BestSpeed
+	})))
 	mux.Handle(a.opts.TelemetryPath, metrics)
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "wgpulse is healthy.")

@@ -1,0 +1,293 @@
+package agent_test
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgpulse/wgpulse/cmd/internal/agent"
+	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/deploy/lab"
+)
+
+func TestMain(m *testing.M) {
+	lab.RunChild()
+	os.Exit(m.Run())
+}
+
+// benchDevice is one userspace WireGuard device in its own namespace with n
+// peers configured through wgctrl (endpoints set, never reachable).
+type benchDevice struct {
+	ns    string
+	dev   string
+	wg    *wgctrl.Client
+	links *netlink.Handle
+}
+
+var benchDevices = map[int]*benchDevice{}
+
+func setupBenchDevice(b *testing.B, n int) *benchDevice {
+	b.Helper()
+	lab.Require(b)
+	if d, ok := benchDevices[n]; ok {
+		return d
+	}
+	p := lab.UniquePrefix()
+	ns, dev := "wgpl-b"+p, "wb"+p+strconv.Itoa(n/1000)
+	if err := lab.AddNetns(ns); err != nil {
+		b.Fatal(err)
+	}
+	logDir, err := os.MkdirTemp("", "wgpulse-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	proc, err := lab.StartNode(ns, dev, 1420, logDir, false)
+	if err != nil {
+		_ = lab.DelNetns(ns)
+		b.Fatal(err)
+	}
+	// Devices live for the whole benchmark binary; remove them at the end of
+	// the top-level benchmark that created them.
+	b.Cleanup(func() {
+		proc.Stop()
+		_ = lab.DelNetns(ns)
+		os.RemoveAll(logDir)
+		delete(benchDevices, n)
+	})
+	wg, err := wgctrl.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	priv, _ := wgtypes.GeneratePrivateKey()
+	peers := make([]wgtypes.PeerConfig, n)
+	ka := 25 * time.Second
+	for i := range peers {
+		k, _ := wgtypes.GeneratePrivateKey()
+		peers[i] = wgtypes.PeerConfig{
+			PublicKey:                   k.PublicKey(),
+			Endpoint:                    &net.UDPAddr{IP: net.IPv4(198, 18, byte(i>>8), byte(i)), Port: 51820},
+			AllowedIPs:                  []net.IPNet{{IP: net.IPv4(10, 128+byte(i>>16), byte(i>>8), byte(i)), Mask: net.CIDRMask(32, 32)}},
+			PersistentKeepaliveInterval: &ka,
+		}
+		if i%2 == 0 { // half the peers also carry an IPv6 prefix
+			peers[i].AllowedIPs = append(peers[i].AllowedIPs, net.IPNet{IP: net.ParseIP(fmt.Sprintf("fd00::%x", i)), Mask: net.CIDRMask(128, 128)})
+		}
+	}
+	if err := wg.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &priv, Peers: peers}); err != nil {
+		b.Fatal(err)
+	}
+	nsh, err := netns.GetFromName(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := &benchDevice{ns: ns, dev: dev, wg: wg, links: h}
+	benchDevices[n] = d
+	return d
+}
+
+var sizes = []int{1000, 10000}
+
+// BenchmarkDeviceRead is the bare wgctrl Device() call: the floor for a poll.
+func BenchmarkDeviceRead(b *testing.B) {
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+			d := setupBenchDevice(b, n)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := d.wg.Device(d.dev); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPoll is a full poll: device read + netlink MTU + snapshot + change detection.
+func BenchmarkPoll(b *testing.B) {
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+			d := setupBenchDevice(b, n)
+			c, err := collector.New(collector.Config{PollInterval: time.Second, Devices: []string{d.dev}},
+				slog.New(slog.DiscardHandler), collector.Options{Client: d.wg, Links: d.links})
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Poll()
+			b.ReportAllocs()
+			for b.Loop() {
+				if s := c.Poll(); len(s.Devices) != 1 || len(s.Devices[0].Peers) != n {
+					b.Fatalf("poll saw %d devices, errors %v", len(s.Devices), s.Errors)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkScrape is a full HTTP /metrics scrape of the agent's handler over
+// loopback, as Prometheus does it (uncompressed text and gzip). It reports
+// RSS and RSS growth over the measured scrapes.
+func BenchmarkScrape(b *testing.B) {
+	for _, n := range sizes {
+		for _, gz := range []bool{false, true} {
+			b.Run(fmt.Sprintf("peers=%d/gzip=%t", n, gz), func(b *testing.B) {
+				d := setupBenchDevice(b, n)
+				a, err := agent.New(agent.Options{
+					Logger:    slog.New(slog.DiscardHandler),
+					Collector: collector.Options{Client: d.wg, Links: d.links},
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := a.Collector().ApplyConfig(collector.Config{PollInterval: time.Second, Devices: []string{d.dev}}); err != nil {
+					b.Fatal(err)
+				}
+				a.Collector().Poll()
+				h, err := a.Handler()
+				if err != nil {
+					b.Fatal(err)
+				}
+				srv := httptest.NewServer(h)
+				defer srv.Close()
+				client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+				scrapeOnce := func() int64 {
+					req, _ := http.NewRequest("GET", srv.URL+"/metrics", nil)
+					if gz {
+						req.Header.Set("Accept-Encoding", "gzip")
+					}
+					resp, err := client.Do(req)
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer resp.Body.Close()
+					nb, err := io.Copy(io.Discard, resp.Body)
+					if err != nil || resp.StatusCode != 200 {
+						b.Fatalf("scrape: %d %v", resp.StatusCode, err)
+					}
+					return nb
+				}
+				// Warm up, then measure RSS growth over the timed scrapes.
+				for range 3 {
+					scrapeOnce()
+				}
+				rss0 := rssMB(b)
+				var bytes int64
+				b.ReportAllocs()
+				for b.Loop() {
+					bytes = scrapeOnce()
+				}
+				rss1 := rssMB(b)
+				b.ReportMetric(float64(bytes)/1e6, "body-MB")
+				b.ReportMetric(rss1, "rss-MB")
+				b.ReportMetric(rss1-rss0, "rss-growth-MB")
+			})
+		}
+	}
+}
+
+func rssMB(b *testing.B) float64 {
+	runtime.GC()
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// BenchmarkAgentProcess runs the real wgpulse binary inside the device's
+// namespace and scrapes it b.N times with gzip, as Prometheus does. It reports
+// the agent's RSS after its first poll (rss-start), after one scrape, and at
+// the end: growth is end - start, drift is end - after-first-scrape (flat
+// memory means drift near 0). Run with -benchtime=60x for 60 scrapes.
+func BenchmarkAgentProcess(b *testing.B) {
+	bin := lab.BuildBinary(b, "./cmd/wgpulse")
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
+			d := setupBenchDevice(b, n)
+			dir := b.TempDir()
+			cfg := dir + "/wgpulse.yml"
+			if err := os.WriteFile(cfg, []byte("collector:\n  devices: ["+d.dev+"]\n  poll_interval: 5s\n"), 0o600); err != nil {
+				b.Fatal(err)
+			}
+			a := lab.StartAgent(b, bin, d.ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn")
+			pid := agentPid(b, a)
+			scrape := func() {
+				req, _ := http.NewRequest("GET", "http://"+a.Addr+"/metrics", nil)
+				req.Header.Set("Accept-Encoding", "gzip")
+				resp, err := a.Client.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Fatalf("scrape status %d", resp.StatusCode)
+				}
+			}
+			for {
+				if code, _, _ := a.Get("/-/ready"); code == 200 {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			rss0 := procRSSMB(b, pid)
+			scrape()
+			rss1 := procRSSMB(b, pid)
+			for b.Loop() {
+				scrape()
+			}
+			rss2 := procRSSMB(b, pid)
+			b.ReportMetric(rss0, "rss-start-MB")
+			b.ReportMetric(rss2, "rss-end-MB")
+			b.ReportMetric(rss2-rss0, "growth-MB")
+			b.ReportMetric(rss2-rss1, "drift-MB")
+		})
+	}
+}
+
+// agentPid finds the agent process: `ip netns exec` execs it, so the pid of
+// the command is the agent's.
+func agentPid(b *testing.B, a *lab.Agent) int {
+	b.Helper()
+	return a.Pid()
+}
+
+func procRSSMB(b *testing.B, pid int) float64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	b.Fatalf("no VmRSS for pid %d", pid)
+	return 0
+}
