@@ -158,7 +158,7 @@ func (a *Agent) Handler() (http.Handler, error) {
 		MaxRequestsInFlight: 4,
 		// No Timeout: it wraps http.TimeoutHandler, which buffers the whole
 		// body (11 MB at 10,000 peers). Scrapes only read a snapshot.
-		DisableCompression:  true, // done by newGzipHandler at BestSpeed
+		DisableCompression: true, // done by newGzipHandler at BestSpeed
 	})))
 	mux.Handle(a.opts.TelemetryPath, metrics)
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {

@@ -1,0 +1,133 @@
+package agent_test
+
+import (
+	"bytes"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgpulse/wgpulse/cmd/internal/agent"
+	"github.com/wgpulse/wgpulse/collector"
+)
+
+type fakeClient struct{}
+
+func (fakeClient) Device(name string) (*wgtypes.Device, error) {
+	return &wgtypes.Device{Name: name, Type: wgtypes.Userspace}, nil
+}
+
+func newAgent(t *testing.T, cfgFile string, logs *bytes.Buffer) *agent.Agent {
+	t.Helper()
+	a, err := agent.New(agent.Options{
+		ConfigFile: cfgFile,
+		Logger:     slog.New(slog.NewTextHandler(logs, nil)),
+		Collector:  collector.Options{Client: fakeClient{}, ListUAPI: func() ([]string, error) { return []string{"wg0"}, nil }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestReadyAfterFirstPoll(t *testing.T) {
+	a := newAgent(t, "", new(bytes.Buffer))
+	h, err := a.Handler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, _ := get("/-/ready"); code != http.StatusServiceUnavailable {
+		t.Errorf("ready before first poll: %d, want 503", code)
+	}
+	if code, _ := get("/-/healthy"); code != http.StatusOK {
+		t.Errorf("healthy: %d", code)
+	}
+	a.Collector().Poll()
+	if code, _ := get("/-/ready"); code != http.StatusOK {
+		t.Errorf("ready after first poll: %d, want 200", code)
+	}
+	code, body := get("/metrics")
+	if code != http.StatusOK || !strings.Contains(body, `wireguard_device_info{device="wg0"`) || !strings.Contains(body, "wgpulse_build_info") {
+		t.Errorf("metrics: %d\n%s", code, body)
+	}
+	if code, body := get("/"); code != http.StatusOK || !strings.Contains(body, "/metrics") {
+		t.Errorf("landing page: %d\n%s", code, body)
+	}
+}
+
+func TestGzipNegotiation(t *testing.T) {
+	a := newAgent(t, "", new(bytes.Buffer))
+	a.Collector().Poll()
+	h, _ := a.Handler()
+	for _, tc := range []struct{ accept, want string }{
+		{"gzip", "gzip"}, {"deflate, gzip;q=0.5", "gzip"}, {"gzip;q=0", ""}, {"", ""},
+	} {
+		req := httptest.NewRequest("GET", "/metrics", nil)
+		req.Header.Set("Accept-Encoding", tc.accept)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if got := rec.Header().Get("Content-Encoding"); got != tc.want {
+			t.Errorf("Accept-Encoding %q: Content-Encoding %q, want %q", tc.accept, got, tc.want)
+		}
+	}
+}
+
+func TestReloadKeepsRunningConfigOnError(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "wgpulse.yml")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("collector:\n  devices: [wg0]\n")
+	var logs bytes.Buffer
+	a := newAgent(t, file, &logs)
+	reloadOK := func() float64 {
+		mfs, err := a.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "wgpulse_config_last_reload_successful" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no wgpulse_config_last_reload_successful")
+		return 0
+	}
+	write("collector:\n  devices: [wg0]\n  bogus: 1\n")
+	if err := a.Reload(); err == nil || !strings.Contains(err.Error(), "wgpulse.yml:3") {
+		t.Fatalf("reload error = %v, want file:line", err)
+	}
+	if reloadOK() != 0 {
+		t.Error("failed reload not reported")
+	}
+	if got := a.Collector().Poll().Devices; len(got) != 1 || got[0].Name != "wg0" {
+		t.Errorf("running config lost after a bad reload: %+v", got)
+	}
+	write("collector:\n  devices: [wg1]\n")
+	if err := a.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if reloadOK() != 1 {
+		t.Error("good reload not reported")
+	}
+	if got := a.Collector().Poll().Devices; len(got) != 1 || got[0].Name != "wg1" {
+		t.Errorf("reloaded config not applied: %+v", got)
+	}
+	if n, err := testutil.GatherAndCount(a.Registry(), "wgpulse_config_last_reload_success_timestamp_seconds"); err != nil || n != 1 {
+		t.Errorf("reload timestamp series: %d %v", n, err)
+	}
+}
