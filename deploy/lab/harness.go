@@ -179,3 +179,31 @@ func (a *Agent) Get(path string) (int, string, error) {
 	b, err := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b), err
 }
+
+// Start builds a lab for a test with a unique prefix and removes it at
+// cleanup. It skips (or fails, under WGPULSE_REQUIRE_LAB=1) when the lab
+// cannot run here.
+func Start(t testing.TB, cfg Config) *Lab {
+	t.Helper()
+	Require(t)
+	if cfg.Prefix == "" {
+		cfg.Prefix = "t" + UniquePrefix()
+	}
+	l, err := Up(context.Background(), cfg, Options{Progress: testWriter{t}})
+	if err != nil {
+		t.Fatalf("lab up: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := l.Down(); err != nil {
+			t.Errorf("lab down: %v", err)
+		}
+	})
+	return l
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}

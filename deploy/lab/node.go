@@ -41,6 +41,12 @@ func RunChild() {
 			os.Exit(1)
 		}
 		os.Exit(0)
+	case "relay":
+		if err := runRelayChild(); err != nil {
+			fmt.Fprintf(os.Stderr, "relay: %v\n", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", envChild, os.Getenv(envChild))
 		os.Exit(2)
@@ -135,9 +141,10 @@ func startChild(ns, role string, env []string, logPath string, detached bool) (*
 }
 
 // StartNode starts a userspace WireGuard device named dev in namespace ns and
-// waits until its UAPI socket accepts configuration.
-func StartNode(ns, dev string, mtu int, logDir string, detached bool) (*Proc, error) {
-	p, err := startChild(ns, "wg-node", []string{envDevice + "=" + dev, envMTU + "=" + strconv.Itoa(mtu)},
+// waits until its UAPI socket accepts configuration. env is added to the
+// child's environment.
+func StartNode(ns, dev string, mtu int, logDir string, detached bool, env ...string) (*Proc, error) {
+	p, err := startChild(ns, "wg-node", append([]string{envDevice + "=" + dev, envMTU + "=" + strconv.Itoa(mtu)}, env...),
 		filepath.Join(logDir, dev+".log"), detached)
 	if err != nil {
 		return nil, fmt.Errorf("starting WireGuard node %s in %s: %w", dev, ns, err)
