@@ -407,7 +407,9 @@ func withWG(ns string, fn func(*wgctrl.Client) error) error {
 	return fn(c)
 }
 
-func host32(a string) net.IPNet { return net.IPNet{IP: net.ParseIP(a).To4(), Mask: net.CIDRMask(32, 32)} }
+func host32(a string) net.IPNet {
+	return net.IPNet{IP: net.ParseIP(a).To4(), Mask: net.CIDRMask(32, 32)}
+}
 
 func mustCIDR(s string) net.IPNet {
 	_, n, err := net.ParseCIDR(s)
