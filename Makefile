@@ -14,6 +14,7 @@ all: build
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o bin/wgpulse ./cmd/wgpulse
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/wgpulse-lab ./cmd/wgpulse-lab
 
 # deps installs what the tests need (Debian/Ubuntu, as root) or says what is missing.
 deps:
@@ -40,8 +41,10 @@ generate:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime=60x -timeout 30m ./...
 
+# demo: the lab plus an agent per site, with a fault timeline (root).
+# DEMO_FLAGS=--hold keeps it up for Prometheus/Grafana.
 demo: build
-	./bin/wgpulse --log.level=info
+	./bin/wgpulse-lab demo $(DEMO_FLAGS)
 
 clean:
 	rm -rf bin

@@ -130,6 +130,8 @@ type State struct {
 	Dir          string   `json:"dir"`
 	HubNamespace string   `json:"hub_namespace"`
 	HubLAN       string   `json:"hub_lan"`
+	// HubManagement is the hub's address reachable from the host, if any.
+	HubManagement string `json:"hub_management,omitempty"`
 	WanNamespace string   `json:"wan_namespace"`
 	Namespaces   []string `json:"namespaces"`
 	Sites        []Site   `json:"sites"`
@@ -202,6 +204,13 @@ func Up(ctx context.Context, cfg Config, opts Options) (l *Lab, err error) {
 		return l, err
 	}
 	mgmtOctet := 200 + int(hash8(p)%50)
+	if cfg.Management {
+		hub := Site{Name: "hub", Namespace: l.HubNamespace, Management: fmt.Sprintf("198.18.%d.%d", mgmtOctet, 4*len(cfg.Sites)+2)}
+		if err := l.mgmtVeth(p+"mhub", fmt.Sprintf("198.18.%d.%d", mgmtOctet, 4*len(cfg.Sites)+1), hub); err != nil {
+			return l, err
+		}
+		l.HubManagement = hub.Management
+	}
 	for i, s := range cfg.Sites {
 		site := Site{Name: s, Namespace: p + "-" + s, LAN: fmt.Sprintf("10.%d.0.0/16", 101+i)}
 		if err := addLANAddress(site.Namespace, fmt.Sprintf("10.%d.0.1", 101+i)); err != nil {
@@ -698,7 +707,7 @@ func DownPrefix(prefix string, st *State) error {
 func isLabMgmtLink(prefix, name string, st *State) bool {
 	site := strings.TrimPrefix(name, prefix+"m")
 	if st != nil {
-		return slices.Contains(st.Config.Sites, site)
+		return site == "hub" || slices.Contains(st.Config.Sites, site)
 	}
 	out, err := run("ip", "-d", "link", "show", name)
 	return err == nil && siteRE.MatchString(site) && strings.Contains(out, "veth")
