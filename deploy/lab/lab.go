@@ -126,19 +126,19 @@ type Site struct {
 
 // State is everything a lab made; `down` removes it, also after a crash.
 type State struct {
-	Config       Config   `json:"config"`
-	Dir          string   `json:"dir"`
-	HubNamespace string   `json:"hub_namespace"`
-	HubLAN       string   `json:"hub_lan"`
+	Config       Config `json:"config"`
+	Dir          string `json:"dir"`
+	HubNamespace string `json:"hub_namespace"`
+	HubLAN       string `json:"hub_lan"`
 	// HubManagement is the hub's address reachable from the host, if any.
-	HubManagement string `json:"hub_management,omitempty"`
-	WanNamespace string   `json:"wan_namespace"`
-	Namespaces   []string `json:"namespaces"`
-	Sites        []Site   `json:"sites"`
-	Tunnels      []Tunnel `json:"tunnels"`
-	Pids         []int    `json:"pids"`
-	RelayControl string   `json:"relay_control"`
-	Started      string   `json:"started"`
+	HubManagement string   `json:"hub_management,omitempty"`
+	WanNamespace  string   `json:"wan_namespace"`
+	Namespaces    []string `json:"namespaces"`
+	Sites         []Site   `json:"sites"`
+	Tunnels       []Tunnel `json:"tunnels"`
+	Pids          []int    `json:"pids"`
+	RelayControl  string   `json:"relay_control"`
+	Started       string   `json:"started"`
 }
 
 // Lab is a running lab.
