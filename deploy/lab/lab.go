@@ -203,7 +203,7 @@ func Up(ctx context.Context, cfg Config, opts Options) (l *Lab, err error) {
 	if err := addLANAddress(l.HubNamespace, "10.50.0.1"); err != nil {
 		return l, err
 	}
-	mgmtOctet := 200 + int(hash8(p)%50)
+	mgmtOctet := freeMgmtOctet(p)
 	if cfg.Management {
 		hub := Site{Name: "hub", Namespace: l.HubNamespace, Management: fmt.Sprintf("198.18.%d.%d", mgmtOctet, 4*len(cfg.Sites)+2)}
 		if err := l.mgmtVeth(p+"mhub", fmt.Sprintf("198.18.%d.%d", mgmtOctet, 4*len(cfg.Sites)+1), hub); err != nil {
@@ -279,6 +279,29 @@ func prefixAll(p string, ss []string) []string {
 		out[i] = p + s
 	}
 	return out
+}
+
+// freeMgmtOctet picks X for the management subnet 198.18.X.0/24: starting
+// from a hash of the prefix, the first X no host interface already uses, so
+// labs with different prefixes (parallel test packages) do not collide.
+func freeMgmtOctet(prefix string) int {
+	used := map[int]bool{}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok {
+				if ip4 := ipn.IP.To4(); ip4 != nil && ip4[0] == 198 && ip4[1] == 18 {
+					used[int(ip4[2])] = true
+				}
+			}
+		}
+	}
+	start := int(hash8(prefix) % 50)
+	for i := range 50 {
+		if x := 200 + (start+i)%50; !used[x] {
+			return x
+		}
+	}
+	return 200 + start
 }
 
 func hash8(s string) uint32 {
