@@ -1,0 +1,110 @@
+// Package prober measures every tunnel actively: ICMP echo through the
+// tunnel device for RTT, loss and jitter (the SLI), and DF probes of growing
+// size for the path MTU. Probes of all targets share one socket per device
+// and address family, demultiplexed by ICMP id, sequence and a payload nonce,
+// and timed with kernel receive timestamps.
+package prober
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/wgpulse/wgpulse/collector"
+)
+
+// Config is the `prober:` section.
+type Config struct {
+	// Enabled turns probing on (default true).
+	Enabled bool `yaml:"enabled"`
+	// Interval between probes of one target (default 1s).
+	Interval time.Duration `yaml:"interval"`
+	// Timeout after which a probe without reply is lost (default 2s).
+	Timeout time.Duration `yaml:"timeout"`
+	// Window over which wgpulse_probe_loss_ratio is computed (default 1m).
+	Window time.Duration `yaml:"window"`
+	// AutoTargets probes each peer's host AllowedIP (/32, /128) on every
+	// watched device (default true).
+	AutoTargets bool `yaml:"auto_targets"`
+	// Size is the ICMP payload size of SLI probes (default 56, as ping).
+	Size int `yaml:"size"`
+	// Targets are probed in addition to the auto-targets.
+	Targets []TargetConfig `yaml:"targets"`
+	PMTU    PMTUConfig     `yaml:"pmtu"`
+}
+
+// TargetConfig is one explicitly configured target.
+type TargetConfig struct {
+	Name     string        `yaml:"name"`
+	Address  string        `yaml:"address"`
+	Device   string        `yaml:"device"`
+	Size     int           `yaml:"size"`     // 0 = prober.size
+	Interval time.Duration `yaml:"interval"` // 0 = prober.interval
+}
+
+// PMTUConfig is the `prober.pmtu:` section (RFC 8899 style search).
+type PMTUConfig struct {
+	Enabled bool `yaml:"enabled"` // default true
+	// Min is where the search starts (default 1280; 1200 allowed for IPv4).
+	Min int `yaml:"min"`
+	// Interval between full searches (default 10m, RFC 8899 PMTU_RAISE_TIMER).
+	Interval time.Duration `yaml:"interval"`
+}
+
+// DefaultConfig returns the defaults: every peer probed once a second.
+func DefaultConfig() Config {
+	return Config{
+		Enabled: true, Interval: time.Second, Timeout: 2 * time.Second, Window: time.Minute,
+		AutoTargets: true, Size: 56,
+		PMTU: PMTUConfig{Enabled: true, Min: 1280, Interval: 10 * time.Minute},
+	}
+}
+
+// Validate names the offending field.
+func (c Config) Validate() error {
+	var errs []error
+	fe := func(field, format string, a ...any) {
+		errs = append(errs, &collector.FieldError{Field: field, Msg: fmt.Sprintf(format, a...)})
+	}
+	if c.Interval < 10*time.Millisecond {
+		fe("interval", "must be at least 10ms, got %s", c.Interval)
+	}
+	if c.Timeout <= 0 || c.Timeout > time.Minute {
+		fe("timeout", "must be between 1ns and 1m, got %s", c.Timeout)
+	}
+	if c.Window < c.Interval || c.Window > 24*time.Hour {
+		fe("window", "must be between prober.interval and 24h, got %s", c.Window)
+	}
+	if c.Size < 16 || c.Size > 65000 {
+		fe("size", "ICMP payload must be 16..65000 bytes, got %d", c.Size)
+	}
+	seen := map[string]bool{}
+	for i, t := range c.Targets {
+		f := func(sub string) string { return fmt.Sprintf("targets[%d].%s", i, sub) }
+		a, err := netip.ParseAddr(t.Address)
+		switch {
+		case err != nil:
+			fe(f("address"), "%q is not an IP address", t.Address)
+		case seen[t.Device+"|"+a.String()]:
+			fe(f("address"), "%s on %s listed twice", a, t.Device)
+		}
+		seen[t.Device+"|"+t.Address] = true
+		if t.Device == "" {
+			fe(f("device"), "required: the WireGuard device the probe must leave through")
+		}
+		if t.Size != 0 && (t.Size < 16 || t.Size > 65000) {
+			fe(f("size"), "ICMP payload must be 16..65000 bytes, got %d", t.Size)
+		}
+		if t.Interval != 0 && t.Interval < 10*time.Millisecond {
+			fe(f("interval"), "must be at least 10ms, got %s", t.Interval)
+		}
+	}
+	if c.PMTU.Min < 1200 || c.PMTU.Min > 9000 {
+		fe("pmtu.min", "must be 1200..9000 (1280 is the IPv6 minimum), got %d", c.PMTU.Min)
+	}
+	if c.PMTU.Interval < time.Minute {
+		fe("pmtu.interval", "must be at least 1m (RFC 8899 suggests 10m), got %s", c.PMTU.Interval)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,155 @@
+package prober
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// fakePath answers DF probes up to limit bytes; above localMTU the local
+// stack refuses them (EMSGSIZE). It counts probes per size.
+type fakePath struct {
+	limit, localMTU atomic.Int64
+	mu              sync.Mutex
+	sizes           []int
+}
+
+func (f *fakePath) probe(ctx context.Context, t Target, size int, timeout time.Duration, _ bool) (bool, bool, error) {
+	f.mu.Lock()
+	f.sizes = append(f.sizes, size)
+	f.mu.Unlock()
+	if m := f.localMTU.Load(); m > 0 && int64(size) > m {
+		return false, true, nil
+	}
+	if int64(size) <= f.limit.Load() {
+		time.Sleep(time.Millisecond)
+		return true, false, nil
+	}
+	select { // lost: the caller waits its timeout
+	case <-time.After(timeout):
+	case <-ctx.Done():
+	}
+	return false, false, nil
+}
+
+func pmtuConfig() Config {
+	cfg := testConfig()
+	cfg.PMTU.Enabled = true
+	cfg.PMTU.Min = 1200
+	return cfg
+}
+
+func TestPMTUSearchBlackHoleAndRecovery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		path := &fakePath{}
+		path.limit.Store(1232) // what mtu=1300 on a 1420 WireGuard device leaves
+		sli := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: time.Millisecond} })
+		p, cancel := runProber(t, pmtuConfig(), sli, path.probe, "10.0.0.1")
+		defer cancel()
+
+		time.Sleep(40 * time.Second)
+		synctest.Wait()
+		h := health(t, p, "10.0.0.1")
+		if h.PMTUState != "search_complete" || h.PathMTU > 1232 || h.PathMTU < 1232-pmtuResolution {
+			t.Fatalf("after the search: state %s PMTU %d, want search_complete within 20 bytes below 1232", h.PMTUState, h.PathMTU)
+		}
+		// PMTU probes are not SLI probes.
+		if sent := sli.sentTo(netip.MustParseAddr("10.0.0.1")); h.Probes > uint64(sent) || h.Failures != 0 {
+			t.Errorf("SLI counts %d probes / %d failures for %d SLI sends: PMTU probes leaked into the SLI", h.Probes, h.Failures, sent)
+		}
+
+		// The path MTU drops below the known PMTU: the confirmation probe
+		// fails and the search restarts at once, finding the new value.
+		path.limit.Store(1250 - 40)
+		time.Sleep(pmtuConfirm + 10*time.Second) // the confirmation fails: searching
+		synctest.Wait()
+		waitState(t, p, "10.0.0.1", "search_complete", 3*time.Minute)
+		h = health(t, p, "10.0.0.1")
+		if h.PMTUState != "search_complete" || h.PathMTU > 1210 || h.PathMTU < 1210-pmtuResolution {
+			t.Fatalf("after a black hole: state %s PMTU %d, want a new search to find <= 1210", h.PMTUState, h.PathMTU)
+		}
+
+		// Below prober.pmtu.min: the search reports an error, not a number.
+		path.limit.Store(1100)
+		waitState(t, p, "10.0.0.1", "error", 3*time.Minute)
+		if h = health(t, p, "10.0.0.1"); h.PathMTU != 0 {
+			t.Fatalf("PMTU below min: PMTU %d, want 0", h.PathMTU)
+		}
+	})
+}
+
+func TestPMTUCappedByEMSGSIZE(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		path := &fakePath{}
+		path.limit.Store(1400)
+		path.localMTU.Store(1350) // a route MTU below the device MTU
+		sli := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: time.Millisecond} })
+		p, cancel := runProber(t, pmtuConfig(), sli, path.probe, "10.0.0.1")
+		defer cancel()
+		time.Sleep(40 * time.Second)
+		synctest.Wait()
+		h := health(t, p, "10.0.0.1")
+		if h.PMTUState != "search_complete" || h.PathMTU > 1350 || h.PathMTU < 1350-pmtuResolution {
+			t.Fatalf("state %s PMTU %d, want within 20 bytes below the local limit 1350", h.PMTUState, h.PathMTU)
+		}
+		path.mu.Lock()
+		defer path.mu.Unlock()
+		tried := map[int]int{}
+		for _, s := range path.sizes {
+			if s > 1350 {
+				tried[s]++
+			}
+		}
+		for size, n := range tried {
+			if n > 1 {
+				t.Errorf("size %d refused with EMSGSIZE was probed %d times: a refused size must not be retried", size, n)
+			}
+		}
+	})
+}
+
+func TestPMTUWaitsWhileThePathIsDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		path := &fakePath{}
+		path.limit.Store(1420)
+		sli := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{drop: true} })
+		p, cancel := runProber(t, pmtuConfig(), sli, path.probe, "10.0.0.1")
+		defer cancel()
+		time.Sleep(40 * time.Second)
+		synctest.Wait()
+		if h := health(t, p, "10.0.0.1"); h.PMTUState != "base" {
+			t.Errorf("state %s while the path is down, want base (no verdict on a dead path)", h.PMTUState)
+		}
+		if len(path.sizes) != 0 {
+			t.Errorf("%d PMTU probes sent into a dead path", len(path.sizes))
+		}
+	})
+}
+
+func TestMaxProbes(t *testing.T) {
+	for _, tc := range []struct {
+		loss float64
+		want int
+	}{{0, 3}, {0.05, 3}, {0.2, 5}, {0.4, 8}, {0.6, 10}} {
+		if got := maxProbes(tc.loss); got != tc.want {
+			t.Errorf("maxProbes(%v) = %d, want %d", tc.loss, got, tc.want)
+		}
+	}
+}
+
+// waitState advances fake time in steps until the target's PMTU state is want.
+func waitState(t *testing.T, p *Prober, addr, want string, limit time.Duration) {
+	t.Helper()
+	for waited := time.Duration(0); waited < limit; waited += time.Second {
+		if health(t, p, addr).PMTUState == want {
+			return
+		}
+		time.Sleep(time.Second)
+		synctest.Wait()
+	}
+	t.Fatalf("PMTU state %s after %s, want %s", health(t, p, addr).PMTUState, limit, want)
+}

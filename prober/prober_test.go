@@ -1,0 +1,325 @@
+package prober
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// fakeNet is a fake of the ICMP transport: each destination answers (or not)
+// according to behave, after a delay, on the fake clock of a synctest bubble.
+type fakeNet struct {
+	behave func(dst netip.Addr, n int) fakeReply // n: how many probes this dst got before
+	mu     sync.Mutex
+	sent   map[netip.Addr]int
+	conns  []*fakeConn
+}
+
+type fakeReply struct {
+	drop   bool
+	delay  time.Duration
+	dups   int
+	from   netip.Addr // reply source if set (a spoofed or misrouted reply)
+	seq    int        // reply with this sequence number instead, if >= 0 and set by seqSet
+	seqSet bool
+}
+
+type fakeConn struct {
+	net     *fakeNet
+	replies chan reply
+	done    chan struct{}
+	once    sync.Once
+}
+
+func newFakeNet(behave func(netip.Addr, int) fakeReply) *fakeNet {
+	return &fakeNet{behave: behave, sent: map[netip.Addr]int{}}
+}
+
+func (f *fakeNet) open(device string, v6 bool) (conn, error) {
+	c := &fakeConn{net: f, replies: make(chan reply, 1024), done: make(chan struct{})}
+	f.mu.Lock()
+	f.conns = append(f.conns, c)
+	f.mu.Unlock()
+	return c, nil
+}
+
+func (f *fakeNet) sentTo(a netip.Addr) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sent[a]
+}
+
+func (c *fakeConn) send(dst netip.Addr, id, seq uint16, payload []byte) error {
+	c.net.mu.Lock()
+	n := c.net.sent[dst]
+	c.net.sent[dst]++
+	c.net.mu.Unlock()
+	b := c.net.behave(dst, n)
+	if b.drop {
+		return nil
+	}
+	src := dst
+	if b.from.IsValid() {
+		src = b.from
+	}
+	if b.seqSet {
+		seq = uint16(b.seq)
+	}
+	p := append([]byte(nil), payload...)
+	for range 1 + b.dups {
+		time.AfterFunc(b.delay, func() {
+			select {
+			case c.replies <- reply{src: src, id: id, seq: seq, payload: p, at: time.Now()}:
+			case <-c.done:
+			}
+		})
+	}
+	return nil
+}
+
+func (c *fakeConn) recv([]byte) (reply, error) {
+	select {
+	case r := <-c.replies:
+		return r, nil
+	case <-c.done:
+		return reply{}, errClosed
+	}
+}
+
+func (c *fakeConn) echoID() uint16   { return 0x4242 }
+func (c *fakeConn) privileged() bool { return true }
+func (c *fakeConn) close() error     { c.once.Do(func() { close(c.done) }); return nil }
+
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.PMTU.Enabled = false
+	cfg.Window = 10 * time.Second
+	return cfg
+}
+
+// runProber starts a prober inside the bubble with targets on device wg0.
+func runProber(t *testing.T, cfg Config, fn *fakeNet, pmtu pmtuProbeFunc, addrs ...string) (*Prober, context.CancelFunc) {
+	t.Helper()
+	p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: fn.open, PMTUProbe: pmtu})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go p.Run(ctx)
+	var ts []Target
+	for i, a := range addrs {
+		ts = append(ts, Target{Device: "wg0", Address: netip.MustParseAddr(a), PublicKey: fmt.Sprintf("key%d", i), Name: "peer-" + a, DeviceMTU: 1420})
+	}
+	p.SetTargets(ts)
+	return p, cancel
+}
+
+func health(t *testing.T, p *Prober, addr string) Health {
+	t.Helper()
+	for _, h := range p.Health() {
+		if h.Target.Address.String() == addr {
+			return h
+		}
+	}
+	t.Fatalf("no target %s", addr)
+	return Health{}
+}
+
+func counterValue(t *testing.T, c *prometheus.CounterVec, addr string) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 1024)
+	go func() { c.Collect(ch); close(ch) }()
+	var v float64
+	for m := range ch {
+		var d dto.Metric
+		_ = m.Write(&d)
+		for _, l := range d.GetLabel() {
+			if l.GetName() == "target" && l.GetValue() == addr {
+				v = d.GetCounter().GetValue()
+			}
+		}
+	}
+	return v
+}
+
+// TestEveryProbeEndsExactlyOnce: fast, slow (late) and duplicating targets.
+// Every sent probe ends once, in-flight probes are not counted, late and
+// duplicate replies are counted apart.
+func TestEveryProbeEndsExactlyOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fn := newFakeNet(func(dst netip.Addr, n int) fakeReply {
+			switch dst.String() {
+			case "10.0.0.1":
+				return fakeReply{delay: 10 * time.Millisecond}
+			case "10.0.0.2": // answers after the 2 s timeout: lost, then late
+				return fakeReply{delay: 3 * time.Second}
+			case "10.0.0.3": // every reply arrives twice
+				return fakeReply{delay: 5 * time.Millisecond, dups: 1}
+			default: // never answers
+				return fakeReply{drop: true}
+			}
+		})
+		p, cancel := runProber(t, testConfig(), fn, nil, "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
+		defer cancel()
+		time.Sleep(20*time.Second + 500*time.Millisecond)
+		synctest.Wait()
+
+		m := p.metrics
+		for _, tc := range []struct {
+			addr                      string
+			success, late, dups, lost bool
+		}{
+			{"10.0.0.1", true, false, false, false},
+			{"10.0.0.2", false, true, false, true},
+			{"10.0.0.3", true, false, true, false},
+			{"10.0.0.4", false, false, false, true},
+		} {
+			h := health(t, p, tc.addr)
+			sent := uint64(fn.sentTo(netip.MustParseAddr(tc.addr)))
+			// Probes sent in the last timeout (2 s) may still be in flight.
+			if h.Probes > sent || h.Probes+2 < sent || sent < 19 {
+				t.Errorf("%s: %d probes finished of %d sent; want all but those within the 2s timeout", tc.addr, h.Probes, sent)
+			}
+			if tc.success && (h.Failures != 0 || h.LossRatio != 0 || !h.Up) {
+				t.Errorf("%s: failures %d loss %v up %v, want a clean target", tc.addr, h.Failures, h.LossRatio, h.Up)
+			}
+			if tc.lost && (h.Failures != h.Probes || h.Up || h.LossRatio != 1) {
+				t.Errorf("%s: failures %d of %d, loss %v, up %v; want all lost", tc.addr, h.Failures, h.Probes, h.LossRatio, h.Up)
+			}
+			late := counterValue(t, m.late, tc.addr)
+			if tc.late && (late < float64(h.Failures)-1 || late > float64(h.Failures)) {
+				t.Errorf("%s: %v late replies for %d lost probes answered after 3s", tc.addr, late, h.Failures)
+			}
+			if !tc.late && late != 0 {
+				t.Errorf("%s: %v late replies, want 0", tc.addr, late)
+			}
+			dups := counterValue(t, m.dups, tc.addr)
+			if tc.dups && dups != float64(h.Probes) {
+				t.Errorf("%s: %v duplicates for %d answered probes", tc.addr, dups, h.Probes)
+			}
+			if !tc.dups && dups != 0 {
+				t.Errorf("%s: %v duplicates, want 0", tc.addr, dups)
+			}
+			if got := counterValue(t, m.probes, tc.addr); got != float64(h.Probes) {
+				t.Errorf("%s: wgpulse_probes_total %v != %d", tc.addr, got, h.Probes)
+			}
+		}
+	})
+}
+
+// TestRepliesNeverMixAcrossTargets: 300 targets on one shared socket, each
+// answering with its own loss pattern; some replies come from the wrong
+// address or carry another probe's sequence number. Each target's counts must
+// be exactly its own.
+func TestRepliesNeverMixAcrossTargets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n = 300
+		var addrs []string
+		for i := range n {
+			addrs = append(addrs, fmt.Sprintf("10.1.%d.%d", i/250, i%250+1))
+		}
+		fn := newFakeNet(func(dst netip.Addr, k int) fakeReply {
+			i := int(dst.As4()[2])*250 + int(dst.As4()[3]) - 1
+			switch {
+			case i%3 == 0 && k%2 == 1: // every other probe of every third target is lost
+				return fakeReply{drop: true}
+			case i%7 == 0 && k%4 == 3: // spoofed: the reply claims to come from another target
+				return fakeReply{delay: time.Millisecond, from: netip.MustParseAddr("10.1.0.1")}
+			}
+			return fakeReply{delay: time.Duration(1+i%50) * time.Millisecond}
+		})
+		p, cancel := runProber(t, testConfig(), fn, nil, addrs...)
+		defer cancel()
+		time.Sleep(12 * time.Second)
+		synctest.Wait()
+		for i, a := range addrs {
+			h := health(t, p, a)
+			var wantLost uint64
+			for k := range h.Probes {
+				if (i%3 == 0 && k%2 == 1) || (i%7 == 0 && k%4 == 3 && a != "10.1.0.1") {
+					wantLost++
+				}
+			}
+			if h.Failures != wantLost {
+				t.Errorf("%s: %d failures of %d probes, want exactly its own %d", a, h.Failures, h.Probes, wantLost)
+			}
+			if wantRTT := time.Duration(1+i%50) * time.Millisecond; h.RTT != wantRTT && h.Probes > 0 && h.RTT != time.Millisecond {
+				t.Errorf("%s: last RTT %v, want %v (its own delay)", a, h.RTT, wantRTT)
+			}
+		}
+		if stray := testutil.ToFloat64(p.metrics.stray); stray == 0 {
+			t.Error("spoofed replies were not counted as stray")
+		}
+	})
+}
+
+// TestLossWindowJitterAndRecovery: 20% loss then clean; jitter from an
+// alternating RTT; the loss ratio recovers within one window.
+func TestLossWindowJitterAndRecovery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var clean sync.Map
+		fn := newFakeNet(func(dst netip.Addr, k int) fakeReply {
+			if _, ok := clean.Load("yes"); !ok && k%5 == 4 {
+				return fakeReply{drop: true}
+			}
+			return fakeReply{delay: time.Duration(10+10*(k%2)) * time.Millisecond} // 10, 20, 10, 20 ms
+		})
+		cfg := testConfig()
+		p, cancel := runProber(t, cfg, fn, nil, "10.0.0.9")
+		defer cancel()
+		time.Sleep(120 * time.Second)
+		synctest.Wait()
+		h := health(t, p, "10.0.0.9")
+		if h.LossRatio < 0.15 || h.LossRatio > 0.25 {
+			t.Errorf("loss ratio %v with every 5th probe lost, want 0.2", h.LossRatio)
+		}
+		// |D| is 10ms between every answered pair of neighbours (pairs around
+		// a loss are skipped, including the 20ms/20ms pair across it); after
+		// ~70 updates J = 10ms * (1 - (15/16)^70) = 9.89ms.
+		if h.Jitter < 9800*time.Microsecond || h.Jitter > 10*time.Millisecond {
+			t.Errorf("jitter %v, want 9.8-10ms", h.Jitter)
+		}
+		clean.Store("yes", true)
+		time.Sleep(cfg.Window + cfg.Timeout + time.Second)
+		synctest.Wait()
+		if h := health(t, p, "10.0.0.9"); h.LossRatio != 0 || !h.Up {
+			t.Errorf("one window after the loss stopped: loss %v up %v, want 0 and up", h.LossRatio, h.Up)
+		}
+	})
+}
+
+// TestUpNeedsThreeLosses: up stays 1 through a single loss and drops after
+// three consecutive ones.
+func TestUpNeedsThreeLosses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var down sync.Map
+		fn := newFakeNet(func(dst netip.Addr, k int) fakeReply {
+			if _, ok := down.Load("yes"); ok || k == 3 {
+				return fakeReply{drop: true}
+			}
+			return fakeReply{delay: time.Millisecond}
+		})
+		p, cancel := runProber(t, testConfig(), fn, nil, "10.0.0.5")
+		defer cancel()
+		time.Sleep(7 * time.Second) // probe 3 was lost along the way
+		synctest.Wait()
+		if h := health(t, p, "10.0.0.5"); !h.Up || h.Failures != 1 {
+			t.Fatalf("after one loss: up %v failures %d, want up with 1 failure", h.Up, h.Failures)
+		}
+		down.Store("yes", true)
+		time.Sleep(6 * time.Second)
+		synctest.Wait()
+		if h := health(t, p, "10.0.0.5"); h.Up {
+			t.Fatalf("path down for 6s (3+ lost probes): still up")
+		}
+	})
+}

@@ -1,0 +1,224 @@
+package prober
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// target is one probed address with its accounting. Its stats are guarded by
+// its engine's mutex (the scheduler and the receiver both finish probes).
+type target struct {
+	spec      Target
+	e         *engine
+	next      time.Time // guarded by Prober.mu
+	heapIndex int       // guarded by Prober.mu
+	removed   bool
+	window    time.Duration
+
+	// stats, guarded by e.mu
+	probes, failures uint64
+	outcomes         []outcome // ring over the loss window
+	head, n          int
+	lost             int // lost among the window's outcomes
+	last3            uint8
+	finished         int
+	sent             uint64     // probes sent: numbers them for jitter pairs
+	jitter           float64    // seconds
+	recent           []finished // by probe number modulo len: neighbours for jitter
+	lastRTT          time.Duration
+	lastSuccess      time.Time
+	sendErrLogged    string
+
+	pmtu pmtuView // guarded by e.mu
+
+	m targetMetrics
+}
+
+// finished is one recent probe, by its number, for RFC 3550 pairs.
+type finished struct {
+	n   uint64
+	ok  bool
+	rtt time.Duration
+}
+
+type outcome struct {
+	at   time.Time
+	lost bool
+}
+
+type targetMetrics struct {
+	labels                       []string
+	rtt                          prometheus.Observer
+	probes, failures, late, dups prometheus.Counter
+	loss, jitter, up             prometheus.Gauge
+}
+
+func newTarget(spec Target, e *engine, m *metrics, window, timeout time.Duration) *target {
+	labels := []string{spec.Device, spec.PublicKey, spec.Name, spec.Address.String()}
+	t := &target{spec: spec, e: e, heapIndex: -1, window: window, m: targetMetrics{
+		labels:   labels,
+		rtt:      m.rtt.WithLabelValues(labels...),
+		probes:   m.probes.WithLabelValues(labels...),
+		failures: m.failures.WithLabelValues(labels...),
+		late:     m.late.WithLabelValues(labels...),
+		dups:     m.dups.WithLabelValues(labels...),
+		loss:     m.loss.WithLabelValues(labels...),
+		jitter:   m.jitter.WithLabelValues(labels...),
+		up:       m.up.WithLabelValues(labels...),
+	}}
+	t.outcomes = make([]outcome, int(window/spec.Interval)+2)
+	// Neighbours can finish up to a timeout apart: keep that many probes.
+	t.recent = make([]finished, min(max(int(timeout/spec.Interval)+2, 4), 1024))
+	t.pmtu.state = pmtuBase
+	return t
+}
+
+// setSpec takes in-place changes (interval, size, device MTU). Called with Prober.mu.
+func (t *target) setSpec(s Target) {
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
+	if s.Interval != t.spec.Interval {
+		t.outcomes = make([]outcome, int(t.window/s.Interval)+2)
+		t.head, t.n, t.lost = 0, 0, 0
+	}
+	t.spec.Interval, t.spec.Size, t.spec.DeviceMTU = s.Interval, s.Size, s.DeviceMTU
+}
+
+// finish ends a probe exactly once: the slot leaves the in-flight state here
+// and nowhere else. Called with e.mu held.
+func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.Time) {
+	if ok {
+		s.state = slotAnswered
+	} else {
+		s.state = slotLost
+	}
+	if t.removed {
+		return
+	}
+	t.probes++
+	t.m.probes.Inc()
+	t.last3 = t.last3<<1 | b2u(ok)
+	t.finished++
+	t.pairJitter(finished{n: s.n, ok: ok, rtt: rtt})
+	if ok {
+		t.m.rtt.Observe(rtt.Seconds())
+		t.lastRTT, t.lastSuccess = rtt, at
+	} else {
+		t.failures++
+		t.m.failures.Inc()
+	}
+	t.record(outcome{at: at, lost: !ok})
+	t.m.up.Set(float64(b2u(t.isUp())))
+	e.p.publish(Result{Target: t.spec, Sent: s.sent, Success: ok, RTT: rtt})
+}
+
+// pairJitter applies RFC 3550 A.8, J += (|D| - J)/16, with D the difference
+// of the RTTs of consecutive probes in send order. Probes finish out of order
+// (a loss is known only at its timeout, after later replies), so a probe is
+// paired with both neighbours as soon as each of them is known; a pair with
+// a loss is skipped.
+func (t *target) pairJitter(f finished) {
+	size := uint64(len(t.recent))
+	t.recent[f.n%size] = f
+	if !f.ok {
+		return
+	}
+	for _, nb := range []uint64{f.n - 1, f.n + 1} {
+		o := t.recent[nb%size]
+		if o.n != nb || !o.ok || nb == 0 {
+			continue
+		}
+		d := (f.rtt - o.rtt).Seconds()
+		if d < 0 {
+			d = -d
+		}
+		t.jitter += (d - t.jitter) / 16
+	}
+	t.m.jitter.Set(t.jitter)
+}
+
+func b2u(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// isUp: a reply among the last three finished probes (BFD-like detect
+// multiplier 3), so one lost probe does not flap the target.
+func (t *target) isUp() bool {
+	mask := uint8(0b111)
+	if t.finished < 3 {
+		mask = uint8(1)<<t.finished - 1
+	}
+	return t.last3&mask != 0
+}
+
+// record adds an outcome and drops those older than the window.
+func (t *target) record(o outcome) {
+	if t.n == len(t.outcomes) { // full: overwrite the oldest
+		if t.outcomes[t.head].lost {
+			t.lost--
+		}
+		t.head = (t.head + 1) % len(t.outcomes)
+		t.n--
+	}
+	t.outcomes[(t.head+t.n)%len(t.outcomes)] = o
+	t.n++
+	if o.lost {
+		t.lost++
+	}
+	cutoff := o.at.Add(-t.window)
+	for t.n > 0 && t.outcomes[t.head].at.Before(cutoff) {
+		if t.outcomes[t.head].lost {
+			t.lost--
+		}
+		t.head = (t.head + 1) % len(t.outcomes)
+		t.n--
+	}
+	t.m.loss.Set(t.lossRatio())
+}
+
+func (t *target) lossRatio() float64 {
+	if t.n == 0 {
+		return 0
+	}
+	return float64(t.lost) / float64(t.n)
+}
+
+func (t *target) duplicate() {
+	if !t.removed {
+		t.m.dups.Inc()
+	}
+}
+
+func (t *target) late() {
+	if !t.removed {
+		t.m.late.Inc()
+	}
+}
+
+// sendErr logs a send failure once per distinct error. Called with e.mu held.
+func (t *target) sendErr(err error) {
+	if t.sendErrLogged == err.Error() {
+		return
+	}
+	t.sendErrLogged = err.Error()
+	t.e.p.logger.Warn("probe not sent; counted as failed", "device", t.spec.Device, "target", t.spec.Address, "err", err)
+}
+
+func (t *target) health() Health {
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
+	return Health{
+		Target: t.spec, Up: t.finished > 0 && t.isUp(), LossRatio: t.lossRatio(),
+		RTT: t.lastRTT, Jitter: time.Duration(t.jitter * float64(time.Second)),
+		Probes: t.probes, Failures: t.failures, LastSuccess: t.lastSuccess,
+		PathMTU: t.pmtu.mtu, PMTUState: t.pmtu.state.String(),
+	}
+}
+
+func (t *target) deleteSeries() {
+	t.e.p.metrics.delete(t.m.labels)
+}
