@@ -174,18 +174,6 @@ func (r *pmtuRunner) publish(t *target, v pmtuView) {
 	t.e.mu.Lock()
 	defer t.e.mu.Unlock()
 	t.pmtu = v
-	if t.removed {
-		return
-	}
-	m := r.p.metrics
-	if v.mtu > 0 {
-		m.pmtu.WithLabelValues(t.m.labels...).Set(float64(v.mtu))
-	} else {
-		m.pmtu.DeleteLabelValues(t.m.labels...)
-	}
-	for _, s := range pmtuStates {
-		m.pmtuState.WithLabelValues(append(t.m.labels[:4:4], s.String())...).Set(float64(b2u(s == v.state)))
-	}
 }
 
 var errBaseFails = errors.New("probes of prober.pmtu.min bytes do not pass while small probes do: the path MTU is below the configured minimum")

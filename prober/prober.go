@@ -46,6 +46,8 @@ type Health struct {
 	Jitter      time.Duration // RFC 3550 A.8 estimate
 	Probes      uint64
 	Failures    uint64
+	Late        uint64 // replies after their probe was counted lost
+	Duplicates  uint64
 	LastSuccess time.Time
 	PathMTU     int    // largest inner IP packet known to pass; 0 = unknown
 	PMTUState   string // base, searching, search_complete, error, disabled

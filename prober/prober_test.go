@@ -12,7 +12,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // fakeNet is a fake of the ICMP transport: each destination answers (or not)
@@ -134,21 +133,28 @@ func health(t *testing.T, p *Prober, addr string) Health {
 	return Health{}
 }
 
-func counterValue(t *testing.T, c *prometheus.CounterVec, addr string) float64 {
+// exported is the value of a prober metric for a target, as scraped.
+func exported(t *testing.T, p *Prober, name, addr string) float64 {
 	t.Helper()
-	ch := make(chan prometheus.Metric, 1024)
-	go func() { c.Collect(ch); close(ch) }()
-	var v float64
-	for m := range ch {
-		var d dto.Metric
-		_ = m.Write(&d)
-		for _, l := range d.GetLabel() {
-			if l.GetName() == "target" && l.GetValue() == addr {
-				v = d.GetCounter().GetValue()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(p)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "target" && l.GetValue() == addr {
+					return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+				}
 			}
 		}
 	}
-	return v
+	return -1
 }
 
 // TestEveryProbeEndsExactlyOnce: fast, slow (late) and duplicating targets.
@@ -173,7 +179,6 @@ func TestEveryProbeEndsExactlyOnce(t *testing.T) {
 		time.Sleep(20*time.Second + 500*time.Millisecond)
 		synctest.Wait()
 
-		m := p.metrics
 		for _, tc := range []struct {
 			addr                      string
 			success, late, dups, lost bool
@@ -195,21 +200,21 @@ func TestEveryProbeEndsExactlyOnce(t *testing.T) {
 			if tc.lost && (h.Failures != h.Probes || h.Up || h.LossRatio != 1) {
 				t.Errorf("%s: failures %d of %d, loss %v, up %v; want all lost", tc.addr, h.Failures, h.Probes, h.LossRatio, h.Up)
 			}
-			late := counterValue(t, m.late, tc.addr)
+			late := float64(h.Late)
 			if tc.late && (late < float64(h.Failures)-1 || late > float64(h.Failures)) {
 				t.Errorf("%s: %v late replies for %d lost probes answered after 3s", tc.addr, late, h.Failures)
 			}
 			if !tc.late && late != 0 {
 				t.Errorf("%s: %v late replies, want 0", tc.addr, late)
 			}
-			dups := counterValue(t, m.dups, tc.addr)
+			dups := float64(h.Duplicates)
 			if tc.dups && dups != float64(h.Probes) {
 				t.Errorf("%s: %v duplicates for %d answered probes", tc.addr, dups, h.Probes)
 			}
 			if !tc.dups && dups != 0 {
 				t.Errorf("%s: %v duplicates, want 0", tc.addr, dups)
 			}
-			if got := counterValue(t, m.probes, tc.addr); got != float64(h.Probes) {
+			if got := exported(t, p, "wgpulse_probes_total", tc.addr); got != float64(h.Probes) {
 				t.Errorf("%s: wgpulse_probes_total %v != %d", tc.addr, got, h.Probes)
 			}
 		}

@@ -118,11 +118,14 @@ func (c *sockConn) privileged() bool { return c.raw }
 func (c *sockConn) close() error     { return c.f.Close() }
 
 func (c *sockConn) send(dst netip.Addr, id, seq uint16, payload []byte) error {
-	var typ icmp.Type = ipv4.ICMPTypeEcho
-	var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: dst.As4()}
+	var (
+		typ icmp.Type
+		sa  unix.Sockaddr
+	)
 	if c.v6 {
-		typ = ipv6.ICMPTypeEchoRequest
-		sa = &unix.SockaddrInet6{Addr: dst.As16()}
+		typ, sa = ipv6.ICMPTypeEchoRequest, &unix.SockaddrInet6{Addr: dst.As16()}
+	} else {
+		typ, sa = ipv4.ICMPTypeEcho, &unix.SockaddrInet4{Addr: dst.As4()}
 	}
 	// IPv6: the kernel computes the checksum (and, for ping sockets, both
 	// families' id and checksum).

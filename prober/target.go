@@ -18,6 +18,7 @@ type target struct {
 
 	// stats, guarded by e.mu
 	probes, failures uint64
+	lateN, dupN      uint64
 	outcomes         []outcome // ring over the loss window
 	head, n          int
 	lost             int // lost among the window's outcomes
@@ -42,30 +43,27 @@ type finished struct {
 	rtt time.Duration
 }
 
-type outcome struct {
-	at   time.Time
-	lost bool
+// outcome is one finished probe in the loss window: its Unix nanoseconds
+// shifted left by one, with the lowest bit set when it was lost.
+type outcome int64
+
+func mkOutcome(at time.Time, lost bool) outcome {
+	return outcome(at.UnixNano()<<1 | int64(b2u(lost)))
 }
 
+func (o outcome) lost() bool           { return o&1 == 1 }
+func (o outcome) before(ns int64) bool { return int64(o)>>1 < ns }
+
 type targetMetrics struct {
-	labels                       []string
-	rtt                          prometheus.Observer
-	probes, failures, late, dups prometheus.Counter
-	loss, jitter, up             prometheus.Gauge
+	labels []string
+	rtt    prometheus.Observer
 }
 
 func newTarget(spec Target, e *engine, m *metrics, window, timeout time.Duration) *target {
 	labels := []string{spec.Device, spec.PublicKey, spec.Name, spec.Address.String()}
 	t := &target{spec: spec, e: e, heapIndex: -1, window: window, m: targetMetrics{
-		labels:   labels,
-		rtt:      m.rtt.WithLabelValues(labels...),
-		probes:   m.probes.WithLabelValues(labels...),
-		failures: m.failures.WithLabelValues(labels...),
-		late:     m.late.WithLabelValues(labels...),
-		dups:     m.dups.WithLabelValues(labels...),
-		loss:     m.loss.WithLabelValues(labels...),
-		jitter:   m.jitter.WithLabelValues(labels...),
-		up:       m.up.WithLabelValues(labels...),
+		labels: labels,
+		rtt:    m.rtt.WithLabelValues(labels...),
 	}}
 	t.outcomes = make([]outcome, int(window/spec.Interval)+2)
 	// Neighbours can finish up to a timeout apart: keep that many probes.
@@ -97,7 +95,6 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 		return
 	}
 	t.probes++
-	t.m.probes.Inc()
 	t.last3 = t.last3<<1 | b2u(ok)
 	t.finished++
 	t.pairJitter(finished{n: s.n, ok: ok, rtt: rtt})
@@ -106,10 +103,8 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 		t.lastRTT, t.lastSuccess = rtt, at
 	} else {
 		t.failures++
-		t.m.failures.Inc()
 	}
-	t.record(outcome{at: at, lost: !ok})
-	t.m.up.Set(float64(b2u(t.isUp())))
+	t.record(mkOutcome(at, !ok))
 	e.p.publish(Result{Target: t.spec, Sent: s.sent, Success: ok, RTT: rtt})
 }
 
@@ -135,7 +130,6 @@ func (t *target) pairJitter(f finished) {
 		}
 		t.jitter += (d - t.jitter) / 16
 	}
-	t.m.jitter.Set(t.jitter)
 }
 
 func b2u(b bool) uint8 {
@@ -158,7 +152,7 @@ func (t *target) isUp() bool {
 // record adds an outcome and drops those older than the window.
 func (t *target) record(o outcome) {
 	if t.n == len(t.outcomes) { // full: overwrite the oldest
-		if t.outcomes[t.head].lost {
+		if t.outcomes[t.head].lost() {
 			t.lost--
 		}
 		t.head = (t.head + 1) % len(t.outcomes)
@@ -166,18 +160,17 @@ func (t *target) record(o outcome) {
 	}
 	t.outcomes[(t.head+t.n)%len(t.outcomes)] = o
 	t.n++
-	if o.lost {
+	if o.lost() {
 		t.lost++
 	}
-	cutoff := o.at.Add(-t.window)
-	for t.n > 0 && t.outcomes[t.head].at.Before(cutoff) {
-		if t.outcomes[t.head].lost {
+	cutoff := int64(o)>>1 - int64(t.window)
+	for t.n > 0 && t.outcomes[t.head].before(cutoff) {
+		if t.outcomes[t.head].lost() {
 			t.lost--
 		}
 		t.head = (t.head + 1) % len(t.outcomes)
 		t.n--
 	}
-	t.m.loss.Set(t.lossRatio())
 }
 
 func (t *target) lossRatio() float64 {
@@ -187,17 +180,9 @@ func (t *target) lossRatio() float64 {
 	return float64(t.lost) / float64(t.n)
 }
 
-func (t *target) duplicate() {
-	if !t.removed {
-		t.m.dups.Inc()
-	}
-}
+func (t *target) duplicate() { t.dupN++ }
 
-func (t *target) late() {
-	if !t.removed {
-		t.m.late.Inc()
-	}
-}
+func (t *target) late() { t.lateN++ }
 
 // sendErr logs a send failure once per distinct error. Called with e.mu held.
 func (t *target) sendErr(err error) {
@@ -214,11 +199,11 @@ func (t *target) health() Health {
 	return Health{
 		Target: t.spec, Up: t.finished > 0 && t.isUp(), LossRatio: t.lossRatio(),
 		RTT: t.lastRTT, Jitter: time.Duration(t.jitter * float64(time.Second)),
-		Probes: t.probes, Failures: t.failures, LastSuccess: t.lastSuccess,
+		Probes: t.probes, Failures: t.failures, Late: t.lateN, Duplicates: t.dupN, LastSuccess: t.lastSuccess,
 		PathMTU: t.pmtu.mtu, PMTUState: t.pmtu.state.String(),
 	}
 }
 
 func (t *target) deleteSeries() {
-	t.e.p.metrics.delete(t.m.labels)
+	t.e.p.metrics.rtt.DeleteLabelValues(t.m.labels...)
 }

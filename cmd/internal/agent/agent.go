@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
 )
 
 // Options are the agent's command-line settings.
@@ -32,6 +33,8 @@ type Options struct {
 	Logger        *slog.Logger
 	// Transports for the collector; zero values use wgctrl and netlink.
 	Collector collector.Options
+	// Transports for the prober; zero values use ICMP sockets and pro-bing.
+	Prober prober.Options
 }
 
 // Agent is one running wgpulse: collector, registry and HTTP endpoints.
@@ -40,6 +43,7 @@ type Agent struct {
 	logger    *slog.Logger
 	registry  *prometheus.Registry
 	collector *collector.Collector
+	prober    *prober.Prober
 	closers   []func() error
 
 	reloadMu      sync.Mutex
@@ -65,6 +69,11 @@ func New(opts Options) (*Agent, error) {
 		a.Close()
 		return nil, fmt.Errorf("collector: %w", err)
 	}
+	a.prober, err = prober.New(cfg.Prober, opts.Logger.With("component", "prober"), opts.Prober)
+	if err != nil {
+		a.Close()
+		return nil, fmt.Errorf("prober: %w", err)
+	}
 	a.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "wgpulse", Name: "config_last_reload_successful",
 		Help: "Whether the last configuration reload attempt was successful.",
@@ -77,6 +86,7 @@ func New(opts Options) (*Agent, error) {
 	a.reloadSeconds.SetToCurrentTime()
 	a.registry.MustRegister(
 		a.collector,
+		a.prober,
 		a.reloadOK, a.reloadSeconds,
 		versioncollector.NewCollector("wgpulse"),
 		collectors.NewGoCollector(),
@@ -127,6 +137,9 @@ func (a *Agent) Gatherer() prometheus.Gatherer {
 	return collector.Gatherers{a.registry, a.collector}
 }
 
+// Prober is the agent's prober.
+func (a *Agent) Prober() *prober.Prober { return a.prober }
+
 // Collector is the agent's WireGuard collector.
 func (a *Agent) Collector() *collector.Collector { return a.collector }
 
@@ -137,6 +150,12 @@ func (a *Agent) Reload() error {
 	cfg, err := LoadFile(a.opts.ConfigFile)
 	if err == nil {
 		err = a.collector.ApplyConfig(cfg.Collector)
+	}
+	if err == nil {
+		err = a.prober.ApplyConfig(cfg.Prober)
+	}
+	if err == nil {
+		a.prober.SetTargets(prober.Targets(a.collector.Latest(), cfg.Prober))
 	}
 	if err != nil {
 		a.reloadOK.Set(0)
@@ -199,7 +218,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
+	snaps := a.collector.Subscribe()
 	wg.Go(func() { a.collector.Run(ctx) })
+	wg.Go(func() { a.prober.Run(ctx) })
+	wg.Go(func() { // every poll refreshes the probe targets (peers come and go)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case s := <-snaps:
+				a.prober.SetTargets(prober.Targets(s, a.prober.Config()))
+			}
+		}
+	})
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

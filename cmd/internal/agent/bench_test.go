@@ -8,12 +8,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -290,4 +293,70 @@ func procRSSMB(b *testing.B, pid int) float64 {
 	}
 	b.Fatalf("no VmRSS for pid %d", pid)
 	return 0
+}
+
+// BenchmarkAgentProber1000 runs the real agent in a fresh namespace with
+// 1,000 configured targets on its loopback (1 probe/s each) and reports the
+// agent process's CPU (user+system seconds per wall second) and RSS over 20 s
+// of steady state, and what it reported for the targets.
+func BenchmarkAgentProber1000(b *testing.B) {
+	lab.Require(b)
+	bin := lab.BuildBinary(b, "./cmd/wgpulse")
+	for b.Loop() {
+		ns := "wgpl-p" + lab.UniquePrefix()
+		if err := lab.AddNetns(ns); err != nil {
+			b.Fatal(err)
+		}
+		var cfg strings.Builder
+		cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
+		for i := range 1000 {
+			fmt.Fprintf(&cfg, "    - {address: 127.1.%d.%d, device: lo}\n", i/250, i%250+1)
+		}
+		file := filepath.Join(b.TempDir(), "wgpulse.yml")
+		if err := os.WriteFile(file, []byte(cfg.String()), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		a := lab.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn")
+		time.Sleep(5 * time.Second) // all targets started
+		cpu0, t0 := procCPU(b, a.Pid()), time.Now()
+		time.Sleep(20 * time.Second)
+		cpu := procCPU(b, a.Pid()) - cpu0
+		wall := time.Since(t0)
+		rss := procRSSMB(b, a.Pid())
+		_, body, err := a.Get("/metrics")
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(cpu.Seconds()/wall.Seconds(), "cores")
+		b.ReportMetric(rss, "rss-MB")
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var probes, failures float64
+		for _, m := range mfs["wgpulse_probes_total"].GetMetric() {
+			probes += m.GetCounter().GetValue()
+		}
+		for _, m := range mfs["wgpulse_probe_failures_total"].GetMetric() {
+			failures += m.GetCounter().GetValue()
+		}
+		b.ReportMetric(float64(len(mfs["wgpulse_probe_up"].GetMetric())), "targets-reported")
+		b.ReportMetric(probes, "probes")
+		b.ReportMetric(failures, "failed")
+		_ = lab.DelNetns(ns)
+	}
+}
+
+// procCPU is user+system CPU time of a process, from /proc/PID/stat.
+func procCPU(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
 }

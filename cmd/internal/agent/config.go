@@ -16,16 +16,18 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
 )
 
 // Config is the whole configuration file. Every section is optional.
 type Config struct {
 	Collector collector.Config `yaml:"collector"`
+	Prober    prober.Config    `yaml:"prober"`
 }
 
 // DefaultConfig is what the agent runs with when there is no config file.
 func DefaultConfig() Config {
-	return Config{Collector: collector.DefaultConfig()}
+	return Config{Collector: collector.DefaultConfig(), Prober: prober.DefaultConfig()}
 }
 
 // section is a validated part of the file, at a YAML key.
@@ -37,6 +39,7 @@ type section struct {
 func (c *Config) sections() []section {
 	return []section{
 		{"collector", c.Collector.Validate},
+		{"prober", c.Prober.Validate},
 	}
 }
 
