@@ -1,0 +1,190 @@
+package lab_test
+
+import (
+	"fmt"
+	"math"
+	"net/http"
+	"sort"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/wgpulse/wgpulse/deploy/lab"
+)
+
+// nativeBuckets scrapes the agent in protobuf (the only format that carries
+// native histograms) and returns the RTT histogram of one target as
+// bucket index -> count, with its schema.
+func nativeBuckets(t *testing.T, a *lab.Agent, target string) (map[int]float64, int32) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+a.Addr+"/metrics", nil)
+	req.Header.Set("Accept", string(expfmt.NewFormat(expfmt.TypeProtoDelim)))
+	resp, err := a.Client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := expfmt.NewDecoder(resp.Body, expfmt.ResponseFormat(resp.Header))
+	for {
+		var mf dto.MetricFamily
+		if err := dec.Decode(&mf); err != nil {
+			t.Fatalf("no wgpulse_probe_rtt_seconds for %s in protobuf scrape: %v", target, err)
+		}
+		if mf.GetName() != "wgpulse_probe_rtt_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if !hasLabel(m, "target", target) {
+				continue
+			}
+			h := m.GetHistogram()
+			if h.GetSchema() == 0 && len(h.GetPositiveSpan()) == 0 {
+				t.Fatal("RTT histogram has no native buckets")
+			}
+			out := map[int]float64{}
+			idx, count, d := 0, int64(0), 0
+			for _, sp := range h.GetPositiveSpan() {
+				idx += int(sp.GetOffset())
+				for range sp.GetLength() {
+					count += h.GetPositiveDelta()[d]
+					out[idx] = float64(count)
+					idx++
+					d++
+				}
+			}
+			return out, h.GetSchema()
+		}
+	}
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
+}
+
+// nativeMedian is the median of the observations between two snapshots.
+func nativeMedian(before, after map[int]float64, schema int32) time.Duration {
+	var idx []int
+	var total float64
+	diff := map[int]float64{}
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			diff[k] = d
+			idx = append(idx, k)
+			total += d
+		}
+	}
+	sort.Ints(idx)
+	base := math.Pow(2, math.Pow(2, -float64(schema)))
+	var cum float64
+	for _, k := range idx {
+		if cum+diff[k] >= total/2 {
+			lower, upper := math.Pow(base, float64(k-1)), math.Pow(base, float64(k))
+			frac := (total/2 - cum) / diff[k]
+			return time.Duration((lower + frac*(upper-lower)) * float64(time.Second))
+		}
+		cum += diff[k]
+	}
+	return 0
+}
+
+// TestProberOnLab: faults on dc1-primary, measured by the agent in dc1.
+func TestProberOnLab(t *testing.T) {
+	l := lab.Start(t, lab.Config{})
+	prim, _ := l.Tunnel("dc1-primary")
+	backup, _ := l.Tunnel("dc1-backup")
+	bin := lab.BuildBinary(t, "./cmd/wgpulse")
+	cfg := writeFile(t, t.TempDir(), "dc1.yml", fmt.Sprintf(`collector:
+  devices: [%s, %s]
+  poll_interval: 1s
+prober:
+  interval: 20ms
+  timeout: 500ms
+  window: 10s
+  pmtu: {min: 1200}
+`, prim.Device, backup.Device))
+	agent := lab.StartAgent(t, bin, prim.Namespace, "127.0.0.1:9586", "--config.file="+cfg)
+	target := labelsOf("device", prim.Device, "target", prim.RemoteAddress, "public_key", prim.HubPublicKey)
+	eventually(t, 10*time.Second, func() string {
+		s, _ := scrape(t, agent)
+		if v, ok := s.get("wgpulse_probe_up", target); !ok || v != 1 {
+			return fmt.Sprintf("primary target not up yet: %v", s["wgpulse_probe_up"])
+		}
+		return ""
+	})
+
+	mustFault(t, l, prim.Name, "loss=20", "delay=30ms", "jitter=10ms", "mtu=1300")
+	time.Sleep(2 * time.Second) // let probes sent before the change finish
+	s0, _ := scrape(t, agent)
+	h0, schema := nativeBuckets(t, agent, prim.RemoteAddress)
+	time.Sleep(12 * time.Second)
+	s1, _ := scrape(t, agent)
+	h1, _ := nativeBuckets(t, agent, prim.RemoteAddress)
+
+	probes := s1.mustGet(t, "wgpulse_probes_total", target) - s0.mustGet(t, "wgpulse_probes_total", target)
+	failures := s1.mustGet(t, "wgpulse_probe_failures_total", target) - s0.mustGet(t, "wgpulse_probe_failures_total", target)
+	loss := failures / probes
+	median := nativeMedian(h0, h1, schema)
+	jitter := time.Duration(s1.mustGet(t, "wgpulse_probe_jitter_seconds", target) * float64(time.Second))
+	t.Logf("under loss=20 delay=30ms jitter=10ms: %v probes, loss %.1f%%, RTT median %v (native histogram), jitter %v", probes, 100*loss, median, jitter)
+	if probes < 400 || loss < 0.15 || loss > 0.25 {
+		t.Errorf("loss from the counters %.1f%% over %v probes, want 15-25%% over >= 400", 100*loss, probes)
+	}
+	if median < 27*time.Millisecond || median > 33*time.Millisecond {
+		t.Errorf("RTT median %v, want 30ms ± 10%%", median)
+	}
+	if jitter <= time.Millisecond || jitter > 10*time.Millisecond {
+		t.Errorf("jitter %v, want within the injected ±10ms range (and above 1ms)", jitter)
+	}
+	if b := labelsOf("device", backup.Device, "target", backup.RemoteAddress); s1.mustGet(t, "wgpulse_probe_loss_ratio", b) != 0 {
+		t.Errorf("the clean backup path reports loss %v", s1.mustGet(t, "wgpulse_probe_loss_ratio", b))
+	}
+
+	// Path MTU: the underlay passes 1300-byte packets, so inner packets of
+	// up to 1232 bytes; the search must land within 20 bytes below.
+	limit := lab.InnerLimit(1300, prim.MTU)
+	eventually(t, 90*time.Second, func() string {
+		s, _ := scrape(t, agent)
+		state, _ := s.get("wgpulse_path_mtu_search_state", labelsOf("device", prim.Device, "target", prim.RemoteAddress, "state", "search_complete"))
+		pmtu, ok := s.get("wgpulse_path_mtu_bytes", target)
+		if state != 1 || !ok {
+			return fmt.Sprintf("PMTU search not complete: %v", s["wgpulse_path_mtu_search_state"])
+		}
+		if int(pmtu) > limit || int(pmtu) < limit-20 {
+			t.Fatalf("path MTU %v, want within 20 bytes below the true inner limit %d", pmtu, limit)
+		}
+		t.Logf("path MTU %v (true inner limit %d)", pmtu, limit)
+		return ""
+	})
+	s, _ := scrape(t, agent)
+	if v, _ := s.get("wgpulse_path_mtu_bytes", labelsOf("device", backup.Device, "target", backup.RemoteAddress)); v != float64(prim.MTU) {
+		t.Errorf("backup path MTU %v, want the full device MTU %d", v, prim.MTU)
+	}
+
+	// Faults cleared: loss is back to 0 within one window.
+	mustFault(t, l, prim.Name, "loss=0", "delay=0", "jitter=0", "mtu=0")
+	time.Sleep(10*time.Second + 500*time.Millisecond + time.Second)
+	s, _ = scrape(t, agent)
+	if v := s.mustGet(t, "wgpulse_probe_loss_ratio", target); v != 0 {
+		t.Errorf("loss ratio %v one window after clearing the faults, want 0", v)
+	}
+
+	// Path down: the target is down, the backup is not.
+	mustFault(t, l, prim.Name, "down")
+	eventually(t, 5*time.Second, func() string {
+		s, _ := scrape(t, agent)
+		if v := s.mustGet(t, "wgpulse_probe_up", target); v != 0 {
+			return "primary still up with its path down"
+		}
+		if v := s.mustGet(t, "wgpulse_probe_up", labelsOf("device", backup.Device, "target", backup.RemoteAddress)); v != 1 {
+			return "backup went down with the primary"
+		}
+		return ""
+	})
+}
