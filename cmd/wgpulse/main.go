@@ -39,6 +39,10 @@ func run(args []string) int {
 
 	versionCmd := app.Command("version", "Print version information and exit.")
 
+	genCmd := app.Command("generate", "Write the Grafana dashboards and Prometheus rules for a configuration (its alerts: and slo: sections).")
+	genConfig := genCmd.Flag("config", "Configuration file (default: the built-in defaults).").Default("").String()
+	genOut := genCmd.Flag("out", "Directory to write dashboards/ and alerts/ into.").Default(".").String()
+
 	cmd, err := app.Parse(args)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "wgpulse: %v (see wgpulse --help)\n", err)
@@ -48,6 +52,21 @@ func run(args []string) int {
 	switch cmd {
 	case versionCmd.FullCommand():
 		fmt.Println(version.Print("wgpulse"))
+		return 0
+	case genCmd.FullCommand():
+		cfg, err := agent.LoadFile(*genConfig)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		files, err := agent.Generate(cfg, *genOut)
+		for _, f := range files {
+			fmt.Println("wrote", f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "wgpulse generate:", err)
+			return 1
+		}
 		return 0
 	case checkCmd.FullCommand():
 		if _, err := agent.LoadFile(*checkFile); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/wgpulse/wgpulse/alerts"
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/prober"
 )
@@ -23,11 +24,15 @@ import (
 type Config struct {
 	Collector collector.Config `yaml:"collector"`
 	Prober    prober.Config    `yaml:"prober"`
+	// Alerts and SLO only shape the generated rules and dashboards
+	// (`wgpulse generate`); the agent itself does not evaluate them.
+	Alerts alerts.Config    `yaml:"alerts"`
+	SLO    alerts.SLOConfig `yaml:"slo"`
 }
 
 // DefaultConfig is what the agent runs with when there is no config file.
 func DefaultConfig() Config {
-	return Config{Collector: collector.DefaultConfig(), Prober: prober.DefaultConfig()}
+	return Config{Collector: collector.DefaultConfig(), Prober: prober.DefaultConfig(), Alerts: alerts.DefaultConfig(), SLO: alerts.DefaultSLOConfig()}
 }
 
 // section is a validated part of the file, at a YAML key.
@@ -40,6 +45,8 @@ func (c *Config) sections() []section {
 	return []section{
 		{"collector", c.Collector.Validate},
 		{"prober", c.Prober.Validate},
+		{"alerts", c.Alerts.Validate},
+		{"slo", c.SLO.Validate},
 	}
 }
 

@@ -1,0 +1,212 @@
+// Package alerts generates wgpulse's Prometheus alerting and recording rules,
+// mixin style, from the same metric contract the agent exports: tunnel
+// alerts with thresholds from the `alerts:` section, and multiwindow
+// multi-burn-rate SLO rules from the `slo:` section.
+package alerts
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
+)
+
+// Config is the `alerts:` section. Every threshold has a default justified in
+// alerts/RUNBOOK.md.
+type Config struct {
+	// Job is the Prometheus job label of the agents (for AgentDown/Absent).
+	Job string `yaml:"job"`
+	// RunbookURL is the base of every runbook_url annotation.
+	RunbookURL string `yaml:"runbook_url"`
+
+	// HandshakeGrace is added to WireGuard's 180 s RejectAfterTime before a
+	// handshake counts as missing.
+	HandshakeGrace      time.Duration `yaml:"handshake_grace"`
+	HandshakeFor        time.Duration `yaml:"handshake_for"`
+	NeverEstablishedFor time.Duration `yaml:"never_established_for"`
+
+	LossRatio    float64       `yaml:"loss_ratio"`
+	LossFor      time.Duration `yaml:"loss_for"`
+	RTTP99       time.Duration `yaml:"rtt_p99"`
+	RTTFor       time.Duration `yaml:"rtt_for"`
+	Jitter       time.Duration `yaml:"jitter"`
+	JitterFor    time.Duration `yaml:"jitter_for"`
+	ProbeDownFor time.Duration `yaml:"probe_down_for"`
+
+	// EndpointChanges in EndpointWindow means the peer's NAT mapping or
+	// address keeps changing.
+	EndpointChanges int           `yaml:"endpoint_changes"`
+	EndpointWindow  time.Duration `yaml:"endpoint_window"`
+
+	PathMTUFor   time.Duration `yaml:"path_mtu_for"`
+	ProberFor    time.Duration `yaml:"prober_for"`
+	AgentDownFor time.Duration `yaml:"agent_down_for"`
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Job:                 "wgpulse",
+		RunbookURL:          "https://github.com/wgpulse/wgpulse/blob/main/alerts/RUNBOOK.md",
+		HandshakeGrace:      time.Minute,
+		HandshakeFor:        time.Minute,
+		NeverEstablishedFor: 10 * time.Minute,
+		LossRatio:           0.05,
+		LossFor:             5 * time.Minute,
+		RTTP99:              250 * time.Millisecond,
+		RTTFor:              10 * time.Minute,
+		Jitter:              30 * time.Millisecond,
+		JitterFor:           10 * time.Minute,
+		ProbeDownFor:        2 * time.Minute,
+		EndpointChanges:     6,
+		EndpointWindow:      time.Hour,
+		PathMTUFor:          30 * time.Minute,
+		ProberFor:           10 * time.Minute,
+		AgentDownFor:        2 * time.Minute,
+	}
+}
+
+// Validate names the offending field.
+func (c Config) Validate() error {
+	var errs []error
+	fe := func(field, format string, a ...any) {
+		errs = append(errs, &collector.FieldError{Field: field, Msg: fmt.Sprintf(format, a...)})
+	}
+	if c.Job == "" {
+		fe("job", "must not be empty")
+	}
+	if c.LossRatio <= 0 || c.LossRatio >= 1 {
+		fe("loss_ratio", "must be between 0 and 1 (0.05 = 5%%), got %v", c.LossRatio)
+	}
+	if c.EndpointChanges < 1 {
+		fe("endpoint_changes", "must be at least 1, got %d", c.EndpointChanges)
+	}
+	for name, d := range map[string]time.Duration{
+		"handshake_for": c.HandshakeFor, "never_established_for": c.NeverEstablishedFor, "loss_for": c.LossFor,
+		"rtt_for": c.RTTFor, "jitter_for": c.JitterFor, "probe_down_for": c.ProbeDownFor, "path_mtu_for": c.PathMTUFor,
+		"prober_for": c.ProberFor, "agent_down_for": c.AgentDownFor,
+	} {
+		if d < 0 {
+			fe(name, "must not be negative, got %s", d)
+		}
+	}
+	for name, d := range map[string]time.Duration{"handshake_grace": c.HandshakeGrace, "rtt_p99": c.RTTP99, "jitter": c.Jitter, "endpoint_window": c.EndpointWindow} {
+		if d <= 0 {
+			fe(name, "must be positive, got %s", d)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SLOConfig is the `slo:` section: per-tunnel objectives and how their
+// error budgets are alerted on.
+type SLOConfig struct {
+	// Period is the SLO window (7d to 90d); burn-rate factors derive from it.
+	Period Duration `yaml:"period"`
+	// MinProbes is the minimum number of probes in a burn window for a
+	// tunnel to be alerted on, so a quiet tunnel does not page.
+	MinProbes  int         `yaml:"min_probes"`
+	Page       TierConfig  `yaml:"page"`
+	Ticket     TierConfig  `yaml:"ticket"`
+	Objectives []Objective `yaml:"objectives"`
+}
+
+// TierConfig enables a burn-rate tier and sets its severity.
+type TierConfig struct {
+	Enabled  bool   `yaml:"enabled"`
+	Severity string `yaml:"severity"`
+}
+
+// Objective is one SLO, evaluated per tunnel (device, peer, target).
+type Objective struct {
+	Name string `yaml:"name"`
+	// SLI is "availability" (failed probes / probes) or "latency" (probes
+	// lost or slower than Threshold / probes).
+	SLI       string        `yaml:"sli"`
+	Objective float64       `yaml:"objective"` // percent, e.g. 99.9
+	Threshold time.Duration `yaml:"threshold"` // latency only; must be an RTT bucket boundary
+}
+
+// DefaultSLOConfig returns a 30 d availability SLO of 99.9% and a latency SLO
+// of 99% of probes under 250 ms.
+func DefaultSLOConfig() SLOConfig {
+	return SLOConfig{
+		Period:    Duration(30 * 24 * time.Hour),
+		MinProbes: 100,
+		Page:      TierConfig{Enabled: true, Severity: "critical"},
+		Ticket:    TierConfig{Enabled: true, Severity: "warning"},
+		Objectives: []Objective{
+			{Name: "tunnel-availability", SLI: "availability", Objective: 99.9},
+			{Name: "tunnel-latency", SLI: "latency", Objective: 99, Threshold: 250 * time.Millisecond},
+		},
+	}
+}
+
+var severities = []string{"critical", "warning", "info"}
+
+// Validate names the offending field.
+func (c SLOConfig) Validate() error {
+	var errs []error
+	fe := func(field, format string, a ...any) {
+		errs = append(errs, &collector.FieldError{Field: field, Msg: fmt.Sprintf(format, a...)})
+	}
+	if p := time.Duration(c.Period); p < 7*24*time.Hour || p > 90*24*time.Hour {
+		fe("period", "must be 7d to 90d, got %s", c.Period)
+	}
+	if c.MinProbes < 0 {
+		fe("min_probes", "must not be negative")
+	}
+	for name, t := range map[string]TierConfig{"page": c.Page, "ticket": c.Ticket} {
+		if t.Enabled && !slices.Contains(severities, t.Severity) {
+			fe(name+".severity", "must be one of %v, got %q", severities, t.Severity)
+		}
+	}
+	seen := map[string]bool{}
+	for i, o := range c.Objectives {
+		f := func(s string) string { return fmt.Sprintf("objectives[%d].%s", i, s) }
+		if o.Name == "" || seen[o.Name] {
+			fe(f("name"), "must be unique and not empty, got %q", o.Name)
+		}
+		seen[o.Name] = true
+		if o.Objective <= 0 || o.Objective >= 100 {
+			fe(f("objective"), "must be a percentage between 0 and 100 exclusive, got %v", o.Objective)
+		}
+		switch o.SLI {
+		case "availability":
+		case "latency":
+			if !slices.Contains(prober.RTTBuckets, o.Threshold.Seconds()) {
+				fe(f("threshold"), "must be a wgpulse_probe_rtt_seconds bucket boundary %v (seconds), got %s", prober.RTTBuckets, o.Threshold)
+			}
+		default:
+			fe(f("sli"), `must be "availability" or "latency", got %q`, o.SLI)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Duration is a time.Duration that also reads Prometheus-style days ("30d").
+type Duration time.Duration
+
+// UnmarshalYAML accepts Go durations and whole days ("30d").
+func (d *Duration) UnmarshalYAML(unmarshal func(any) error) error {
+	var s string
+	if err := unmarshal(&s); err != nil {
+		return err
+	}
+	var days int
+	if _, err := fmt.Sscanf(s, "%dd", &days); err == nil && fmt.Sprintf("%dd", days) == s {
+		*d = Duration(time.Duration(days) * 24 * time.Hour)
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (use e.g. 30d or 720h)", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) String() string { return promDuration(time.Duration(d)) }
