@@ -97,7 +97,7 @@ func variables(b *dashboard.DashboardBuilder, withPeer bool) *dashboard.Dashboar
 
 func base(title, uid, description string, tags ...string) *dashboard.DashboardBuilder {
 	return dashboard.NewDashboardBuilder(title).Uid(uid).
-		Description(description + " " + Generated).
+		Description(description+" "+Generated).
 		Tags(append([]string{"wireguard", "wgpulse"}, tags...)).
 		Refresh("30s").Time("now-6h", "now").Timezone(common.TimeZoneBrowser).
 		Tooltip(dashboard.DashboardCursorSyncCrosshair).Readonly()
