@@ -188,7 +188,7 @@ func TunnelRules(c Config) RuleFile {
 			For:    forDur(c.AgentDownFor),
 			Labels: map[string]string{"severity": "critical"},
 			Annotations: c.annotate("WireGuardAgentAbsent", "No wgpulse agent is scraped at all.",
-				fmt.Sprintf("Prometheus has no target with job=%q: no WireGuard tunnel is watched.", c.Job)),
+				"Prometheus has no target with job=\"{{ $labels.job }}\": no WireGuard tunnel is watched."),
 		},
 	}
 	return RuleFile{Groups: []Group{{Name: "wgpulse-tunnels", Rules: rules}}}

@@ -152,8 +152,10 @@ func fleet(alerts.SLOConfig) *dashboard.DashboardBuilder {
 		WithTarget(tableQ(fmt.Sprintf("max by (%s) (wgpulse_path_mtu_bytes{%s})", tunnelBy, deviceSel), "F")).
 		WithTarget(tableQ(fmt.Sprintf("max by (%s) (wgpulse_probe_up{%s})", tunnelBy, deviceSel), "G")).
 		WithTransformation(dashboard.DataTransformerConfig{Id: "merge", Options: map[string]any{}}).
-		WithTransformation(dashboard.DataTransformerConfig{Id: "organize", Options: map[string]any{"excludeByName": map[string]bool{"Time": true}}}).
-		SortBy([]cog.Builder[common.TableSortByFieldState]{common.NewTableSortByFieldStateBuilder().DisplayName("loss").Desc(true)})
+		WithTransformation(dashboard.DataTransformerConfig{Id: "organize", Options: map[string]any{"excludeByName": map[string]any{"Time": true}}}).
+		SortBy([]cog.Builder[common.TableSortByFieldState]{common.NewTableSortByFieldStateBuilder().DisplayName("loss").Desc(true)}).
+		// Explicit: the SDK's default footer has a null reducer its own strict decoder rejects.
+		Footer(common.NewTableFooterOptionsBuilder().Show(false).Reducer([]string{"max"}))
 	for _, c := range columns {
 		worst = worst.OverrideByName(c.field, []dashboard.DynamicConfigValue{{Id: "unit", Value: c.unit}, {Id: "displayName", Value: c.name}})
 	}
