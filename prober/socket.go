@@ -42,13 +42,12 @@ type reply struct {
 var ErrNoICMPSocket = errors.New("cannot open an ICMP socket: grant CAP_NET_RAW (systemd: AmbientCapabilities=CAP_NET_RAW) or allow unprivileged ping sockets (sysctl net.ipv4.ping_group_range=\"0 2147483647\")")
 
 type sockConn struct {
-	f     *os.File
-	rc    syscall.RawConn
-	v6    bool
-	raw   bool
-	id    uint16
-	oob   []byte
-	sabuf []byte
+	f   *os.File
+	rc  syscall.RawConn
+	v6  bool
+	raw bool
+	id  uint16
+	oob []byte
 }
 
 // openSocket opens an ICMP socket bound to device: raw when the process has

@@ -242,7 +242,6 @@ func (a *demoAgent) stop() {
 // peerView is what an agent reports for one tunnel.
 type peerView struct {
 	handshake, rx, tx, changes float64
-	endpointSeen               bool
 }
 
 func (a *demoAgent) scrape() (map[string]peerView, error) {
