@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,6 +177,7 @@ func scrape(t *testing.T, a *lab.Agent) (series, string) {
 // TestCollectorOnRealTunnels runs the real agent binary against two real
 // userspace WireGuard devices and checks what it reports over HTTP.
 func TestCollectorOnRealTunnels(t *testing.T) {
+	start := time.Now() // the handshake may happen as soon as the pair is configured
 	pr := newPair(t)
 	bin := lab.BuildBinary(t, "./cmd/wgpulse")
 	dir := t.TempDir()
@@ -189,7 +191,6 @@ func TestCollectorOnRealTunnels(t *testing.T) {
 	agentA := lab.StartAgent(t, bin, pr.nsA, "127.0.0.1:9586", "--config.file="+cfgA)
 	agentB := lab.StartAgent(t, bin, pr.nsB, "127.0.0.1:9586", "--config.file="+cfgB)
 
-	start := time.Now()
 	sendUDP(t, pr.nsA, "10.99.0.2:9999", 20)
 	sendUDP(t, pr.nsB, "10.99.0.1:9999", 20)
 
@@ -294,6 +295,43 @@ func TestCollectorOnRealTunnels(t *testing.T) {
 	}
 	if !strings.Contains(bodyA, pubB) || !strings.Contains(bodyB, pubA) {
 		t.Error("public keys missing from scrapes, so the private-key check proves nothing")
+	}
+
+	// SIGHUP reloads the config file: a renamed peer shows under its new name;
+	// a broken file is refused and the running config stays.
+	reloadOK := func() float64 {
+		s, _ := scrape(t, agentA)
+		return s.mustGet(t, "wgpulse_config_last_reload_successful", nil)
+	}
+	writeFile(t, dir, "a.yml", fmt.Sprintf("collector:\n  devices: [%s]\n  poll_interval: 200ms\n  peer_names:\n    %q: site-b-renamed\n", pr.devA, pubB))
+	if err := agentA.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		s, _ := scrape(t, agentA)
+		if _, ok := s.get("wireguard_peer_info", labelsOf("public_key", pubB, "name", "site-b-renamed")); !ok {
+			return fmt.Sprintf("rename not applied after SIGHUP: %v", s["wireguard_peer_info"])
+		}
+		return ""
+	})
+	if reloadOK() != 1 {
+		t.Error("good reload reported as failed")
+	}
+	writeFile(t, dir, "a.yml", "collector:\n  poll_intervall: 1s\n")
+	if err := agentA.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		if reloadOK() != 0 {
+			return "bad config not reported by wgpulse_config_last_reload_successful"
+		}
+		return ""
+	})
+	if s, _ := scrape(t, agentA); s.mustGet(t, "wireguard_peer_info", labelsOf("public_key", pubB, "name", "site-b-renamed")) != 1 {
+		t.Error("running config lost after a bad reload")
+	}
+	if logs := agentA.Logs(); !strings.Contains(logs, "a.yml:2: unknown field") || !strings.Contains(logs, "poll_intervall") {
+		t.Errorf("reload error does not name file, line and field:\n%s", agentA.Logs())
 	}
 }
 

@@ -103,6 +103,9 @@ type Agent struct {
 	done   chan struct{}
 }
 
+// Signal sends sig to the agent.
+func (a *Agent) Signal(sig os.Signal) error { return a.cmd.Process.Signal(sig) }
+
 // Pid is the agent's process id (`ip netns exec` execs the agent in place).
 func (a *Agent) Pid() int { return a.cmd.Process.Pid }
 
