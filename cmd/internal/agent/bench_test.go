@@ -207,18 +207,9 @@ func BenchmarkScrape(b *testing.B) {
 }
 
 func rssMB(b *testing.B) float64 {
+	b.Helper()
 	runtime.GC()
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return mustMB(b, 0)
 }
 
 // BenchmarkAgentProcess runs the real wgpulse binary inside the device's
@@ -279,20 +270,15 @@ func agentPid(b *testing.B, a *lab.Agent) int {
 	return a.Pid()
 }
 
-func procRSSMB(b *testing.B, pid int) float64 {
+func procRSSMB(b *testing.B, pid int) float64 { return mustMB(b, pid) }
+
+func mustMB(b *testing.B, pid int) float64 {
 	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	mb, err := lab.ProcRSS(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	b.Fatalf("no VmRSS for pid %d", pid)
-	return 0
+	return mb
 }
 
 // BenchmarkAgentProber1000 runs the real agent in a fresh namespace with
@@ -348,15 +334,11 @@ func BenchmarkAgentProber1000(b *testing.B) {
 	}
 }
 
-// procCPU is user+system CPU time of a process, from /proc/PID/stat.
 func procCPU(b *testing.B, pid int) time.Duration {
 	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	d, err := lab.ProcCPU(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+	return d
 }
