@@ -70,6 +70,7 @@ type Collector struct {
 	}
 
 	// Owned by the poll goroutine.
+	polls   uint64 // numbers polls: peers not seen in the current one are forgotten
 	tracks  map[string]*deviceTrack
 	errKind map[string]string // device -> last logged error kind, "" = ok
 
@@ -188,7 +189,8 @@ func (c *Collector) Poll() *Snapshot {
 		c.noteOK("")
 	}
 
-	gen := uint64(start.UnixNano())
+	c.polls++
+	gen := c.polls
 	for _, name := range devices {
 		d, err := c.client.Device(name)
 		if err != nil {

@@ -411,3 +411,27 @@ func TestSubscribeGetsNewest(t *testing.T) {
 		t.Fatal("subscriber did not get the newest snapshot")
 	}
 }
+
+// TestRemovedPeerIsForgotten: a peer that leaves the device and comes back
+// later starts fresh (its new endpoint is first sight, not a rebind), even
+// when polls carry the same timestamp.
+func TestRemovedPeerIsForgotten(t *testing.T) {
+	a, b := key(t, 1), key(t, 2)
+	peers := []wgtypes.Peer{{PublicKey: a, Endpoint: udp("198.51.100.1:1000")}, {PublicKey: b, Endpoint: udp("198.51.100.2:2000")}}
+	client := &fakeClient{devices: func(string) (*wgtypes.Device, error) {
+		return &wgtypes.Device{Name: "wg0", Peers: peers}, nil
+	}}
+	col, err := collector.New(collector.Config{PollInterval: time.Second, Devices: []string{"wg0"}}, slog.New(slog.DiscardHandler),
+		collector.Options{Client: client, Links: &fakeLinks{}, Now: func() time.Time { return t0 }}) // a clock that never moves
+	if err != nil {
+		t.Fatal(err)
+	}
+	col.Poll()
+	peers = peers[:1] // b removed
+	col.Poll()
+	peers = append(peers, wgtypes.Peer{PublicKey: b, Endpoint: udp("203.0.113.9:3000")}) // b back, elsewhere
+	snap := col.Poll()
+	if got := snap.Devices[0].Peers[1].EndpointChanges; got != 0 {
+		t.Errorf("re-added peer counts %d endpoint changes, want 0 (first sight)", got)
+	}
+}

@@ -470,6 +470,7 @@ func (e *engine) expire(now time.Time, timeout time.Duration) time.Time {
 // receive reads replies until the socket closes.
 func (e *engine) receive() {
 	buf := make([]byte, 65536)
+	var lastErr string
 	for {
 		r, err := e.c.recv(buf)
 		if err != nil {
@@ -479,10 +480,14 @@ func (e *engine) receive() {
 			if closed || errors.Is(err, errClosed) {
 				return
 			}
-			e.p.logger.Warn("reading ICMP replies", "err", err)
+			if err.Error() != lastErr { // once per kind of error, not per read
+				lastErr = err.Error()
+				e.p.logger.Warn("reading ICMP replies; retrying", "err", err)
+			}
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		lastErr = ""
 		e.handle(r)
 	}
 }
