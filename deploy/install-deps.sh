@@ -8,6 +8,8 @@ declare -A pkg_for=(
   [wg]=wireguard-tools
   [promtool]=prometheus
   [amtool]=prometheus-alertmanager
+  [setpriv]=util-linux
+  [sysctl]=procps
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
