@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/collector/expo"
 )
 
 // gatherer is what the agent serves for one collector: its self metrics
@@ -21,7 +22,7 @@ func gatherer(t *testing.T, c *collector.Collector) prometheus.Gatherer {
 	if err := reg.Register(c); err != nil {
 		t.Fatal(err)
 	}
-	return sorted{collector.Gatherers{reg, c}}
+	return sorted{expo.Gatherers{reg, c}}
 }
 
 // sorted orders series by labels as a registry does; the collector's own

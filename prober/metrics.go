@@ -4,6 +4,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/wgpulse/wgpulse/collector/expo"
 )
 
 var targetLabels = []string{"device", "public_key", "name", "target"}
@@ -23,29 +26,37 @@ type metrics struct {
 }
 
 // Per-target counters and gauges are not stored as metric children (six or
-// more per target, each with its own label pairs): they are read from the
-// target's own accounting at scrape time. Only the RTT histogram, which must
-// be observed as probes finish, is a stored child.
+// more per target, each with its own label pairs): Gather builds them from
+// the targets' own accounting at scrape time. Only the RTT histogram, which
+// must be observed as probes finish, is a stored child.
+type family struct {
+	name, help string
+	typ        dto.MetricType
+	state      bool // has the extra "state" label
+}
+
 var (
-	descProbes = prometheus.NewDesc("wgpulse_probes_total",
-		"Finished probes (answered or lost after the timeout); in-flight probes are not counted. SLI denominator.", targetLabels, nil)
-	descFailures = prometheus.NewDesc("wgpulse_probe_failures_total",
-		"Probes lost (no reply within prober.timeout) or not sendable. SLI numerator.", targetLabels, nil)
-	descLate = prometheus.NewDesc("wgpulse_probe_late_replies_total",
-		"Replies that arrived after their probe was counted as lost (exported once non-zero).", targetLabels, nil)
-	descDups = prometheus.NewDesc("wgpulse_probe_duplicate_replies_total",
-		"Extra replies to an already answered probe (exported once non-zero).", targetLabels, nil)
-	descLoss = prometheus.NewDesc("wgpulse_probe_loss_ratio",
-		"Share of probes lost over prober.window.", targetLabels, nil)
-	descJitter = prometheus.NewDesc("wgpulse_probe_jitter_seconds",
-		"Interarrival jitter of RTTs (RFC 3550 A.8) over consecutive probes, pairs with a loss skipped.", targetLabels, nil)
-	descUp = prometheus.NewDesc("wgpulse_probe_up",
-		"1 if one of the last three probes was answered.", targetLabels, nil)
-	descPMTU = prometheus.NewDesc("wgpulse_path_mtu_bytes",
-		"Largest inner IP packet known to cross the tunnel with DF set (path MTU search); absent until known.", targetLabels, nil)
-	descPMTUState = prometheus.NewDesc("wgpulse_path_mtu_search_state",
-		"Path MTU search state (RFC 8899): 1 for the current state.", append(targetLabels[:4:4], "state"), nil)
+	famProbes   = family{"wgpulse_probes_total", "Finished probes (answered or lost after the timeout); in-flight probes are not counted. SLI denominator.", dto.MetricType_COUNTER, false}
+	famFailures = family{"wgpulse_probe_failures_total", "Probes lost (no reply within prober.timeout) or not sendable. SLI numerator.", dto.MetricType_COUNTER, false}
+	famLate     = family{"wgpulse_probe_late_replies_total", "Replies that arrived after their probe was counted as lost (exported once non-zero).", dto.MetricType_COUNTER, false}
+	famDups     = family{"wgpulse_probe_duplicate_replies_total", "Extra replies to an already answered probe (exported once non-zero).", dto.MetricType_COUNTER, false}
+	famLoss     = family{"wgpulse_probe_loss_ratio", "Share of probes lost over prober.window.", dto.MetricType_GAUGE, false}
+	famJitter   = family{"wgpulse_probe_jitter_seconds", "Interarrival jitter of RTTs (RFC 3550 A.8) over consecutive probes, pairs with a loss skipped.", dto.MetricType_GAUGE, false}
+	famUp       = family{"wgpulse_probe_up", "1 if one of the last three probes was answered.", dto.MetricType_GAUGE, false}
+	famPMTU     = family{"wgpulse_path_mtu_bytes", "Largest inner IP packet known to cross the tunnel with DF set (path MTU search); absent until known.", dto.MetricType_GAUGE, false}
+	famState    = family{"wgpulse_path_mtu_search_state", "Path MTU search state (RFC 8899), one series with value 1 labelled with the current state: base, searching, search_complete, error or disabled.", dto.MetricType_GAUGE, true}
+	families    = []family{famProbes, famFailures, famLate, famDups, famLoss, famJitter, famUp, famPMTU, famState}
 )
+
+func (f family) desc() *prometheus.Desc {
+	labels := targetLabels
+	if f.state {
+		labels = append(targetLabels[:4:4], "state")
+	}
+	return prometheus.NewDesc(f.name, f.help, labels, nil)
+}
+
+func (f family) builder(n int) *expo.Family { return expo.NewFamily(f.name, f.help, f.typ, n) }
 
 func newMetrics() *metrics {
 	return &metrics{
@@ -79,52 +90,94 @@ func (p *Prober) Describe(ch chan<- *prometheus.Desc) {
 	for _, c := range p.metrics.collectors() {
 		c.Describe(ch)
 	}
-	for _, d := range []*prometheus.Desc{descProbes, descFailures, descLate, descDups, descLoss, descJitter, descUp, descPMTU, descPMTUState} {
-		ch <- d
+	for _, f := range families { // built by Gather, described for completeness
+		ch <- f.desc()
 	}
 }
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector for the RTT histogram and the
+// prober's own counters. The per-target counters and gauges come from Gather.
 func (p *Prober) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range p.metrics.collectors() {
 		c.Collect(ch)
 	}
+}
+
+// targetView is one target's numbers, copied under its engine lock.
+type targetView struct {
+	labels           []string // device, public_key, name, target
+	probes, failures uint64
+	late, dups       uint64
+	loss, jitter     float64
+	up, started      bool
+	pmtu             int
+	state            string
+}
+
+var (
+	lnDevice, lnPublicKey, lnName, lnTarget, lnState = "device", "public_key", "name", "target", "state"
+	pmtuStateNames                                   = [...]string{"disabled", "base", "searching", "search_complete", "error"}
+)
+
+// Gather implements prometheus.Gatherer for the per-target counters and
+// gauges, built from slabs (collector/expo) like the collector's families: at
+// 10,000 targets the registry's per-series path costs several times more.
+func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	p.mu.Lock()
 	ts := make([]*target, 0, len(p.targets))
 	for _, t := range p.targets {
 		ts = append(ts, t)
 	}
 	p.mu.Unlock()
-	for _, t := range ts {
-		t.collect(ch)
+	views := make([]targetView, len(ts))
+	var late, dups, started, pmtus int
+	for i, t := range ts {
+		t.e.mu.Lock()
+		views[i] = targetView{
+			labels: t.m.labels, probes: t.probes, failures: t.failures, late: t.lateN, dups: t.dupN,
+			loss: t.lossRatio(), jitter: t.jitter, up: t.isUp(), started: t.finished > 0,
+			pmtu: t.pmtu.mtu, state: pmtuStateNames[t.pmtu.state],
+		}
+		t.e.mu.Unlock()
+		v := &views[i]
+		late += int(b2u(v.late > 0))
+		dups += int(b2u(v.dups > 0))
+		started += int(b2u(v.started))
+		pmtus += int(b2u(v.pmtu > 0))
 	}
-}
-
-func (t *target) collect(ch chan<- prometheus.Metric) {
-	t.e.mu.Lock()
-	probes, failures, late, dups := t.probes, t.failures, t.lateN, t.dupN
-	loss, jitter, up, started := t.lossRatio(), t.jitter, t.isUp(), t.finished > 0
-	pm := t.pmtu
-	t.e.mu.Unlock()
-	l := t.m.labels
-	ch <- prometheus.MustNewConstMetric(descProbes, prometheus.CounterValue, float64(probes), l...)
-	ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(failures), l...)
-	if late > 0 {
-		ch <- prometheus.MustNewConstMetric(descLate, prometheus.CounterValue, float64(late), l...)
+	n := len(views)
+	var (
+		probes, failures = famProbes.builder(n), famFailures.builder(n)
+		lateF, dupsF     = famLate.builder(late), famDups.builder(dups)
+		loss, jitter, up = famLoss.builder(started), famJitter.builder(started), famUp.builder(started)
+		pmtu, state      = famPMTU.builder(pmtus), famState.builder(started)
+	)
+	pairs := expo.NewPairs(5 * n)
+	sets := expo.NewSets(9 * n)
+	for i := range views {
+		v := &views[i]
+		l := v.labels
+		// Sorted by label name: device, name, public_key, (state,) target.
+		dev, name, key, tgt := pairs.Pair(&lnDevice, &l[0]), pairs.Pair(&lnName, &l[2]), pairs.Pair(&lnPublicKey, &l[1]), pairs.Pair(&lnTarget, &l[3])
+		base := sets.Set(dev, name, key, tgt)
+		probes.Add(float64(v.probes), base)
+		failures.Add(float64(v.failures), base)
+		if v.late > 0 {
+			lateF.Add(float64(v.late), base)
+		}
+		if v.dups > 0 {
+			dupsF.Add(float64(v.dups), base)
+		}
+		if !v.started {
+			continue // no verdict before the first probe finished
+		}
+		loss.Add(v.loss, base)
+		jitter.Add(v.jitter, base)
+		up.Add(float64(b2u(v.up)), base)
+		if v.pmtu > 0 {
+			pmtu.Add(float64(v.pmtu), base)
+		}
+		state.Add(1, sets.Set(dev, name, key, pairs.Pair(&lnState, &v.state), tgt))
 	}
-	if dups > 0 {
-		ch <- prometheus.MustNewConstMetric(descDups, prometheus.CounterValue, float64(dups), l...)
-	}
-	if !started {
-		return // no verdict before the first probe finished
-	}
-	ch <- prometheus.MustNewConstMetric(descLoss, prometheus.GaugeValue, loss, l...)
-	ch <- prometheus.MustNewConstMetric(descJitter, prometheus.GaugeValue, jitter, l...)
-	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, float64(b2u(up)), l...)
-	if pm.mtu > 0 {
-		ch <- prometheus.MustNewConstMetric(descPMTU, prometheus.GaugeValue, float64(pm.mtu), l...)
-	}
-	for _, s := range pmtuStates {
-		ch <- prometheus.MustNewConstMetric(descPMTUState, prometheus.GaugeValue, float64(b2u(s == pm.state)), l[0], l[1], l[2], l[3], s.String())
-	}
+	return expo.Families(probes, failures, lateF, dupsF, loss, jitter, up, pmtu, state), nil
 }

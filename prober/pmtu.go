@@ -30,11 +30,7 @@ const (
 	pmtuError
 )
 
-var pmtuStates = []pmtuState{pmtuDisabled, pmtuBase, pmtuSearching, pmtuComplete, pmtuError}
-
-func (s pmtuState) String() string {
-	return [...]string{"disabled", "base", "searching", "search_complete", "error"}[s]
-}
+func (s pmtuState) String() string { return pmtuStateNames[s] }
 
 const (
 	pmtuResolution = 20 // stop when the bracket is this narrow (s2n-quic)

@@ -10,7 +10,6 @@ import (
 	"testing/synctest"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -136,9 +135,7 @@ func health(t *testing.T, p *Prober, addr string) Health {
 // exported is the value of a prober metric for a target, as scraped.
 func exported(t *testing.T, p *Prober, name, addr string) float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(p)
-	mfs, err := reg.Gather()
+	mfs, err := p.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

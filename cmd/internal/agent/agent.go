@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/collector/expo"
 	"github.com/wgpulse/wgpulse/prober"
 )
 
@@ -132,9 +133,9 @@ func (a *Agent) Close() error {
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
 // Gatherer is everything the agent exposes: its registry plus the
-// collector's snapshot families.
+// collector's snapshot families and the prober's per-target families.
 func (a *Agent) Gatherer() prometheus.Gatherer {
-	return collector.Gatherers{a.registry, a.collector}
+	return expo.Gatherers{a.registry, a.collector, a.prober}
 }
 
 // Prober is the agent's prober.
