@@ -39,8 +39,12 @@ lint:
 generate:
 	$(GO) run ./cmd/wgpulse generate --out .
 
+# bench: per-operation benchmarks over 60 iterations (60 polls, 60 scrapes),
+# then the whole-run measurements (1,000 probe targets for 10-25 s) once.
+MEASUREMENTS := ThousandTargets|AgentProber1000
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime=60x -timeout 30m ./...
+	$(GO) test -run '^$$' -bench . -skip '$(MEASUREMENTS)' -benchmem -benchtime=60x -timeout 30m ./...
+	$(GO) test -run '^$$' -bench '$(MEASUREMENTS)' -benchtime=1x -timeout 30m ./...
 
 # demo: the lab plus an agent per site, with a fault timeline (root).
 # DEMO_FLAGS=--hold keeps it up for Prometheus/Grafana.

@@ -103,6 +103,19 @@ type Agent struct {
 	done   chan struct{}
 }
 
+// Stop interrupts the agent and waits for it (SIGKILL after 5 s). It is
+// called at test cleanup; benchmarks that start an agent per iteration call
+// it themselves. Stopping twice is harmless.
+func (a *Agent) Stop() {
+	_ = a.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-a.done:
+	case <-time.After(5 * time.Second):
+		_ = a.cmd.Process.Kill()
+		<-a.done
+	}
+}
+
 // Signal sends sig to the agent.
 func (a *Agent) Signal(sig os.Signal) error { return a.cmd.Process.Signal(sig) }
 
@@ -142,13 +155,7 @@ func StartAgent(t testing.TB, bin, ns, addr string, flags ...string) *Agent {
 	}
 	go func() { _ = a.cmd.Wait(); close(a.done) }()
 	t.Cleanup(func() {
-		_ = a.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-a.done:
-		case <-time.After(5 * time.Second):
-			_ = a.cmd.Process.Kill()
-			<-a.done
-		}
+		a.Stop()
 		if t.Failed() {
 			t.Logf("agent in %s logs:\n%s", ns, a.Logs())
 		}
