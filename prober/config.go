@@ -29,6 +29,11 @@ type Config struct {
 	AutoTargets bool `yaml:"auto_targets"`
 	// Size is the ICMP payload size of SLI probes (default 56, as ping).
 	Size int `yaml:"size"`
+	// MaxRate caps the probes per second across all targets (default 1000; 0
+	// = no cap). With more targets than MaxRate × interval allows, every
+	// target's interval is stretched evenly, so a hub with 10,000 peers is
+	// probed every 10 s instead of flooding its tunnels.
+	MaxRate float64 `yaml:"max_rate"`
 	// Targets are probed in addition to the auto-targets.
 	Targets []TargetConfig `yaml:"targets"`
 	PMTU    PMTUConfig     `yaml:"pmtu"`
@@ -56,7 +61,7 @@ type PMTUConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		Enabled: true, Interval: time.Second, Timeout: 2 * time.Second, Window: time.Minute,
-		AutoTargets: true, Size: 56,
+		AutoTargets: true, Size: 56, MaxRate: 1000,
 		PMTU: PMTUConfig{Enabled: true, Min: 1280, Interval: 10 * time.Minute},
 	}
 }
@@ -78,6 +83,9 @@ func (c Config) Validate() error {
 	}
 	if c.Size < 16 || c.Size > 65000 {
 		fe("size", "ICMP payload must be 16..65000 bytes, got %d", c.Size)
+	}
+	if c.MaxRate < 0 {
+		fe("max_rate", "must be 0 (no cap) or positive, got %v", c.MaxRate)
 	}
 	seen := map[string]bool{}
 	for i, t := range c.Targets {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"net/netip"
 	"slices"
 	"sync"
@@ -67,14 +68,15 @@ type Prober struct {
 	open    func(device string, v6 bool) (conn, error)
 	metrics *metrics
 
-	mu       sync.Mutex // guards everything below
-	cfg      Config
-	targets  map[string]*target
-	engines  map[engineKey]*engine
-	sched    schedHeap
-	openErrs map[engineKey]string // last logged open error per engine
-	wake     chan struct{}
-	subs     atomic.Pointer[[]chan Result] // copy on write: read under engine locks
+	mu        sync.Mutex // guards everything below
+	cfg       Config
+	targets   map[string]*target
+	engines   map[engineKey]*engine
+	sched     schedHeap
+	openErrs  map[engineKey]string // last logged open error per engine
+	stretched float64              // last interval stretch factor logged
+	wake      chan struct{}
+	subs      atomic.Pointer[[]chan Result] // copy on write: read under engine locks
 
 	pmtu *pmtuRunner
 }
@@ -90,14 +92,15 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Prober, error) {
 		return nil, err
 	}
 	p := &Prober{
-		logger:   logger,
-		open:     opts.Open,
-		metrics:  newMetrics(),
-		cfg:      cfg,
-		targets:  map[string]*target{},
-		engines:  map[engineKey]*engine{},
-		openErrs: map[engineKey]string{},
-		wake:     make(chan struct{}, 1),
+		logger:    logger,
+		open:      opts.Open,
+		metrics:   newMetrics(),
+		cfg:       cfg,
+		targets:   map[string]*target{},
+		engines:   map[engineKey]*engine{},
+		openErrs:  map[engineKey]string{},
+		wake:      make(chan struct{}, 1),
+		stretched: 1,
 	}
 	if p.open == nil {
 		p.open = openSocket
@@ -178,6 +181,7 @@ func (p *Prober) SetTargets(ts []Target) {
 	defer p.mu.Unlock()
 	now := time.Now()
 	want := make(map[string]Target, len(ts))
+	var rate float64 // probes per second asked for
 	for _, t := range ts {
 		if t.Size == 0 {
 			t.Size = p.cfg.Size
@@ -185,7 +189,25 @@ func (p *Prober) SetTargets(ts []Target) {
 		if t.Interval == 0 {
 			t.Interval = p.cfg.Interval
 		}
+		rate += float64(time.Second) / float64(t.Interval)
 		want[t.Key()] = t
+	}
+	// Whole multiples only: a factor that moved with every new peer would
+	// reset every target's loss window each time.
+	stretch := 1.0
+	if p.cfg.MaxRate > 0 && rate > p.cfg.MaxRate {
+		stretch = math.Ceil(rate / p.cfg.MaxRate)
+		for k, t := range want {
+			t.Interval *= time.Duration(stretch)
+			want[k] = t
+		}
+	}
+	if stretch != p.stretched {
+		p.stretched = stretch
+		if stretch > 1 {
+			p.logger.Info("more probes asked for than prober.max_rate allows: every interval is stretched", "targets", len(want),
+				"asked_per_second", rate, "max_rate", p.cfg.MaxRate, "factor", stretch)
+		}
 	}
 	for k, t := range p.targets {
 		if nt, ok := want[k]; !ok || nt.PublicKey != t.spec.PublicKey || nt.Name != t.spec.Name {

@@ -325,3 +325,33 @@ func TestUpNeedsThreeLosses(t *testing.T) {
 		}
 	})
 }
+
+// TestMaxRateStretchesIntervals: 3,000 targets at 1/s against max_rate 1000
+// are each probed every 3 s, so the whole prober sends 1,000 probes/s.
+func TestMaxRateStretchesIntervals(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fn := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: time.Millisecond} })
+		var addrs []string
+		for i := range 3000 {
+			addrs = append(addrs, fmt.Sprintf("10.2.%d.%d", i/250, i%250+1))
+		}
+		p, cancel := runProber(t, testConfig(), fn, nil, addrs...)
+		defer cancel()
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		var sent int
+		for _, a := range addrs {
+			n := fn.sentTo(netip.MustParseAddr(a))
+			if n < 9 || n > 11 {
+				t.Fatalf("%s probed %d times in 30s, want about 10 (every 3s)", a, n)
+			}
+			sent += n
+		}
+		if rate := float64(sent) / 30; rate > 1050 {
+			t.Errorf("%.0f probes/s in total, want at most max_rate 1000", rate)
+		}
+		if h := health(t, p, addrs[0]); h.Target.Interval != 3*time.Second {
+			t.Errorf("effective interval %v, want 3s", h.Target.Interval)
+		}
+	})
+}
