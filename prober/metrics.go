@@ -103,17 +103,6 @@ func (p *Prober) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// targetView is one target's numbers, copied under its engine lock.
-type targetView struct {
-	labels           []string // device, public_key, name, target
-	probes, failures uint64
-	late, dups       uint64
-	loss, jitter     float64
-	up, started      bool
-	pmtu             int
-	state            string
-}
-
 var (
 	lnDevice, lnPublicKey, lnName, lnTarget, lnState = "device", "public_key", "name", "target", "state"
 	pmtuStateNames                                   = [...]string{"disabled", "base", "searching", "search_complete", "error"}
@@ -129,21 +118,15 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 		ts = append(ts, t)
 	}
 	p.mu.Unlock()
-	views := make([]targetView, len(ts))
+	views := make([]Health, len(ts))
 	var late, dups, started, pmtus int
 	for i, t := range ts {
-		t.e.mu.Lock()
-		views[i] = targetView{
-			labels: t.m.labels, probes: t.probes, failures: t.failures, late: t.lateN, dups: t.dupN,
-			loss: t.lossRatio(), jitter: t.jitter, up: t.isUp(), started: t.finished > 0,
-			pmtu: t.pmtu.mtu, state: pmtuStateNames[t.pmtu.state],
-		}
-		t.e.mu.Unlock()
+		views[i] = t.health()
 		v := &views[i]
-		late += int(b2u(v.late > 0))
-		dups += int(b2u(v.dups > 0))
-		started += int(b2u(v.started))
-		pmtus += int(b2u(v.pmtu > 0))
+		late += int(b2u(v.Late > 0))
+		dups += int(b2u(v.Duplicates > 0))
+		started += int(b2u(v.Probes > 0))
+		pmtus += int(b2u(v.PathMTU > 0))
 	}
 	n := len(views)
 	var (
@@ -156,28 +139,28 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	sets := expo.NewSets(9 * n)
 	for i := range views {
 		v := &views[i]
-		l := v.labels
+		l := ts[i].m.labels
 		// Sorted by label name: device, name, public_key, (state,) target.
 		dev, name, key, tgt := pairs.Pair(&lnDevice, &l[0]), pairs.Pair(&lnName, &l[2]), pairs.Pair(&lnPublicKey, &l[1]), pairs.Pair(&lnTarget, &l[3])
 		base := sets.Set(dev, name, key, tgt)
-		probes.Add(float64(v.probes), base)
-		failures.Add(float64(v.failures), base)
-		if v.late > 0 {
-			lateF.Add(float64(v.late), base)
+		probes.Add(float64(v.Probes), base)
+		failures.Add(float64(v.Failures), base)
+		if v.Late > 0 {
+			lateF.Add(float64(v.Late), base)
 		}
-		if v.dups > 0 {
-			dupsF.Add(float64(v.dups), base)
+		if v.Duplicates > 0 {
+			dupsF.Add(float64(v.Duplicates), base)
 		}
-		if !v.started {
+		if v.Probes == 0 {
 			continue // no verdict before the first probe finished
 		}
-		loss.Add(v.loss, base)
-		jitter.Add(v.jitter, base)
-		up.Add(float64(b2u(v.up)), base)
-		if v.pmtu > 0 {
-			pmtu.Add(float64(v.pmtu), base)
+		loss.Add(v.LossRatio, base)
+		jitter.Add(v.Jitter.Seconds(), base)
+		up.Add(float64(b2u(v.Up)), base)
+		if v.PathMTU > 0 {
+			pmtu.Add(float64(v.PathMTU), base)
 		}
-		state.Add(1, sets.Set(dev, name, key, pairs.Pair(&lnState, &v.state), tgt))
+		state.Add(1, sets.Set(dev, name, key, pairs.Pair(&lnState, &v.PMTUState), tgt))
 	}
 	return expo.Families(probes, failures, lateF, dupsF, loss, jitter, up, pmtu, state), nil
 }

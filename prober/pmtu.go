@@ -128,7 +128,7 @@ func (r *pmtuRunner) run(ctx context.Context) {
 func (r *pmtuRunner) step(ctx context.Context, t *target) {
 	cfg := r.p.Config()
 	t.e.mu.Lock()
-	view, spec, up, loss := t.pmtu, t.spec, t.finished > 0 && t.isUp(), t.lossRatio()
+	view, spec, up, loss := t.pmtu, t.spec, t.probes > 0 && t.isUp(), t.lossRatio()
 	t.e.mu.Unlock()
 	privileged := t.e.c.privileged()
 	now := time.Now()

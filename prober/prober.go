@@ -11,6 +11,7 @@ import (
 	"math"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -165,10 +166,10 @@ func (p *Prober) Health() []Health {
 		out = append(out, t.health())
 	}
 	slices.SortFunc(out, func(a, b Health) int {
-		if a.Target.Key() < b.Target.Key() {
-			return -1
+		if c := strings.Compare(a.Target.Device, b.Target.Device); c != 0 {
+			return c
 		}
-		return 1
+		return a.Target.Address.Compare(b.Target.Address)
 	})
 	return out
 }
@@ -213,7 +214,7 @@ func (p *Prober) SetTargets(ts []Target) {
 		if nt, ok := want[k]; !ok || nt.PublicKey != t.spec.PublicKey || nt.Name != t.spec.Name {
 			p.removeLocked(t)
 		} else {
-			t.setSpec(nt) // interval, size, device MTU may change in place
+			t.setSpec(nt, p.cfg.Window, p.cfg.Timeout) // interval, size, device MTU, window may change in place
 		}
 	}
 	for k, spec := range want {
@@ -415,12 +416,31 @@ type slot struct {
 	sent  time.Time
 }
 
-const ringSize = 8192 // covers 8 s of probes at 1,000 probes/s: longer than any timeout at that rate
+// The slot ring starts small and doubles whenever a new probe would land on
+// a probe still in flight (rate × timeout outgrew it), up to the 16-bit
+// sequence space. Only beyond that is a live probe ended early, as lost.
+const (
+	initialRing = 1024
+	maxRing     = 1 << 16
+)
 
 func newEngine(c conn, p *Prober) *engine {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &engine{c: c, p: p, id: c.echoID(), nonce: binary.BigEndian.Uint64(b[:]), slots: make([]slot, ringSize)}
+	return &engine{c: c, p: p, id: c.echoID(), nonce: binary.BigEndian.Uint64(b[:]), slots: make([]slot, initialRing)}
+}
+
+// grow doubles the ring. The live slots span at most len(slots) consecutive
+// sequence numbers, so they land in distinct slots of the larger ring.
+// Called with e.mu held.
+func (e *engine) grow() {
+	slots := make([]slot, 2*len(e.slots))
+	for _, s := range e.slots {
+		if s.t != nil {
+			slots[int(s.seq)&(len(slots)-1)] = s
+		}
+	}
+	e.slots = slots
 }
 
 func (e *engine) close() {
@@ -441,7 +461,11 @@ func (e *engine) sendProbe(t *target, now time.Time) {
 	seq := e.seq
 	e.seq++
 	s := &e.slots[int(seq)&(len(e.slots)-1)]
-	if s.state == slotInFlight { // the ring wrapped onto a live probe: end it as lost, honestly
+	for s.state == slotInFlight && len(e.slots) < maxRing {
+		e.grow()
+		s = &e.slots[int(seq)&(len(e.slots)-1)]
+	}
+	if s.state == slotInFlight { // 65,536 probes in flight: end the oldest as lost, honestly
 		s.t.finish(e, s, false, 0, now)
 	}
 	gen := s.gen + 1
@@ -457,7 +481,8 @@ func (e *engine) sendProbe(t *target, now time.Time) {
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if s.gen != gen || s.state != slotInFlight {
+	s = &e.slots[int(seq)&(len(e.slots)-1)] // the ring may have grown meanwhile
+	if s.seq != seq || s.gen != gen || s.state != slotInFlight {
 		return
 	}
 	if err != nil {

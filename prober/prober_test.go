@@ -355,3 +355,61 @@ func TestMaxRateStretchesIntervals(t *testing.T) {
 		}
 	})
 }
+
+// TestLongRTTsAtFullRateLoseNothing: replies after 10 s with a 15 s timeout
+// at 1,000 probes/s keep 10,000 probes in flight on one socket. The slot ring
+// must grow to hold them rather than end live probes early as lost.
+func TestLongRTTsAtFullRateLoseNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fn := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: 10 * time.Second} })
+		var addrs []string
+		for i := range 1000 {
+			addrs = append(addrs, fmt.Sprintf("10.3.%d.%d", i/250, i%250+1))
+		}
+		cfg := testConfig()
+		cfg.Timeout = 15 * time.Second
+		cfg.Window = 30 * time.Second
+		p, cancel := runProber(t, cfg, fn, nil, addrs...)
+		defer cancel()
+		time.Sleep(25 * time.Second)
+		synctest.Wait()
+		var probes, failures uint64
+		for _, h := range p.Health() {
+			probes += h.Probes
+			failures += h.Failures
+		}
+		if probes < 10000 || failures != 0 {
+			t.Errorf("%d probes answered after 10s, %d counted lost; want >= 10000 and none lost", probes, failures)
+		}
+	})
+}
+
+// TestReloadedWindowAppliesToExistingTargets: shortening prober.window on
+// reload takes effect for targets already probed.
+func TestReloadedWindowAppliesToExistingTargets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var clean sync.Map
+		fn := newFakeNet(func(netip.Addr, int) fakeReply {
+			if _, ok := clean.Load("yes"); ok {
+				return fakeReply{delay: time.Millisecond}
+			}
+			return fakeReply{drop: true}
+		})
+		cfg := testConfig()
+		cfg.Window = time.Minute
+		p, cancel := runProber(t, cfg, fn, nil, "10.0.0.7")
+		defer cancel()
+		time.Sleep(20 * time.Second)
+		clean.Store("yes", true)
+		cfg.Window = 5 * time.Second
+		if err := p.ApplyConfig(cfg); err != nil {
+			t.Fatal(err)
+		}
+		p.SetTargets([]Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.7"), PublicKey: "key0", Name: "peer-10.0.0.7", DeviceMTU: 1420}})
+		time.Sleep(cfg.Window + cfg.Timeout + time.Second)
+		synctest.Wait()
+		if h := health(t, p, "10.0.0.7"); h.LossRatio != 0 {
+			t.Errorf("loss ratio %v 8s after the window was shortened to 5s, want 0 (the old 1m window still applies)", h.LossRatio)
+		}
+	})
+}

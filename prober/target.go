@@ -23,7 +23,6 @@ type target struct {
 	head, n          int
 	lost             int // lost among the window's outcomes
 	last3            uint8
-	finished         int
 	sent             uint64     // probes sent: numbers them for jitter pairs
 	jitter           float64    // seconds
 	recent           []finished // by probe number modulo len: neighbours for jitter
@@ -61,26 +60,36 @@ type targetMetrics struct {
 
 func newTarget(spec Target, e *engine, m *metrics, window, timeout time.Duration) *target {
 	labels := []string{spec.Device, spec.PublicKey, spec.Name, spec.Address.String()}
-	t := &target{spec: spec, e: e, heapIndex: -1, window: window, m: targetMetrics{
+	t := &target{spec: spec, e: e, heapIndex: -1, m: targetMetrics{
 		labels: labels,
 		rtt:    m.rtt.WithLabelValues(labels...),
 	}}
-	t.outcomes = make([]outcome, int(window/spec.Interval)+2)
-	// Neighbours can finish up to a timeout apart: keep that many probes.
-	t.recent = make([]finished, min(max(int(timeout/spec.Interval)+2, 4), 1024))
+	t.size(window, timeout)
 	t.pmtu.state = pmtuBase
 	return t
 }
 
-// setSpec takes in-place changes (interval, size, device MTU). Called with Prober.mu.
-func (t *target) setSpec(s Target) {
-	t.e.mu.Lock()
-	defer t.e.mu.Unlock()
-	if s.Interval != t.spec.Interval {
-		t.outcomes = make([]outcome, int(t.window/s.Interval)+2)
+// size (re)allocates the loss window and the jitter neighbours for the
+// target's interval, prober.window and prober.timeout. A changed loss window
+// starts empty.
+func (t *target) size(window, timeout time.Duration) {
+	if n := int(window/t.spec.Interval) + 2; n != len(t.outcomes) || window != t.window {
+		t.outcomes, t.window = make([]outcome, n), window
 		t.head, t.n, t.lost = 0, 0, 0
 	}
+	// Neighbours can finish up to a timeout apart: keep that many probes.
+	if n := min(max(int(timeout/t.spec.Interval)+2, 4), 1024); n > len(t.recent) {
+		t.recent = make([]finished, n) // jitter pairs resume with the next probes
+	}
+}
+
+// setSpec takes in-place changes of the target (interval, size, device MTU)
+// and of the configuration (window, timeout). Called with Prober.mu.
+func (t *target) setSpec(s Target, window, timeout time.Duration) {
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
 	t.spec.Interval, t.spec.Size, t.spec.DeviceMTU = s.Interval, s.Size, s.DeviceMTU
+	t.size(window, timeout)
 }
 
 // finish ends a probe exactly once: the slot leaves the in-flight state here
@@ -96,7 +105,6 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 	}
 	t.probes++
 	t.last3 = t.last3<<1 | b2u(ok)
-	t.finished++
 	t.pairJitter(finished{n: s.n, ok: ok, rtt: rtt})
 	if ok {
 		t.m.rtt.Observe(rtt.Seconds())
@@ -143,8 +151,8 @@ func b2u(b bool) uint8 {
 // multiplier 3), so one lost probe does not flap the target.
 func (t *target) isUp() bool {
 	mask := uint8(0b111)
-	if t.finished < 3 {
-		mask = uint8(1)<<t.finished - 1
+	if t.probes < 3 {
+		mask = uint8(1)<<t.probes - 1
 	}
 	return t.last3&mask != 0
 }
@@ -197,7 +205,7 @@ func (t *target) health() Health {
 	t.e.mu.Lock()
 	defer t.e.mu.Unlock()
 	return Health{
-		Target: t.spec, Up: t.finished > 0 && t.isUp(), LossRatio: t.lossRatio(),
+		Target: t.spec, Up: t.probes > 0 && t.isUp(), LossRatio: t.lossRatio(),
 		RTT: t.lastRTT, Jitter: time.Duration(t.jitter * float64(time.Second)),
 		Probes: t.probes, Failures: t.failures, Late: t.lateN, Duplicates: t.dupN, LastSuccess: t.lastSuccess,
 		PathMTU: t.pmtu.mtu, PMTUState: t.pmtu.state.String(),
