@@ -10,7 +10,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/prober"
 )
 
@@ -73,7 +72,7 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	fe := func(field, format string, a ...any) {
-		errs = append(errs, &collector.FieldError{Field: field, Msg: fmt.Sprintf(format, a...)})
+		errs = append(errs, &fieldError{field, fmt.Sprintf(format, a...)})
 	}
 	if c.Job == "" {
 		fe("job", "must not be empty")
@@ -151,7 +150,7 @@ var severities = []string{"critical", "warning", "info"}
 func (c SLOConfig) Validate() error {
 	var errs []error
 	fe := func(field, format string, a ...any) {
-		errs = append(errs, &collector.FieldError{Field: field, Msg: fmt.Sprintf(format, a...)})
+		errs = append(errs, &fieldError{field, fmt.Sprintf(format, a...)})
 	}
 	if p := time.Duration(c.Period); p < 7*24*time.Hour || p > 90*24*time.Hour {
 		fe("period", "must be 7d to 90d, got %s", c.Period)
@@ -210,3 +209,11 @@ func (d *Duration) UnmarshalYAML(unmarshal func(any) error) error {
 }
 
 func (d Duration) String() string { return promDuration(time.Duration(d)) }
+
+// fieldError is a configuration problem at a YAML path relative to the
+// section; the agent's config loader maps it to the file's line.
+type fieldError struct{ path, problem string }
+
+func (e *fieldError) Error() string        { return e.path + ": " + e.problem }
+func (e *fieldError) FieldPath() string    { return e.path }
+func (e *fieldError) FieldProblem() string { return e.problem }

@@ -39,44 +39,46 @@ func DefaultConfig() Config {
 // burns CPU in the kernel and in wireguard-go.
 const MinPollInterval = 100 * time.Millisecond
 
-// FieldError is a configuration error tied to one field. Field is the YAML
-// path relative to the section (e.g. "poll_interval" or "peer_names[abc]"),
-// so the config loader can prefix the section and point at the line.
-type FieldError struct {
-	Field string
-	Msg   string
-}
+// fieldError is a configuration problem at a YAML path relative to the
+// section ("poll_interval", "devices[1]"). The agent's config loader finds it
+// through FieldPath, prefixes the section and points at the file's line.
+type fieldError struct{ path, problem string }
 
-func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+func (e *fieldError) Error() string        { return e.path + ": " + e.problem }
+func (e *fieldError) FieldPath() string    { return e.path }
+func (e *fieldError) FieldProblem() string { return e.problem }
 
 // Validate checks the configuration and names the offending field.
 func (c Config) Validate() error {
 	var errs []error
+	fe := func(path, format string, a ...any) {
+		errs = append(errs, &fieldError{path, fmt.Sprintf(format, a...)})
+	}
 	if c.PollInterval < MinPollInterval {
-		errs = append(errs, &FieldError{"poll_interval", fmt.Sprintf("must be at least %s, got %s", MinPollInterval, c.PollInterval)})
+		fe("poll_interval", "must be at least %s, got %s", MinPollInterval, c.PollInterval)
 	}
 	seen := make(map[string]bool, len(c.Devices))
 	for i, d := range c.Devices {
 		field := fmt.Sprintf("devices[%d]", i)
 		switch {
 		case d == "":
-			errs = append(errs, &FieldError{field, "device name must not be empty"})
+			fe(field, "device name must not be empty")
 		case len(d) > 15:
-			errs = append(errs, &FieldError{field, fmt.Sprintf("device name %q is longer than 15 bytes (IFNAMSIZ)", d)})
+			fe(field, "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
 		case seen[d]:
-			errs = append(errs, &FieldError{field, fmt.Sprintf("device %q listed twice", d)})
+			fe(field, "device %q listed twice", d)
 		}
 		seen[d] = true
 	}
 	for _, k := range slices.Sorted(maps.Keys(c.PeerNames)) {
 		if _, err := wgtypes.ParseKey(k); err != nil {
 			// The key is not echoed: a mangled private key must not reach a log.
-			errs = append(errs, &FieldError{"peer_names", fmt.Sprintf("a key of %d characters (named %q) is not a base64 WireGuard public key of 44 characters", len(k), c.PeerNames[k])})
+			fe("peer_names", "a key of %d characters (named %q) is not a base64 WireGuard public key of 44 characters", len(k), c.PeerNames[k])
 		}
 	}
 	if c.PeerNamesFiles != "" {
 		if _, err := filepath.Match(c.PeerNamesFiles, ""); err != nil {
-			errs = append(errs, &FieldError{"peer_names_files", fmt.Sprintf("bad glob %q: %v", c.PeerNamesFiles, err)})
+			fe("peer_names_files", "bad glob %q: %v", c.PeerNamesFiles, err)
 		}
 	}
 	return errors.Join(errs...)

@@ -10,8 +10,6 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
-
-	"github.com/wgpulse/wgpulse/collector"
 )
 
 // Config is the `prober:` section.
@@ -70,7 +68,7 @@ func DefaultConfig() Config {
 func (c Config) Validate() error {
 	var errs []error
 	fe := func(field, format string, a ...any) {
-		errs = append(errs, &collector.FieldError{Field: field, Msg: fmt.Sprintf(format, a...)})
+		errs = append(errs, &fieldError{field, fmt.Sprintf(format, a...)})
 	}
 	if c.Interval < 10*time.Millisecond {
 		fe("interval", "must be at least 10ms, got %s", c.Interval)
@@ -116,3 +114,11 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// fieldError is a configuration problem at a YAML path relative to the
+// section; the agent's config loader maps it to the file's line.
+type fieldError struct{ path, problem string }
+
+func (e *fieldError) Error() string        { return e.path + ": " + e.problem }
+func (e *fieldError) FieldPath() string    { return e.path }
+func (e *fieldError) FieldProblem() string { return e.problem }

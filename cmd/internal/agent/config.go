@@ -68,12 +68,12 @@ func Parse(data []byte, filename string) (Config, error) {
 	cfg := DefaultConfig()
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return Config{}, yamlError(filename, err)
+		return Config{}, yamlError(nil, filename, err)
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, yamlError(filename, err)
+		return Config{}, yamlError(&root, filename, err)
 	}
 	var errs []error
 	for _, s := range cfg.sections() {
@@ -82,23 +82,35 @@ func Parse(data []byte, filename string) (Config, error) {
 			continue
 		}
 		for _, e := range unjoin(err) {
-			var fe *collector.FieldError
-			if !errors.As(e, &fe) {
-				errs = append(errs, fmt.Errorf("%s: %s: %w", filename, s.key, e))
-				continue
-			}
-			path := s.key + "." + fe.Field
-			loc := filename
-			if line := lineOf(&root, path); line > 0 {
-				loc = fmt.Sprintf("%s:%d", filename, line)
-			}
-			errs = append(errs, fmt.Errorf("%s: %s: %s", loc, path, fe.Msg))
+			errs = append(errs, located(&root, filename, s.key, e))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, err
 	}
 	return cfg, nil
+}
+
+// fieldProblem is how a section's Validate says which field is wrong: a
+// YAML path relative to the section ("devices[1]", "failover[0].primary.device").
+type fieldProblem interface {
+	FieldPath() string
+	FieldProblem() string
+}
+
+// located renders a section's error as "FILE:LINE: section.path: problem",
+// with the line of the deepest part of the path found in the file.
+func located(root *yaml.Node, filename, section string, err error) error {
+	var fp fieldProblem
+	if !errors.As(err, &fp) {
+		return fmt.Errorf("%s: %s: %w", filename, section, err)
+	}
+	path := section + "." + fp.FieldPath()
+	loc := filename
+	if line := lineOf(root, path); line > 0 {
+		loc = fmt.Sprintf("%s:%d", filename, line)
+	}
+	return fmt.Errorf("%s: %s: %s", loc, path, fp.FieldProblem())
 }
 
 func unjoin(err error) []error {
@@ -113,8 +125,9 @@ var (
 	unknownField = regexp.MustCompile(`^field (\S+) not found in type (\S+)$`)
 )
 
-// yamlError rewrites yaml.v3 errors as "FILE:LINE: problem", one per line.
-func yamlError(filename string, err error) error {
+// yamlError rewrites yaml.v3 errors as "FILE:LINE: problem", one per line;
+// an unknown key is named by its YAML path ("slo.perod"), found in root.
+func yamlError(root *yaml.Node, filename string, err error) error {
 	var te *yaml.TypeError
 	if !errors.As(err, &te) {
 		msg := strings.TrimPrefix(err.Error(), "yaml: ")
@@ -132,11 +145,12 @@ func yamlError(filename string, err error) error {
 		}
 		msg := m[2]
 		if u := unknownField.FindStringSubmatch(msg); u != nil {
-			sec := strings.TrimSuffix(u[2], ".Config")
-			if sec == "agent" {
-				sec = "top level"
+			line, _ := strconv.Atoi(m[1])
+			path := keyPath(root, line, u[1])
+			if path == "" {
+				path = u[1]
 			}
-			msg = fmt.Sprintf("unknown field %q in %s section; check the spelling against the README's config reference", u[1], sec)
+			msg = fmt.Sprintf("unknown field %s; check the spelling against the README's config reference", path)
 		}
 		errs = append(errs, fmt.Errorf("%s:%s: %s", filename, m[1], msg))
 	}
@@ -174,6 +188,47 @@ func lineOf(root *yaml.Node, path string) int {
 		}
 	}
 	return line
+}
+
+// keyPath returns the dotted YAML path ("slo.perod", "prober.targets[0].adress")
+// of the mapping key named key on line, or "" when there is none.
+func keyPath(root *yaml.Node, line int, key string) string {
+	var walk func(n *yaml.Node, path string) string
+	walk = func(n *yaml.Node, path string) string {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				if p := walk(c, path); p != "" {
+					return p
+				}
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if k.Line == line && k.Value == key {
+					return p
+				}
+				if found := walk(v, p); found != "" {
+					return found
+				}
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				if p := walk(c, fmt.Sprintf("%s[%d]", path, i)); p != "" {
+					return p
+				}
+			}
+		}
+		return ""
+	}
+	if root == nil {
+		return ""
+	}
+	return walk(root, "")
 }
 
 func mapValue(n *yaml.Node, key string) *yaml.Node {

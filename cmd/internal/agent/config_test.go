@@ -19,12 +19,22 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 		{
 			name: "unknown key in a section",
 			yaml: "collector:\n  poll_interval: 5s\n  pol_interval: 5s\n",
-			want: []string{`wgpulse.yml:3: unknown field "pol_interval" in collector section`},
+			want: []string{`wgpulse.yml:3: unknown field collector.pol_interval;`},
 		},
 		{
 			name: "unknown top-level section",
 			yaml: "colector:\n  devices: [wg0]\n",
-			want: []string{`wgpulse.yml:1: unknown field "colector" in top level section`},
+			want: []string{`wgpulse.yml:1: unknown field colector;`},
+		},
+		{
+			name: "unknown key named by its YAML path, not a Go type",
+			yaml: "slo:\n  perod: 30d\n",
+			want: []string{`wgpulse.yml:2: unknown field slo.perod;`},
+		},
+		{
+			name: "unknown key inside a list item",
+			yaml: "prober:\n  targets:\n    - {name: a, address: 10.0.0.1, device: wg0}\n    - name: b\n      adress: 10.0.0.2\n",
+			want: []string{`wgpulse.yml:5: unknown field prober.targets[1].adress;`},
 		},
 		{
 			name: "bad duration",
