@@ -19,6 +19,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgpulse/wgpulse/collector/stream"
 )
 
 // WGClient is the part of wgctrl the collector uses. *wgctrl.Client reads
@@ -63,11 +65,9 @@ type Collector struct {
 	cfg   Config
 	names map[string]string
 
-	snap atomic.Pointer[Snapshot]
-	subs struct {
-		sync.Mutex
-		chans []chan *Snapshot
-	}
+	snap    atomic.Pointer[Snapshot]
+	snaps   *stream.Hub[*Snapshot]
+	changes *stream.Hub[Change]
 
 	// Owned by the poll goroutine.
 	polls   uint64 // numbers polls: peers not seen in the current one are forgotten
@@ -79,6 +79,7 @@ type Collector struct {
 
 type deviceTrack struct {
 	peers map[wgtypes.Key]*peerTrack
+	last  Device // the last successful read, carried forward while reads fail
 }
 
 type peerTrack struct {
@@ -90,6 +91,8 @@ type peerTrack struct {
 	allowed    []netip.Prefix
 	allowedS   []string
 	seen       uint64
+	hs         HandshakeState
+	hsSince    time.Time
 }
 
 // New returns a Collector for cfg. It does not poll until Run or Poll is called.
@@ -112,6 +115,8 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Collector, error) {
 		tracks:   make(map[string]*deviceTrack),
 		errKind:  make(map[string]string),
 		self:     newSelfMetrics(),
+		snaps:    stream.New[*Snapshot](stream.Policy{Latest: true}),
+		changes:  stream.New[Change](stream.Policy{Key: func(v any) string { c := v.(Change); return c.Device + "|" + c.PublicKey }}),
 	}
 	if c.listUAPI == nil {
 		c.listUAPI = listUAPISockets
@@ -141,17 +146,18 @@ func (c *Collector) ApplyConfig(cfg Config) error {
 // Latest returns the newest snapshot, or nil before the first poll.
 func (c *Collector) Latest() *Snapshot { return c.snap.Load() }
 
-// Subscribe returns a channel that always holds the newest snapshot; a slow
-// reader skips intermediate snapshots instead of blocking the poller.
-func (c *Collector) Subscribe() <-chan *Snapshot {
-	ch := make(chan *Snapshot, 1)
-	c.subs.Lock()
-	c.subs.chans = append(c.subs.chans, ch)
-	c.subs.Unlock()
-	if s := c.snap.Load(); s != nil {
-		ch <- s
-	}
-	return ch
+// Subscribe returns the snapshots of polls from now on, starting with the
+// newest one; a slow reader skips intermediate snapshots instead of blocking
+// the poller. The channel closes when ctx ends.
+func (c *Collector) Subscribe(ctx context.Context) <-chan *Snapshot {
+	return c.snaps.Subscribe(ctx)
+}
+
+// SubscribeChanges returns every handshake state change from now on. It
+// never blocks the poller; a reader that falls far behind gets at least the
+// newest change of every peer. The channel closes when ctx ends.
+func (c *Collector) SubscribeChanges(ctx context.Context) <-chan Change {
+	return c.changes.Subscribe(ctx)
 }
 
 // Run polls at the configured interval until ctx is done.
@@ -199,10 +205,17 @@ func (c *Collector) Poll() *Snapshot {
 			}
 			snap.Errors[name] = err
 			c.noteError(name, err)
+			if dt := c.tracks[name]; dt != nil && dt.last.Name != "" {
+				stale := dt.last
+				stale.Stale = true
+				snap.Devices = append(snap.Devices, stale)
+			}
 			continue
 		}
 		c.noteOK(name)
-		snap.Devices = append(snap.Devices, c.track(d, mtus[name], names, start, gen))
+		dev := c.track(d, mtus[name], names, start, gen)
+		c.tracks[name].last = dev
+		snap.Devices = append(snap.Devices, dev)
 	}
 	// Forget tracking state of devices no longer watched or present.
 	for name := range c.tracks {
@@ -220,20 +233,8 @@ func (c *Collector) Poll() *Snapshot {
 
 	c.self.pollDuration.Observe(c.now().Sub(start).Seconds())
 	c.snap.Store(snap)
-	c.publish(snap)
+	c.snaps.Publish(snap)
 	return snap
-}
-
-func (c *Collector) publish(s *Snapshot) {
-	c.subs.Lock()
-	defer c.subs.Unlock()
-	for _, ch := range c.subs.chans {
-		select {
-		case <-ch:
-		default:
-		}
-		ch <- s
-	}
 }
 
 // track converts a wgctrl device into a Device, updating change detection.
@@ -250,14 +251,24 @@ func (c *Collector) track(d *wgtypes.Device, mtu int, names map[string]string, n
 		ListenPort:    d.ListenPort,
 		MTU:           mtu,
 		Peers:         make([]Peer, len(d.Peers)),
+		ReadAt:        now,
 		listenPortStr: strconv.Itoa(d.ListenPort),
 	}
 	for i := range d.Peers {
 		p := &d.Peers[i]
+		hs := p.LastHandshakeTime
+		if hs.Unix() <= 0 {
+			hs = time.Time{}
+		}
+		state := handshakeState(hs, now)
 		pt := dt.peers[p.PublicKey]
 		if pt == nil {
-			pt = &peerTrack{key: p.PublicKey.String()}
+			pt = &peerTrack{key: p.PublicKey.String(), hs: state, hsSince: now}
 			dt.peers[p.PublicKey] = pt
+		}
+		if state != pt.hs {
+			c.changes.Publish(Change{Time: now, Device: d.Name, PublicKey: pt.key, Name: names[pt.key], From: pt.hs, To: state})
+			pt.hs, pt.hsSince = state, now
 		}
 		pt.seen = gen
 		ep := udpAddrPort(p.Endpoint)
@@ -275,15 +286,13 @@ func (c *Collector) track(d *wgtypes.Device, mtu int, names map[string]string, n
 		if !sameAllowed(pt.allowed, p.AllowedIPs) {
 			pt.allowed, pt.allowedS = allowedPrefixes(p.AllowedIPs)
 		}
-		hs := p.LastHandshakeTime
-		if hs.Unix() <= 0 {
-			hs = time.Time{}
-		}
 		out.Peers[i] = Peer{
 			PublicKey:           pt.key,
 			Name:                names[pt.key],
 			Endpoint:            ep,
 			LastHandshake:       hs,
+			Handshake:           pt.hs,
+			HandshakeSince:      pt.hsSince,
 			ReceiveBytes:        p.ReceiveBytes,
 			TransmitBytes:       p.TransmitBytes,
 			PersistentKeepalive: p.PersistentKeepaliveInterval,

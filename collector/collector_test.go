@@ -2,6 +2,7 @@ package collector_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -264,15 +266,20 @@ func TestDeviceVanishes(t *testing.T) {
 		for _, d := range snap.Devices {
 			got = append(got, d.Name)
 		}
-		want := []string{"wg-a", "wg-b"}
-		if polls >= 2 && polls < 5 {
-			want = []string{"wg-b"}
-			if snap.Errors["wg-a"] == nil {
-				t.Errorf("poll %d: no error recorded for wg-a", polls)
-			}
-		}
-		if diff := cmp.Diff(want, got); diff != "" {
+		// A failed read carries the last good read forward, marked stale, so
+		// consumers (probe targets, the remediator) do not see it vanish.
+		if diff := cmp.Diff([]string{"wg-a", "wg-b"}, got); diff != "" {
 			t.Errorf("poll %d: devices (-want +got):\n%s", polls, diff)
+		}
+		failing := polls >= 2 && polls < 5
+		if a, _ := snap.Device("wg-a"); a.Stale != failing || (failing && snap.Errors["wg-a"] == nil) {
+			t.Errorf("poll %d: wg-a stale=%v error=%v, want stale and an error exactly while reads fail", polls, a.Stale, snap.Errors["wg-a"])
+		}
+		if failing {
+			// ... but not exported as current state.
+			if n, err := testutil.GatherAndCount(gatherer(t, col), "wireguard_device_info"); err != nil || n != 1 {
+				t.Errorf("poll %d: %d wireguard_device_info series (%v), want only wg-b's", polls, n, err)
+			}
 		}
 	}
 	const want = `
@@ -401,15 +408,85 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestSubscribeGetsNewest(t *testing.T) {
-	client := &fakeClient{devices: func(name string) (*wgtypes.Device, error) { return &wgtypes.Device{Name: name}, nil }}
-	col := newCollector(t, collector.DefaultConfig(), client, &fakeLinks{}, []string{"wg0"}, nil)
-	ch := col.Subscribe()
-	col.Poll()
-	last := col.Poll()
-	if got := <-ch; got != last {
-		t.Fatal("subscriber did not get the newest snapshot")
-	}
+func TestSubscribeGetsNewestAndEndsWithContext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := &fakeClient{devices: func(name string) (*wgtypes.Device, error) { return &wgtypes.Device{Name: name}, nil }}
+		col := newCollector(t, collector.DefaultConfig(), client, &fakeLinks{}, []string{"wg0"}, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		ch := col.Subscribe(ctx)
+		col.Poll()
+		last := col.Poll()
+		synctest.Wait()
+		if got := <-ch; got != last {
+			t.Fatal("subscriber did not get the newest snapshot")
+		}
+		// A subscriber that stopped reading never blocks the poller.
+		_ = col.Subscribe(ctx)
+		for range 100 {
+			col.Poll()
+		}
+		cancel()
+		synctest.Wait()
+		if _, ok := <-ch; ok {
+			t.Fatal("channel still open after its context ended")
+		}
+	})
+}
+
+// TestHandshakeStates: never -> fresh is "established", fresh -> stale after
+// 180 s is "lost", stale -> fresh is "regained"; each is published once, with
+// the state and its start on the snapshot.
+func TestHandshakeStates(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		peer := key(t, 1)
+		var hs time.Time // the device's LastHandshakeTime
+		client := &fakeClient{devices: func(string) (*wgtypes.Device, error) {
+			return &wgtypes.Device{Name: "wg0", Peers: []wgtypes.Peer{{PublicKey: peer, LastHandshakeTime: hs}}}, nil
+		}}
+		now := t0
+		col, err := collector.New(collector.Config{PollInterval: time.Second, Devices: []string{"wg0"}, PeerNames: map[string]string{peer.String(): "aws"}},
+			slog.New(slog.DiscardHandler), collector.Options{Client: client, Links: &fakeLinks{}, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		changes := col.SubscribeChanges(ctx)
+		var got []string
+		step := func(advance time.Duration, want collector.HandshakeState) {
+			t.Helper()
+			now = now.Add(advance)
+			p := col.Poll().Devices[0].Peers[0]
+			if p.Handshake != want {
+				t.Fatalf("at %s: state %s, want %s", now.Sub(t0), p.Handshake, want)
+			}
+			synctest.Wait()
+			for {
+				select {
+				case c := <-changes:
+					got = append(got, fmt.Sprintf("%s %s@%s", c.Kind(), c.Name, c.Time.Sub(t0)))
+					continue
+				default:
+				}
+				break
+			}
+		}
+		step(0, collector.HandshakeNever) // first sight: no change
+		hs = now.Add(time.Second)
+		step(5*time.Second, collector.HandshakeFresh)
+		step(170*time.Second, collector.HandshakeFresh) // 174 s old
+		step(10*time.Second, collector.HandshakeStale)  // 184 s old
+		step(10*time.Second, collector.HandshakeStale)
+		hs = now
+		step(5*time.Second, collector.HandshakeFresh)
+		want := []string{"handshake_established aws@5s", "handshake_lost aws@3m5s", "handshake_regained aws@3m20s"}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("changes (-want +got)\n%s", diff)
+		}
+		if since := col.Latest().Devices[0].Peers[0].HandshakeSince; !since.Equal(t0.Add(200 * time.Second)) {
+			t.Errorf("HandshakeSince = %s, want the poll that saw the regain (3m20s)", since.Sub(t0))
+		}
+	})
 }
 
 // TestRemovedPeerIsForgotten: a peer that leaves the device and comes back

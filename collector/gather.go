@@ -17,14 +17,19 @@ func (c *Collector) Gather() ([]*dto.MetricFamily, error) {
 	if s == nil {
 		return nil, nil
 	}
-	var peers, allowed int
+	// Stale devices (this poll failed to read them) are not exported: their
+	// values are the last read's, and wgpulse_collector_device_up says so.
+	var peers, allowed, nd int
 	for i := range s.Devices {
+		if s.Devices[i].Stale {
+			continue
+		}
+		nd++
 		peers += len(s.Devices[i].Peers)
 		for j := range s.Devices[i].Peers {
 			allowed += len(s.Devices[i].Peers[j].AllowedIPs)
 		}
 	}
-	nd := len(s.Devices)
 	var (
 		devInfo    = expo.NewFamily("wireguard_device_info", "Metadata about a WireGuard device.", dto.MetricType_GAUGE, nd)
 		devPeers   = expo.NewFamily("wireguard_device_peers", "Number of peers configured on the device.", dto.MetricType_GAUGE, nd)
@@ -49,6 +54,9 @@ func (c *Collector) Gather() ([]*dto.MetricFamily, error) {
 
 	for i := range s.Devices {
 		d := &s.Devices[i]
+		if d.Stale {
+			continue
+		}
 		lDev := pairs.Pair(&lnDevice, &d.Name)
 		devOnly := sets.Set(lDev)
 		devInfo.Add(1, sets.Set(lDev, pairs.Pair(&lnListenPort, &d.listenPortStr), pairs.Pair(&lnPublicKey, &d.PublicKey), pairs.Pair(&lnType, &d.Type)))

@@ -11,7 +11,9 @@ import (
 type Snapshot struct {
 	// Time is when the poll started.
 	Time time.Time
-	// Devices holds the devices read successfully, sorted by name.
+	// Devices holds the watched devices, sorted by name: those read in this
+	// poll, and those that failed this poll but were read before, carried
+	// forward with Stale set (one UAPI hiccup is not a vanished device).
 	Devices []Device
 	// Errors holds the devices that could not be read in this poll, by name.
 	Errors map[string]error
@@ -27,6 +29,11 @@ type Device struct {
 	// from this network namespace.
 	MTU   int
 	Peers []Peer
+	// Stale is set when this poll failed to read the device: the rest is the
+	// last successful read, from ReadAt. Stale devices keep their probe
+	// targets but are not exported as current state.
+	Stale  bool
+	ReadAt time.Time
 
 	listenPortStr string
 }
@@ -40,7 +47,12 @@ type Peer struct {
 	// Endpoint is the peer's current UDP endpoint; invalid when unknown.
 	Endpoint netip.AddrPort
 	// LastHandshake is zero when the peer never completed a handshake.
-	LastHandshake       time.Time
+	LastHandshake time.Time
+	// Handshake is the session's state as of the poll and HandshakeSince
+	// when it entered it (the poll that first saw it; for a peer seen for the
+	// first time, that poll).
+	Handshake           HandshakeState
+	HandshakeSince      time.Time
 	ReceiveBytes        int64
 	TransmitBytes       int64
 	PersistentKeepalive time.Duration // 0 = off
@@ -55,6 +67,60 @@ type Peer struct {
 	// when the underlying value changes, so a scrape does not format strings.
 	endpointStr string
 	allowedStr  []string
+}
+
+// HandshakeState says whether a peer's session can carry data.
+type HandshakeState uint8
+
+const (
+	// HandshakeNever: no handshake completed since the peer was configured.
+	HandshakeNever HandshakeState = iota
+	// HandshakeFresh: the last handshake is at most RejectAfterTime old.
+	HandshakeFresh
+	// HandshakeStale: older than RejectAfterTime (180 s), so the session
+	// cannot carry data until a new handshake completes.
+	HandshakeStale
+)
+
+// RejectAfterTime is WireGuard's session lifetime (wireguard-go
+// device/constants.go): a session older than this cannot carry data.
+const RejectAfterTime = 180 * time.Second
+
+func (s HandshakeState) String() string {
+	return [...]string{"never", "fresh", "stale"}[s]
+}
+
+func handshakeState(last, now time.Time) HandshakeState {
+	switch {
+	case last.IsZero():
+		return HandshakeNever
+	case now.Sub(last) > RejectAfterTime:
+		return HandshakeStale
+	}
+	return HandshakeFresh
+}
+
+// Change is a peer's handshake state changing between two polls:
+// established (never -> fresh), lost (fresh -> stale) or regained
+// (stale -> fresh). A peer's first poll is not a change.
+type Change struct {
+	Time      time.Time // the poll that saw it
+	Device    string
+	PublicKey string
+	Name      string
+	From, To  HandshakeState
+}
+
+// Kind names the change: "handshake_established", "handshake_lost" or
+// "handshake_regained".
+func (c Change) Kind() string {
+	switch {
+	case c.From == HandshakeNever && c.To == HandshakeFresh:
+		return "handshake_established"
+	case c.To == HandshakeFresh:
+		return "handshake_regained"
+	}
+	return "handshake_lost"
 }
 
 // Device returns the named device and true, or false when it was not read.

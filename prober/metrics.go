@@ -42,7 +42,7 @@ var (
 	famDups     = family{"wgpulse_probe_duplicate_replies_total", "Extra replies to an already answered probe (exported once non-zero).", dto.MetricType_COUNTER, false}
 	famLoss     = family{"wgpulse_probe_loss_ratio", "Share of probes lost over prober.window.", dto.MetricType_GAUGE, false}
 	famJitter   = family{"wgpulse_probe_jitter_seconds", "Interarrival jitter of RTTs (RFC 3550 A.8) over consecutive probes, pairs with a loss skipped.", dto.MetricType_GAUGE, false}
-	famUp       = family{"wgpulse_probe_up", "1 if one of the last three probes was answered.", dto.MetricType_GAUGE, false}
+	famUp       = family{"wgpulse_probe_up", "1 while the target is up, 0 while it is down (by default: 3 probes lost in a row); absent while unknown.", dto.MetricType_GAUGE, false}
 	famPMTU     = family{"wgpulse_path_mtu_bytes", "Largest inner IP packet known to cross the tunnel with DF set (path MTU search); absent until known.", dto.MetricType_GAUGE, false}
 	famState    = family{"wgpulse_path_mtu_search_state", "Path MTU search state (RFC 8899), one series with value 1 labelled with the current state: base, searching, search_complete, error or disabled.", dto.MetricType_GAUGE, true}
 	families    = []family{famProbes, famFailures, famLate, famDups, famLoss, famJitter, famUp, famPMTU, famState}
@@ -119,9 +119,10 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	}
 	p.mu.Unlock()
 	views := make([]Health, len(ts))
+	labels := make([][]string, len(ts))
 	var late, dups, started, pmtus int
 	for i, t := range ts {
-		views[i] = t.health()
+		views[i], labels[i] = t.health(), t.labels()
 		v := &views[i]
 		late += int(b2u(v.Late > 0))
 		dups += int(b2u(v.Duplicates > 0))
@@ -139,7 +140,7 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	sets := expo.NewSets(9 * n)
 	for i := range views {
 		v := &views[i]
-		l := ts[i].m.labels
+		l := labels[i]
 		// Sorted by label name: device, name, public_key, (state,) target.
 		dev, name, key, tgt := pairs.Pair(&lnDevice, &l[0]), pairs.Pair(&lnName, &l[2]), pairs.Pair(&lnPublicKey, &l[1]), pairs.Pair(&lnTarget, &l[3])
 		base := sets.Set(dev, name, key, tgt)
@@ -156,7 +157,9 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 		}
 		loss.Add(v.LossRatio, base)
 		jitter.Add(v.Jitter.Seconds(), base)
-		up.Add(float64(b2u(v.Up)), base)
+		if v.State != StateUnknown {
+			up.Add(float64(b2u(v.Up)), base)
+		}
 		if v.PathMTU > 0 {
 			pmtu.Add(float64(v.PathMTU), base)
 		}

@@ -49,19 +49,19 @@ type pmtuView struct {
 	running  bool
 }
 
-// pmtuProbeFunc sends one DF echo request whose IP packet is ipSize bytes
+// PMTUProbeFunc sends one DF echo request whose IP packet is ipSize bytes
 // and reports whether a reply came within timeout, and whether the local
 // stack refused it as too big (EMSGSIZE).
-type pmtuProbeFunc func(ctx context.Context, t Target, ipSize int, timeout time.Duration, privileged bool) (passed, tooBig bool, err error)
+type PMTUProbeFunc func(ctx context.Context, t Target, ipSize int, timeout time.Duration, privileged bool) (passed, tooBig bool, err error)
 
 type pmtuRunner struct {
 	p     *Prober
-	probe pmtuProbeFunc
+	probe PMTUProbeFunc
 	mu    sync.Mutex
 	set   map[*target]bool
 }
 
-func newPMTURunner(p *Prober, probe pmtuProbeFunc) *pmtuRunner {
+func newPMTURunner(p *Prober, probe PMTUProbeFunc) *pmtuRunner {
 	if probe == nil {
 		probe = proBingProbe
 	}
@@ -128,9 +128,9 @@ func (r *pmtuRunner) run(ctx context.Context) {
 func (r *pmtuRunner) step(ctx context.Context, t *target) {
 	cfg := r.p.Config()
 	t.e.mu.Lock()
-	view, spec, up, loss := t.pmtu, t.spec, t.probes > 0 && t.isUp(), t.lossRatio()
+	view, spec, up, loss := t.pmtu, t.spec, t.state == StateUp, t.lossRatio()
 	t.e.mu.Unlock()
-	privileged := t.e.c.privileged()
+	privileged := t.e.c.Privileged()
 	now := time.Now()
 	next := view
 	switch {

@@ -1,4 +1,4 @@
-package prober
+package prober_test
 
 import (
 	"context"
@@ -8,7 +8,16 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/prober/probertest"
 )
+
+// pmtuResolution is the search's stopping width (20 bytes, as s2n-quic).
+const pmtuResolution = 20
+
+// pmtuConfirm is how often a found PMTU is re-probed.
+const pmtuConfirm = 30 * time.Second
 
 // fakePath answers DF probes up to limit bytes; above localMTU the local
 // stack refuses them (EMSGSIZE). It counts probes per size.
@@ -18,7 +27,7 @@ type fakePath struct {
 	sizes           []int
 }
 
-func (f *fakePath) probe(ctx context.Context, t Target, size int, timeout time.Duration, _ bool) (bool, bool, error) {
+func (f *fakePath) probe(ctx context.Context, t prober.Target, size int, timeout time.Duration, _ bool) (bool, bool, error) {
 	f.mu.Lock()
 	f.sizes = append(f.sizes, size)
 	f.mu.Unlock()
@@ -36,7 +45,7 @@ func (f *fakePath) probe(ctx context.Context, t Target, size int, timeout time.D
 	return false, false, nil
 }
 
-func pmtuConfig() Config {
+func pmtuConfig() prober.Config {
 	cfg := testConfig()
 	cfg.PMTU.Enabled = true
 	cfg.PMTU.Min = 1200
@@ -47,7 +56,7 @@ func TestPMTUSearchBlackHoleAndRecovery(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		path := &fakePath{}
 		path.limit.Store(1232) // what mtu=1300 on a 1420 WireGuard device leaves
-		sli := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: time.Millisecond} })
+		sli := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Delay: time.Millisecond} })
 		p, cancel := runProber(t, pmtuConfig(), sli, path.probe, "10.0.0.1")
 		defer cancel()
 
@@ -58,7 +67,7 @@ func TestPMTUSearchBlackHoleAndRecovery(t *testing.T) {
 			t.Fatalf("after the search: state %s PMTU %d, want search_complete within 20 bytes below 1232", h.PMTUState, h.PathMTU)
 		}
 		// PMTU probes are not SLI probes.
-		if sent := sli.sentTo(netip.MustParseAddr("10.0.0.1")); h.Probes > uint64(sent) || h.Failures != 0 {
+		if sent := sli.Sent(netip.MustParseAddr("10.0.0.1")); h.Probes > uint64(sent) || h.Failures != 0 {
 			t.Errorf("SLI counts %d probes / %d failures for %d SLI sends: PMTU probes leaked into the SLI", h.Probes, h.Failures, sent)
 		}
 
@@ -87,7 +96,7 @@ func TestPMTUCappedByEMSGSIZE(t *testing.T) {
 		path := &fakePath{}
 		path.limit.Store(1400)
 		path.localMTU.Store(1350) // a route MTU below the device MTU
-		sli := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: time.Millisecond} })
+		sli := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Delay: time.Millisecond} })
 		p, cancel := runProber(t, pmtuConfig(), sli, path.probe, "10.0.0.1")
 		defer cancel()
 		time.Sleep(40 * time.Second)
@@ -116,7 +125,7 @@ func TestPMTUWaitsWhileThePathIsDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		path := &fakePath{}
 		path.limit.Store(1420)
-		sli := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{drop: true} })
+		sli := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Drop: true} })
 		p, cancel := runProber(t, pmtuConfig(), sli, path.probe, "10.0.0.1")
 		defer cancel()
 		time.Sleep(40 * time.Second)
@@ -130,19 +139,8 @@ func TestPMTUWaitsWhileThePathIsDown(t *testing.T) {
 	})
 }
 
-func TestMaxProbes(t *testing.T) {
-	for _, tc := range []struct {
-		loss float64
-		want int
-	}{{0, 3}, {0.05, 3}, {0.2, 5}, {0.4, 8}, {0.6, 10}} {
-		if got := maxProbes(tc.loss); got != tc.want {
-			t.Errorf("maxProbes(%v) = %d, want %d", tc.loss, got, tc.want)
-		}
-	}
-}
-
 // waitState advances fake time in steps until the target's PMTU state is want.
-func waitState(t *testing.T, p *Prober, addr, want string, limit time.Duration) {
+func waitState(t *testing.T, p *prober.Prober, addr, want string, limit time.Duration) {
 	t.Helper()
 	for waited := time.Duration(0); waited < limit; waited += time.Second {
 		if health(t, p, addr).PMTUState == want {

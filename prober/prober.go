@@ -8,13 +8,15 @@ import (
 	"errors"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"math"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/wgpulse/wgpulse/collector/stream"
 )
 
 // Target is one address probed through one WireGuard device.
@@ -26,25 +28,46 @@ type Target struct {
 	Size      int           // ICMP payload bytes
 	Interval  time.Duration // between probes
 	DeviceMTU int           // upper bound of the path MTU search; 0 = unknown
+	// Timeout overrides prober.timeout: a probe without reply after it is
+	// lost (0 = prober.timeout).
+	Timeout time.Duration
+	// Window overrides prober.window for the loss ratio (0 = prober.window).
+	Window time.Duration
+	// Suspect, when set, sends an extra probe this long (or twice the
+	// smoothed RTT, if longer) after the newest probe while it is
+	// unanswered, until a reply comes or the target is down: a dead path is
+	// confirmed in a fraction of the interval. Extra probes are not SLI
+	// probes.
+	Suspect time.Duration
+	// Rule decides when the target is down (zero: 3 losses in a row).
+	Rule Rule
 }
 
 // Key identifies a target: one address on one device.
 func (t Target) Key() string { return t.Device + "|" + t.Address.String() }
 
-// Result is the end of one SLI probe: a reply within the timeout, or lost.
+// Result is the end of one probe: a reply within the timeout, or lost.
 type Result struct {
 	Target  Target
 	Sent    time.Time
 	Success bool
 	RTT     time.Duration
+	Extra   bool // an extra probe of a suspicion, not an SLI probe
 }
 
 // Health is the current view of one target, for the remediator.
 type Health struct {
-	Target      Target
-	Up          bool          // a reply among the last 3 finished probes
-	LossRatio   float64       // over prober.window
+	Target Target
+	// State is unknown until probes give a verdict, then up or down by the
+	// target's Rule; Since is when it entered that state and Reason says why.
+	State       State
+	Since       time.Time
+	Reason      string
+	Up          bool          // State == StateUp
+	LostInARow  int           // probes lost since the newest answered one, in send order
+	LossRatio   float64       // over the target's window
 	RTT         time.Duration // of the last reply
+	MedianRTT   time.Duration // of the last 8 SLI replies; 0 with fewer than 5
 	Jitter      time.Duration // RFC 3550 A.8 estimate
 	Probes      uint64
 	Failures    uint64
@@ -55,29 +78,44 @@ type Health struct {
 	PMTUState   string // base, searching, search_complete, error, disabled
 }
 
+// StateChange is a target entering a new state (or a down target's reason
+// changing). Health is the target's view at that moment.
+type StateChange struct {
+	Health Health
+	From   State
+}
+
 // Options are the prober's transports; zero values use real sockets.
 type Options struct {
 	// Open returns an ICMP transport bound to device.
-	Open func(device string, v6 bool) (conn, error)
+	Open func(device string, v6 bool) (Conn, error)
 	// PMTUProbe sends one DF probe of an inner IP packet of size bytes.
-	PMTUProbe pmtuProbeFunc
+	PMTUProbe PMTUProbeFunc
 }
+
+// OwnTargets is the owner name of the prober's own targets (auto-targets
+// and prober.targets) in SetTargets. Targets of any other owner (the
+// remediator's failover paths) take precedence for the same address.
+const OwnTargets = ""
 
 // Prober probes targets until its context ends.
 type Prober struct {
 	logger  *slog.Logger
-	open    func(device string, v6 bool) (conn, error)
+	open    func(device string, v6 bool) (Conn, error)
 	metrics *metrics
+	results *stream.Hub[Result]
+	changes *stream.Hub[StateChange]
 
 	mu        sync.Mutex // guards everything below
 	cfg       Config
+	sets      map[string][]Target // by owner
+	overrides map[string]string   // target key -> owner that won over another, logged once
 	targets   map[string]*target
 	engines   map[engineKey]*engine
 	sched     schedHeap
 	openErrs  map[engineKey]string // last logged open error per engine
 	stretched float64              // last interval stretch factor logged
 	wake      chan struct{}
-	subs      atomic.Pointer[[]chan Result] // copy on write: read under engine locks
 
 	pmtu *pmtuRunner
 }
@@ -92,11 +130,16 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Prober, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	m := newMetrics()
 	p := &Prober{
 		logger:    logger,
 		open:      opts.Open,
-		metrics:   newMetrics(),
+		metrics:   m,
+		results:   stream.New[Result](stream.Policy{Limit: 4096, OnDrop: func(n int) { m.resultsDropped.Add(float64(n)) }}),
+		changes:   stream.New[StateChange](stream.Policy{Key: func(v any) string { return v.(StateChange).Health.Target.Key() }}),
 		cfg:       cfg,
+		sets:      map[string][]Target{},
+		overrides: map[string]string{},
 		targets:   map[string]*target{},
 		engines:   map[engineKey]*engine{},
 		openErrs:  map[engineKey]string{},
@@ -110,14 +153,16 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Prober, error) {
 	return p, nil
 }
 
-// ApplyConfig changes intervals, timeout, window and PMTU settings.
-// Targets follow at the next SetTargets.
+// ApplyConfig changes intervals, timeout, window and PMTU settings; targets
+// already probed take them at once. Auto-targets follow at the next
+// SetTargets of the prober's own targets.
 func (p *Prober) ApplyConfig(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	p.mu.Lock()
 	p.cfg = cfg
+	p.applyLocked()
 	p.mu.Unlock()
 	p.poke()
 	return nil
@@ -137,20 +182,30 @@ func (p *Prober) poke() {
 	}
 }
 
-// Subscribe returns a channel of every finished probe. A reader that falls
-// behind loses results (counted in wgpulse_prober_results_dropped_total)
-// rather than slowing the prober.
-func (p *Prober) Subscribe(buffer int) <-chan Result {
-	ch := make(chan Result, buffer)
+// Subscribe returns every finished probe from now on. A reader that falls
+// more than 4,096 results behind loses the oldest (counted in
+// wgpulse_prober_results_dropped_total) rather than slowing the prober. The
+// channel closes when ctx ends.
+func (p *Prober) Subscribe(ctx context.Context) <-chan Result {
+	return p.results.Subscribe(ctx)
+}
+
+// SubscribeChanges returns every state change of every target from now on.
+// It never blocks the prober; a reader that falls far behind still gets the
+// newest change of every target. The channel closes when ctx ends.
+func (p *Prober) SubscribeChanges(ctx context.Context) <-chan StateChange {
+	return p.changes.Subscribe(ctx)
+}
+
+// HealthOf returns the view of the target with this key (Target.Key).
+func (p *Prober) HealthOf(key string) (Health, bool) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	var subs []chan Result
-	if old := p.subs.Load(); old != nil {
-		subs = slices.Clone(*old)
+	t := p.targets[key]
+	p.mu.Unlock()
+	if t == nil {
+		return Health{}, false
 	}
-	subs = append(subs, ch)
-	p.subs.Store(&subs)
-	return ch
+	return t.health(), true
 }
 
 // Health returns the view of every target, sorted by key.
@@ -174,47 +229,72 @@ func (p *Prober) Health() []Health {
 	return out
 }
 
-// SetTargets replaces the set of targets. Unchanged targets keep their
-// state; new ones start at a phase spread over their interval.
-func (p *Prober) SetTargets(ts []Target) {
+// SetTargets replaces the targets of one owner: OwnTargets for the
+// auto-targets and prober.targets, another name for another component's
+// (the remediator's failover paths). A target present in several sets is
+// probed once, by the other owner's spec (its interval, timeout and rule),
+// keeping the peer's name and key from the prober's own when it has none.
+// Unchanged targets keep their state and counts; a changed spec (interval,
+// rule, a renamed peer) is applied in place; new ones start at a phase
+// spread over their interval.
+func (p *Prober) SetTargets(owner string, ts []Target) {
 	p.mu.Lock()
 	defer p.poke()
 	defer p.mu.Unlock()
+	if len(ts) == 0 {
+		delete(p.sets, owner)
+	} else {
+		p.sets[owner] = slices.Clone(ts)
+	}
+	p.applyLocked()
+}
+
+// applyLocked makes the probed targets what the sets and the configuration
+// say. Called with p.mu held.
+func (p *Prober) applyLocked() {
 	now := time.Now()
-	want := make(map[string]Target, len(ts))
-	var rate float64 // probes per second asked for
-	for _, t := range ts {
+	want, order := p.mergeLocked()
+	var ownRate, otherRate float64 // probes per second asked for
+	for k, t := range want {
 		if t.Size == 0 {
 			t.Size = p.cfg.Size
 		}
 		if t.Interval == 0 {
 			t.Interval = p.cfg.Interval
 		}
-		rate += float64(time.Second) / float64(t.Interval)
-		want[t.Key()] = t
+		want[k] = t
+		if order[k] == OwnTargets {
+			ownRate += float64(time.Second) / float64(t.Interval)
+		} else {
+			otherRate += float64(time.Second) / float64(t.Interval)
+		}
 	}
-	// Whole multiples only: a factor that moved with every new peer would
-	// reset every target's loss window each time.
+	// Only the prober's own targets are stretched: another component's
+	// (failover paths) asked for their interval on purpose. Whole multiples
+	// only: a factor that moved with every new peer would reset every
+	// target's loss window each time.
 	stretch := 1.0
-	if p.cfg.MaxRate > 0 && rate > p.cfg.MaxRate {
-		stretch = math.Ceil(rate / p.cfg.MaxRate)
+	if budget := max(p.cfg.MaxRate-otherRate, p.cfg.MaxRate/10); p.cfg.MaxRate > 0 && ownRate > budget {
+		stretch = math.Ceil(ownRate / budget)
 		for k, t := range want {
-			t.Interval *= time.Duration(stretch)
-			want[k] = t
+			if order[k] == OwnTargets {
+				t.Interval *= time.Duration(stretch)
+				want[k] = t
+			}
 		}
 	}
 	if stretch != p.stretched {
 		p.stretched = stretch
 		if stretch > 1 {
-			p.logger.Info("more probes asked for than prober.max_rate allows: every interval is stretched", "targets", len(want),
-				"asked_per_second", rate, "max_rate", p.cfg.MaxRate, "factor", stretch)
+			p.logger.Info("more probes asked for than prober.max_rate allows: every auto-target interval is stretched", "targets", len(want),
+				"asked_per_second", ownRate+otherRate, "max_rate", p.cfg.MaxRate, "factor", stretch)
 		}
 	}
 	for k, t := range p.targets {
-		if nt, ok := want[k]; !ok || nt.PublicKey != t.spec.PublicKey || nt.Name != t.spec.Name {
+		if nt, ok := want[k]; !ok {
 			p.removeLocked(t)
 		} else {
-			t.setSpec(nt, p.cfg.Window, p.cfg.Timeout) // interval, size, device MTU, window may change in place
+			t.setSpec(nt, p.cfg.Window, p.cfg.Timeout, p.metrics)
 		}
 	}
 	for k, spec := range want {
@@ -230,7 +310,7 @@ func (p *Prober) SetTargets(ts []Target) {
 				continue
 			}
 		}
-		t := newTarget(spec, e, p.metrics, p.cfg.Window, p.cfg.Timeout)
+		t := newTarget(spec, e, p.metrics, p.cfg.Window, p.cfg.Timeout, now)
 		t.next = now.Add(phase(k, spec.Interval))
 		p.targets[k] = t
 		e.targets++
@@ -238,6 +318,41 @@ func (p *Prober) SetTargets(ts []Target) {
 		p.pmtu.add(t)
 	}
 	p.metrics.targets.Set(float64(len(p.targets)))
+}
+
+// mergeLocked joins the owners' sets: by key, the spec to probe and the
+// owner it came from.
+func (p *Prober) mergeLocked() (map[string]Target, map[string]string) {
+	want := map[string]Target{}
+	from := map[string]string{}
+	owners := slices.Sorted(maps.Keys(p.sets)) // OwnTargets ("") first
+	for _, owner := range owners {
+		for _, t := range p.sets[owner] {
+			k := t.Key()
+			prev, seen := want[k]
+			switch {
+			case !seen:
+			case from[k] == OwnTargets: // another owner's spec wins, with the peer's labels
+				if t.PublicKey == "" {
+					t.PublicKey = prev.PublicKey
+				}
+				if t.Name == "" {
+					t.Name = prev.Name
+				}
+				if t.DeviceMTU == 0 {
+					t.DeviceMTU = prev.DeviceMTU
+				}
+			default:
+				if p.overrides[k] != from[k] {
+					p.overrides[k] = from[k]
+					p.logger.Warn("two components register the same probe target; the first keeps it", "target", k, "kept", from[k], "ignored", owner)
+				}
+				continue
+			}
+			want[k], from[k] = t, owner
+		}
+	}
+	return want, from
 }
 
 func phase(key string, interval time.Duration) time.Duration {
@@ -315,53 +430,61 @@ func (p *Prober) Run(ctx context.Context) {
 func (p *Prober) step(now time.Time) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	timeout := p.cfg.Timeout
 	next := now.Add(time.Hour)
 	for _, e := range p.engines {
-		if d := e.expire(now, timeout); !d.IsZero() && d.Before(next) {
+		if d := e.expire(now); !d.IsZero() && d.Before(next) {
 			next = d
 		}
 	}
 	for p.sched.Len() > 0 {
 		t := p.sched[0]
-		if t.next.After(now) {
-			if t.next.Before(next) {
-				next = t.next
+		if due := t.due(); due.After(now) {
+			if due.Before(next) {
+				next = due
 			}
 			break
 		}
-		t.e.sendProbe(t, now)
-		t.next = t.next.Add(t.spec.Interval)
-		if t.next.Before(now) { // fell behind (e.g. a long GC pause): do not burst
-			t.next = now.Add(t.spec.Interval)
+		if !t.next.After(now) {
+			t.e.sendProbe(t, now, false)
+			t.next = t.next.Add(t.spec.Interval)
+			if t.next.Before(now) { // fell behind (e.g. a long GC pause): do not burst
+				t.next = now.Add(t.spec.Interval)
+			}
+			t.suspectAt = time.Time{}
+			if t.spec.Suspect > 0 {
+				_, delay := t.suspicious()
+				t.suspectAt = now.Add(delay)
+			}
+		} else if ok, delay := t.suspicious(); ok { // the newest probe is overdue: confirm now
+			t.e.sendProbe(t, now, true)
+			t.suspectAt = now.Add(delay)
+		} else {
+			t.suspectAt = time.Time{}
 		}
 		heap.Fix(&p.sched, 0)
-		if d := now.Add(timeout); d.Before(next) {
+		if d := now.Add(t.timeout); d.Before(next) {
 			next = d
 		}
 	}
 	return max(next.Sub(now), 0)
 }
 
-func (p *Prober) publish(r Result) {
-	subs := p.subs.Load()
-	if subs == nil {
-		return
+// due is when the scheduler must next look at t: its next probe, or its
+// next suspicion check if sooner.
+func (t *target) due() time.Time {
+	if !t.suspectAt.IsZero() && t.suspectAt.Before(t.next) {
+		return t.suspectAt
 	}
-	for _, ch := range *subs {
-		select {
-		case ch <- r:
-		default:
-			p.metrics.resultsDropped.Inc()
-		}
-	}
+	return t.next
 }
+
+func (p *Prober) publish(r Result) { p.results.Publish(r) }
 
 // schedHeap orders targets by their next send time.
 type schedHeap []*target
 
 func (h schedHeap) Len() int           { return len(h) }
-func (h schedHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h schedHeap) Less(i, j int) bool { return h[i].due().Before(h[j].due()) }
 func (h schedHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].heapIndex, h[j].heapIndex = i, j
@@ -385,17 +508,42 @@ func (h *schedHeap) Pop() any {
 // nonce and the slot's generation, so a stray, late or foreign reply can
 // never be credited to the wrong probe or target.
 type engine struct {
-	c       conn
+	c       Conn
 	p       *Prober
 	id      uint16
 	nonce   uint64
 	targets int // guarded by Prober.mu
 
-	mu     sync.Mutex // guards the slots, seq, oldest and every target's stats
+	mu     sync.Mutex // guards the slots, seq, queues and every target's stats
 	seq    uint16
 	slots  []slot // len is a power of two
-	oldest uint16 // seq of the oldest slot that may still be in flight
+	queues map[time.Duration]*deadlineQueue
 	closed bool
+}
+
+// deadlineQueue holds the in-flight probes of one timeout in send order, so
+// their deadlines are in order too: expiry looks only at the front.
+type deadlineQueue struct {
+	timeout time.Duration
+	items   []queued
+	head    int
+}
+
+type queued struct {
+	seq uint16
+	gen uint32
+}
+
+func (q *deadlineQueue) push(it queued) { q.items = append(q.items, it) }
+
+func (q *deadlineQueue) pop() {
+	q.head++
+	if q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	} else if q.head >= 1024 && 2*q.head >= len(q.items) {
+		q.items = append(q.items[:0], q.items[q.head:]...)
+		q.head = 0
+	}
 }
 
 type slotState uint8
@@ -411,8 +559,9 @@ type slot struct {
 	seq   uint16
 	gen   uint32
 	state slotState
+	extra bool // an extra probe of a suspicion
 	t     *target
-	n     uint64 // the target's probe number, for jitter pairs
+	n     uint64 // the target's probe number, in send order
 	sent  time.Time
 }
 
@@ -424,10 +573,11 @@ const (
 	maxRing     = 1 << 16
 )
 
-func newEngine(c conn, p *Prober) *engine {
+func newEngine(c Conn, p *Prober) *engine {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &engine{c: c, p: p, id: c.echoID(), nonce: binary.BigEndian.Uint64(b[:]), slots: make([]slot, initialRing)}
+	return &engine{c: c, p: p, id: c.EchoID(), nonce: binary.BigEndian.Uint64(b[:]), slots: make([]slot, initialRing),
+		queues: map[time.Duration]*deadlineQueue{}}
 }
 
 // grow doubles the ring. The live slots span at most len(slots) consecutive
@@ -447,12 +597,12 @@ func (e *engine) close() {
 	e.mu.Lock()
 	e.closed = true
 	e.mu.Unlock()
-	_ = e.c.close()
+	_ = e.c.Close()
 }
 
 const payloadHeader = 12 // nonce (8) + slot generation (4)
 
-func (e *engine) sendProbe(t *target, now time.Time) {
+func (e *engine) sendProbe(t *target, now time.Time, extra bool) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -470,14 +620,23 @@ func (e *engine) sendProbe(t *target, now time.Time) {
 	}
 	gen := s.gen + 1
 	t.sent++
-	*s = slot{seq: seq, gen: gen, state: slotInFlight, t: t, n: t.sent, sent: now}
+	*s = slot{seq: seq, gen: gen, state: slotInFlight, extra: extra, t: t, n: t.sent, sent: now}
+	if extra {
+		t.extras++
+	}
+	q := e.queues[t.timeout]
+	if q == nil {
+		q = &deadlineQueue{timeout: t.timeout}
+		e.queues[t.timeout] = q
+	}
+	q.push(queued{seq, gen})
 	e.mu.Unlock()
 
 	payload := make([]byte, max(t.spec.Size, payloadHeader))
 	binary.BigEndian.PutUint64(payload[0:8], e.nonce)
 	binary.BigEndian.PutUint32(payload[8:12], gen)
 	sent := time.Now()
-	err := e.c.send(t.spec.Address, e.id, seq, payload)
+	err := e.c.Send(t.spec.Address, e.id, seq, payload)
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -495,23 +654,35 @@ func (e *engine) sendProbe(t *target, now time.Time) {
 	s.sent = sent
 }
 
-// expire ends every in-flight probe older than timeout, oldest first, and
-// returns the deadline of the oldest probe still in flight (zero if none).
-func (e *engine) expire(now time.Time, timeout time.Duration) time.Time {
+// expire ends every in-flight probe past its target's timeout, oldest first,
+// and returns the earliest deadline still pending (zero if none).
+func (e *engine) expire(now time.Time) time.Time {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for e.oldest != e.seq {
-		s := &e.slots[int(e.oldest)&(len(e.slots)-1)]
-		if s.seq == e.oldest && s.state == slotInFlight {
-			deadline := s.sent.Add(timeout)
+	var next time.Time
+	for timeout, q := range e.queues {
+		for q.head < len(q.items) {
+			it := q.items[q.head]
+			s := &e.slots[int(it.seq)&(len(e.slots)-1)]
+			if s.seq != it.seq || s.gen != it.gen || s.state != slotInFlight {
+				q.pop() // answered, or its slot reused since
+				continue
+			}
+			deadline := s.sent.Add(q.timeout)
 			if deadline.After(now) {
-				return deadline
+				if next.IsZero() || deadline.Before(next) {
+					next = deadline
+				}
+				break
 			}
 			s.t.finish(e, s, false, 0, now)
+			q.pop()
 		}
-		e.oldest++
+		if q.head == len(q.items) {
+			delete(e.queues, timeout)
+		}
 	}
-	return time.Time{}
+	return next
 }
 
 // receive reads replies until the socket closes.
@@ -519,12 +690,12 @@ func (e *engine) receive() {
 	buf := make([]byte, 65536)
 	var lastErr string
 	for {
-		r, err := e.c.recv(buf)
+		r, err := e.c.Recv(buf)
 		if err != nil {
 			e.mu.Lock()
 			closed := e.closed
 			e.mu.Unlock()
-			if closed || errors.Is(err, errClosed) {
+			if closed || errors.Is(err, ErrClosed) {
 				return
 			}
 			if err.Error() != lastErr { // once per kind of error, not per read
@@ -539,24 +710,25 @@ func (e *engine) receive() {
 	}
 }
 
-var errClosed = errors.New("transport closed")
+// ErrClosed is what a closed transport's Recv returns.
+var ErrClosed = errors.New("transport closed")
 
-func (e *engine) handle(r reply) {
-	if (e.id != 0 && r.id != e.id) || len(r.payload) < payloadHeader || binary.BigEndian.Uint64(r.payload[0:8]) != e.nonce {
+func (e *engine) handle(r Reply) {
+	if (e.id != 0 && r.ID != e.id) || len(r.Payload) < payloadHeader || binary.BigEndian.Uint64(r.Payload[0:8]) != e.nonce {
 		e.p.metrics.stray.Inc()
 		return // someone else's echo reply
 	}
-	gen := binary.BigEndian.Uint32(r.payload[8:12])
+	gen := binary.BigEndian.Uint32(r.Payload[8:12])
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	s := &e.slots[int(r.seq)&(len(e.slots)-1)]
-	if s.seq != r.seq || s.gen != gen || s.t == nil || s.t.spec.Address != r.src {
+	s := &e.slots[int(r.Seq)&(len(e.slots)-1)]
+	if s.seq != r.Seq || s.gen != gen || s.t == nil || s.t.spec.Address != r.Src {
 		e.p.metrics.stray.Inc() // a slot reused since, or a reply from the wrong address
 		return
 	}
 	switch s.state {
 	case slotInFlight:
-		s.t.finish(e, s, true, r.at.Sub(s.sent), r.at)
+		s.t.finish(e, s, true, r.At.Sub(s.sent), r.At)
 	case slotAnswered:
 		s.t.duplicate()
 	case slotLost:

@@ -1,4 +1,4 @@
-package prober
+package prober_test
 
 import (
 	"context"
@@ -10,118 +10,60 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/prober/probertest"
 )
 
-// fakeNet is a fake of the ICMP transport: each destination answers (or not)
-// according to behave, after a delay, on the fake clock of a synctest bubble.
-type fakeNet struct {
-	behave func(dst netip.Addr, n int) fakeReply // n: how many probes this dst got before
-	mu     sync.Mutex
-	sent   map[netip.Addr]int
-	conns  []*fakeConn
+// gatherer is the prober's registry-side metrics (its own counters).
+func gatherer(p *prober.Prober) prometheus.Gatherer {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(p)
+	return reg
 }
 
-type fakeReply struct {
-	drop   bool
-	delay  time.Duration
-	dups   int
-	from   netip.Addr // reply source if set (a spoofed or misrouted reply)
-	seq    int        // reply with this sequence number instead, if >= 0 and set by seqSet
-	seqSet bool
-}
-
-type fakeConn struct {
-	net     *fakeNet
-	replies chan reply
-	done    chan struct{}
-	once    sync.Once
-}
-
-func newFakeNet(behave func(netip.Addr, int) fakeReply) *fakeNet {
-	return &fakeNet{behave: behave, sent: map[netip.Addr]int{}}
-}
-
-func (f *fakeNet) open(device string, v6 bool) (conn, error) {
-	c := &fakeConn{net: f, replies: make(chan reply, 1024), done: make(chan struct{})}
-	f.mu.Lock()
-	f.conns = append(f.conns, c)
-	f.mu.Unlock()
-	return c, nil
-}
-
-func (f *fakeNet) sentTo(a netip.Addr) int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.sent[a]
-}
-
-func (c *fakeConn) send(dst netip.Addr, id, seq uint16, payload []byte) error {
-	c.net.mu.Lock()
-	n := c.net.sent[dst]
-	c.net.sent[dst]++
-	c.net.mu.Unlock()
-	b := c.net.behave(dst, n)
-	if b.drop {
-		return nil
+// counter is the value of one of the prober's unlabelled counters.
+func counter(t *testing.T, p *prober.Prober, name string) float64 {
+	t.Helper()
+	mfs, err := gatherer(p).Gather()
+	if err != nil {
+		t.Fatal(err)
 	}
-	src := dst
-	if b.from.IsValid() {
-		src = b.from
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
 	}
-	if b.seqSet {
-		seq = uint16(b.seq)
-	}
-	p := append([]byte(nil), payload...)
-	for range 1 + b.dups {
-		time.AfterFunc(b.delay, func() {
-			select {
-			case c.replies <- reply{src: src, id: id, seq: seq, payload: p, at: time.Now()}:
-			case <-c.done:
-			}
-		})
-	}
-	return nil
+	return 0
 }
 
-func (c *fakeConn) recv([]byte) (reply, error) {
-	select {
-	case r := <-c.replies:
-		return r, nil
-	case <-c.done:
-		return reply{}, errClosed
-	}
-}
-
-func (c *fakeConn) echoID() uint16   { return 0x4242 }
-func (c *fakeConn) privileged() bool { return true }
-func (c *fakeConn) close() error     { c.once.Do(func() { close(c.done) }); return nil }
-
-func testConfig() Config {
-	cfg := DefaultConfig()
+func testConfig() prober.Config {
+	cfg := prober.DefaultConfig()
 	cfg.PMTU.Enabled = false
 	cfg.Window = 10 * time.Second
 	return cfg
 }
 
 // runProber starts a prober inside the bubble with targets on device wg0.
-func runProber(t *testing.T, cfg Config, fn *fakeNet, pmtu pmtuProbeFunc, addrs ...string) (*Prober, context.CancelFunc) {
+func runProber(t *testing.T, cfg prober.Config, fn *probertest.Net, pmtu prober.PMTUProbeFunc, addrs ...string) (*prober.Prober, context.CancelFunc) {
 	t.Helper()
-	p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: fn.open, PMTUProbe: pmtu})
+	p, err := prober.New(cfg, slog.New(slog.DiscardHandler), prober.Options{Open: fn.Open, PMTUProbe: pmtu})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go p.Run(ctx)
-	var ts []Target
+	var ts []prober.Target
 	for i, a := range addrs {
-		ts = append(ts, Target{Device: "wg0", Address: netip.MustParseAddr(a), PublicKey: fmt.Sprintf("key%d", i), Name: "peer-" + a, DeviceMTU: 1420})
+		ts = append(ts, prober.Target{Device: "wg0", Address: netip.MustParseAddr(a), PublicKey: fmt.Sprintf("key%d", i), Name: "peer-" + a, DeviceMTU: 1420})
 	}
-	p.SetTargets(ts)
+	p.SetTargets(prober.OwnTargets, ts)
 	return p, cancel
 }
 
-func health(t *testing.T, p *Prober, addr string) Health {
+func health(t *testing.T, p *prober.Prober, addr string) prober.Health {
 	t.Helper()
 	for _, h := range p.Health() {
 		if h.Target.Address.String() == addr {
@@ -129,11 +71,11 @@ func health(t *testing.T, p *Prober, addr string) Health {
 		}
 	}
 	t.Fatalf("no target %s", addr)
-	return Health{}
+	return prober.Health{}
 }
 
 // exported is the value of a prober metric for a target, as scraped.
-func exported(t *testing.T, p *Prober, name, addr string) float64 {
+func exported(t *testing.T, p *prober.Prober, name, addr string) float64 {
 	t.Helper()
 	mfs, err := p.Gather()
 	if err != nil {
@@ -159,16 +101,16 @@ func exported(t *testing.T, p *Prober, name, addr string) float64 {
 // duplicate replies are counted apart.
 func TestEveryProbeEndsExactlyOnce(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		fn := newFakeNet(func(dst netip.Addr, n int) fakeReply {
+		fn := probertest.New(func(_ string, dst netip.Addr, n int) probertest.Reply {
 			switch dst.String() {
 			case "10.0.0.1":
-				return fakeReply{delay: 10 * time.Millisecond}
+				return probertest.Reply{Delay: 10 * time.Millisecond}
 			case "10.0.0.2": // answers after the 2 s timeout: lost, then late
-				return fakeReply{delay: 3 * time.Second}
+				return probertest.Reply{Delay: 3 * time.Second}
 			case "10.0.0.3": // every reply arrives twice
-				return fakeReply{delay: 5 * time.Millisecond, dups: 1}
+				return probertest.Reply{Delay: 5 * time.Millisecond, Dups: 1}
 			default: // never answers
-				return fakeReply{drop: true}
+				return probertest.Reply{Drop: true}
 			}
 		})
 		p, cancel := runProber(t, testConfig(), fn, nil, "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4")
@@ -186,7 +128,7 @@ func TestEveryProbeEndsExactlyOnce(t *testing.T) {
 			{"10.0.0.4", false, false, false, true},
 		} {
 			h := health(t, p, tc.addr)
-			sent := uint64(fn.sentTo(netip.MustParseAddr(tc.addr)))
+			sent := uint64(fn.Sent(netip.MustParseAddr(tc.addr)))
 			// Probes sent in the last timeout (2 s) may still be in flight.
 			if h.Probes > sent || h.Probes+2 < sent || sent < 19 {
 				t.Errorf("%s: %d probes finished of %d sent; want all but those within the 2s timeout", tc.addr, h.Probes, sent)
@@ -229,15 +171,15 @@ func TestRepliesNeverMixAcrossTargets(t *testing.T) {
 		for i := range n {
 			addrs = append(addrs, fmt.Sprintf("10.1.%d.%d", i/250, i%250+1))
 		}
-		fn := newFakeNet(func(dst netip.Addr, k int) fakeReply {
+		fn := probertest.New(func(_ string, dst netip.Addr, k int) probertest.Reply {
 			i := int(dst.As4()[2])*250 + int(dst.As4()[3]) - 1
 			switch {
 			case i%3 == 0 && k%2 == 1: // every other probe of every third target is lost
-				return fakeReply{drop: true}
+				return probertest.Reply{Drop: true}
 			case i%7 == 0 && k%4 == 3: // spoofed: the reply claims to come from another target
-				return fakeReply{delay: time.Millisecond, from: netip.MustParseAddr("10.1.0.1")}
+				return probertest.Reply{Delay: time.Millisecond, From: netip.MustParseAddr("10.1.0.1")}
 			}
-			return fakeReply{delay: time.Duration(1+i%50) * time.Millisecond}
+			return probertest.Reply{Delay: time.Duration(1+i%50) * time.Millisecond}
 		})
 		p, cancel := runProber(t, testConfig(), fn, nil, addrs...)
 		defer cancel()
@@ -258,7 +200,7 @@ func TestRepliesNeverMixAcrossTargets(t *testing.T) {
 				t.Errorf("%s: last RTT %v, want %v (its own delay)", a, h.RTT, wantRTT)
 			}
 		}
-		if stray := testutil.ToFloat64(p.metrics.stray); stray == 0 {
+		if stray, err := testutil.GatherAndCount(gatherer(p), "wgpulse_prober_stray_replies_total"); err != nil || stray == 0 || counter(t, p, "wgpulse_prober_stray_replies_total") == 0 {
 			t.Error("spoofed replies were not counted as stray")
 		}
 	})
@@ -269,11 +211,11 @@ func TestRepliesNeverMixAcrossTargets(t *testing.T) {
 func TestLossWindowJitterAndRecovery(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var clean sync.Map
-		fn := newFakeNet(func(dst netip.Addr, k int) fakeReply {
+		fn := probertest.New(func(_ string, dst netip.Addr, k int) probertest.Reply {
 			if _, ok := clean.Load("yes"); !ok && k%5 == 4 {
-				return fakeReply{drop: true}
+				return probertest.Reply{Drop: true}
 			}
-			return fakeReply{delay: time.Duration(10+10*(k%2)) * time.Millisecond} // 10, 20, 10, 20 ms
+			return probertest.Reply{Delay: time.Duration(10+10*(k%2)) * time.Millisecond} // 10, 20, 10, 20 ms
 		})
 		cfg := testConfig()
 		p, cancel := runProber(t, cfg, fn, nil, "10.0.0.9")
@@ -304,11 +246,11 @@ func TestLossWindowJitterAndRecovery(t *testing.T) {
 func TestUpNeedsThreeLosses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var down sync.Map
-		fn := newFakeNet(func(dst netip.Addr, k int) fakeReply {
+		fn := probertest.New(func(_ string, dst netip.Addr, k int) probertest.Reply {
 			if _, ok := down.Load("yes"); ok || k == 3 {
-				return fakeReply{drop: true}
+				return probertest.Reply{Drop: true}
 			}
-			return fakeReply{delay: time.Millisecond}
+			return probertest.Reply{Delay: time.Millisecond}
 		})
 		p, cancel := runProber(t, testConfig(), fn, nil, "10.0.0.5")
 		defer cancel()
@@ -330,7 +272,7 @@ func TestUpNeedsThreeLosses(t *testing.T) {
 // are each probed every 3 s, so the whole prober sends 1,000 probes/s.
 func TestMaxRateStretchesIntervals(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		fn := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: time.Millisecond} })
+		fn := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Delay: time.Millisecond} })
 		var addrs []string
 		for i := range 3000 {
 			addrs = append(addrs, fmt.Sprintf("10.2.%d.%d", i/250, i%250+1))
@@ -341,7 +283,7 @@ func TestMaxRateStretchesIntervals(t *testing.T) {
 		synctest.Wait()
 		var sent int
 		for _, a := range addrs {
-			n := fn.sentTo(netip.MustParseAddr(a))
+			n := fn.Sent(netip.MustParseAddr(a))
 			if n < 9 || n > 11 {
 				t.Fatalf("%s probed %d times in 30s, want about 10 (every 3s)", a, n)
 			}
@@ -361,7 +303,7 @@ func TestMaxRateStretchesIntervals(t *testing.T) {
 // must grow to hold them rather than end live probes early as lost.
 func TestLongRTTsAtFullRateLoseNothing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		fn := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: 10 * time.Second} })
+		fn := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Delay: 10 * time.Second} })
 		var addrs []string
 		for i := range 1000 {
 			addrs = append(addrs, fmt.Sprintf("10.3.%d.%d", i/250, i%250+1))
@@ -389,11 +331,11 @@ func TestLongRTTsAtFullRateLoseNothing(t *testing.T) {
 func TestReloadedWindowAppliesToExistingTargets(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var clean sync.Map
-		fn := newFakeNet(func(netip.Addr, int) fakeReply {
+		fn := probertest.New(func(string, netip.Addr, int) probertest.Reply {
 			if _, ok := clean.Load("yes"); ok {
-				return fakeReply{delay: time.Millisecond}
+				return probertest.Reply{Delay: time.Millisecond}
 			}
-			return fakeReply{drop: true}
+			return probertest.Reply{Drop: true}
 		})
 		cfg := testConfig()
 		cfg.Window = time.Minute
@@ -405,7 +347,7 @@ func TestReloadedWindowAppliesToExistingTargets(t *testing.T) {
 		if err := p.ApplyConfig(cfg); err != nil {
 			t.Fatal(err)
 		}
-		p.SetTargets([]Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.7"), PublicKey: "key0", Name: "peer-10.0.0.7", DeviceMTU: 1420}})
+		p.SetTargets(prober.OwnTargets, []prober.Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.7"), PublicKey: "key0", Name: "peer-10.0.0.7", DeviceMTU: 1420}})
 		time.Sleep(cfg.Window + cfg.Timeout + time.Second)
 		synctest.Wait()
 		if h := health(t, p, "10.0.0.7"); h.LossRatio != 0 {

@@ -20,9 +20,9 @@ import (
 func BenchmarkScrape(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("targets=%d", n), func(b *testing.B) {
-			fn := newFakeNet(func(netip.Addr, int) fakeReply { return fakeReply{delay: time.Millisecond} })
-			cfg := testConfig()
-			p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: fn.open})
+			cfg := DefaultConfig()
+			cfg.PMTU.Enabled = false
+			p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: func(string, bool) (Conn, error) { return silentConn{make(chan struct{})}, nil }})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -30,12 +30,12 @@ func BenchmarkScrape(b *testing.B) {
 			for i := range n {
 				ts = append(ts, Target{Device: "wg0", Address: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), PublicKey: fmt.Sprintf("%044d", i), Name: fmt.Sprintf("peer-%d", i)})
 			}
-			p.SetTargets(ts)
+			p.SetTargets(OwnTargets, ts)
 			// Finish a few probes per target directly, without waiting for time.
 			now := time.Now()
 			for _, t := range p.targets {
 				for k := range 3 {
-					t.e.sendProbe(t, now)
+					t.e.sendProbe(t, now, false)
 					s := &t.e.slots[int(t.e.seq-1)&(len(t.e.slots)-1)]
 					t.e.mu.Lock()
 					t.finish(t.e, s, k != 1, time.Duration(k+1)*time.Millisecond, now)
@@ -58,3 +58,12 @@ func BenchmarkScrape(b *testing.B) {
 		})
 	}
 }
+
+// silentConn is a transport that sends nowhere and never answers.
+type silentConn struct{ done chan struct{} }
+
+func (c silentConn) Send(netip.Addr, uint16, uint16, []byte) error { return nil }
+func (c silentConn) Recv([]byte) (Reply, error)                    { <-c.done; return Reply{}, ErrClosed }
+func (c silentConn) EchoID() uint16                                { return 1 }
+func (c silentConn) Privileged() bool                              { return true }
+func (c silentConn) Close() error                                  { close(c.done); return nil }

@@ -16,26 +16,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// conn is one ICMP echo socket for one device and address family. The
-// engine owns it; tests replace it with a fake transport.
-type conn interface {
-	// send writes one echo request.
-	send(dst netip.Addr, id, seq uint16, payload []byte) error
-	// recv blocks for the next echo reply; it returns an error once closed.
-	recv(buf []byte) (reply, error)
-	// echoID is the ICMP id to put in requests and expect in replies; 0
+// Conn is one ICMP echo transport for one device and address family: a
+// socket here, a fake network in tests (prober/probertest). The engine owns it.
+type Conn interface {
+	// Send writes one echo request.
+	Send(dst netip.Addr, id, seq uint16, payload []byte) error
+	// Recv blocks for the next echo reply; it returns ErrClosed once closed.
+	Recv(buf []byte) (Reply, error)
+	// EchoID is the ICMP id to put in requests and expect in replies; 0
 	// means the kernel chooses and demultiplexes it (ping sockets).
-	echoID() uint16
-	privileged() bool
-	close() error
+	EchoID() uint16
+	// Privileged says whether the transport is a raw socket (pro-bing's
+	// PMTU probes then use one too).
+	Privileged() bool
+	Close() error
 }
 
-// reply is one echo reply, stamped by the kernel when it arrived.
-type reply struct {
-	src     netip.Addr
-	id, seq uint16
-	payload []byte
-	at      time.Time
+// Reply is one echo reply, stamped by the kernel when it arrived.
+type Reply struct {
+	Src     netip.Addr
+	ID, Seq uint16
+	Payload []byte
+	At      time.Time
 }
 
 // ErrNoICMPSocket says what to grant when neither socket kind can be opened.
@@ -52,7 +54,7 @@ type sockConn struct {
 
 // openSocket opens an ICMP socket bound to device: raw when the process has
 // CAP_NET_RAW, the unprivileged ping socket otherwise.
-func openSocket(device string, v6 bool) (conn, error) {
+func openSocket(device string, v6 bool) (Conn, error) {
 	family, proto := unix.AF_INET, unix.IPPROTO_ICMP
 	if v6 {
 		family, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
@@ -69,7 +71,7 @@ func openSocket(device string, v6 bool) (conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening ICMP socket: %w", err)
 	}
-	fail := func(what string, err error) (conn, error) {
+	fail := func(what string, err error) (Conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
@@ -112,11 +114,11 @@ func openSocket(device string, v6 bool) (conn, error) {
 	return c, nil
 }
 
-func (c *sockConn) echoID() uint16   { return c.id }
-func (c *sockConn) privileged() bool { return c.raw }
-func (c *sockConn) close() error     { return c.f.Close() }
+func (c *sockConn) EchoID() uint16   { return c.id }
+func (c *sockConn) Privileged() bool { return c.raw }
+func (c *sockConn) Close() error     { return c.f.Close() }
 
-func (c *sockConn) send(dst netip.Addr, id, seq uint16, payload []byte) error {
+func (c *sockConn) Send(dst netip.Addr, id, seq uint16, payload []byte) error {
 	var (
 		typ icmp.Type
 		sa  unix.Sockaddr
@@ -143,7 +145,7 @@ func (c *sockConn) send(dst netip.Addr, id, seq uint16, payload []byte) error {
 	return serr
 }
 
-func (c *sockConn) recv(buf []byte) (reply, error) {
+func (c *sockConn) Recv(buf []byte) (Reply, error) {
 	for {
 		var (
 			n, oobn int
@@ -155,27 +157,27 @@ func (c *sockConn) recv(buf []byte) (reply, error) {
 			return rerr != unix.EAGAIN
 		})
 		if err != nil {
-			return reply{}, err
+			return Reply{}, err
 		}
 		if rerr != nil {
-			return reply{}, rerr
+			return Reply{}, rerr
 		}
 		r, ok := c.parse(buf[:n], from)
 		if !ok {
 			continue
 		}
-		r.at = rxTimestamp(c.oob[:oobn])
+		r.At = rxTimestamp(c.oob[:oobn])
 		return r, nil
 	}
 }
 
-func (c *sockConn) parse(b []byte, from unix.Sockaddr) (reply, bool) {
-	var r reply
+func (c *sockConn) parse(b []byte, from unix.Sockaddr) (Reply, bool) {
+	var r Reply
 	switch sa := from.(type) {
 	case *unix.SockaddrInet4:
-		r.src = netip.AddrFrom4(sa.Addr)
+		r.Src = netip.AddrFrom4(sa.Addr)
 	case *unix.SockaddrInet6:
-		r.src = netip.AddrFrom16(sa.Addr)
+		r.Src = netip.AddrFrom16(sa.Addr)
 	default:
 		return r, false
 	}
@@ -192,9 +194,9 @@ func (c *sockConn) parse(b []byte, from unix.Sockaddr) (reply, bool) {
 	if len(b) < 8 || b[0] != want || b[1] != 0 {
 		return r, false
 	}
-	r.id = binary.BigEndian.Uint16(b[4:6])
-	r.seq = binary.BigEndian.Uint16(b[6:8])
-	r.payload = b[8:]
+	r.ID = binary.BigEndian.Uint16(b[4:6])
+	r.Seq = binary.BigEndian.Uint16(b[6:8])
+	r.Payload = b[8:]
 	return r, true
 }
 

@@ -1,4 +1,4 @@
-package prober
+package prober_test
 
 import (
 	"context"
@@ -17,29 +17,31 @@ import (
 	"time"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
+	"github.com/wgpulse/wgpulse/prober"
 )
 
 // realProber probes addresses on the loopback device with real sockets.
-func realProber(t testing.TB, cfg Config, addrs []string) (*Prober, <-chan Result, func()) {
-	return realProberBuf(t, cfg, addrs, 1<<12)
-}
-
-func realProberBuf(t testing.TB, cfg Config, addrs []string, buffer int) (*Prober, <-chan Result, func()) {
+func realProber(t testing.TB, cfg prober.Config, addrs []string) (*prober.Prober, <-chan prober.Result, func()) {
 	t.Helper()
-	lab.Require(t) // raw ICMP sockets and SO_BINDTODEVICE
-	p, err := New(cfg, slog.New(slog.DiscardHandler), Options{})
+	labtest.Require(t) // raw ICMP sockets and SO_BINDTODEVICE
+	p, err := prober.New(cfg, slog.New(slog.DiscardHandler), prober.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	results := p.Subscribe(buffer)
-	var ts []Target
-	for _, a := range addrs {
-		ts = append(ts, Target{Device: "lo", Address: netip.MustParseAddr(a), Name: a, DeviceMTU: 65536})
-	}
+	// The subscription outlives the run: results still queued when the
+	// prober stops are read afterwards.
+	subCtx, subCancel := context.WithCancel(context.Background())
+	t.Cleanup(subCancel)
+	results := p.Subscribe(subCtx)
 	ctx, cancel := context.WithCancel(context.Background())
+	var ts []prober.Target
+	for _, a := range addrs {
+		ts = append(ts, prober.Target{Device: "lo", Address: netip.MustParseAddr(a), Name: a, DeviceMTU: 65536})
+	}
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
-	p.SetTargets(ts)
+	p.SetTargets(prober.OwnTargets, ts)
 	return p, results, func() { cancel(); <-done }
 }
 
@@ -96,7 +98,8 @@ func systemPingMedian(t testing.TB, addr string, count int, interval time.Durati
 	return rtts[len(rtts)/2]
 }
 
-func medianOf(results <-chan Result) (time.Duration, int, int) {
+// medianOf reads results until none comes for 200 ms.
+func medianOf(results <-chan prober.Result) (time.Duration, int, int) {
 	var rtts []time.Duration
 	lost := 0
 	for {
@@ -107,7 +110,7 @@ func medianOf(results <-chan Result) (time.Duration, int, int) {
 			} else {
 				lost++
 			}
-		default:
+		case <-time.After(200 * time.Millisecond):
 			if len(rtts) == 0 {
 				return 0, 0, lost
 			}
@@ -146,10 +149,10 @@ func BenchmarkThousandTargets(b *testing.B) {
 	for i := range n {
 		addrs = append(addrs, fmt.Sprintf("127.1.%d.%d", i/250, i%250+1))
 	}
-	cfg := DefaultConfig()
+	cfg := prober.DefaultConfig()
 	cfg.PMTU.Enabled = false
 	for b.Loop() {
-		_, results, stop := realProberBuf(b, cfg, addrs, 256)
+		_, results, stop := realProber(b, cfg, addrs)
 		// Collect RTTs as they come (as a remediator would), not in a big buffer.
 		var (
 			mu      sync.Mutex

@@ -1,6 +1,8 @@
 package prober
 
 import (
+	"fmt"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,35 +13,48 @@ import (
 type target struct {
 	spec      Target
 	e         *engine
-	next      time.Time // guarded by Prober.mu
+	next      time.Time // next regular probe; guarded by Prober.mu
+	suspectAt time.Time // next suspicion check (zero = none); guarded by Prober.mu
 	heapIndex int       // guarded by Prober.mu
 	removed   bool
 	window    time.Duration
+	timeout   time.Duration // effective: spec.Timeout or prober.timeout
 
 	// stats, guarded by e.mu
-	probes, failures uint64
+	probes, failures uint64 // SLI probes only (extras excluded)
 	lateN, dupN      uint64
-	outcomes         []outcome // ring over the loss window
+	outcomes         []outcome // ring over the loss window (SLI probes)
 	head, n          int
-	lost             int // lost among the window's outcomes
-	last3            uint8
-	sent             uint64     // probes sent: numbers them for jitter pairs
+	lost             int        // lost among the window's outcomes
+	sent             uint64     // probes sent (SLI and extra): numbers them in send order
 	jitter           float64    // seconds
-	recent           []finished // by probe number modulo len: neighbours for jitter
+	recent           []finished // by probe number modulo len: neighbours for jitter, runs of losses
 	lastRTT          time.Duration
+	srtt             time.Duration // smoothed RTT (RFC 6298 weights), for the suspicion delay
 	lastSuccess      time.Time
 	sendErrLogged    string
+	lastOKn          uint64 // highest probe number answered (0 = none)
+	run              int    // lost probes numbered after lastOKn: the trailing run of losses in send order
+	extras           int    // extra probes sent since the newest answered one
+	rtts             [8]time.Duration
+	nrtt             int
+	state            State
+	since            time.Time
+	reason           string
+	downKind         downKind
 
 	pmtu pmtuView // guarded by e.mu
 
-	m targetMetrics
+	m targetMetrics // guarded by e.mu
 }
 
-// finished is one recent probe, by its number, for RFC 3550 pairs.
+// finished is one recent probe, by its number, for RFC 3550 pairs and runs
+// of losses.
 type finished struct {
-	n   uint64
-	ok  bool
-	rtt time.Duration
+	n     uint64
+	ok    bool
+	extra bool
+	rtt   time.Duration
 }
 
 // outcome is one finished probe in the loss window: its Unix nanoseconds
@@ -54,41 +69,65 @@ func (o outcome) lost() bool           { return o&1 == 1 }
 func (o outcome) before(ns int64) bool { return int64(o)>>1 < ns }
 
 type targetMetrics struct {
-	labels []string
+	labels []string // replaced, never modified: a scrape may hold the old slice
 	rtt    prometheus.Observer
 }
 
-func newTarget(spec Target, e *engine, m *metrics, window, timeout time.Duration) *target {
+func newTargetMetrics(spec Target, m *metrics) targetMetrics {
 	labels := []string{spec.Device, spec.PublicKey, spec.Name, spec.Address.String()}
-	t := &target{spec: spec, e: e, heapIndex: -1, m: targetMetrics{
-		labels: labels,
-		rtt:    m.rtt.WithLabelValues(labels...),
-	}}
+	return targetMetrics{labels: labels, rtt: m.rtt.WithLabelValues(labels...)}
+}
+
+func newTarget(spec Target, e *engine, m *metrics, window, timeout time.Duration, now time.Time) *target {
+	t := &target{spec: spec, e: e, heapIndex: -1, m: newTargetMetrics(spec, m), since: now}
 	t.size(window, timeout)
 	t.pmtu.state = pmtuBase
 	return t
 }
 
-// size (re)allocates the loss window and the jitter neighbours for the
-// target's interval, prober.window and prober.timeout. A changed loss window
-// starts empty.
+// size (re)allocates the loss window and the recent probes for the target's
+// interval, window and timeout. A changed loss window starts empty.
 func (t *target) size(window, timeout time.Duration) {
+	if t.spec.Window > 0 {
+		window = t.spec.Window
+	}
+	if t.spec.Timeout > 0 {
+		timeout = t.spec.Timeout
+	}
+	t.timeout = timeout
 	if n := int(window/t.spec.Interval) + 2; n != len(t.outcomes) || window != t.window {
 		t.outcomes, t.window = make([]outcome, n), window
 		t.head, t.n, t.lost = 0, 0, 0
 	}
-	// Neighbours can finish up to a timeout apart: keep that many probes.
-	if n := min(max(int(timeout/t.spec.Interval)+2, 4), 1024); n > len(t.recent) {
-		t.recent = make([]finished, n) // jitter pairs resume with the next probes
+	// Probes can finish up to a timeout apart: keep that many, counting the
+	// extra probes of a suspicion.
+	every := t.spec.Interval
+	if t.spec.Suspect > 0 && t.spec.Suspect < every {
+		every = t.spec.Suspect
+	}
+	if n := min(max(int(timeout/every)+2, 4), 1024); n > len(t.recent) {
+		recent := make([]finished, n)
+		for _, f := range t.recent {
+			if f.n != 0 {
+				recent[f.n%uint64(n)] = f
+			}
+		}
+		t.recent = recent
 	}
 }
 
-// setSpec takes in-place changes of the target (interval, size, device MTU)
-// and of the configuration (window, timeout). Called with Prober.mu.
-func (t *target) setSpec(s Target, window, timeout time.Duration) {
+// setSpec takes in-place changes of the target (interval, size, device MTU,
+// timeout, window, rule, suspicion, and its peer's name or key) and of the
+// configuration (window, timeout). Its state and counts stay. Called with
+// Prober.mu.
+func (t *target) setSpec(s Target, window, timeout time.Duration, m *metrics) {
 	t.e.mu.Lock()
 	defer t.e.mu.Unlock()
-	t.spec.Interval, t.spec.Size, t.spec.DeviceMTU = s.Interval, s.Size, s.DeviceMTU
+	if s.Name != t.spec.Name || s.PublicKey != t.spec.PublicKey {
+		m.rtt.DeleteLabelValues(t.m.labels...) // relabelled: a renamed peer (SIGHUP) is the same target
+		t.m = newTargetMetrics(s, m)
+	}
+	t.spec = s
 	t.size(window, timeout)
 }
 
@@ -103,33 +142,63 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 	if t.removed {
 		return
 	}
-	t.probes++
-	t.last3 = t.last3<<1 | b2u(ok)
-	t.pairJitter(finished{n: s.n, ok: ok, rtt: rtt})
+	t.pairJitter(finished{n: s.n, ok: ok, extra: s.extra, rtt: rtt})
 	if ok {
-		t.m.rtt.Observe(rtt.Seconds())
 		t.lastRTT, t.lastSuccess = rtt, at
-	} else {
-		t.failures++
+		if t.srtt == 0 {
+			t.srtt = rtt
+		} else {
+			t.srtt += (rtt - t.srtt) / 8
+		}
+		if s.n > t.lastOKn {
+			t.lastOKn = s.n
+			t.run = t.lostAfter(s.n)
+			t.extras = 0
+		}
+	} else if s.n > t.lastOKn {
+		t.run++
 	}
-	t.record(mkOutcome(at, !ok))
-	e.p.publish(Result{Target: t.spec, Sent: s.sent, Success: ok, RTT: rtt})
+	if !s.extra { // extra probes of a suspicion never count in the SLI
+		t.probes++
+		if ok {
+			t.m.rtt.Observe(rtt.Seconds())
+			t.rtts[t.nrtt%len(t.rtts)] = rtt
+			t.nrtt++
+		} else {
+			t.failures++
+		}
+		t.record(mkOutcome(at, !ok))
+	}
+	t.evaluate(at)
+	e.p.publish(Result{Target: t.spec, Sent: s.sent, Success: ok, RTT: rtt, Extra: s.extra})
+}
+
+// lostAfter counts the lost probes numbered after n among those finished.
+func (t *target) lostAfter(n uint64) int {
+	size := uint64(len(t.recent))
+	lost := 0
+	for m := n + 1; m <= t.sent && m-n <= size; m++ {
+		if f := t.recent[m%size]; f.n == m && !f.ok {
+			lost++
+		}
+	}
+	return lost
 }
 
 // pairJitter applies RFC 3550 A.8, J += (|D| - J)/16, with D the difference
 // of the RTTs of consecutive probes in send order. Probes finish out of order
 // (a loss is known only at its timeout, after later replies), so a probe is
 // paired with both neighbours as soon as each of them is known; a pair with
-// a loss is skipped.
+// a loss or an extra probe is skipped.
 func (t *target) pairJitter(f finished) {
 	size := uint64(len(t.recent))
 	t.recent[f.n%size] = f
-	if !f.ok {
+	if !f.ok || f.extra {
 		return
 	}
 	for _, nb := range []uint64{f.n - 1, f.n + 1} {
 		o := t.recent[nb%size]
-		if o.n != nb || !o.ok || nb == 0 {
+		if o.n != nb || !o.ok || o.extra || nb == 0 {
 			continue
 		}
 		d := (f.rtt - o.rtt).Seconds()
@@ -147,14 +216,110 @@ func b2u(b bool) uint8 {
 	return 0
 }
 
-// isUp: a reply among the last three finished probes (BFD-like detect
-// multiplier 3), so one lost probe does not flap the target.
-func (t *target) isUp() bool {
-	mask := uint8(0b111)
-	if t.probes < 3 {
-		mask = uint8(1)<<t.probes - 1
+// State is a target's health: unknown until probes say otherwise.
+type State uint8
+
+const (
+	// StateUnknown: no verdict yet (a fresh or re-added target). Never a
+	// reason to act.
+	StateUnknown State = iota
+	// StateUp: answering, and no rule of the target says it is down.
+	StateUp
+	// StateDown: a rule of the target holds (losses in a row, loss ratio,
+	// median RTT).
+	StateDown
+)
+
+func (s State) String() string { return [...]string{"unknown", "up", "down"}[s] }
+
+// Rule decides when a target is down. Zero fields are the defaults.
+type Rule struct {
+	// Losses in a row, in send order, that make the target down (default 3).
+	Losses int
+	// LossRatio over the target's window above which it is down (0 = off).
+	// Judged only once the window holds half the probes it can.
+	LossRatio float64
+	// RTT: the median of the last 8 replies above it makes the target down
+	// (0 = off). Judged from 5 replies on.
+	RTT time.Duration
+}
+
+func (r Rule) losses() int {
+	if r.Losses <= 0 {
+		return 3
 	}
-	return t.last3&mask != 0
+	return r.Losses
+}
+
+type downKind uint8
+
+const (
+	notDown downKind = iota
+	downLosses
+	downRatio
+	downRTT
+)
+
+// evaluate updates the target's state after a finished probe and publishes
+// a change. Called with e.mu held.
+func (t *target) evaluate(at time.Time) {
+	kind := notDown
+	r := t.spec.Rule
+	var median time.Duration
+	switch {
+	case t.run >= r.losses():
+		kind = downLosses
+	case r.LossRatio > 0 && t.n >= t.minSamples() && t.lossRatio() > r.LossRatio:
+		kind = downRatio
+	case r.RTT > 0:
+		if median = t.medianRTT(); median > r.RTT {
+			kind = downRTT
+		}
+	}
+	next := t.state
+	switch {
+	case kind != notDown:
+		next = StateDown
+	case t.lastOKn > 0:
+		next = StateUp
+	}
+	if next == t.state && kind == t.downKind {
+		return
+	}
+	from := t.state
+	t.downKind = kind
+	switch kind {
+	case downLosses:
+		t.reason = fmt.Sprintf("%d probes lost in a row (rule: %d)", t.run, r.losses())
+	case downRatio:
+		t.reason = fmt.Sprintf("%.0f%% of probes lost over %s (rule: above %.0f%%)", 100*t.lossRatio(), t.window, 100*r.LossRatio)
+	case downRTT:
+		t.reason = fmt.Sprintf("median RTT %s (rule: above %s)", median.Round(100*time.Microsecond), r.RTT)
+	default:
+		t.reason = "answering"
+	}
+	if next != from {
+		t.state, t.since = next, at
+	}
+	t.e.p.changes.Publish(StateChange{Health: t.healthLocked(), From: from})
+}
+
+// minSamples is how many outcomes the loss window must hold before its
+// ratio is judged: half of what it holds when full, at least 5.
+func (t *target) minSamples() int {
+	return max(int(t.window/t.spec.Interval)/2, 5)
+}
+
+// medianRTT is the median of the last 8 SLI replies; 0 with fewer than 5.
+func (t *target) medianRTT() time.Duration {
+	n := min(t.nrtt, len(t.rtts))
+	if n < 5 {
+		return 0
+	}
+	s := make([]time.Duration, n)
+	copy(s, t.rtts[:n])
+	slices.Sort(s)
+	return s[n/2]
 }
 
 // record adds an outcome and drops those older than the window.
@@ -201,17 +366,38 @@ func (t *target) sendErr(err error) {
 	t.e.p.logger.Warn("probe not sent; counted as failed", "device", t.spec.Device, "target", t.spec.Address, "err", err)
 }
 
+// suspicious reports whether an extra probe is due: the newest probe is
+// unanswered, the target is not already down, and fewer extra probes are out
+// than the rule needs for a verdict (Losses-1 after the first loss). It also
+// returns the delay before the next check.
+func (t *target) suspicious() (bool, time.Duration) {
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
+	due := t.lastOKn < t.sent && t.state != StateDown && t.extras < t.spec.Rule.losses()-1
+	return due, max(t.spec.Suspect, 2*t.srtt)
+}
+
 func (t *target) health() Health {
 	t.e.mu.Lock()
 	defer t.e.mu.Unlock()
+	return t.healthLocked()
+}
+
+func (t *target) healthLocked() Health {
 	return Health{
-		Target: t.spec, Up: t.probes > 0 && t.isUp(), LossRatio: t.lossRatio(),
-		RTT: t.lastRTT, Jitter: time.Duration(t.jitter * float64(time.Second)),
+		Target: t.spec, State: t.state, Since: t.since, Reason: t.reason, Up: t.state == StateUp,
+		LossRatio: t.lossRatio(), RTT: t.lastRTT, MedianRTT: t.medianRTT(), Jitter: time.Duration(t.jitter * float64(time.Second)),
 		Probes: t.probes, Failures: t.failures, Late: t.lateN, Duplicates: t.dupN, LastSuccess: t.lastSuccess,
-		PathMTU: t.pmtu.mtu, PMTUState: t.pmtu.state.String(),
+		LostInARow: t.run, PathMTU: t.pmtu.mtu, PMTUState: t.pmtu.state.String(),
 	}
 }
 
+func (t *target) labels() []string {
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
+	return t.m.labels
+}
+
 func (t *target) deleteSeries() {
-	t.e.p.metrics.rtt.DeleteLabelValues(t.m.labels...)
+	t.e.p.metrics.rtt.DeleteLabelValues(t.labels()...)
 }
