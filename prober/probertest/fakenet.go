@@ -30,10 +30,11 @@ type Behave func(device string, dst netip.Addr, n int) Reply
 
 // Net is the fake network. Its zero value is not usable; call New.
 type Net struct {
-	mu     sync.Mutex
-	behave Behave
-	sent   map[netip.Addr]int
-	conns  []*conn
+	mu      sync.Mutex
+	behave  Behave
+	sent    map[netip.Addr]int
+	conns   []*conn
+	openErr map[string]error
 }
 
 // New returns a network that answers as behave says.
@@ -48,12 +49,26 @@ func (f *Net) SetBehave(b Behave) {
 	f.mu.Unlock()
 }
 
+// SetOpenError makes opening a transport on device fail (nil: succeed), as
+// a missing device or missing privileges do.
+func (f *Net) SetOpenError(device string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.openErr == nil {
+		f.openErr = map[string]error{}
+	}
+	f.openErr[device] = err
+}
+
 // Open is the prober's Options.Open.
 func (f *Net) Open(device string, v6 bool) (prober.Conn, error) {
 	c := &conn{net: f, device: device, replies: make(chan prober.Reply, 1024), done: make(chan struct{})}
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.openErr[device]; err != nil {
+		return nil, err
+	}
 	f.conns = append(f.conns, c)
-	f.mu.Unlock()
 	return c, nil
 }
 

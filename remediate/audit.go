@@ -1,0 +1,178 @@
+package remediate
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Results of a decision (the `result` label of
+// wgpulse_remediation_actions_total and the audit line's result).
+const (
+	ResultOK         = "ok"         // carried out
+	ResultError      = "error"      // tried and failed; nothing half-done is left
+	ResultDryRun     = "dry_run"    // what auto would have done; nothing touched
+	ResultSuppressed = "suppressed" // wanted and not taken (audit line and span only)
+)
+
+var (
+	actions = []string{ActionSwitchToBackup, ActionReturnToPrimary}
+	results = []string{ResultOK, ResultError, ResultDryRun}
+	paths   = []string{Primary, Backup}
+	states  = []string{"unknown", "up", "down"}
+)
+
+type metrics struct {
+	actions    *prometheus.CounterVec
+	suppressed *prometheus.CounterVec
+	active     *prometheus.GaugeVec
+	healthy    *prometheus.GaugeVec
+	pathState  *prometheus.GaugeVec
+	conflicts  *prometheus.CounterVec
+	penalty    *prometheus.GaugeVec
+	paused     prometheus.Gauge
+	mode       *prometheus.GaugeVec
+	stateErrs  prometheus.Counter
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgpulse_remediation_actions_total",
+			Help: "Remediation actions decided, by policy, group, action, result (ok, error, dry_run) and mode.",
+		}, []string{"policy", "group", "action", "result", "mode"}),
+		suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgpulse_remediation_suppressed_total",
+			Help: "Remediation actions wanted and not taken, by reason (counted once per episode).",
+		}, []string{"policy", "group", "reason"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_failover_active_path",
+			Help: "1 for the path carrying the group's prefixes (in dry-run: the path auto would have made active).",
+		}, []string{"group", "path"}),
+		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_failover_path_healthy",
+			Help: "1 while the path is up, 0 while it is down or unknown (see wgpulse_failover_path_state).",
+		}, []string{"group", "path"}),
+		pathState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_failover_path_state",
+			Help: "1 for the path's current health: unknown, up or down.",
+		}, []string{"group", "path", "state"}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgpulse_remediation_conflicts_total",
+			Help: "Times something else deleted or overrode a route the remediator owns; it backs off instead of fighting.",
+		}, []string{"group"}),
+		penalty: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_failover_damping_penalty",
+			Help: "The group's flap damping penalty (BGP style); at or above suppress the group makes no voluntary switch.",
+		}, []string{"group"}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_paused",
+			Help: "1 while remediation is paused (POST /-/remediate/pause, SIGUSR1).",
+		}),
+		mode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_mode",
+			Help: "1 for the remediator's mode: off, dry-run or auto.",
+		}, []string{"mode"}),
+		stateErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wgpulse_remediation_state_file_errors_total",
+			Help: "Failures to read (corrupt, set aside) or write the state file.",
+		}),
+	}
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.penalty, m.paused, m.mode, m.stateErrs}
+}
+
+// initGroup creates every series of a group at zero, so dashboards and
+// alerts see them from the start.
+func (m *metrics) initGroup(name string, mode Mode) {
+	for _, a := range actions {
+		for _, r := range results {
+			m.actions.WithLabelValues("failover", name, a, r, string(mode))
+		}
+	}
+	for _, r := range suppressReasons {
+		m.suppressed.WithLabelValues("failover", name, r)
+	}
+	for _, p := range paths {
+		m.active.WithLabelValues(name, p)
+		m.healthy.WithLabelValues(name, p)
+		for _, s := range states {
+			m.pathState.WithLabelValues(name, p, s)
+		}
+	}
+	m.conflicts.WithLabelValues(name)
+	m.penalty.WithLabelValues(name)
+}
+
+func (m *metrics) deleteGroup(name string) {
+	l := prometheus.Labels{"group": name}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.penalty} {
+		v.DeletePartialMatch(l)
+	}
+}
+
+func (m *metrics) setMode(mode Mode) {
+	for _, md := range []Mode{ModeOff, ModeDryRun, ModeAuto} {
+		v := 0.0
+		if md == mode {
+			v = 1
+		}
+		m.mode.WithLabelValues(string(md)).Set(v)
+	}
+}
+
+// auditor leaves the three traces of a decision: a log line, a metric and
+// a span.
+type auditor struct {
+	logger  *slog.Logger
+	metrics *metrics
+	tracer  trace.Tracer
+}
+
+// record audits one decision. result is ResultOK, ResultError, ResultDryRun
+// or ResultSuppressed; err is the failure of ResultError.
+func (a auditor) record(ctx context.Context, d decision, mode Mode, result string, start time.Time, err error) {
+	took := time.Since(start)
+	attrs := []attribute.KeyValue{
+		attribute.String("wgpulse.policy", d.Policy),
+		attribute.String("wgpulse.group", d.Group),
+		attribute.String("wgpulse.action", d.Action),
+		attribute.String("wgpulse.from", d.From),
+		attribute.String("wgpulse.to", d.To),
+		attribute.String("wgpulse.reason", d.Reason),
+		attribute.String("wgpulse.mode", string(mode)),
+		attribute.String("wgpulse.result", result),
+	}
+	if d.Suppressed != "" {
+		attrs = append(attrs, attribute.String("wgpulse.suppressed", d.Suppressed))
+	}
+	_, span := a.tracer.Start(ctx, "remediate."+d.Policy+".decision", trace.WithTimestamp(start), trace.WithAttributes(attrs...))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End(trace.WithTimestamp(start.Add(took)))
+
+	logAttrs := []any{"audit", true, "policy", d.Policy, "group", d.Group, "action", d.Action, "from", d.From, "to", d.To,
+		"reason", d.Reason, "mode", string(mode), "result", result, "duration", took}
+	level := slog.LevelInfo
+	switch {
+	case result == ResultSuppressed:
+		a.metrics.suppressed.WithLabelValues(d.Policy, d.Group, d.Suppressed).Inc()
+		logAttrs = append(logAttrs, "suppressed", d.Suppressed)
+	default:
+		a.metrics.actions.WithLabelValues(d.Policy, d.Group, d.Action, result, string(mode)).Inc()
+	}
+	if err != nil {
+		level = slog.LevelError
+		logAttrs = append(logAttrs, "err", err)
+	}
+	a.logger.Log(ctx, level, "remediation decision", logAttrs...)
+}

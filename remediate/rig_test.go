@@ -1,0 +1,408 @@
+package remediate_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/prober/probertest"
+	"github.com/wgpulse/wgpulse/remediate"
+)
+
+// fakeRoutes is a fake of the netlink transport: links and a main routing
+// table with the kernel's keys (destination, metric, table) and matching on
+// delete (the fields given must match).
+type fakeRoutes struct {
+	mu      sync.Mutex
+	links   map[string]int
+	table   []netlink.Route
+	calls   []string // every add and del, in order
+	failAdd error
+}
+
+func newFakeRoutes(links ...string) *fakeRoutes {
+	f := &fakeRoutes{links: map[string]int{}}
+	for i, l := range links {
+		f.links[l] = i + 1
+	}
+	return f
+}
+
+func (f *fakeRoutes) LinkByName(name string) (netlink.Link, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, ok := f.links[name]
+	if !ok {
+		return nil, netlink.LinkNotFoundError{}
+	}
+	return &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name, Index: i}}, nil
+}
+
+func (f *fakeRoutes) LinkByIndex(index int) (netlink.Link, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for n, i := range f.links {
+		if i == index {
+			return &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: n, Index: i}}, nil
+		}
+	}
+	return nil, netlink.LinkNotFoundError{}
+}
+
+func (f *fakeRoutes) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []netlink.Route
+	for _, r := range f.table {
+		if (family == unix.AF_INET) != (r.Dst.IP.To4() != nil) {
+			continue
+		}
+		if mask&netlink.RT_FILTER_DST != 0 && r.Dst.String() != filter.Dst.String() {
+			continue
+		}
+		if mask&netlink.RT_FILTER_TABLE != 0 && r.Table != filter.Table {
+			continue
+		}
+		if mask&netlink.RT_FILTER_PROTOCOL != 0 && r.Protocol != filter.Protocol {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (f *fakeRoutes) RouteAdd(r *netlink.Route) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fmt.Sprintf("add %s metric %d", r.Dst, r.Priority))
+	if f.failAdd != nil {
+		return f.failAdd
+	}
+	for _, have := range f.table {
+		if have.Dst.String() == r.Dst.String() && have.Priority == r.Priority && have.Table == r.Table {
+			return syscall.EEXIST
+		}
+	}
+	f.table = append(f.table, *r)
+	return nil
+}
+
+func (f *fakeRoutes) RouteDel(r *netlink.Route) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fmt.Sprintf("del %s metric %d", r.Dst, r.Priority))
+	for i, have := range f.table {
+		if have.Dst.String() == r.Dst.String() && have.Priority == r.Priority && have.Table == r.Table &&
+			(r.LinkIndex == 0 || r.LinkIndex == have.LinkIndex) && (r.Protocol == 0 || r.Protocol == have.Protocol) {
+			f.table = slices.Delete(f.table, i, i+1)
+			return nil
+		}
+	}
+	return syscall.ESRCH
+}
+
+// operatorRoute adds a route as an operator would (`ip route add`, proto static).
+func (f *fakeRoutes) operatorRoute(prefix, dev string, metric int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, dst, _ := net.ParseCIDR(prefix)
+	f.table = append(f.table, netlink.Route{Dst: dst, LinkIndex: f.links[dev], Priority: metric, Protocol: 4, Table: unix.RT_TABLE_MAIN})
+}
+
+// deleteOurs removes our routes behind the remediator's back (a conflict).
+func (f *fakeRoutes) deleteOurs() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.table = slices.DeleteFunc(f.table, func(r netlink.Route) bool { return r.Protocol == remediate.DefaultRouteProtocol })
+}
+
+// show renders the table like `ip route`, sorted.
+func (f *fakeRoutes) show() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	names := map[int]string{}
+	for n, i := range f.links {
+		names[i] = n
+	}
+	var out []string
+	for _, r := range f.table {
+		out = append(out, fmt.Sprintf("%s dev %s metric %d proto %d", r.Dst, names[r.LinkIndex], r.Priority, r.Protocol))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (f *fakeRoutes) writes() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// fakeWG is a fake of the wgctrl transport: each device has one peer whose
+// AllowedIPs hold the far end of its tunnel, with a settable handshake.
+type fakeWG struct {
+	mu        sync.Mutex
+	peers     map[string]string // device -> peer /32
+	handshake map[string]time.Time
+	fail      map[string]bool
+}
+
+func (f *fakeWG) Device(name string) (*wgtypes.Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail[name] {
+		return nil, fmt.Errorf("reading %s: UAPI socket not answering", name)
+	}
+	_, ip, _ := net.ParseCIDR(f.peers[name] + "/32")
+	var k wgtypes.Key
+	k[0] = byte(len(name))
+	k[1] = name[len(name)-1]
+	return &wgtypes.Device{Name: name, Type: wgtypes.Userspace, Peers: []wgtypes.Peer{{
+		PublicKey: k, AllowedIPs: []net.IPNet{*ip}, LastHandshakeTime: f.handshake[name]}}}, nil
+}
+
+type noLinks struct{}
+
+func (noLinks) LinkList() ([]netlink.Link, error) { return nil, nil }
+
+// rig is one node: a fake network answering the two paths' targets, the
+// real prober and collector on fake transports, and the real remediator
+// with a fake routing table.
+type rig struct {
+	t       *testing.T
+	cfg     remediate.Config
+	net     *probertest.Net
+	wg      *fakeWG
+	routes  *fakeRoutes
+	prober  *prober.Prober
+	col     *collector.Collector
+	rem     *remediate.Remediator
+	spans   *tracetest.SpanRecorder
+	logs    *syncBuffer
+	cancel  context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	faults  map[string]func(n int) probertest.Reply // by target address
+	openErr map[string]error                        // by device
+	stopped bool
+}
+
+const (
+	primaryDev, backupDev       = "wg-p", "wg-b"
+	primaryTarget, backupTarget = "10.200.1.1", "10.201.1.1"
+	lan                         = "10.50.0.0/16"
+)
+
+// group is a failover group of the rig's two paths with the given profile.
+func group(profile string) remediate.FailoverGroup {
+	return remediate.FailoverGroup{
+		Name: "dc1-to-aws", Profile: profile, Prefixes: []string{lan},
+		Primary: remediate.Path{Device: primaryDev, Target: primaryTarget},
+		Backup:  remediate.Path{Device: backupDev, Target: backupTarget},
+	}
+}
+
+func config(t *testing.T, mode remediate.Mode, groups ...remediate.FailoverGroup) remediate.Config {
+	cfg := remediate.DefaultConfig()
+	cfg.Mode = mode
+	cfg.StateFile = t.TempDir() + "/remediate.json"
+	cfg.Failover = groups
+	return cfg
+}
+
+// newRig builds a node with the operator's routes (primary metric 100,
+// backup metric 200) and both paths answering in 1 ms.
+func newRig(t *testing.T, cfg remediate.Config) *rig {
+	t.Helper()
+	r := &rig{t: t, cfg: cfg, routes: newFakeRoutes(primaryDev, backupDev), faults: map[string]func(int) probertest.Reply{}, logs: &syncBuffer{}}
+	r.routes.operatorRoute(lan, primaryDev, 100)
+	r.routes.operatorRoute(lan, backupDev, 200)
+	now := time.Now()
+	r.wg = &fakeWG{peers: map[string]string{primaryDev: primaryTarget, backupDev: backupTarget},
+		handshake: map[string]time.Time{primaryDev: now, backupDev: now}, fail: map[string]bool{}}
+	return r
+}
+
+// start runs the node; with a previous rig's routes it is a restart.
+func (r *rig) start() {
+	r.t.Helper()
+	r.net = probertest.New(func(_ string, dst netip.Addr, n int) probertest.Reply {
+		r.mu.Lock()
+		f := r.faults[dst.String()]
+		r.mu.Unlock()
+		if f != nil {
+			return f(n)
+		}
+		return probertest.Reply{Delay: time.Millisecond}
+	})
+	for dev, err := range r.openErr {
+		r.net.SetOpenError(dev, err)
+	}
+	pcfg := prober.DefaultConfig()
+	pcfg.PMTU.Enabled = false
+	logger := slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var err error
+	r.prober, err = prober.New(pcfg, logger, prober.Options{Open: r.net.Open})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.col, err = collector.New(collector.Config{PollInterval: time.Second, Devices: []string{primaryDev, backupDev}}, logger,
+		collector.Options{Client: r.wg, Links: noLinks{}})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.spans = tracetest.NewSpanRecorder()
+	r.rem, err = remediate.New(r.cfg, logger, remediate.Options{Snapshots: r.col, Prober: r.prober, Routes: r.routes,
+		Tracer: newTracerProvider(r.spans)})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel, r.done, r.stopped = cancel, make(chan struct{}), false
+	var wg sync.WaitGroup
+	wg.Go(func() { r.col.Run(ctx) })
+	wg.Go(func() { r.prober.Run(ctx) })
+	wg.Go(func() { r.rem.Run(ctx) })
+	go func() { wg.Wait(); close(r.done) }()
+	r.t.Cleanup(r.stop)
+}
+
+// stop ends the node cleanly (SIGTERM) and waits for it.
+func (r *rig) stop() {
+	if r.stopped {
+		return
+	}
+	r.stopped = true
+	r.cancel()
+	<-r.done
+}
+
+// fault sets how a target answers: nil restores 1 ms replies.
+func (r *rig) fault(target string, f func(n int) probertest.Reply) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.faults[target] = f
+}
+
+func dead(int) probertest.Reply { return probertest.Reply{Drop: true} }
+
+// lossySeconds drops every probe sent in the given seconds of each period:
+// a loss ratio of len(drop)/period over regular probes (1/s), with runs no
+// longer than the probes that fit in one second.
+func lossySeconds(period int64, drop ...int64) func(int) probertest.Reply {
+	return func(int) probertest.Reply {
+		if slices.Contains(drop, time.Now().Unix()%period) {
+			return probertest.Reply{Drop: true}
+		}
+		return probertest.Reply{Delay: time.Millisecond}
+	}
+}
+
+// run lets fake time pass.
+func (r *rig) run(d time.Duration) {
+	time.Sleep(d)
+	waitIdle()
+}
+
+func waitIdle() { synctestWait() }
+
+// ours is our route for the LAN prefix via the backup, as `ip route` shows it.
+const ours = "10.50.0.0/16 dev wg-b metric 10 proto 117"
+
+func (r *rig) onBackup() bool { return slices.Contains(r.routes.show(), ours) }
+
+// auditLine is one "remediation decision" log line.
+type auditLine struct {
+	Group, Action, From, To, Reason, Mode, Result, Suppressed string
+}
+
+func (r *rig) audits() []auditLine {
+	var out []auditLine
+	s := bufio.NewScanner(strings.NewReader(r.logs.String()))
+	s.Buffer(make([]byte, 1<<20), 1<<20)
+	for s.Scan() {
+		var m map[string]any
+		if json.Unmarshal(s.Bytes(), &m) != nil || m["msg"] != "remediation decision" {
+			continue
+		}
+		str := func(k string) string { v, _ := m[k].(string); return v }
+		out = append(out, auditLine{str("group"), str("action"), str("from"), str("to"), str("reason"), str("mode"), str("result"), str("suppressed")})
+	}
+	return out
+}
+
+// taken are the audited actions that were carried out or dry-run.
+func (r *rig) taken() []auditLine {
+	return slices.DeleteFunc(r.audits(), func(a auditLine) bool { return a.Result == "suppressed" })
+}
+
+func (r *rig) suppressed(reason string) []auditLine {
+	return slices.DeleteFunc(r.audits(), func(a auditLine) bool { return a.Suppressed != reason })
+}
+
+// metric returns the value of one series of the remediator's metrics.
+func (r *rig) metric(name string, labels map[string]string) float64 {
+	r.t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(r.rem)
+	mfs, err := reg.Gather()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	r.t.Fatalf("no series %s%v", name, labels)
+	return 0
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

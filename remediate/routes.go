@@ -1,0 +1,182 @@
+package remediate
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// RouteHandle is the part of a netlink handle the route actuator uses.
+// *netlink.Handle is the real one; tests use a fake routing table.
+type RouteHandle interface {
+	LinkByName(name string) (netlink.Link, error)
+	LinkByIndex(index int) (netlink.Link, error)
+	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
+	RouteAdd(route *netlink.Route) error
+	RouteDel(route *netlink.Route) error
+}
+
+var _ RouteHandle = (*netlink.Handle)(nil)
+
+// Route is one route of the main table, as far as the remediator cares.
+type Route struct {
+	Prefix   netip.Prefix `json:"prefix"`
+	Device   string       `json:"device"`
+	Metric   int          `json:"metric"`
+	Protocol int          `json:"protocol"`
+}
+
+func (r Route) String() string {
+	return fmt.Sprintf("%s dev %s metric %d proto %d", r.Prefix, r.Device, r.Metric, r.Protocol)
+}
+
+// routes is the route actuator: it reads the main table for a prefix and
+// adds or deletes the remediator's own routes, never another's.
+type routes struct {
+	h     RouteHandle
+	proto int
+}
+
+// ErrNoDevice says a device named in the config does not exist.
+var ErrNoDevice = errors.New("no such device")
+
+// list returns every main-table route whose destination is exactly p.
+func (r routes) list(p netip.Prefix) ([]Route, error) {
+	family := netlink.FAMILY_V4
+	if p.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	dst := ipNet(p)
+	rs, err := r.h.RouteListFiltered(family, &netlink.Route{Dst: dst, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("listing routes for %s: %w", p, err)
+	}
+	out := make([]Route, 0, len(rs))
+	names := map[int]string{}
+	for _, nr := range rs {
+		name, ok := names[nr.LinkIndex]
+		if !ok {
+			if l, err := r.h.LinkByIndex(nr.LinkIndex); err == nil {
+				name = l.Attrs().Name
+			} else {
+				name = fmt.Sprintf("if%d", nr.LinkIndex)
+			}
+			names[nr.LinkIndex] = name
+		}
+		out = append(out, Route{Prefix: p, Device: name, Metric: nr.Priority, Protocol: int(nr.Protocol)})
+	}
+	slices.SortFunc(out, func(a, b Route) int { return a.Metric - b.Metric })
+	return out, nil
+}
+
+// add installs our route. An identical route of ours already there (after a
+// restart) is success; another route with the same prefix and metric is an
+// error naming it.
+func (r routes) add(rt Route) error {
+	nr, err := r.netlinkRoute(rt)
+	if err != nil {
+		return err
+	}
+	err = r.h.RouteAdd(nr)
+	if errors.Is(err, syscall.EEXIST) {
+		have, lerr := r.list(rt.Prefix)
+		if lerr == nil {
+			for _, h := range have {
+				if h == rt {
+					return nil
+				}
+				if h.Metric == rt.Metric {
+					return fmt.Errorf("adding %s: a route with the same prefix and metric exists (%s): pick another route_metric", rt, h)
+				}
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("adding %s: %w", rt, err)
+	}
+	return nil
+}
+
+// del removes our route; one already gone is success.
+func (r routes) del(rt Route) error {
+	nr, err := r.netlinkRoute(rt)
+	if errors.Is(err, ErrNoDevice) { // the device is gone, and its routes with it
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := r.h.RouteDel(nr); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("deleting %s: %w", rt, err)
+	}
+	return nil
+}
+
+func (r routes) netlinkRoute(rt Route) (*netlink.Route, error) {
+	if rt.Protocol != r.proto {
+		return nil, fmt.Errorf("refusing to change %s: not a route of protocol %d (wgpulse's)", rt, r.proto)
+	}
+	l, err := r.h.LinkByName(rt.Device)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) || errors.Is(err, syscall.ENODEV) {
+			return nil, fmt.Errorf("device %s: %w", rt.Device, ErrNoDevice)
+		}
+		return nil, fmt.Errorf("device %s: %w", rt.Device, err)
+	}
+	return &netlink.Route{
+		LinkIndex: l.Attrs().Index,
+		Dst:       ipNet(rt.Prefix),
+		Priority:  rt.Metric,
+		Protocol:  netlink.RouteProtocol(rt.Protocol),
+		Table:     unix.RT_TABLE_MAIN,
+		Scope:     netlink.SCOPE_LINK,
+	}, nil
+}
+
+// deviceExists reports whether the named link exists.
+func (r routes) deviceExists(name string) bool {
+	_, err := r.h.LinkByName(name)
+	return err == nil
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	bits := 32
+	if p.Addr().Is6() {
+		bits = 128
+	}
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
+}
+
+// listProto returns every main-table route of our protocol in a family
+// (unix.AF_INET or unix.AF_INET6).
+func (r routes) listProto(family int) ([]Route, error) {
+	rs, err := r.h.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: netlink.RouteProtocol(r.proto)},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Route, 0, len(rs))
+	for _, nr := range rs {
+		if nr.Dst == nil {
+			continue
+		}
+		p, ok := netip.AddrFromSlice(nr.Dst.IP)
+		if !ok {
+			continue
+		}
+		ones, _ := nr.Dst.Mask.Size()
+		name := fmt.Sprintf("if%d", nr.LinkIndex)
+		if l, err := r.h.LinkByIndex(nr.LinkIndex); err == nil {
+			name = l.Attrs().Name
+		}
+		out = append(out, Route{Prefix: netip.PrefixFrom(p.Unmap(), ones), Device: name, Metric: nr.Priority, Protocol: int(nr.Protocol)})
+	}
+	return out, nil
+}

@@ -1,0 +1,81 @@
+package remediate
+
+import "time"
+
+// Status is the remediator's state for humans and tools (GET /-/remediate,
+// and later `wgpulse status`). The JSON field names are stable.
+type Status struct {
+	Mode          Mode          `json:"mode"`
+	Paused        bool          `json:"paused"`
+	RouteProtocol int           `json:"route_protocol"`
+	Groups        []GroupStatus `json:"groups"`
+}
+
+// GroupStatus is one failover group.
+type GroupStatus struct {
+	Name         string                `json:"name"`
+	Profile      string                `json:"profile"`
+	Prefixes     []string              `json:"prefixes"`
+	Active       string                `json:"active"`
+	ActiveSince  time.Time             `json:"active_since"`
+	Paths        map[string]PathStatus `json:"paths"`
+	Switches     int                   `json:"switches"`
+	Penalty      float64               `json:"damping_penalty"`
+	Damped       bool                  `json:"damped"`
+	SwitchesLeft float64               `json:"rate_limit_switches_left"`
+	BackoffUntil *time.Time            `json:"backoff_until,omitempty"`
+	Conflicts    int                   `json:"conflicts_in_a_row"`
+	Last         *DecisionStatus       `json:"last_decision,omitempty"`
+}
+
+// PathStatus is one path of a group.
+type PathStatus struct {
+	Device string    `json:"device"`
+	Target string    `json:"target"`
+	State  string    `json:"state"` // unknown, up, down
+	Since  time.Time `json:"since,omitzero"`
+	Reason string    `json:"reason,omitempty"`
+	Loss   float64   `json:"loss_ratio"`
+	RTT    float64   `json:"median_rtt_seconds"`
+}
+
+// DecisionStatus is the last decision of a group that was audited.
+type DecisionStatus struct {
+	At         time.Time `json:"at"`
+	Action     string    `json:"action"`
+	From       string    `json:"from"`
+	To         string    `json:"to"`
+	Reason     string    `json:"reason"`
+	Result     string    `json:"result"`
+	Suppressed string    `json:"suppressed,omitempty"`
+}
+
+// Status returns the current state.
+func (r *Remediator) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	s := Status{Mode: r.cfg.Mode, Paused: r.paused, RouteProtocol: r.cfg.RouteProtocol, Groups: []GroupStatus{}}
+	for _, g := range r.groups {
+		gs := GroupStatus{
+			Name: g.cfg.Name, Profile: g.cfg.Profile, Prefixes: g.cfg.Prefixes, Active: g.st.Active, ActiveSince: g.st.Since,
+			Paths: map[string]PathStatus{}, Switches: g.st.Switches, Penalty: penalty(g.cfg.Damping, g.st, now),
+			Damped: damped(g.cfg.Damping, g.st, now), SwitchesLeft: tokens(g.cfg.RateLimit, g.st, now), Conflicts: g.conflicts,
+		}
+		if now.Before(g.st.BackoffUntil) {
+			until := g.st.BackoffUntil
+			gs.BackoffUntil = &until
+		}
+		for i, p := range []Path{g.cfg.Primary, g.cfg.Backup} {
+			h := g.health[i]
+			gs.Paths[paths[i]] = PathStatus{Device: p.Device, Target: p.Target, State: h.State.String(), Since: h.Since,
+				Reason: h.Reason, Loss: h.Loss, RTT: h.RTT.Seconds()}
+		}
+		if g.last.Policy != "" {
+			gs.Last = &DecisionStatus{At: g.lastAt, Action: g.last.Action, From: g.last.From, To: g.last.To,
+				Reason: g.last.Reason, Result: g.lastRes, Suppressed: g.last.Suppressed}
+		}
+		s.Groups = append(s.Groups, gs)
+	}
+	return s
+}
