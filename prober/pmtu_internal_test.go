@@ -12,4 +12,3 @@ func TestMaxProbes(t *testing.T) {
 		}
 	}
 }
-

@@ -63,6 +63,7 @@ type Health struct {
 	State       State
 	Since       time.Time
 	Reason      string
+	DownBy      string        // while down: DownByLosses, DownByLossRatio or DownByRTT
 	Up          bool          // State == StateUp
 	LostInARow  int           // probes lost since the newest answered one, in send order
 	LossRatio   float64       // over the target's window

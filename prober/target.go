@@ -260,6 +260,17 @@ const (
 	downRTT
 )
 
+// What made a target down (Health.DownBy).
+const (
+	DownByLosses    = "losses"     // lost in a row: the path is dead
+	DownByLossRatio = "loss_ratio" // degraded
+	DownByRTT       = "rtt"        // degraded
+)
+
+func (k downKind) String() string {
+	return [...]string{"", DownByLosses, DownByLossRatio, DownByRTT}[k]
+}
+
 // evaluate updates the target's state after a finished probe and publishes
 // a change. Called with e.mu held.
 func (t *target) evaluate(at time.Time) {
@@ -385,7 +396,7 @@ func (t *target) health() Health {
 
 func (t *target) healthLocked() Health {
 	return Health{
-		Target: t.spec, State: t.state, Since: t.since, Reason: t.reason, Up: t.state == StateUp,
+		Target: t.spec, State: t.state, Since: t.since, Reason: t.reason, DownBy: t.downKind.String(), Up: t.state == StateUp,
 		LossRatio: t.lossRatio(), RTT: t.lastRTT, MedianRTT: t.medianRTT(), Jitter: time.Duration(t.jitter * float64(time.Second)),
 		Probes: t.probes, Failures: t.failures, Late: t.lateN, Duplicates: t.dupN, LastSuccess: t.lastSuccess,
 		LostInARow: t.run, PathMTU: t.pmtu.mtu, PMTUState: t.pmtu.state.String(),

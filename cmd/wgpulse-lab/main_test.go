@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
 func TestMain(m *testing.M) {
@@ -27,8 +28,8 @@ type statusJSON struct {
 }
 
 func TestCLI(t *testing.T) {
-	lab.Require(t)
-	p := "c" + lab.UniquePrefix()
+	labtest.Require(t)
+	p := "c" + labtest.UniquePrefix()
 	t.Cleanup(func() { _ = lab.DownPrefix(p, nil) })
 	if code, out, errOut := cli(t, "--prefix", p, "up"); code != 0 {
 		t.Fatalf("up: exit %d\n%s\n%s", code, out, errOut)
@@ -111,9 +112,9 @@ func TestCLI(t *testing.T) {
 // TestDemo plays the whole timeline fast against real agents and checks that
 // what the agents report follows the faults, then that nothing is left.
 func TestDemo(t *testing.T) {
-	lab.Require(t)
-	agent := lab.BuildBinary(t, "./cmd/wgpulse")
-	p := "m" + lab.UniquePrefix()
+	labtest.Require(t)
+	agent := labtest.BuildBinary(t, "./cmd/wgpulse")
+	p := "m" + labtest.UniquePrefix()
 	t.Cleanup(func() { _ = lab.DownPrefix(p, nil) })
 	code, out, errOut := cli(t, "--prefix", p, "demo", "--agent", agent, "--step", "3s")
 	if code != 0 {

@@ -30,6 +30,7 @@ func run(args []string) int {
 	runCmd := app.Command("run", "Run the agent (default).").Default()
 	configFile := runCmd.Flag("config.file", "YAML configuration file; without one every default applies.").Default("").String()
 	telemetryPath := runCmd.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
+	remediateMode := runCmd.Flag("remediate.mode", "Override remediate.mode from the config file: off, dry-run or auto.").Default("").Enum("", "off", "dry-run", "auto")
 	webFlags := kingpinflag.AddFlags(runCmd, ":9586")
 	logConfig := &promslog.Config{}
 	flag.AddFlags(app, logConfig)
@@ -81,6 +82,7 @@ func run(args []string) int {
 	logger.Info("starting wgpulse", "version", version.Info(), "config_file", *configFile)
 	a, err := agent.New(agent.Options{
 		ConfigFile:    *configFile,
+		RemediateMode: *remediateMode,
 		TelemetryPath: *telemetryPath,
 		Web:           webFlags,
 		Logger:        logger,

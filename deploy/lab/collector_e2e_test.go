@@ -25,6 +25,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
 // pair is two userspace WireGuard devices in two namespaces joined by a veth.
@@ -38,8 +39,8 @@ type pair struct {
 
 func newPair(t *testing.T) *pair {
 	t.Helper()
-	lab.Require(t)
-	p := "e" + lab.UniquePrefix()
+	labtest.Require(t)
+	p := "e" + labtest.UniquePrefix()
 	pr := &pair{
 		nsA: "wgpl-" + p + "-a", nsB: "wgpl-" + p + "-b",
 		devA: "wp" + p + "a", devB: "wp" + p + "b",
@@ -179,7 +180,7 @@ func scrape(t *testing.T, a *lab.Agent) (series, string) {
 func TestCollectorOnRealTunnels(t *testing.T) {
 	start := time.Now() // the handshake may happen as soon as the pair is configured
 	pr := newPair(t)
-	bin := lab.BuildBinary(t, "./cmd/wgpulse")
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
 	dir := t.TempDir()
 	pubA, pubB := pr.privA.PublicKey().String(), pr.privB.PublicKey().String()
 
@@ -188,8 +189,8 @@ func TestCollectorOnRealTunnels(t *testing.T) {
 	cfgA := writeFile(t, dir, "a.yml", fmt.Sprintf("collector:\n  devices: [%s]\n  poll_interval: 200ms\n  peer_names:\n    %q: site-b\n", pr.devA, pubB))
 	writeFile(t, dir, pr.devB+".conf", fmt.Sprintf("[Interface]\nPrivateKey = %s\nListenPort = 51821\n\n[Peer]\n# Name = site-a\nPublicKey = %s\nAllowedIPs = 10.99.0.1/32\n", pr.privB, pubA))
 	cfgB := writeFile(t, dir, "b.yml", fmt.Sprintf("collector:\n  devices: [%s]\n  poll_interval: 200ms\n  peer_names_files: %s\n", pr.devB, filepath.Join(dir, "*.conf")))
-	agentA := lab.StartAgent(t, bin, pr.nsA, "127.0.0.1:9586", "--config.file="+cfgA)
-	agentB := lab.StartAgent(t, bin, pr.nsB, "127.0.0.1:9586", "--config.file="+cfgB)
+	agentA := labtest.StartAgent(t, bin, pr.nsA, "127.0.0.1:9586", "--config.file="+cfgA)
+	agentB := labtest.StartAgent(t, bin, pr.nsB, "127.0.0.1:9586", "--config.file="+cfgB)
 
 	sendUDP(t, pr.nsA, "10.99.0.2:9999", 20)
 	sendUDP(t, pr.nsB, "10.99.0.1:9999", 20)
@@ -350,8 +351,8 @@ func promtoolCheckMetrics(t *testing.T, body string) {
 
 // TestAgentTLSAndBasicAuth serves the real agent through --web.config.file.
 func TestAgentTLSAndBasicAuth(t *testing.T) {
-	lab.Require(t)
-	ns := "wgpl-t" + lab.UniquePrefix()
+	labtest.Require(t)
+	ns := "wgpl-t" + labtest.UniquePrefix()
 	if err := lab.AddNetns(ns); err != nil {
 		t.Fatal(err)
 	}
@@ -364,8 +365,8 @@ func TestAgentTLSAndBasicAuth(t *testing.T) {
 	}
 	webCfg := writeFile(t, dir, "web.yml", fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  prom: %s\n",
 		writeFile(t, dir, "cert.pem", string(certPEM)), writeFile(t, dir, "key.pem", string(keyPEM)), hash))
-	bin := lab.BuildBinary(t, "./cmd/wgpulse")
-	a := lab.StartAgent(t, bin, ns, "127.0.0.1:9586", "--web.config.file="+webCfg)
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	a := labtest.StartAgent(t, bin, ns, "127.0.0.1:9586", "--web.config.file="+webCfg)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(certPEM)
 	a.Scheme = "https"

@@ -13,6 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
 func mustFault(t *testing.T, l *lab.Lab, path string, args ...string) {
@@ -48,7 +49,7 @@ func TestInnerLimit(t *testing.T) {
 // of fault with real ICMP through the overlay.
 func TestLabTellsTheTruth(t *testing.T) {
 	start := time.Now()
-	l := lab.Start(t, lab.Config{HandshakeTimeout: 5 * time.Second})
+	l := labtest.Start(t, lab.Config{HandshakeTimeout: 5 * time.Second})
 	t.Logf("lab up in %s", time.Since(start))
 	if len(l.Tunnels) != 4 {
 		t.Fatalf("default topology has %d tunnels, want 4 (dc1, dc2 x primary, backup)", len(l.Tunnels))
@@ -188,8 +189,8 @@ func hubEndpoint(t *testing.T, tn lab.Tunnel) string {
 // TestDownLeavesNothing checks that down removes every namespace, process,
 // veth, socket and file of the lab, also when its processes were killed.
 func TestDownLeavesNothing(t *testing.T) {
-	lab.Require(t)
-	prefix := "d" + lab.UniquePrefix()
+	labtest.Require(t)
+	prefix := "d" + labtest.UniquePrefix()
 	l, err := lab.Up(t.Context(), lab.Config{Prefix: prefix, Management: true}, lab.Options{Detached: true})
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
 // withoutNetRaw wraps the agent so it runs without CAP_NET_RAW (dropped from
@@ -27,8 +28,8 @@ func withoutNetRaw(t *testing.T, bin string) string {
 // unprivileged ping sockets where the namespace allows them, and otherwise
 // says in one log line what to grant while the agent keeps serving.
 func TestProberWithoutCapNetRaw(t *testing.T) {
-	lab.Require(t)
-	bin := withoutNetRaw(t, lab.BuildBinary(t, "./cmd/wgpulse"))
+	labtest.Require(t)
+	bin := withoutNetRaw(t, labtest.BuildBinary(t, "./cmd/wgpulse"))
 	cfg := writeFile(t, t.TempDir(), "p.yml", "prober:\n  interval: 50ms\n  pmtu: {enabled: false}\n  targets:\n    - {address: 127.0.0.1, device: lo}\n    - {address: \"::1\", device: lo}\n")
 	for _, tc := range []struct {
 		name     string
@@ -39,7 +40,7 @@ func TestProberWithoutCapNetRaw(t *testing.T) {
 		{"neither raw nor ping sockets", "1 0", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ns := "wgpl-c" + lab.UniquePrefix()
+			ns := "wgpl-c" + labtest.UniquePrefix()
 			if err := lab.AddNetns(ns); err != nil {
 				t.Fatal(err)
 			}
@@ -47,7 +48,7 @@ func TestProberWithoutCapNetRaw(t *testing.T) {
 			if out, err := lab.Command(ns, "sysctl", "-w", "net.ipv4.ping_group_range="+tc.pingGIDs).CombinedOutput(); err != nil {
 				t.Fatalf("sysctl: %v %s", err, out)
 			}
-			a := lab.StartAgent(t, bin, ns, "127.0.0.1:9586", "--config.file="+cfg)
+			a := labtest.StartAgent(t, bin, ns, "127.0.0.1:9586", "--config.file="+cfg)
 			if tc.works {
 				eventually(t, 10*time.Second, func() string {
 					s, _ := scrape(t, a)

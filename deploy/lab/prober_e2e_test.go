@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
 // nativeBuckets scrapes the agent in protobuf (the only format that carries
@@ -96,10 +97,10 @@ func nativeMedian(before, after map[int]float64, schema int32) time.Duration {
 
 // TestProberOnLab: faults on dc1-primary, measured by the agent in dc1.
 func TestProberOnLab(t *testing.T) {
-	l := lab.Start(t, lab.Config{})
+	l := labtest.Start(t, lab.Config{})
 	prim, _ := l.Tunnel("dc1-primary")
 	backup, _ := l.Tunnel("dc1-backup")
-	bin := lab.BuildBinary(t, "./cmd/wgpulse")
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
 	cfg := writeFile(t, t.TempDir(), "dc1.yml", fmt.Sprintf(`collector:
   devices: [%s, %s]
   poll_interval: 1s
@@ -109,7 +110,7 @@ prober:
   window: 10s
   pmtu: {min: 1200}
 `, prim.Device, backup.Device))
-	agent := lab.StartAgent(t, bin, prim.Namespace, "127.0.0.1:9586", "--config.file="+cfg)
+	agent := labtest.StartAgent(t, bin, prim.Namespace, "127.0.0.1:9586", "--config.file="+cfg)
 	target := labelsOf("device", prim.Device, "target", prim.RemoteAddress, "public_key", prim.HubPublicKey)
 	eventually(t, 10*time.Second, func() string {
 		s, _ := scrape(t, agent)

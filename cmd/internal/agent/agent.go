@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"html"
 	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -19,11 +21,13 @@ import (
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/vishvananda/netlink"
+	"go.opentelemetry.io/otel/trace"
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/collector/expo"
 	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/remediate"
 )
 
 // Options are the agent's command-line settings.
@@ -32,20 +36,30 @@ type Options struct {
 	TelemetryPath string
 	Web           *web.FlagConfig
 	Logger        *slog.Logger
+	// RemediateMode overrides remediate.mode from the file (--remediate.mode).
+	RemediateMode string
 	// Transports for the collector; zero values use wgctrl and netlink.
 	Collector collector.Options
 	// Transports for the prober; zero values use ICMP sockets and pro-bing.
 	Prober prober.Options
+	// Routes is the remediator's netlink handle; nil uses the agent's own.
+	Routes remediate.RouteHandle
+	// Tracer makes the remediator's spans; nil reads the OTEL_* variables
+	// (no exporter and no cost when they are unset).
+	Tracer trace.TracerProvider
 }
 
-// Agent is one running wgpulse: collector, registry and HTTP endpoints.
+// Agent is one running wgpulse: its components, registry and HTTP endpoints.
 type Agent struct {
-	opts      Options
-	logger    *slog.Logger
-	registry  *prometheus.Registry
-	collector *collector.Collector
-	prober    *prober.Prober
-	closers   []func() error
+	opts       Options
+	logger     *slog.Logger
+	registry   *prometheus.Registry
+	collector  *collector.Collector
+	prober     *prober.Prober
+	remediator *remediate.Remediator
+	components []component
+	reg        registrar
+	closers    []func() error
 
 	reloadMu      sync.Mutex
 	reloadOK      prometheus.Gauge
@@ -61,19 +75,47 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := applyModeFlag(&cfg, opts.RemediateMode); err != nil {
+		return nil, err
+	}
 	a := &Agent{opts: opts, logger: opts.Logger, registry: prometheus.NewRegistry()}
 	if err := a.openTransports(); err != nil {
 		return nil, err
 	}
+	fail := func(what string, err error) (*Agent, error) {
+		a.Close()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
 	a.collector, err = collector.New(cfg.Collector, opts.Logger.With("component", "collector"), a.opts.Collector)
 	if err != nil {
-		a.Close()
-		return nil, fmt.Errorf("collector: %w", err)
+		return fail("collector", err)
 	}
 	a.prober, err = prober.New(cfg.Prober, opts.Logger.With("component", "prober"), opts.Prober)
 	if err != nil {
-		a.Close()
-		return nil, fmt.Errorf("prober: %w", err)
+		return fail("prober", err)
+	}
+	tp := opts.Tracer
+	if tp == nil {
+		var shutdown func(context.Context) error
+		if tp, shutdown, err = tracerFromEnv(context.Background()); err != nil {
+			return fail("OpenTelemetry (OTEL_* variables)", err)
+		}
+		a.closers = append(a.closers, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return shutdown(ctx)
+		})
+	}
+	a.remediator, err = remediate.New(cfg.Remediate, opts.Logger.With("component", "remediate"), remediate.Options{
+		Snapshots: a.collector, Prober: a.prober, Routes: a.opts.Routes, Tracer: tp,
+	})
+	if err != nil {
+		return fail("remediate", err)
+	}
+	a.components = []component{
+		collectorComponent{a.collector},
+		proberComponent{a.prober, a.collector},
+		remediateComponent{a.remediator, opts.RemediateMode},
 	}
 	a.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "wgpulse", Name: "config_last_reload_successful",
@@ -85,14 +127,15 @@ func New(opts Options) (*Agent, error) {
 	})
 	a.reloadOK.Set(1)
 	a.reloadSeconds.SetToCurrentTime()
-	a.registry.MustRegister(
-		a.collector,
-		a.prober,
-		a.reloadOK, a.reloadSeconds,
+	a.reg.collectors = append(a.reg.collectors, a.reloadOK, a.reloadSeconds,
 		versioncollector.NewCollector("wgpulse"),
 		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a.reg.gatherers = []prometheus.Gatherer{a.registry}
+	for _, c := range a.components {
+		c.Register(&a.reg)
+	}
+	a.registry.MustRegister(a.reg.collectors...)
 	return a, nil
 }
 
@@ -107,19 +150,24 @@ func (a *Agent) openTransports() error {
 		a.opts.Collector.Client = c
 		a.closers = append(a.closers, c.Close)
 	}
-	if a.opts.Collector.Links == nil {
+	if a.opts.Collector.Links == nil || a.opts.Routes == nil {
 		h, err := netlink.NewHandle()
 		if err != nil {
-			a.logger.Warn("netlink unavailable: device MTUs and kernel device discovery disabled", "err", err)
+			a.logger.Warn("netlink unavailable: device MTUs, kernel device discovery and route failover disabled", "err", err)
 			return nil
 		}
-		a.opts.Collector.Links = h
+		if a.opts.Collector.Links == nil {
+			a.opts.Collector.Links = h
+		}
+		if a.opts.Routes == nil {
+			a.opts.Routes = h
+		}
 		a.closers = append(a.closers, func() error { h.Close(); return nil })
 	}
 	return nil
 }
 
-// Close releases the transports.
+// Close releases the transports and flushes traces.
 func (a *Agent) Close() error {
 	var errs []error
 	for _, c := range a.closers {
@@ -133,9 +181,15 @@ func (a *Agent) Close() error {
 func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 
 // Gatherer is everything the agent exposes: its registry plus the
-// collector's snapshot families and the prober's per-target families.
-func (a *Agent) Gatherer() prometheus.Gatherer {
-	return expo.Gatherers{a.registry, a.collector, a.prober}
+// components' own families (the collector's snapshot, the prober's targets).
+func (a *Agent) Gatherer() prometheus.Gatherer { return expo.Gatherers(a.reg.gatherers) }
+
+// Describe sends the descriptors of every registered metric, including the
+// labelled ones that have no series yet.
+func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range a.reg.collectors {
+		c.Describe(ch)
+	}
 }
 
 // Prober is the agent's prober.
@@ -144,19 +198,22 @@ func (a *Agent) Prober() *prober.Prober { return a.prober }
 // Collector is the agent's WireGuard collector.
 func (a *Agent) Collector() *collector.Collector { return a.collector }
 
+// Remediator is the agent's remediator.
+func (a *Agent) Remediator() *remediate.Remediator { return a.remediator }
+
 // Reload re-reads the config file; on error the running config stays.
 func (a *Agent) Reload() error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
 	cfg, err := LoadFile(a.opts.ConfigFile)
 	if err == nil {
-		err = a.collector.ApplyConfig(cfg.Collector)
+		err = applyModeFlag(&cfg, a.opts.RemediateMode)
 	}
-	if err == nil {
-		err = a.prober.ApplyConfig(cfg.Prober)
-	}
-	if err == nil {
-		a.prober.SetTargets(prober.Targets(a.collector.Latest(), cfg.Prober))
+	for _, c := range a.components {
+		if err != nil {
+			break
+		}
+		err = c.ApplyConfig(context.Background(), cfg)
 	}
 	if err != nil {
 		a.reloadOK.Set(0)
@@ -169,7 +226,8 @@ func (a *Agent) Reload() error {
 	return nil
 }
 
-// Handler serves the telemetry path, health, readiness and the landing page.
+// Handler serves the telemetry path, health, readiness, the components'
+// routes and the landing page.
 func (a *Agent) Handler() (http.Handler, error) {
 	mux := http.NewServeMux()
 	metrics := promhttp.InstrumentMetricHandler(a.registry, newGzipHandler(promhttp.HandlerFor(a.Gatherer(), promhttp.HandlerOpts{
@@ -191,26 +249,46 @@ func (a *Agent) Handler() (http.Handler, error) {
 		}
 		fmt.Fprintln(w, "wgpulse is ready.")
 	})
+	for pattern, h := range a.reg.routes {
+		mux.HandleFunc(pattern, h)
+	}
 	if a.opts.TelemetryPath != "/" {
-		landing, err := web.NewLandingPage(web.LandingConfig{
-			Name:        "wgpulse",
-			Description: "WireGuard tunnel health: handshakes, transfer, NAT rebinds, MTU, keepalive",
-			Version:     version.Info(),
-			Links: []web.LandingLinks{
-				{Address: a.opts.TelemetryPath, Text: "Metrics"},
-				{Address: "/-/healthy", Text: "Health"},
-				{Address: "/-/ready", Text: "Readiness"},
-			},
-		})
-		if err != nil {
+		links := append([]web.LandingLinks{
+			{Address: a.opts.TelemetryPath, Text: "Metrics"},
+			{Address: "/-/healthy", Text: "Health"},
+			{Address: "/-/ready", Text: "Readiness"},
+		}, a.reg.links...)
+		landing := func() (http.Handler, error) {
+			var extra strings.Builder
+			for _, line := range a.reg.status {
+				fmt.Fprintf(&extra, "<p>%s</p>\n", html.EscapeString(line()))
+			}
+			return web.NewLandingPage(web.LandingConfig{
+				Name:        "wgpulse",
+				Description: "WireGuard tunnel health: handshakes, transfer, NAT rebinds, MTU, keepalive, and failover",
+				Version:     version.Info(),
+				Links:       links,
+				ExtraHTML:   extra.String(),
+			})
+		}
+		if _, err := landing(); err != nil {
 			return nil, err
 		}
-		mux.Handle("/", landing)
+		// Rendered per request: it shows the remediator's live state.
+		mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			h, err := landing()
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
 	}
 	return mux, nil
 }
 
-// Run polls and serves until ctx is done; SIGHUP reloads the config file.
+// Run runs every component and serves until ctx is done; SIGHUP reloads
+// the config file and SIGUSR1 pauses or resumes remediation.
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -219,29 +297,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
-	snaps := a.collector.Subscribe()
-	wg.Go(func() { a.collector.Run(ctx) })
-	wg.Go(func() { a.prober.Run(ctx) })
-	wg.Go(func() { // every poll refreshes the probe targets (peers come and go)
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case s := <-snaps:
-				a.prober.SetTargets(prober.Targets(s, a.prober.Config()))
-			}
-		}
-	})
+	for _, c := range a.components {
+		wg.Go(func() { c.Run(ctx) })
+	}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
 	wg.Go(func() {
 		for {
 			select {
 			case <-ctx.Done():
 				return
-			case <-hup:
+			case s := <-sigs:
+				if s == syscall.SIGUSR1 {
+					a.remediator.TogglePause("SIGUSR1")
+					continue
+				}
 				_ = a.Reload()
 			}
 		}

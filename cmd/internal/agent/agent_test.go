@@ -131,3 +131,61 @@ func TestReloadKeepsRunningConfigOnError(t *testing.T) {
 		t.Errorf("reload timestamp series: %d %v", n, err)
 	}
 }
+
+// The remediation controls: status JSON, pause and resume by POST only,
+// the paused state on the landing page and in the metrics.
+func TestRemediationControls(t *testing.T) {
+	a := newAgent(t, "", new(bytes.Buffer))
+	h, err := a.Handler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	do := func(method, path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := do("GET", "/-/remediate"); code != http.StatusOK || !strings.Contains(body, `"mode": "dry-run"`) || !strings.Contains(body, `"paused": false`) {
+		t.Fatalf("status: %d %s", code, body)
+	}
+	if code, _ := do("GET", "/-/remediate/pause"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET pause: %d, want 405 (a crawler must not pause remediation)", code)
+	}
+	if code, _ := do("POST", "/-/remediate/pause"); code != http.StatusOK || !a.Remediator().Paused() {
+		t.Fatalf("POST pause: %d, paused %v", code, a.Remediator().Paused())
+	}
+	if _, body := do("GET", "/"); !strings.Contains(body, "Remediation: mode dry-run, PAUSED") {
+		t.Errorf("landing page does not show the pause:\n%s", body)
+	}
+	if _, body := do("GET", "/metrics"); !strings.Contains(body, "wgpulse_remediation_paused 1") {
+		t.Errorf("metrics do not show the pause")
+	}
+	if code, _ := do("POST", "/-/remediate/resume"); code != http.StatusOK || a.Remediator().Paused() {
+		t.Fatalf("POST resume: %d, paused %v", code, a.Remediator().Paused())
+	}
+	if _, body := do("GET", "/"); !strings.Contains(body, "Remediation: mode dry-run, running") {
+		t.Errorf("landing page after resume:\n%s", body)
+	}
+}
+
+func TestRemediateModeFlagOverridesFile(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "wgpulse.yml")
+	if err := os.WriteFile(file, []byte("remediate:\n  mode: auto\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ flag, want string }{{"", "auto"}, {"off", "off"}, {"dry-run", "dry-run"}} {
+		a, err := agent.New(agent.Options{ConfigFile: file, RemediateMode: tc.flag, Logger: slog.New(slog.DiscardHandler),
+			Collector: collector.Options{Client: fakeClient{}, ListUAPI: func() ([]string, error) { return nil, nil }}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(a.Remediator().Mode()); got != tc.want {
+			t.Errorf("--remediate.mode=%q over a file saying auto: %s, want %s", tc.flag, got, tc.want)
+		}
+		a.Close()
+	}
+	if _, err := agent.New(agent.Options{ConfigFile: file, RemediateMode: "yolo", Logger: slog.New(slog.DiscardHandler)}); err == nil || !strings.Contains(err.Error(), "--remediate.mode") {
+		t.Errorf("bad flag value: %v", err)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"github.com/wgpulse/wgpulse/cmd/internal/agent"
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
 func TestMain(m *testing.M) {
@@ -45,11 +46,11 @@ var benchDevices = map[int]*benchDevice{}
 
 func setupBenchDevice(b *testing.B, n int) *benchDevice {
 	b.Helper()
-	lab.Require(b)
+	labtest.Require(b)
 	if d, ok := benchDevices[n]; ok {
 		return d
 	}
-	p := lab.UniquePrefix()
+	p := labtest.UniquePrefix()
 	ns, dev := "wgpl-b"+p, "wb"+p+strconv.Itoa(n/1000)
 	if err := lab.AddNetns(ns); err != nil {
 		b.Fatal(err)
@@ -218,7 +219,7 @@ func rssMB(b *testing.B) float64 {
 // the end: growth is end - start, drift is end - after-first-scrape (flat
 // memory means drift near 0). Run with -benchtime=60x for 60 scrapes.
 func BenchmarkAgentProcess(b *testing.B) {
-	bin := lab.BuildBinary(b, "./cmd/wgpulse")
+	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
 	for _, n := range sizes {
 		b.Run(fmt.Sprintf("peers=%d", n), func(b *testing.B) {
 			d := setupBenchDevice(b, n)
@@ -229,7 +230,7 @@ func BenchmarkAgentProcess(b *testing.B) {
 			if err := os.WriteFile(cfg, []byte("collector:\n  devices: ["+d.dev+"]\n  poll_interval: 5s\nprober:\n  enabled: false\n"), 0o600); err != nil {
 				b.Fatal(err)
 			}
-			a := lab.StartAgent(b, bin, d.ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn")
+			a := labtest.StartAgent(b, bin, d.ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn")
 			pid := agentPid(b, a)
 			scrape := func() {
 				req, _ := http.NewRequest("GET", "http://"+a.Addr+"/metrics", nil)
@@ -289,10 +290,10 @@ func mustMB(b *testing.B, pid int) float64 {
 // of steady state, and what it reported for the targets. Each iteration is a
 // whole 25 s measurement: run it with -benchtime=1x (make bench does).
 func BenchmarkAgentProber1000(b *testing.B) {
-	lab.Require(b)
-	bin := lab.BuildBinary(b, "./cmd/wgpulse")
+	labtest.Require(b)
+	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
 	for b.Loop() {
-		ns := "wgpl-p" + lab.UniquePrefix()
+		ns := "wgpl-p" + labtest.UniquePrefix()
 		if err := lab.AddNetns(ns); err != nil {
 			b.Fatal(err)
 		}
@@ -305,7 +306,7 @@ func BenchmarkAgentProber1000(b *testing.B) {
 		if err := os.WriteFile(file, []byte(cfg.String()), 0o600); err != nil {
 			b.Fatal(err)
 		}
-		a := lab.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn")
+		a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn")
 		time.Sleep(5 * time.Second) // all targets started
 		cpu0, t0 := procCPU(b, a.Pid()), time.Now()
 		time.Sleep(20 * time.Second)

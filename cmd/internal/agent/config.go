@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/wgpulse/wgpulse/alerts"
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/remediate"
 )
 
 // Config is the whole configuration file. Every section is optional.
@@ -28,11 +30,14 @@ type Config struct {
 	// (`wgpulse generate`); the agent itself does not evaluate them.
 	Alerts alerts.Config    `yaml:"alerts"`
 	SLO    alerts.SLOConfig `yaml:"slo"`
+	// Remediate is the remediator: failover between tunnels.
+	Remediate remediate.Config `yaml:"remediate"`
 }
 
 // DefaultConfig is what the agent runs with when there is no config file.
 func DefaultConfig() Config {
-	return Config{Collector: collector.DefaultConfig(), Prober: prober.DefaultConfig(), Alerts: alerts.DefaultConfig(), SLO: alerts.DefaultSLOConfig()}
+	return Config{Collector: collector.DefaultConfig(), Prober: prober.DefaultConfig(), Alerts: alerts.DefaultConfig(),
+		SLO: alerts.DefaultSLOConfig(), Remediate: remediate.DefaultConfig()}
 }
 
 // section is a validated part of the file, at a YAML key.
@@ -47,7 +52,55 @@ func (c *Config) sections() []section {
 		{"prober", c.Prober.Validate},
 		{"alerts", c.Alerts.Validate},
 		{"slo", c.SLO.Validate},
+		{"remediate", c.Remediate.Validate},
+		{"remediate", c.crossCheck},
 	}
+}
+
+// crossCheck finds what no one section can: the remediator's devices must be
+// watched and its paths probed.
+func (c *Config) crossCheck() error {
+	var errs []error
+	if c.Remediate.Mode == remediate.ModeOff {
+		return nil
+	}
+	if len(c.Remediate.Failover) > 0 && !c.Prober.Enabled {
+		errs = append(errs, &crossError{"failover", "needs the prober: set prober.enabled: true (or remediate.mode: off)"})
+	}
+	if watched := c.Collector.Devices; len(watched) > 0 {
+		for i, g := range c.Remediate.Failover {
+			for _, side := range []struct {
+				name string
+				p    remediate.Path
+			}{{"primary", g.Primary}, {"backup", g.Backup}} {
+				if side.p.Device != "" && !slices.Contains(watched, side.p.Device) {
+					errs = append(errs, &crossError{fmt.Sprintf("failover[%d].%s.device", i, side.name),
+						fmt.Sprintf("%q is not in collector.devices %v: add it there so its handshakes are read", side.p.Device, watched)})
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// crossError is a problem between sections, at a path in one of them.
+type crossError struct{ path, problem string }
+
+func (e *crossError) Error() string        { return e.path + ": " + e.problem }
+func (e *crossError) FieldPath() string    { return e.path }
+func (e *crossError) FieldProblem() string { return e.problem }
+
+// applyModeFlag applies --remediate.mode over the file's remediate.mode.
+func applyModeFlag(cfg *Config, mode string) error {
+	if mode == "" {
+		return nil
+	}
+	switch m := remediate.Mode(mode); m {
+	case remediate.ModeOff, remediate.ModeDryRun, remediate.ModeAuto:
+		cfg.Remediate.Mode = m
+		return nil
+	}
+	return fmt.Errorf("--remediate.mode: must be off, dry-run or auto, got %q", mode)
 }
 
 // LoadFile reads and validates a config file. An empty path means defaults.

@@ -50,6 +50,39 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 			},
 		},
 		{
+			name: "remediate: inconsistent devices and prefixes name their fields",
+			yaml: `remediate:
+  mode: auto
+  failover:
+    - name: dc1
+      prefixes: [10.50.0.1/16]
+      primary: {device: wg0, target: 10.200.1.1}
+      backup: {device: wg0, target: 10.201.1.1}
+`,
+			want: []string{
+				`wgpulse.yml:5: remediate.failover[0].prefixes[0]: "10.50.0.1/16" has host bits set: did you mean 10.50.0.0/16?`,
+				`wgpulse.yml:7: remediate.failover[0].backup.device: is the primary's device "wg0" too`,
+			},
+		},
+		{
+			name: "remediate: a device the collector does not watch",
+			yaml: `collector:
+  devices: [wg0]
+remediate:
+  failover:
+    - name: dc1
+      prefixes: [10.50.0.0/16]
+      primary: {device: wg0, target: 10.200.1.1}
+      backup: {device: wg1, target: 10.201.1.1}
+`,
+			want: []string{`wgpulse.yml:8: remediate.failover[0].backup.device: "wg1" is not in collector.devices [wg0]`},
+		},
+		{
+			name: "remediate: unknown mode",
+			yaml: "remediate:\n  mode: yolo\n",
+			want: []string{`wgpulse.yml:2: remediate.mode: must be "off", "dry-run" or "auto", got "yolo"`},
+		},
+		{
 			name: "broken YAML",
 			yaml: "collector:\n  devices: [wg0\n",
 			want: []string{"wgpulse.yml:"},

@@ -238,7 +238,7 @@ func agentMetricNames(t *testing.T) map[string]bool {
 	// Labelled series exist only once they have a value (per-target prober
 	// series, error counters): take their names from the descriptors too.
 	ch := make(chan *prometheus.Desc, 64)
-	go func() { a.Collector().Describe(ch); a.Prober().Describe(ch); close(ch) }()
+	go func() { a.Describe(ch); close(ch) }()
 	fq := regexp.MustCompile(`fqName: "([^"]+)"`)
 	for d := range ch {
 		if m := fq.FindStringSubmatch(d.String()); m != nil {
