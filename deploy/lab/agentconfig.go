@@ -1,0 +1,75 @@
+package lab
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Remediation says how the agents of a lab fail over.
+type Remediation struct {
+	Mode          string            // off, dry-run or auto ("" = no remediate section)
+	Profiles      map[string]string // site -> profile (default or fast); sites not named get no group
+	HoldDown      time.Duration     // 0 = the profile's (30 s)
+	StateDir      string            // state files go here as <node>.json
+	RestoreOnExit bool
+}
+
+// AgentConfig returns the wgpulse config for the agent on node ("hub" or a
+// site): its devices with friendly peer names, and with Remediation.Mode
+// set, mirrored failover groups: a site moves the hub LAN to its backup
+// tunnel, the hub moves that site's LAN, both probing the far end of each
+// tunnel, so traffic between the LANs fails over in both directions. A
+// site's group is named "hub", the hub's groups after their sites.
+func (l *Lab) AgentConfig(node string, r Remediation) string {
+	var devices, names, groups []string
+	for _, t := range l.Tunnels {
+		switch {
+		case node == "hub":
+			devices = append(devices, t.HubDevice)
+			names = append(names, fmt.Sprintf("    %q: %s", t.PublicKey, t.Name))
+		case t.Site == node:
+			devices = append(devices, t.Device)
+			names = append(names, fmt.Sprintf("    %q: hub-%s", t.HubPublicKey, t.Path))
+		}
+	}
+	for _, s := range l.Sites {
+		profile, ok := r.Profiles[s.Name]
+		if !ok || (node != "hub" && node != s.Name) {
+			continue
+		}
+		p, _ := l.Tunnel(s.Name + "-primary")
+		b, _ := l.Tunnel(s.Name + "-backup")
+		name := s.Name // on the hub: the group moving that site's LAN
+		if node != "hub" {
+			name = "hub" // on a site: the group moving the hub's LAN
+		}
+		g := fmt.Sprintf("    - name: %s\n      profile: %s\n", name, profile)
+		if node == "hub" {
+			g += fmt.Sprintf("      prefixes: [%s]\n      primary: {device: %s, target: %s}\n      backup: {device: %s, target: %s}\n",
+				s.LAN, p.HubDevice, p.LocalAddress, b.HubDevice, b.LocalAddress)
+		} else {
+			g += fmt.Sprintf("      prefixes: [%s]\n      primary: {device: %s, target: %s}\n      backup: {device: %s, target: %s}\n",
+				l.HubLAN, p.Device, p.RemoteAddress, b.Device, b.RemoteAddress)
+		}
+		if r.HoldDown > 0 {
+			g += fmt.Sprintf("      hold_down: %s\n", r.HoldDown)
+		}
+		groups = append(groups, g)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "collector:\n  devices: [%s]\n  poll_interval: 1s\n  peer_names:\n%s\n", strings.Join(devices, ", "), strings.Join(names, "\n"))
+	if r.Mode != "" {
+		fmt.Fprintf(&b, "remediate:\n  mode: %s\n", r.Mode)
+		if r.StateDir != "" {
+			fmt.Fprintf(&b, "  state_file: %s/%s.json\n", r.StateDir, node)
+		}
+		if r.RestoreOnExit {
+			b.WriteString("  restore_on_exit: true\n")
+		}
+		if len(groups) > 0 {
+			b.WriteString("  failover:\n" + strings.Join(groups, ""))
+		}
+	}
+	return b.String()
+}

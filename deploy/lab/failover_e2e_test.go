@@ -1,0 +1,366 @@
+package lab_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
+	"github.com/wgpulse/wgpulse/remediate"
+)
+
+const agentAddr = "127.0.0.1:9586"
+
+// startAgents runs an agent with the lab's config on each node.
+func startAgents(t *testing.T, l *lab.Lab, bin string, r lab.Remediation, nodes ...string) map[string]*lab.Agent {
+	t.Helper()
+	agents := map[string]*lab.Agent{}
+	for _, n := range nodes {
+		agents[n] = startAgent(t, l, bin, r, n)
+	}
+	return agents
+}
+
+func startAgent(t *testing.T, l *lab.Lab, bin string, r lab.Remediation, node string) *lab.Agent {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), node+".yml")
+	if err := os.WriteFile(cfg, []byte(l.AgentConfig(node, r)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return labtest.StartAgent(t, bin, nsOf(t, l, node), agentAddr, "--config.file="+cfg)
+}
+
+func nsOf(t *testing.T, l *lab.Lab, node string) string {
+	t.Helper()
+	if node == "hub" {
+		return l.HubNamespace
+	}
+	s, err := l.Site(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s.Namespace
+}
+
+func status(t *testing.T, a *lab.Agent) remediate.Status {
+	t.Helper()
+	code, body, err := a.Get("/-/remediate")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /-/remediate in %s: %d %v %s", a.NS, code, err, body)
+	}
+	var s remediate.Status
+	if err := json.Unmarshal([]byte(body), &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitGroups waits until every group of every agent satisfies cond.
+func waitGroups(t *testing.T, agents map[string]*lab.Agent, limit time.Duration, what string, cond func(remediate.GroupStatus) bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		ok := true
+		var last []string
+		for n, a := range agents {
+			for _, g := range status(t, a).Groups {
+				if !cond(g) {
+					ok = false
+					last = append(last, fmt.Sprintf("%s/%s: active %s, primary %s (%s), backup %s (%s)", n, g.Name, g.Active,
+						g.Paths["primary"].State, g.Paths["primary"].Reason, g.Paths["backup"].State, g.Paths["backup"].Reason))
+				}
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s:\n%s", what, limit, strings.Join(last, "\n"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func bothUp(g remediate.GroupStatus) bool {
+	return g.Paths["primary"].State == "up" && g.Paths["backup"].State == "up"
+}
+
+func active(path string) func(remediate.GroupStatus) bool {
+	return func(g remediate.GroupStatus) bool { return g.Active == path }
+}
+
+// ownedRoutes are the routes of wgpulse's protocol in a namespace.
+func ownedRoutes(t *testing.T, ns string) []lab.Route {
+	t.Helper()
+	rs, err := lab.Routes(ns, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.DeleteFunc(rs, func(r lab.Route) bool { return r.Protocol != "117" })
+}
+
+// dc1-primary and dc2-primary go down: traffic between the LANs moves to the
+// backups within 1 s (fast) and 5 s (default) in both directions, a TCP
+// stream survives; when the primaries are back it returns after hold_down
+// without losing a ping.
+func TestFailoverOutageAndReturn(t *testing.T) {
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	const holdDown = 5 * time.Second
+	agents := startAgents(t, l, bin, lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast", "dc2": "default"},
+		HoldDown: holdDown, StateDir: t.TempDir()}, "hub", "dc1", "dc2")
+	waitGroups(t, agents, 20*time.Second, "every path up", bothUp)
+
+	type flow struct {
+		site   string
+		limit  time.Duration
+		ping   *lab.Pinger
+		stream *lab.TCPStream
+	}
+	var flows []*flow
+	for i, f := range []struct {
+		site  string
+		limit time.Duration
+	}{{"dc1", time.Second}, {"dc2", 5 * time.Second}} {
+		s, _ := l.Site(f.site)
+		src := strings.TrimSuffix(s.LAN, "0.0/16") + "0.1"
+		p, err := lab.StartPinger(s.Namespace, src, "10.50.0.1", 10*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Stop()
+		st, err := lab.StartTCPStream(l.HubNamespace, fmt.Sprintf("10.50.0.1:%d", 7001+i), s.Namespace, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Stop()
+		flows = append(flows, &flow{f.site, f.limit, p, st})
+	}
+	time.Sleep(2 * time.Second)
+	for _, f := range flows {
+		if o := f.ping.Longest(time.Time{}, time.Time{}); o.Lost > 0 {
+			t.Fatalf("%s: %d pings lost before any fault", f.site, o.Lost)
+		}
+	}
+
+	cut := time.Now()
+	for _, path := range []string{"dc1-primary", "dc2-primary"} {
+		if _, err := l.Fault(path, "down"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitGroups(t, agents, 15*time.Second, "every group on its backup", active("backup"))
+	time.Sleep(2 * time.Second)
+	for _, f := range flows {
+		o := f.ping.Longest(cut, time.Time{})
+		t.Logf("%s: outage %s (%d pings of 10 ms lost) after the primary went down", f.site, o.Took, o.Lost)
+		if o.Took > f.limit {
+			t.Errorf("%s: outage %s, want <= %s", f.site, o.Took, f.limit)
+		}
+		if _, _, stall, err := f.stream.Check(); err != nil {
+			t.Errorf("%s: TCP stream broken by the failover: %v", f.site, err)
+		} else {
+			t.Logf("%s: TCP stream intact, longest stall %s", f.site, stall.Round(time.Millisecond))
+		}
+	}
+	for _, n := range []string{"hub", "dc1", "dc2"} {
+		if rs := ownedRoutes(t, nsOf(t, l, n)); len(rs) != 2 && n == "hub" || len(rs) != 1 && n != "hub" {
+			t.Errorf("%s owns %v; want one route per group, no duplicate", n, rs)
+		}
+	}
+
+	restore := time.Now()
+	for _, path := range []string{"dc1-primary", "dc2-primary"} {
+		if _, err := l.Fault(path, "up"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitGroups(t, agents, holdDown+20*time.Second, "every group back on its primary", active("primary"))
+	time.Sleep(2 * time.Second)
+	for n, a := range agents {
+		for _, g := range status(t, a).Groups {
+			if since := g.ActiveSince.Sub(restore); since < holdDown {
+				t.Errorf("%s/%s returned %s after the primary came back, want >= hold_down %s", n, g.Name, since, holdDown)
+			}
+		}
+		if rs := ownedRoutes(t, nsOf(t, l, n)); len(rs) != 0 {
+			t.Errorf("%s still owns %v after the return", n, rs)
+		}
+	}
+	for _, f := range flows {
+		if os := f.ping.Outages(restore, time.Time{}); len(os) != 0 {
+			t.Errorf("%s: pings lost after the primary came back: %+v", f.site, os)
+		}
+		sent, echoed, stall, err := f.stream.Check()
+		if err != nil || echoed < sent-10 {
+			t.Errorf("%s: TCP stream after the return: %d sent, %d echoed, %v", f.site, sent, echoed, err)
+		}
+		t.Logf("%s: TCP stream %d messages, longest stall %s, no reset", f.site, echoed, stall.Round(time.Millisecond))
+	}
+}
+
+// 10% loss on a primary for 2 minutes moves nothing, with either profile;
+// a primary flapping 5 s down / 5 s up for 2 minutes causes at most 3
+// switches per agent.
+func TestNoSwitchOnLossAndBoundedFlapping(t *testing.T) {
+	t.Parallel()
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2", "dc3"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	agents := startAgents(t, l, bin, lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast", "dc2": "default", "dc3": "fast"},
+		HoldDown: 5 * time.Second, StateDir: t.TempDir()}, "hub", "dc1", "dc2", "dc3")
+	waitGroups(t, agents, 20*time.Second, "every path up", bothUp)
+	for _, path := range []string{"dc1-primary", "dc2-primary"} {
+		if _, err := l.Fault(path, "loss=10"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	end := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(end) {
+		if _, err := l.Fault("dc3-primary", "down"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+		if _, err := l.Fault("dc3-primary", "up"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Second)
+	}
+	for n, a := range agents {
+		for _, g := range status(t, a).Groups {
+			site := g.Name // on the hub, groups are named after their sites
+			if n != "hub" {
+				site = n
+			}
+			limit := 0
+			if site == "dc3" {
+				limit = 3
+			}
+			t.Logf("%s/%s (%s): %d switches", n, g.Name, site, g.Switches)
+			if g.Switches > limit {
+				t.Errorf("%s/%s: %d switches, want at most %d", n, g.Name, g.Switches, limit)
+			}
+			if site == "dc3" && g.Switches == 0 {
+				t.Errorf("%s/%s: the flapping primary never failed over: the test proves nothing", n, g.Name)
+			}
+		}
+	}
+}
+
+// Dry-run logs and counts the decision and leaves every route as it was.
+func TestDryRunTouchesNothing(t *testing.T) {
+	t.Parallel()
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	a := startAgent(t, l, bin, lab.Remediation{Mode: "dry-run", Profiles: map[string]string{"dc1": "fast"}, StateDir: t.TempDir()}, "dc1")
+	waitGroups(t, map[string]*lab.Agent{"dc1": a}, 20*time.Second, "every path up", bothUp)
+	before, err := lab.Routes(nsOf(t, l, "dc1"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Fault("dc1-primary", "down"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroups(t, map[string]*lab.Agent{"dc1": a}, 10*time.Second, "the dry-run switch", active("backup"))
+	after, err := lab.Routes(nsOf(t, l, "dc1"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(before, after); diff != "" {
+		t.Errorf("dry-run changed routes (-before +after)\n%s", diff)
+	}
+	_, body, err := a.Get("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `wgpulse_remediation_actions_total{action="switch_to_backup",group="hub",mode="dry-run",policy="failover",result="dry_run"} 1`
+	if !strings.Contains(body, want) {
+		t.Errorf("metrics lack %s", want)
+	}
+	if !strings.Contains(a.Logs(), `msg="remediation decision"`) || !strings.Contains(a.Logs(), "result=dry_run") {
+		t.Errorf("no audit line for the dry-run decision:\n%s", a.Logs())
+	}
+}
+
+// An agent killed (SIGKILL) on the backup and restarted while the primary
+// is still down adds no duplicate and does not flip back, and its state
+// file agrees with the kernel; with restore_on_exit, SIGTERM leaves the
+// routes exactly as they were before any agent started.
+func TestCrashRestartAndRestoreOnExit(t *testing.T) {
+	t.Parallel()
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	ns := nsOf(t, l, "dc1")
+	pristine, err := lab.Routes(ns, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateDir := t.TempDir()
+	rem := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast"}, StateDir: stateDir}
+	a := startAgent(t, l, bin, rem, "dc1")
+	waitGroups(t, map[string]*lab.Agent{"dc1": a}, 20*time.Second, "every path up", bothUp)
+	if _, err := l.Fault("dc1-primary", "down"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroups(t, map[string]*lab.Agent{"dc1": a}, 10*time.Second, "switch", active("backup"))
+	a.Kill()
+
+	b := startAgent(t, l, bin, rem, "dc1")
+	time.Sleep(5 * time.Second) // long enough to act, were it to
+	owned := ownedRoutes(t, ns)
+	if len(owned) != 1 || owned[0].Dev != l.Tunnels[1].Device {
+		t.Fatalf("after the restart wgpulse owns %v; want exactly one route via the backup", owned)
+	}
+	if s := status(t, b); s.Groups[0].Active != "backup" {
+		t.Fatalf("restarted agent: active %s, want backup (the primary is still down)", s.Groups[0].Active)
+	}
+	if strings.Contains(b.Logs(), "remediation decision") {
+		t.Errorf("the restarted agent decided something:\n%s", b.Logs())
+	}
+	var st struct {
+		Groups map[string]struct{ Active string } `json:"groups"`
+		Routes []struct {
+			Prefix, Device string
+			Metric         int
+		} `json:"owned_routes"`
+	}
+	raw, err := os.ReadFile(filepath.Join(stateDir, "dc1.json"))
+	if err == nil {
+		err = json.Unmarshal(raw, &st)
+	}
+	if err != nil || st.Groups["hub"].Active != "backup" || len(st.Routes) != 1 ||
+		st.Routes[0].Prefix != owned[0].Dst || st.Routes[0].Device != owned[0].Dev || st.Routes[0].Metric != owned[0].Metric {
+		t.Errorf("state file (%v) disagrees with the kernel %v:\n%s", err, owned, raw)
+	}
+
+	b.Stop() // restore_on_exit is off: the route stays
+	if len(ownedRoutes(t, ns)) != 1 {
+		t.Fatal("SIGTERM without restore_on_exit removed the route")
+	}
+	rem.RestoreOnExit = true
+	c := startAgent(t, l, bin, rem, "dc1")
+	time.Sleep(2 * time.Second)
+	if err := c.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not exit on SIGTERM")
+	}
+	after, err := lab.Routes(ns, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(pristine, after); diff != "" {
+		t.Errorf("after restore_on_exit the routes differ from before any agent (-before +after)\n%s\n%s", diff, c.Logs())
+	}
+}
