@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,13 +23,15 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/remediate"
 )
 
 type demoCommand struct {
-	cmd   *kingpin.CmdClause
-	agent *string
-	step  *time.Duration
-	hold  *bool
+	cmd      *kingpin.CmdClause
+	agent    *string
+	step     *time.Duration
+	hold     *bool
+	holdDown *time.Duration
 }
 
 func addDemoCommand(app *kingpin.Application) *demoCommand {
@@ -35,6 +39,7 @@ func addDemoCommand(app *kingpin.Application) *demoCommand {
 	d.agent = d.cmd.Flag("agent", "wgpulse binary (default: next to wgpulse-lab, then $PATH).").String()
 	d.step = d.cmd.Flag("step", "How long each step of the timeline lasts.").Default("10s").Duration()
 	d.hold = d.cmd.Flag("hold", "Keep the lab and agents up after the timeline, for Prometheus/Grafana, until Ctrl-C.").Bool()
+	d.holdDown = d.cmd.Flag("hold-down", "The agents' failover hold_down (30s in production; short here so the return shows).").Default("5s").Duration()
 	return d
 }
 
@@ -50,8 +55,8 @@ var timeline = []demoStep{
 	{"jitter: 30ms ± 20ms on dc2-primary; dc1-primary clean again", [][]string{{"dc1-primary", "loss=0", "delay=0"}, {"dc2-primary", "delay=30ms", "jitter=20ms"}}},
 	{"NAT rebinds on dc2-primary: the hub sees a new endpoint", [][]string{{"dc2-primary", "delay=0", "jitter=0", "rebind"}}},
 	{"MTU black hole on dc1-primary: underlay drops packets > 1300 bytes", [][]string{{"dc1-primary", "mtu=1300"}}},
-	{"dc1-primary DOWN: handshakes age, the backup still carries", [][]string{{"dc1-primary", "mtu=0", "down"}}},
-	{"dc1-primary back UP", [][]string{{"dc1-primary", "up"}}},
+	{"dc1-primary DOWN: the agents move dc1 <-> hub LAN traffic to the backup", [][]string{{"dc1-primary", "mtu=0", "down"}}},
+	{"dc1-primary back UP: traffic returns after hold_down", [][]string{{"dc1-primary", "up"}}},
 }
 
 func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
@@ -84,29 +89,40 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 		}
 	}()
 
-	fmt.Fprintln(stdout, "== starting a wgpulse agent in each site")
+	fmt.Fprintf(stdout, "== starting a wgpulse agent on the hub and in each site (remediate.mode auto: dc1 fast profile, dc2 default; hold_down %s)\n", *d.holdDown)
 	var agents []*demoAgent
 	hub := lab.Site{Name: "hub", Namespace: l.HubNamespace, Management: l.HubManagement}
+	rem := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast", "dc2": "default"}, HoldDown: *d.holdDown, StateDir: l.Dir}
 	for _, s := range append([]lab.Site{hub}, l.Sites...) {
-		a, err := startDemoAgent(l, s, agentBin)
+		a, err := startDemoAgent(ctx, l, s, agentBin, rem)
 		if err != nil {
 			return fail(err)
 		}
-		defer a.stop()
+		defer a.Stop()
 		agents = append(agents, a)
-		fmt.Fprintf(stdout, "   %s: http://%s/metrics   (log %s)\n", s.Name, a.addr, a.log)
-	}
-	for _, a := range agents {
-		if err := a.waitReady(ctx); err != nil {
-			return fail(err)
-		}
+		fmt.Fprintf(stdout, "   %s: http://%s/metrics  http://%s/-/remediate   (log %s)\n", s.Name, a.Addr, a.Addr, a.log)
 	}
 
 	traffic := startTraffic(ctx, l)
+	lanFlow, err := startLANFlow(l)
+	if err != nil {
+		return fail(err)
+	}
+	defer lanFlow.stop()
 	fmt.Fprintf(stdout, "== fault timeline (%d steps of %s; Ctrl-C stops and cleans up)\n", len(timeline), *d.step)
 	start := time.Now()
-	vw := &view{w: stdout, start: start, l: l, agents: agents, tr: traffic, prevBytes: map[string]float64{}}
+	vw := &view{w: stdout, start: start, l: l, agents: agents, tr: traffic, lan: lanFlow, prevBytes: map[string]float64{}}
+	var downAt, upAt time.Time // of dc1-primary
 	for i, st := range timeline {
+		vw.stepStart = time.Now()
+		for _, f := range st.faults {
+			switch {
+			case f[0] == "dc1-primary" && slices.Contains(f, "down"):
+				downAt = vw.stepStart
+			case f[0] == "dc1-primary" && slices.Contains(f, "up"):
+				upAt = vw.stepStart
+			}
+		}
 		for _, f := range st.faults {
 			if _, err := l.Fault(f[0], f[1:]...); err != nil {
 				return fail(err)
@@ -125,6 +141,20 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 		}
 		tick.Stop()
 	}
+	// The return waits for hold_down: show it even when a step is shorter.
+	if deadline := time.Now().Add(*d.holdDown + 10*time.Second); vw.onBackup() {
+		fmt.Fprintf(stdout, "\n[%5s] waiting for the return to the primary (hold_down %s)\n", since(start), *d.holdDown)
+		for vw.onBackup() && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(250 * time.Millisecond)
+		}
+		vw.tick()
+	}
+	if !downAt.IsZero() && !upAt.IsZero() {
+		o := vw.lan.ping.Longest(downAt, upAt)
+		fmt.Fprintf(stdout, "\n== failover: dc1-primary went down at %s; LAN traffic %s was on the backup after %d ms (%d pings of 10 ms lost)\n",
+			since2(start, downAt), vw.lan.route, o.Took.Milliseconds(), o.Lost)
+		fmt.Fprintf(stdout, "== return: dc1-primary came back at %s; since then: %s\n", since2(start, upAt), vw.lan.summary(upAt, time.Time{}))
+	}
 	if *d.hold {
 		fmt.Fprintf(stdout, "\n== holding the lab up; agents stay at the addresses above. Ctrl-C to clean up.\n")
 		<-ctx.Done()
@@ -133,6 +163,8 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 }
 
 func since(t time.Time) string { return time.Since(t).Round(time.Second).String() }
+
+func since2(start, t time.Time) string { return t.Sub(start).Round(time.Second).String() }
 
 func findAgent(flag string) (string, error) {
 	if flag != "" {
@@ -164,79 +196,44 @@ func (i indentWriter) Write(p []byte) (int, error) {
 func indent(w io.Writer) io.Writer { return indentWriter{w} }
 
 // demoAgent is a wgpulse process in a site namespace, reachable from the
-// host through the site's management veth.
+// host through the site's management veth, started with the lab's own
+// agent code (the same the end-to-end tests use).
 type demoAgent struct {
+	*lab.Agent
 	site  lab.Site
-	addr  string
 	log   string
-	cmd   *exec.Cmd
 	names map[string]string // hub public key -> tunnel name
 }
 
-func startDemoAgent(l *lab.Lab, s lab.Site, bin string) (*demoAgent, error) {
-	a := &demoAgent{site: s, addr: s.Management + ":9586", log: filepath.Join(l.Dir, "agent-"+s.Name+".log"), names: map[string]string{}}
-	var devices, names []string
+func startDemoAgent(ctx context.Context, l *lab.Lab, s lab.Site, bin string, rem lab.Remediation) (*demoAgent, error) {
+	a := &demoAgent{site: s, log: filepath.Join(l.Dir, "agent-"+s.Name+".log"), names: map[string]string{}}
 	for _, t := range l.Tunnels {
 		switch {
 		case s.Name == "hub": // the hub watches every site: NAT rebinds show here
-			devices = append(devices, t.HubDevice)
-			names = append(names, fmt.Sprintf("    %q: %s", t.PublicKey, t.Name))
 			a.names[t.PublicKey] = t.Name
 		case t.Site == s.Name:
-			devices = append(devices, t.Device)
-			names = append(names, fmt.Sprintf("    %q: hub-%s", t.HubPublicKey, t.Path))
 			a.names[t.HubPublicKey] = t.Name
 		}
 	}
-	cfg := fmt.Sprintf("collector:\n  devices: [%s]\n  poll_interval: 1s\n  peer_names:\n%s\n", strings.Join(devices, ", "), strings.Join(names, "\n"))
 	cfgPath := filepath.Join(l.Dir, "agent-"+s.Name+".yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(l.AgentConfig(s.Name, rem)), 0o600); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(a.log)
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	a.cmd = lab.Command(s.Namespace, bin, "--config.file="+cfgPath, "--web.listen-address="+a.addr)
-	a.cmd.Env = append(os.Environ(), "WGPULSE_LAB_PREFIX="+l.Config.Prefix) // so `down` finds it after a crash
-	a.cmd.Stdout, a.cmd.Stderr = logf, logf
-	a.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := a.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting agent in %s: %w", s.Namespace, err)
+	a.Agent, err = lab.StartAgent(ctx, lab.AgentOptions{
+		Bin: bin, NS: s.Namespace, Addr: s.Management + ":9586", Args: []string{"--config.file=" + cfgPath, "--log.level=info"},
+		Env: []string{"WGPULSE_LAB_PREFIX=" + l.Config.Prefix}, // so `down` finds it after a crash
+		Log: logf, Ready: true,
+	})
+	if err != nil {
+		logf.Close()
+		b, _ := os.ReadFile(a.log)
+		return nil, fmt.Errorf("%w; its log:\n%s", err, b)
 	}
 	return a, nil
-}
-
-func (a *demoAgent) waitReady(ctx context.Context) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get("http://" + a.addr + "/-/ready")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	b, _ := os.ReadFile(a.log)
-	return fmt.Errorf("agent in %s not ready after 10s; its log:\n%s", a.site.Name, b)
-}
-
-func (a *demoAgent) stop() {
-	_ = a.cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = a.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(3 * time.Second):
-		_ = a.cmd.Process.Kill()
-	}
 }
 
 // peerView is what an agent reports for one tunnel.
@@ -245,13 +242,15 @@ type peerView struct {
 }
 
 func (a *demoAgent) scrape() (map[string]peerView, error) {
-	resp, err := http.Get("http://" + a.addr + "/metrics")
+	code, body, err := a.Get("/metrics")
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("scrape: HTTP %d", code)
+	}
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -329,9 +328,11 @@ func (tr *traffic) get(name string) (lab.PingResult, bool, bool) {
 type view struct {
 	w         io.Writer
 	start     time.Time
+	stepStart time.Time
 	l         *lab.Lab
 	agents    []*demoAgent
 	tr        *traffic
+	lan       *lanFlow
 	prevBytes map[string]float64
 }
 
@@ -370,4 +371,111 @@ func (vw *view) tick() {
 		fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Faults, hs, bytes, changes, loss, rtt, big)
 	}
 	_ = tw.Flush()
+	vw.failover()
+}
+
+// failover prints each agent's failover groups (active path, path health,
+// the last decision and its reason) and the dc1 <-> hub LAN flow.
+func (vw *view) failover() {
+	fmt.Fprintf(vw.w, "  failover: LAN %s this step; %s\n", vw.lan.route, vw.lan.summary(vw.stepStart, time.Time{}))
+	for _, a := range vw.agents {
+		st, err := a.status()
+		if err != nil {
+			fmt.Fprintf(vw.w, "    %-4s agent: %v\n", a.site.Name, err)
+			continue
+		}
+		for _, g := range st.Groups {
+			path := func(name string) string {
+				p := g.Paths[name]
+				if p.State == "down" {
+					return name + " down: " + p.Reason
+				}
+				return name + " " + p.State
+			}
+			line := fmt.Sprintf("    %-4s agent, group %-4s on %-7s (%s; %s)", a.site.Name, g.Name, strings.ToUpper(g.Active), path("primary"), path("backup"))
+			if d := g.Last; d != nil {
+				what := d.Action + " " + d.Result
+				if d.Suppressed != "" {
+					what = d.Action + " suppressed (" + d.Suppressed + ")"
+				}
+				line += fmt.Sprintf("  last: %s at %s: %s", what, d.At.Local().Format("15:04:05.000"), d.Reason)
+			}
+			fmt.Fprintln(vw.w, line)
+		}
+	}
+}
+
+// onBackup reports whether any group of any agent is on its backup.
+func (vw *view) onBackup() bool {
+	for _, a := range vw.agents {
+		if st, err := a.status(); err == nil {
+			for _, g := range st.Groups {
+				if g.Active == "backup" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func (a *demoAgent) status() (remediate.Status, error) {
+	var st remediate.Status
+	code, body, err := a.Get("/-/remediate")
+	if err == nil && code != http.StatusOK {
+		err = fmt.Errorf("HTTP %d", code)
+	}
+	if err == nil {
+		err = json.Unmarshal([]byte(body), &st)
+	}
+	return st, err
+}
+
+// lanFlow is traffic between stable LAN addresses (dc1 10.101.0.1 and the
+// hub's 10.50.0.1): a ping every 10 ms, whose runs of losses are the outage
+// a failover causes, and a long-lived TCP stream it must not break.
+type lanFlow struct {
+	route  string
+	ping   *lab.Pinger
+	stream *lab.TCPStream
+}
+
+func startLANFlow(l *lab.Lab) (*lanFlow, error) {
+	s, err := l.Site("dc1")
+	if err != nil {
+		return nil, err
+	}
+	src := strings.TrimSuffix(s.LAN, "0.0/16") + "0.1"
+	f := &lanFlow{route: src + " -> 10.50.0.1"}
+	if f.ping, err = lab.StartPinger(s.Namespace, src, "10.50.0.1", 10*time.Millisecond); err != nil {
+		return nil, err
+	}
+	if f.stream, err = lab.StartTCPStream(l.HubNamespace, "10.50.0.1:7000", s.Namespace, src); err != nil {
+		f.ping.Stop()
+		return nil, err
+	}
+	return f, nil
+}
+
+func (f *lanFlow) summary(from, to time.Time) string {
+	lost := 0
+	for _, o := range f.ping.Outages(from, to) {
+		lost += o.Lost
+	}
+	o := f.ping.Longest(from, to)
+	tcp := "TCP stream intact"
+	if _, _, stall, err := f.stream.Check(); err != nil {
+		tcp = "TCP stream BROKEN: " + err.Error()
+	} else if stall > 100*time.Millisecond {
+		tcp += fmt.Sprintf(" (longest stall %s)", stall.Round(time.Millisecond))
+	}
+	if lost == 0 {
+		return "no ping lost; " + tcp
+	}
+	return fmt.Sprintf("%d pings of 10 ms lost, longest outage %d ms; %s", lost, o.Took.Milliseconds(), tcp)
+}
+
+func (f *lanFlow) stop() {
+	f.ping.Stop()
+	_ = f.stream.Stop()
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -140,6 +142,24 @@ func TestDemo(t *testing.T) {
 	}
 	if mtu := section("step 5/7", "step 6/7"); !rowHas(mtu, "dc1-primary", "LOST") || !rowHas(mtu, "dc1-backup", "passes") {
 		t.Errorf("MTU step does not show the black hole on dc1-primary only:\n%s", mtu)
+	}
+	// The failover shows live: both ends move dc1's LAN traffic to the
+	// backup with the decision's reason, within a second, and come back.
+	down := section("step 6/7", "step 7/7")
+	for _, want := range []string{"dc1  agent, group hub  on BACKUP", "hub  agent, group dc1  on BACKUP", "switch_to_backup ok", "7 probes lost in a row"} {
+		if !strings.Contains(down, want) {
+			t.Errorf("the DOWN step does not show %q:\n%s", want, down)
+		}
+	}
+	m := regexp.MustCompile(`on the backup after (\d+) ms`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no failover summary:\n%s", out)
+	}
+	if ms, _ := strconv.Atoi(m[1]); ms > 1000 {
+		t.Errorf("demo failover outage %d ms, want <= 1000 (fast profile)", ms)
+	}
+	if !strings.Contains(out, "return_to_primary ok") || !strings.Contains(out, "since then: no ping lost; TCP stream intact") {
+		t.Errorf("the return is not shown, or lost pings or broke TCP:\n%s", out[strings.Index(out, "step 7/7"):])
 	}
 	if !strings.Contains(out, "== cleaning up") {
 		t.Error("demo did not clean up")
