@@ -172,6 +172,9 @@ func (f *fakeWG) Device(name string) (*wgtypes.Device, error) {
 	if f.fail[name] {
 		return nil, fmt.Errorf("reading %s: UAPI socket not answering", name)
 	}
+	if f.peers[name] == "" {
+		return &wgtypes.Device{Name: name, Type: wgtypes.Userspace}, nil
+	}
 	_, ip, _ := net.ParseCIDR(f.peers[name] + "/32")
 	var k wgtypes.Key
 	k[0] = byte(len(name))

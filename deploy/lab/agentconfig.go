@@ -13,6 +13,9 @@ type Remediation struct {
 	HoldDown      time.Duration     // 0 = the profile's (30 s)
 	StateDir      string            // state files go here as <node>.json
 	RestoreOnExit bool
+	// GroupYAML is added to every group, e.g. "damping: {...}" (one key per
+	// line, unindented).
+	GroupYAML string
 }
 
 // AgentConfig returns the wgpulse config for the agent on node ("hub" or a
@@ -54,6 +57,11 @@ func (l *Lab) AgentConfig(node string, r Remediation) string {
 		}
 		if r.HoldDown > 0 {
 			g += fmt.Sprintf("      hold_down: %s\n", r.HoldDown)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(r.GroupYAML), "\n") {
+			if line != "" {
+				g += "      " + line + "\n"
+			}
 		}
 		groups = append(groups, g)
 	}

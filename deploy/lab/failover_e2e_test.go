@@ -3,6 +3,7 @@ package lab_test
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -362,5 +363,100 @@ func TestCrashRestartAndRestoreOnExit(t *testing.T) {
 	}
 	if diff := cmp.Diff(pristine, after); diff != "" {
 		t.Errorf("after restore_on_exit the routes differ from before any agent (-before +after)\n%s\n%s", diff, c.Logs())
+	}
+}
+
+// BenchmarkFailoverOutage measures the outage of traffic between two LANs
+// (a ping every 10 ms) over repeated failovers of dc1 (fast profile) and
+// dc2 (default profile) at once, with agents on the hub and both sites, and
+// reports min, median and max per profile. `make bench` runs it once; each
+// run makes `failovers` failovers.
+func BenchmarkFailoverOutage(b *testing.B) {
+	const failovers = 7
+	for b.Loop() {
+		l := labtest.Start(b, lab.Config{Sites: []string{"dc1", "dc2"}})
+		bin := labtest.BuildBinary(b, "./cmd/wgpulse")
+		agents := map[string]*lab.Agent{}
+		for _, n := range []string{"hub", "dc1", "dc2"} {
+			cfg := filepath.Join(b.TempDir(), n+".yml")
+			rem := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast", "dc2": "default"}, HoldDown: 3 * time.Second, StateDir: b.TempDir(),
+				// Damping and the rate limit would (rightly) stop repeated failovers: out of the way here.
+				GroupYAML: "damping: {penalty: 1, suppress: 1000000, reuse: 999999, half_life: 1m}\nrate_limit: {burst: 1000, per: 1h}"}
+			if err := os.WriteFile(cfg, []byte(l.AgentConfig(n, rem)), 0o600); err != nil {
+				b.Fatal(err)
+			}
+			ns := l.HubNamespace
+			if n != "hub" {
+				s, _ := l.Site(n)
+				ns = s.Namespace
+			}
+			agents[n] = labtest.StartAgent(b, bin, ns, agentAddr, "--config.file="+cfg, "--log.level=info")
+		}
+		wait := func(what string, cond func(remediate.GroupStatus) bool) {
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				ok := true
+				for _, a := range agents {
+					code, body, err := a.Get("/-/remediate")
+					var s remediate.Status
+					if err != nil || code != 200 || json.Unmarshal([]byte(body), &s) != nil {
+						ok = false
+						break
+					}
+					for _, g := range s.Groups {
+						ok = ok && cond(g)
+					}
+				}
+				if ok {
+					return
+				}
+				if time.Now().After(deadline) {
+					b.Fatalf("%s: not within 30s", what)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		wait("every path up", bothUp)
+		pings := map[string]*lab.Pinger{}
+		for _, site := range []string{"dc1", "dc2"} {
+			s, _ := l.Site(site)
+			p, err := lab.StartPinger(s.Namespace, strings.TrimSuffix(s.LAN, "0.0/16")+"0.1", "10.50.0.1", 10*time.Millisecond)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Stop()
+			pings[site] = p
+		}
+		outages := map[string][]time.Duration{}
+		for range failovers {
+			time.Sleep(time.Duration(rand.IntN(1000)) * time.Millisecond) // a random phase against the probe schedule
+			cut := time.Now()
+			for _, path := range []string{"dc1-primary", "dc2-primary"} {
+				if _, err := l.Fault(path, "down"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			wait("every group on its backup", active("backup"))
+			time.Sleep(1500 * time.Millisecond)
+			end := time.Now()
+			for site, p := range pings {
+				outages[site] = append(outages[site], p.Longest(cut, end).Took)
+			}
+			for _, path := range []string{"dc1-primary", "dc2-primary"} {
+				if _, err := l.Fault(path, "up"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			wait("every group back on its primary", active("primary"))
+			wait("every path up", bothUp)
+		}
+		for site, profile := range map[string]string{"dc1": "fast", "dc2": "default"} {
+			o := outages[site]
+			slices.Sort(o)
+			b.Logf("%s profile outages over %d failovers: %v", profile, len(o), o)
+			b.ReportMetric(float64(o[0].Milliseconds()), profile+"-min-ms")
+			b.ReportMetric(float64(o[len(o)/2].Milliseconds()), profile+"-p50-ms")
+			b.ReportMetric(float64(o[len(o)-1].Milliseconds()), profile+"-max-ms")
+		}
 	}
 }

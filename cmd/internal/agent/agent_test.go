@@ -2,19 +2,30 @@ package agent_test
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgpulse/wgpulse/cmd/internal/agent"
 	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/prober/probertest"
+	"github.com/wgpulse/wgpulse/remediate"
 )
 
 type fakeClient struct{}
@@ -188,4 +199,58 @@ func TestRemediateModeFlagOverridesFile(t *testing.T) {
 	if _, err := agent.New(agent.Options{ConfigFile: file, RemediateMode: "yolo", Logger: slog.New(slog.DiscardHandler)}); err == nil || !strings.Contains(err.Error(), "--remediate.mode") {
 		t.Errorf("bad flag value: %v", err)
 	}
+}
+
+// noRoutes is a route transport that must not be used.
+type noRoutes struct{ remediate.RouteHandle }
+
+// One failed read of a device (a UAPI hiccup) must not drop its probe
+// targets: they keep their counts and their state, so a remediator never
+// sees a healthy path turn unknown or down because of a read error.
+func TestOneFailedReadKeepsProbeTargets(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var failing atomic.Bool
+		peer := wgtypes.Key{1}
+		_, host, _ := net.ParseCIDR("10.200.1.1/32")
+		client := clientFunc(func(name string) (*wgtypes.Device, error) {
+			if failing.Load() {
+				return nil, errors.New("read /var/run/wireguard/wg0.sock: connection reset")
+			}
+			return &wgtypes.Device{Name: name, Type: wgtypes.Userspace, Peers: []wgtypes.Peer{{PublicKey: peer, AllowedIPs: []net.IPNet{*host}}}}, nil
+		})
+		fn := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Delay: time.Millisecond} })
+		a, err := agent.New(agent.Options{Logger: slog.New(slog.DiscardHandler),
+			Collector: collector.Options{Client: client, ListUAPI: func() ([]string, error) { return []string{"wg0"}, nil },
+				Links: linksFunc(func() ([]netlink.Link, error) { return nil, nil })},
+			Prober: prober.Options{Open: fn.Open},
+			Routes: noRoutes{}, // no failover group: never called
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go a.Collector().Run(ctx)
+		go a.Prober().Run(ctx)
+		snaps := a.Collector().Subscribe(ctx)
+		go func() { // what the agent's prober component does with every snapshot
+			for s := range snaps {
+				a.Prober().SetTargets(prober.OwnTargets, prober.Targets(s, a.Prober().Config()))
+			}
+		}()
+		time.Sleep(20 * time.Second)
+		synctest.Wait()
+		before := a.Prober().Health()
+		if len(before) != 1 || before[0].State != prober.StateUp {
+			t.Fatalf("before the hiccup: %+v, want one target up", before)
+		}
+		failing.Store(true)
+		time.Sleep(6 * time.Second) // one poll (every 5 s) fails
+		failing.Store(false)
+		synctest.Wait()
+		after := a.Prober().Health()
+		if len(after) != 1 || after[0].State != prober.StateUp || after[0].Probes < before[0].Probes || !after[0].Since.Equal(before[0].Since) {
+			t.Fatalf("after one failed read: %+v; want the same target, up since %v, counts kept", after, before[0].Since)
+		}
+	})
 }
