@@ -55,13 +55,6 @@ type pathHealth struct {
 
 type groupSignals struct{ primary, backup pathHealth }
 
-func (s groupSignals) path(name string) pathHealth {
-	if name == Backup {
-		return s.backup
-	}
-	return s.primary
-}
-
 // groupState is what the remediator remembers of a group, persisted in the
 // state file.
 type groupState struct {

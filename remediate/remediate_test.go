@@ -493,6 +493,9 @@ func TestFailedActionBacksOff(t *testing.T) {
 		if len(a) != 1 || a[0].Result != "error" || r.onBackup() {
 			t.Fatalf("audits %+v; want one failed switch and no route", a)
 		}
+		if !strings.Contains(r.logs.String(), "needs CAP_NET_ADMIN") {
+			t.Error("a refused route change does not say what to grant")
+		}
 		if r.metric("wgpulse_remediation_actions_total", map[string]string{"action": "switch_to_backup", "result": "error"}) != 1 {
 			t.Error("failed action not counted")
 		}

@@ -98,9 +98,17 @@ func (r routes) add(rt Route) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("adding %s: %w", rt, err)
+		return fmt.Errorf("adding %s: %w%s", rt, err, privilegeHint(err))
 	}
 	return nil
+}
+
+// privilegeHint says what to grant when the kernel refuses a route change.
+func privilegeHint(err error) string {
+	if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+		return " (route failover needs CAP_NET_ADMIN: run as root or set AmbientCapabilities=CAP_NET_ADMIN)"
+	}
+	return ""
 }
 
 // del removes our route; one already gone is success.
@@ -113,7 +121,7 @@ func (r routes) del(rt Route) error {
 		return err
 	}
 	if err := r.h.RouteDel(nr); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("deleting %s: %w", rt, err)
+		return fmt.Errorf("deleting %s: %w%s", rt, err, privilegeHint(err))
 	}
 	return nil
 }

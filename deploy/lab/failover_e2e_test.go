@@ -289,6 +289,19 @@ func TestDryRunTouchesNothing(t *testing.T) {
 	if !strings.Contains(a.Logs(), `msg="remediation decision"`) || !strings.Contains(a.Logs(), "result=dry_run") {
 		t.Errorf("no audit line for the dry-run decision:\n%s", a.Logs())
 	}
+	// SIGUSR1 toggles the pause.
+	for _, want := range []bool{true, false} {
+		if err := a.Signal(syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for status(t, a).Paused != want && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := status(t, a).Paused; got != want {
+			t.Fatalf("after SIGUSR1: paused %v, want %v", got, want)
+		}
+	}
 }
 
 // An agent killed (SIGKILL) on the backup and restarted while the primary
