@@ -47,16 +47,16 @@ func BenchmarkDecisionToRoute(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	h, err := lab.NetlinkIn(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
 	nsh, err := netns.GetFromName(ns)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Close()
 	events := make(chan netlink.RouteUpdate, 64)
 	done := make(chan struct{})
 	defer close(done)

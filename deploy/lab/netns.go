@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -121,4 +122,15 @@ func DialContextIn(ns string) func(ctx context.Context, network, addr string) (n
 // Command returns cmd prepared to run inside the named namespace.
 func Command(ns string, name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+}
+
+// NetlinkIn returns a netlink handle working in the named namespace; close
+// it when done.
+func NetlinkIn(ns string) (*netlink.Handle, error) {
+	nsh, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netns %q: %w", ns, err)
+	}
+	defer nsh.Close()
+	return netlink.NewHandleAt(nsh)
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -94,12 +93,7 @@ func setupBenchDevice(b *testing.B, n int) *benchDevice {
 	if err := wg.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &priv, Peers: peers}); err != nil {
 		b.Fatal(err)
 	}
-	nsh, err := netns.GetFromName(ns)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
+	h, err := lab.NetlinkIn(ns)
 	if err != nil {
 		b.Fatal(err)
 	}
