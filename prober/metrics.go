@@ -44,8 +44,9 @@ var (
 	famJitter   = family{"wgpulse_probe_jitter_seconds", "Interarrival jitter of RTTs (RFC 3550 A.8) over consecutive probes, pairs with a loss skipped.", dto.MetricType_GAUGE, false}
 	famUp       = family{"wgpulse_probe_up", "1 while the target is up, 0 while it is down (by default: 3 probes lost in a row); absent while unknown.", dto.MetricType_GAUGE, false}
 	famPMTU     = family{"wgpulse_path_mtu_bytes", "Largest inner IP packet known to cross the tunnel with DF set (path MTU search); absent until known.", dto.MetricType_GAUGE, false}
-	famState    = family{"wgpulse_path_mtu_search_state", "Path MTU search state (RFC 8899), one series with value 1 labelled with the current state: base, searching, search_complete, error or disabled.", dto.MetricType_GAUGE, true}
-	families    = []family{famProbes, famFailures, famLate, famDups, famLoss, famJitter, famUp, famPMTU, famState}
+	famState    = family{"wgpulse_path_mtu_search_state", "Path MTU search state (RFC 8899), one series with value 1 labelled with the current state: base, searching, search_complete, below_min (the path passes less than prober.pmtu.min), error or disabled.", dto.MetricType_GAUGE, true}
+	famBelow    = family{"wgpulse_path_mtu_below_bytes", "While the path MTU is below the search floor: the floor (prober.pmtu.min), the smallest size known not to pass; absent otherwise.", dto.MetricType_GAUGE, false}
+	families    = []family{famProbes, famFailures, famLate, famDups, famLoss, famJitter, famUp, famPMTU, famState, famBelow}
 )
 
 func (f family) desc() *prometheus.Desc {
@@ -105,7 +106,7 @@ func (p *Prober) Collect(ch chan<- prometheus.Metric) {
 
 var (
 	lnDevice, lnPublicKey, lnName, lnTarget, lnState = "device", "public_key", "name", "target", "state"
-	pmtuStateNames                                   = [...]string{"disabled", "base", "searching", "search_complete", "error"}
+	pmtuStateNames                                   = [...]string{"disabled", "base", "searching", "search_complete", "error", "below_min"}
 )
 
 // Gather implements prometheus.Gatherer for the per-target counters and
@@ -120,7 +121,7 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	p.mu.Unlock()
 	views := make([]Health, len(ts))
 	labels := make([][]string, len(ts))
-	var late, dups, started, pmtus int
+	var late, dups, started, pmtus, belows int
 	for i, t := range ts {
 		views[i], labels[i] = t.health(), t.labels()
 		v := &views[i]
@@ -128,6 +129,7 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 		dups += int(b2u(v.Duplicates > 0))
 		started += int(b2u(v.Probes > 0))
 		pmtus += int(b2u(v.PathMTU > 0))
+		belows += int(b2u(v.PathMTUBelow > 0))
 	}
 	n := len(views)
 	var (
@@ -135,6 +137,7 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 		lateF, dupsF     = famLate.builder(late), famDups.builder(dups)
 		loss, jitter, up = famLoss.builder(started), famJitter.builder(started), famUp.builder(started)
 		pmtu, state      = famPMTU.builder(pmtus), famState.builder(started)
+		below            = famBelow.builder(belows)
 	)
 	pairs := expo.NewPairs(5 * n)
 	sets := expo.NewSets(9 * n)
@@ -163,7 +166,10 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 		if v.PathMTU > 0 {
 			pmtu.Add(float64(v.PathMTU), base)
 		}
+		if v.PathMTUBelow > 0 {
+			below.Add(float64(v.PathMTUBelow), base)
+		}
 		state.Add(1, sets.Set(dev, name, key, pairs.Pair(&lnState, &v.PMTUState), tgt))
 	}
-	return expo.Families(probes, failures, lateF, dupsF, loss, jitter, up, pmtu, state), nil
+	return expo.Families(probes, failures, lateF, dupsF, loss, jitter, up, pmtu, state, below), nil
 }

@@ -3,6 +3,7 @@ package prober
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"sync"
 	"syscall"
@@ -28,6 +29,7 @@ const (
 	pmtuSearching
 	pmtuComplete
 	pmtuError
+	pmtuBelowMin // the path passes less than prober.pmtu.min: a value below the search floor
 )
 
 func (s pmtuState) String() string { return pmtuStateNames[s] }
@@ -44,6 +46,7 @@ const (
 type pmtuView struct {
 	state    pmtuState
 	mtu      int
+	below    int // with pmtuBelowMin: the floor size that did not pass
 	due      time.Time
 	research time.Time // next full search
 	running  bool
@@ -155,11 +158,19 @@ func (r *pmtuRunner) step(ctx context.Context, t *target) {
 			break
 		}
 		now = time.Now()
-		if err != nil {
-			next.state, next.mtu, next.due = pmtuError, 0, now.Add(pmtuRetry)
+		var below *belowMinError
+		switch {
+		case errors.As(err, &below):
+			if view.state != pmtuBelowMin {
+				r.p.logger.Warn("path MTU below the search floor: probes of prober.pmtu.min bytes do not pass while small probes do",
+					"device", spec.Device, "target", spec.Address, "floor", below.floor)
+			}
+			next.state, next.mtu, next.below, next.due = pmtuBelowMin, 0, below.floor, now.Add(pmtuRetry)
+		case err != nil:
+			next.state, next.mtu, next.below, next.due = pmtuError, 0, 0, now.Add(pmtuRetry)
 			r.p.logger.Warn("path MTU search failed", "device", spec.Device, "target", spec.Address, "err", err)
-		} else {
-			next.state, next.mtu, next.due, next.research = pmtuComplete, mtu, now.Add(pmtuConfirm), now.Add(cfg.PMTU.Interval)
+		default:
+			next.state, next.mtu, next.below, next.due, next.research = pmtuComplete, mtu, 0, now.Add(pmtuConfirm), now.Add(cfg.PMTU.Interval)
 		}
 	}
 	next.running = false
@@ -172,7 +183,13 @@ func (r *pmtuRunner) publish(t *target, v pmtuView) {
 	t.pmtu = v
 }
 
-var errBaseFails = errors.New("probes of prober.pmtu.min bytes do not pass while small probes do: the path MTU is below the configured minimum")
+// belowMinError: probes of the search floor do not pass while small probes
+// do, so the path MTU is below prober.pmtu.min.
+type belowMinError struct{ floor int }
+
+func (e *belowMinError) Error() string {
+	return fmt.Sprintf("probes of %d bytes (prober.pmtu.min) do not pass while small probes do: the path MTU is below the search floor", e.floor)
+}
 
 // search brackets the PMTU between a size known to pass (lo) and one known
 // to fail (bad), halving until they are within pmtuResolution bytes.
@@ -191,7 +208,7 @@ func (r *pmtuRunner) search(ctx context.Context, t Target, cfg Config, loss floa
 		if tooBig {
 			return 0, errors.New("the local stack refuses DF packets of prober.pmtu.min bytes (EMSGSIZE): lower prober.pmtu.min")
 		}
-		return 0, errBaseFails
+		return 0, &belowMinError{lo}
 	}
 	if ok, _ := r.try(ctx, t, hi, loss, privileged, cfg.Timeout); ok {
 		return hi, nil

@@ -82,11 +82,15 @@ func TestPMTUSearchBlackHoleAndRecovery(t *testing.T) {
 			t.Fatalf("after a black hole: state %s PMTU %d, want a new search to find <= 1210", h.PMTUState, h.PathMTU)
 		}
 
-		// Below prober.pmtu.min: the search reports an error, not a number.
+		// Below prober.pmtu.min: the search says so explicitly, with the floor
+		// that did not pass, and no PMTU value.
 		path.limit.Store(1100)
-		waitState(t, p, "10.0.0.1", "error", 3*time.Minute)
-		if h = health(t, p, "10.0.0.1"); h.PathMTU != 0 {
-			t.Fatalf("PMTU below min: PMTU %d, want 0", h.PathMTU)
+		waitState(t, p, "10.0.0.1", "below_min", 3*time.Minute)
+		if h = health(t, p, "10.0.0.1"); h.PathMTU != 0 || h.PathMTUBelow != 1200 {
+			t.Fatalf("PMTU below min: PMTU %d, below %d; want 0 and the floor 1200", h.PathMTU, h.PathMTUBelow)
+		}
+		if got := exported(t, p, "wgpulse_path_mtu_below_bytes", "10.0.0.1"); got != 1200 {
+			t.Errorf("wgpulse_path_mtu_below_bytes = %v, want 1200", got)
 		}
 	})
 }

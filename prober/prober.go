@@ -19,7 +19,8 @@ import (
 	"github.com/wgpulse/wgpulse/collector/stream"
 )
 
-// Target is one address probed through one WireGuard device.
+// Target is one address probed through one WireGuard device, or, with no
+// device, wherever the routing table sends it (an underlay target).
 type Target struct {
 	Device    string
 	Address   netip.Addr
@@ -60,23 +61,24 @@ type Health struct {
 	Target Target
 	// State is unknown until probes give a verdict, then up or down by the
 	// target's Rule; Since is when it entered that state and Reason says why.
-	State       State
-	Since       time.Time
-	Reason      string
-	DownBy      string        // while down: DownByLosses, DownByLossRatio or DownByRTT
-	Up          bool          // State == StateUp
-	LostInARow  int           // probes lost since the newest answered one, in send order
-	LossRatio   float64       // over the target's window
-	RTT         time.Duration // of the last reply
-	MedianRTT   time.Duration // of the last 8 SLI replies; 0 with fewer than 5
-	Jitter      time.Duration // RFC 3550 A.8 estimate
-	Probes      uint64
-	Failures    uint64
-	Late        uint64 // replies after their probe was counted lost
-	Duplicates  uint64
-	LastSuccess time.Time
-	PathMTU     int    // largest inner IP packet known to pass; 0 = unknown
-	PMTUState   string // base, searching, search_complete, error, disabled
+	State        State
+	Since        time.Time
+	Reason       string
+	DownBy       string        // while down: DownByLosses, DownByLossRatio or DownByRTT
+	Up           bool          // State == StateUp
+	LostInARow   int           // probes lost since the newest answered one, in send order
+	LossRatio    float64       // over the target's window
+	RTT          time.Duration // of the last reply
+	MedianRTT    time.Duration // of the last 8 SLI replies; 0 with fewer than 5
+	Jitter       time.Duration // RFC 3550 A.8 estimate
+	Probes       uint64
+	Failures     uint64
+	Late         uint64 // replies after their probe was counted lost
+	Duplicates   uint64
+	LastSuccess  time.Time
+	PathMTU      int    // largest inner IP packet known to pass; 0 = unknown
+	PathMTUBelow int    // with PMTUState below_min: the floor size that did not pass
+	PMTUState    string // base, searching, search_complete, below_min, error, disabled
 }
 
 // StateChange is a target entering a new state (or a down target's reason
@@ -395,6 +397,7 @@ func (p *Prober) openEngine(ek engineKey) (*engine, error) {
 	}
 	delete(p.openErrs, ek)
 	e := newEngine(c, p)
+	e.unbound = ek.device == ""
 	p.engines[ek] = e
 	go e.receive()
 	return e, nil
@@ -511,6 +514,7 @@ func (h *schedHeap) Pop() any {
 type engine struct {
 	c       Conn
 	p       *Prober
+	unbound bool // no device: sees every echo reply of the host
 	id      uint16
 	nonce   uint64
 	targets int // guarded by Prober.mu
@@ -715,6 +719,9 @@ func (e *engine) receive() {
 var ErrClosed = errors.New("transport closed")
 
 func (e *engine) handle(r Reply) {
+	if e.unbound && e.id != 0 && r.ID != e.id {
+		return // a device-bound engine's reply (or anyone's): not stray, just not ours
+	}
 	if (e.id != 0 && r.ID != e.id) || len(r.Payload) < payloadHeader || binary.BigEndian.Uint64(r.Payload[0:8]) != e.nonce {
 		e.p.metrics.stray.Inc()
 		return // someone else's echo reply

@@ -75,11 +75,15 @@ func openSocket(device string, v6 bool) (Conn, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, device); err != nil {
-		if errors.Is(err, unix.ENODEV) {
-			return fail(fmt.Sprintf("binding ICMP socket to device %q (no such device in this network namespace)", device), err)
+	// An empty device is an underlay target: the routing table picks the
+	// interface, as it would for any other traffic.
+	if device != "" {
+		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, device); err != nil {
+			if errors.Is(err, unix.ENODEV) {
+				return fail(fmt.Sprintf("binding ICMP socket to device %q (no such device in this network namespace)", device), err)
+			}
+			return fail(fmt.Sprintf("binding ICMP socket to device %q", device), err)
 		}
-		return fail(fmt.Sprintf("binding ICMP socket to device %q", device), err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
 		return fail("enabling kernel receive timestamps", err)

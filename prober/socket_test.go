@@ -207,3 +207,34 @@ func rssMB() float64 {
 	mb, _ := lab.ProcRSS(0)
 	return mb
 }
+
+// An underlay target (no device) is probed wherever the routing table sends
+// it, beside device-bound targets; their replies are not counted as stray by
+// the unbound socket that also sees them.
+func TestUnboundTargetBesideBoundOnes(t *testing.T) {
+	labtest.Require(t)
+	cfg := testConfig()
+	cfg.Interval = 20 * time.Millisecond
+	p, err := prober.New(cfg, slog.New(slog.DiscardHandler), prober.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	p.SetTargets(prober.OwnTargets, []prober.Target{
+		{Device: "", Address: netip.MustParseAddr("127.0.0.5"), Name: "underlay"},
+		{Device: "lo", Address: netip.MustParseAddr("127.0.0.6"), Name: "bound", DeviceMTU: 65536},
+	})
+	time.Sleep(time.Second)
+	cancel()
+	<-done
+	for _, a := range []string{"127.0.0.5", "127.0.0.6"} {
+		if h := health(t, p, a); h.Probes < 30 || h.Failures != 0 || h.State != prober.StateUp {
+			t.Errorf("%s: %d probes, %d failures, %s; want all answered", a, h.Probes, h.Failures, h.State)
+		}
+	}
+	if stray := counter(t, p, "wgpulse_prober_stray_replies_total"); stray != 0 {
+		t.Errorf("%v stray replies: the unbound socket counted the bound target's replies", stray)
+	}
+}
