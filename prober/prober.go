@@ -119,6 +119,7 @@ type Prober struct {
 	openErrs  map[engineKey]string // last logged open error per engine
 	stretched float64              // last interval stretch factor logged
 	wake      chan struct{}
+	ids       sync.Map // echo IDs of this prober's engines: their replies are never stray
 
 	pmtu *pmtuRunner
 }
@@ -398,6 +399,9 @@ func (p *Prober) openEngine(ek engineKey) (*engine, error) {
 	delete(p.openErrs, ek)
 	e := newEngine(c, p)
 	e.unbound = ek.device == ""
+	if e.id != 0 {
+		p.ids.Store(e.id, e)
+	}
 	p.engines[ek] = e
 	go e.receive()
 	return e, nil
@@ -602,6 +606,7 @@ func (e *engine) close() {
 	e.mu.Lock()
 	e.closed = true
 	e.mu.Unlock()
+	e.p.ids.CompareAndDelete(e.id, e)
 	_ = e.c.Close()
 }
 
@@ -719,8 +724,10 @@ func (e *engine) receive() {
 var ErrClosed = errors.New("transport closed")
 
 func (e *engine) handle(r Reply) {
-	if e.unbound && e.id != 0 && r.ID != e.id {
-		return // a device-bound engine's reply (or anyone's): not stray, just not ours
+	if e.id != 0 && r.ID != e.id {
+		if _, sibling := e.p.ids.Load(r.ID); sibling || e.unbound {
+			return // another engine's reply (an unbound socket sees every one of the host): not ours, not stray
+		}
 	}
 	if (e.id != 0 && r.ID != e.id) || len(r.Payload) < payloadHeader || binary.BigEndian.Uint64(r.Payload[0:8]) != e.nonce {
 		e.p.metrics.stray.Inc()
