@@ -281,3 +281,40 @@ func TestOwnersAndInPlaceChanges(t *testing.T) {
 		}
 	})
 }
+
+// After ResetState the verdict starts over: unknown, and probes sent before
+// (still in flight on the old path) do not decide the new one.
+func TestResetState(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var down atomic.Bool
+		fn := switchable(&down, time.Millisecond)
+		target := tgt("10.0.0.9")
+		target.Timeout, target.Rule = 500*time.Millisecond, prober.Rule{Losses: 3}
+		p, cancel := startProber(t, fn, "test", target)
+		defer cancel()
+		down.Store(true)
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if h := health(t, p, "10.0.0.9"); h.State != prober.StateDown {
+			t.Fatalf("before the reset: %s, want down", h.State)
+		}
+		probes := health(t, p, "10.0.0.9").Probes
+		down.Store(false) // the new path works
+		p.ResetState(target.Key())
+		if h := health(t, p, "10.0.0.9"); h.State != prober.StateUnknown || h.LostInARow != 0 {
+			t.Fatalf("after the reset: %s with %d lost in a row, want unknown and 0", h.State, h.LostInARow)
+		}
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		h := health(t, p, "10.0.0.9")
+		if h.State != prober.StateUp || h.Probes < probes {
+			t.Errorf("on the new path: %s with %d probes (had %d); want up, SLI counts kept", h.State, h.Probes, probes)
+		}
+		down.Store(true) // and a dead new path is found down again
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		if h := health(t, p, "10.0.0.9"); h.State != prober.StateDown {
+			t.Errorf("dead new path: %s, want down", h.State)
+		}
+	})
+}

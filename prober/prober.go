@@ -201,6 +201,22 @@ func (p *Prober) SubscribeChanges(ctx context.Context) <-chan StateChange {
 	return p.changes.Subscribe(ctx)
 }
 
+// ResetState starts a new verdict for the target with this key: its state
+// is unknown until probes sent from now on say otherwise (the remediator
+// calls it after moving the target's traffic to another path: the old
+// verdict is about the old path). Probes sent before still count in the SLI.
+func (p *Prober) ResetState(key string) {
+	p.mu.Lock()
+	t := p.targets[key]
+	p.mu.Unlock()
+	if t == nil {
+		return
+	}
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
+	t.resetState(time.Now())
+}
+
 // HealthOf returns the view of the target with this key (Target.Key).
 func (p *Prober) HealthOf(key string) (Health, bool) {
 	p.mu.Lock()

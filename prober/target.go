@@ -36,6 +36,7 @@ type target struct {
 	lastOKn          uint64 // highest probe number answered (0 = none)
 	run              int    // lost probes numbered after lastOKn: the trailing run of losses in send order
 	extras           int    // extra probes sent since the newest answered one
+	resetN           uint64 // probes numbered up to this were sent before ResetState: SLI only
 	rtts             [8]time.Duration
 	nrtt             int
 	state            State
@@ -143,6 +144,7 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 		return
 	}
 	t.pairJitter(finished{n: s.n, ok: ok, extra: s.extra, rtt: rtt})
+	fresh := s.n > t.resetN // sent after the last ResetState: counts in the state
 	if ok {
 		t.lastRTT, t.lastSuccess = rtt, at
 		if t.srtt == 0 {
@@ -150,12 +152,12 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 		} else {
 			t.srtt += (rtt - t.srtt) / 8
 		}
-		if s.n > t.lastOKn {
+		if s.n > t.lastOKn && fresh {
 			t.lastOKn = s.n
 			t.run = t.lostAfter(s.n)
 			t.extras = 0
 		}
-	} else if s.n > t.lastOKn {
+	} else if s.n > t.lastOKn && fresh {
 		t.run++
 	}
 	if !s.extra { // extra probes of a suspicion never count in the SLI
@@ -169,7 +171,9 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 		}
 		t.record(mkOutcome(at, !ok))
 	}
-	t.evaluate(at)
+	if fresh {
+		t.evaluate(at)
+	}
 	e.p.publish(Result{Target: t.spec, Sent: s.sent, Success: ok, RTT: rtt, Extra: s.extra})
 }
 
@@ -291,7 +295,7 @@ func (t *target) evaluate(at time.Time) {
 	switch {
 	case kind != notDown:
 		next = StateDown
-	case t.lastOKn > 0:
+	case t.lastOKn > t.resetN:
 		next = StateUp
 	}
 	if next == t.state && kind == t.downKind {
@@ -386,6 +390,17 @@ func (t *target) suspicious() (bool, time.Duration) {
 	defer t.e.mu.Unlock()
 	due := t.lastOKn < t.sent && t.state != StateDown && t.extras < t.spec.Rule.losses()-1
 	return due, max(t.spec.Suspect, 2*t.srtt)
+}
+
+// resetState starts a new verdict: unknown until probes sent from now on say
+// otherwise. Called with e.mu held.
+func (t *target) resetState(now time.Time) {
+	from := t.state
+	t.resetN, t.run, t.extras = t.sent, 0, 0
+	t.state, t.since, t.reason, t.downKind = StateUnknown, now, "reset: no verdict yet on the new path", notDown
+	t.outcomes, t.head, t.n, t.lost = make([]outcome, len(t.outcomes)), 0, 0, 0
+	t.nrtt = 0
+	t.e.p.changes.Publish(StateChange{Health: t.healthLocked(), From: from})
 }
 
 func (t *target) health() Health {
