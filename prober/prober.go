@@ -204,17 +204,25 @@ func (p *Prober) SubscribeChanges(ctx context.Context) <-chan StateChange {
 // ResetState starts a new verdict for the target with this key: its state
 // is unknown until probes sent from now on say otherwise (the remediator
 // calls it after moving the target's traffic to another path: the old
-// verdict is about the old path). Probes sent before still count in the SLI.
+// verdict is about the old path), and the next probe goes out at once (it
+// also tells a roaming peer where we are now). Probes sent before still
+// count in the SLI.
 func (p *Prober) ResetState(key string) {
 	p.mu.Lock()
+	defer p.poke()
+	defer p.mu.Unlock()
 	t := p.targets[key]
-	p.mu.Unlock()
 	if t == nil {
 		return
 	}
+	now := time.Now()
 	t.e.mu.Lock()
-	defer t.e.mu.Unlock()
-	t.resetState(time.Now())
+	t.resetState(now)
+	t.e.mu.Unlock()
+	t.next = now
+	if t.heapIndex >= 0 {
+		heap.Fix(&p.sched, t.heapIndex)
+	}
 }
 
 // HealthOf returns the view of the target with this key (Target.Key).

@@ -34,6 +34,7 @@ type metrics struct {
 	healthy    *prometheus.GaugeVec
 	pathState  *prometheus.GaugeVec
 	conflicts  *prometheus.CounterVec
+	flaps      *prometheus.CounterVec
 	penalty    *prometheus.GaugeVec
 	paused     prometheus.Gauge
 	mode       *prometheus.GaugeVec
@@ -66,6 +67,10 @@ func newMetrics() *metrics {
 			Name: "wgpulse_remediation_conflicts_total",
 			Help: "Times something else deleted or overrode a route the remediator owns; it backs off instead of fighting.",
 		}, []string{"group"}),
+		flaps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wgpulse_failover_flaps_total",
+			Help: "Switches that left a path less than hold_down after arriving on it (e.g. a return the tunnel did not confirm).",
+		}, []string{"group"}),
 		penalty: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wgpulse_failover_damping_penalty",
 			Help: "The group's flap damping penalty (BGP style); at or above suppress the group makes no voluntary switch.",
@@ -86,7 +91,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.penalty, m.paused, m.mode, m.stateErrs}
+	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.paused, m.mode, m.stateErrs}
 }
 
 // initGroup creates every series of a group at zero, so dashboards and
@@ -108,12 +113,13 @@ func (m *metrics) initGroup(name string, mode Mode) {
 		}
 	}
 	m.conflicts.WithLabelValues(name)
+	m.flaps.WithLabelValues(name)
 	m.penalty.WithLabelValues(name)
 }
 
 func (m *metrics) deleteGroup(name string) {
 	l := prometheus.Labels{"group": name}
-	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.penalty} {
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty} {
 		v.DeletePartialMatch(l)
 	}
 }

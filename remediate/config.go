@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"slices"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Mode is what the remediator may do.
@@ -37,14 +39,25 @@ type Config struct {
 	Failover      []FailoverGroup `yaml:"failover"`
 }
 
-// FailoverGroup moves prefixes from a primary to a backup tunnel device
-// while the primary is unhealthy. Zero overrides take the profile's values.
+// FailoverGroup moves traffic from a primary to a backup path while the
+// primary is unhealthy. In route mode (the default) the paths are two tunnel
+// devices and the group moves prefixes; in endpoint mode they are two
+// underlay endpoints of one peer (dual WAN) and the group swaps the peer's
+// endpoint. Zero overrides take the profile's values.
 type FailoverGroup struct {
-	Name     string   `yaml:"name"`
-	Profile  string   `yaml:"profile"`
+	Name    string `yaml:"name"`
+	Mode    string `yaml:"mode"` // route (default) or endpoint
+	Profile string `yaml:"profile"`
+	// Prefixes (route mode) are what the group moves.
 	Prefixes []string `yaml:"prefixes"`
-	Primary  Path     `yaml:"primary"`
-	Backup   Path     `yaml:"backup"`
+	// Device, Peer and Target (endpoint mode): the WireGuard device, the
+	// peer's public key, and the address probed through the tunnel, whose
+	// health is that of the path in use.
+	Device  string `yaml:"device"`
+	Peer    string `yaml:"peer"`
+	Target  string `yaml:"target"`
+	Primary Path   `yaml:"primary"`
+	Backup  Path   `yaml:"backup"`
 
 	Interval  time.Duration `yaml:"interval"`   // between probes of each path
 	Timeout   time.Duration `yaml:"timeout"`    // a probe without reply after it is lost
@@ -64,8 +77,15 @@ type FailoverGroup struct {
 
 // Path is one side of a failover group.
 type Path struct {
+	// Route mode: the tunnel device and the address probed through it.
 	Device string `yaml:"device"`
-	Target string `yaml:"target"` // probed through Device
+	Target string `yaml:"target"`
+	// Endpoint mode: the peer's endpoint over this uplink (ip:port), and an
+	// address probed outside the tunnel (through UnderlayDevice, or where
+	// the routing table sends it) whose health is the idle path's.
+	Endpoint       string `yaml:"endpoint"`
+	UnderlayTarget string `yaml:"underlay_target"`
+	UnderlayDevice string `yaml:"underlay_device"`
 }
 
 // Margin: when the primary is down by loss ratio or RTT (degraded, not
@@ -193,46 +213,13 @@ func (c Config) Validate() error {
 		if _, ok := Profiles[g.Profile]; !ok && g.Profile != "" {
 			fe(f("profile"), `must be "default" or "fast", got %q`, g.Profile)
 		}
-		if len(g.Prefixes) == 0 {
-			fe(f("prefixes"), "at least one prefix is required: what the group moves to the backup")
-		}
-		for j, s := range g.Prefixes {
-			pf := f(fmt.Sprintf("prefixes[%d]", j))
-			p, err := netip.ParsePrefix(s)
-			switch {
-			case err != nil:
-				fe(pf, "%q is not a prefix such as 10.50.0.0/16", s)
-			case p.Masked() != p:
-				fe(pf, "%q has host bits set: did you mean %s?", s, p.Masked())
-			case prefixes[p] != "":
-				fe(pf, "%s is also moved by group %q: a prefix belongs to one group", p, prefixes[p])
-			default:
-				prefixes[p] = g.Name
-			}
-		}
-		for _, side := range []struct {
-			name string
-			p    Path
-		}{{"primary", g.Primary}, {"backup", g.Backup}} {
-			switch d := side.p.Device; {
-			case d == "":
-				fe(f(side.name+".device"), "required: the WireGuard device of the %s tunnel", side.name)
-			case len(d) > 15:
-				fe(f(side.name+".device"), "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
-			}
-			a, err := netip.ParseAddr(side.p.Target)
-			if err != nil {
-				fe(f(side.name+".target"), "%q is not an IP address: the tunnel address probed through %s", side.p.Target, side.p.Device)
-				continue
-			}
-			key := side.p.Device + "|" + a.String()
-			if other, ok := targets[key]; ok {
-				fe(f(side.name+".target"), "%s via %s is already probed for %s: each path needs its own target", a, side.p.Device, other)
-			}
-			targets[key] = fmt.Sprintf("group %q", g.Name)
-		}
-		if g.Primary.Device != "" && g.Primary.Device == g.Backup.Device {
-			fe(f("backup.device"), "is the primary's device %q too: failover needs a second tunnel (or mode: endpoint)", g.Primary.Device)
+		switch g.Mode {
+		case "", "route":
+			validateRouteGroup(g, f, fe, prefixes, targets)
+		case "endpoint":
+			validateEndpointGroup(g, f, fe, targets)
+		default:
+			fe(f("mode"), `must be "route" (move prefixes between two tunnels) or "endpoint" (swap one peer's endpoint), got %q`, g.Mode)
 		}
 		durations := []struct {
 			name     string
@@ -277,11 +264,108 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Devices returns the devices the configuration names, sorted.
+type fieldFunc func(path, format string, a ...any)
+
+func validateRouteGroup(g FailoverGroup, f func(string) string, fe fieldFunc, prefixes map[netip.Prefix]string, targets map[string]string) {
+	if len(g.Prefixes) == 0 {
+		fe(f("prefixes"), "at least one prefix is required: what the group moves to the backup")
+	}
+	for j, s := range g.Prefixes {
+		pf := f(fmt.Sprintf("prefixes[%d]", j))
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil:
+			fe(pf, "%q is not a prefix such as 10.50.0.0/16", s)
+		case p.Masked() != p:
+			fe(pf, "%q has host bits set: did you mean %s?", s, p.Masked())
+		case prefixes[p] != "":
+			fe(pf, "%s is also moved by group %q: a prefix belongs to one group", p, prefixes[p])
+		default:
+			prefixes[p] = g.Name
+		}
+	}
+	for _, x := range []struct {
+		field, value, why string
+	}{{"device", g.Device, "route mode"}, {"peer", g.Peer, "route mode"}, {"target", g.Target, "route mode"},
+		{"primary.endpoint", g.Primary.Endpoint, "route mode"}, {"backup.endpoint", g.Backup.Endpoint, "route mode"}} {
+		if x.value != "" {
+			fe(f(x.field), "is for mode: endpoint; in %s each path names its own device and target", x.why)
+		}
+	}
+	for _, side := range []struct {
+		name string
+		p    Path
+	}{{"primary", g.Primary}, {"backup", g.Backup}} {
+		switch d := side.p.Device; {
+		case d == "":
+			fe(f(side.name+".device"), "required: the WireGuard device of the %s tunnel", side.name)
+		case len(d) > 15:
+			fe(f(side.name+".device"), "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
+		}
+		checkTarget(fe, f(side.name+".target"), side.p.Device, side.p.Target, g.Name, targets)
+	}
+	if g.Primary.Device != "" && g.Primary.Device == g.Backup.Device {
+		fe(f("backup.device"), "is the primary's device %q too: failover needs a second tunnel (or mode: endpoint)", g.Primary.Device)
+	}
+}
+
+func validateEndpointGroup(g FailoverGroup, f func(string) string, fe fieldFunc, targets map[string]string) {
+	switch d := g.Device; {
+	case d == "":
+		fe(f("device"), "required in endpoint mode: the WireGuard device whose peer's endpoint is swapped")
+	case len(d) > 15:
+		fe(f("device"), "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
+	}
+	if _, err := wgtypes.ParseKey(g.Peer); err != nil {
+		fe(f("peer"), "a value of %d characters is not a base64 WireGuard public key of 44 characters", len(g.Peer)) // never echoed: it might be a private key
+	}
+	checkTarget(fe, f("target"), g.Device, g.Target, g.Name, targets)
+	if len(g.Prefixes) > 0 {
+		fe(f("prefixes"), "endpoint mode moves no prefix: the tunnel and its routes stay, only the peer's endpoint changes")
+	}
+	for _, side := range []struct {
+		name string
+		p    Path
+	}{{"primary", g.Primary}, {"backup", g.Backup}} {
+		if side.p.Device != "" || side.p.Target != "" {
+			fe(f(side.name+".device"), "is for route mode; in endpoint mode a path has endpoint, underlay_target and underlay_device")
+		}
+		if ap, err := netip.ParseAddrPort(side.p.Endpoint); err != nil || ap.Port() == 0 {
+			fe(f(side.name+".endpoint"), "%q is not an IP:port such as 198.18.1.1:51820 (names are not resolved)", side.p.Endpoint)
+		}
+		if d := side.p.UnderlayDevice; len(d) > 15 {
+			fe(f(side.name+".underlay_device"), "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
+		}
+		checkTarget(fe, f(side.name+".underlay_target"), side.p.UnderlayDevice, side.p.UnderlayTarget, g.Name, targets)
+	}
+	if g.Primary.Endpoint != "" && g.Primary.Endpoint == g.Backup.Endpoint {
+		fe(f("backup.endpoint"), "is the primary's endpoint %s too: endpoint failover needs a second uplink", g.Primary.Endpoint)
+	}
+}
+
+// checkTarget validates a probe target and that no other path probes it.
+func checkTarget(fe fieldFunc, field, device, target, group string, targets map[string]string) {
+	a, err := netip.ParseAddr(target)
+	if err != nil {
+		fe(field, "%q is not an IP address: the address probed for this path", target)
+		return
+	}
+	key := device + "|" + a.String()
+	if other, ok := targets[key]; ok {
+		fe(field, "%s (via %q) is already probed for %s: each path needs its own target", a, device, other)
+	}
+	targets[key] = fmt.Sprintf("group %q", group)
+}
+
+// Devices returns the WireGuard devices the configuration names, sorted.
 func (c Config) Devices() []string {
 	var out []string
 	for _, g := range c.Failover {
-		out = append(out, g.Primary.Device, g.Backup.Device)
+		if g.Mode == "endpoint" {
+			out = append(out, g.Device)
+		} else {
+			out = append(out, g.Primary.Device, g.Backup.Device)
+		}
 	}
 	slices.Sort(out)
 	return slices.Compact(out)

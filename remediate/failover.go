@@ -55,20 +55,29 @@ type pathHealth struct {
 
 type groupSignals struct{ primary, backup pathHealth }
 
-// groupState is what the remediator remembers of a group, persisted in the
-// state file.
-type groupState struct {
-	Active       string    `json:"active"` // primary or backup
-	Since        time.Time `json:"since"`
+// railState is what the safety rails remember of one unit (a failover
+// group, a peer's MTU or keepalive): damping, rate limit, backoff. It is
+// persisted with the unit's own state.
+type railState struct {
 	Penalty      float64   `json:"penalty"` // damping penalty at PenaltyAt
 	PenaltyAt    time.Time `json:"penalty_at"`
 	Damped       bool      `json:"damped"`
 	Tokens       float64   `json:"tokens"` // rate limit bucket at TokensAt
 	TokensAt     time.Time `json:"tokens_at"`
-	Switches     int       `json:"switches"`
+	Switches     int       `json:"switches"`          // changes made
 	Backoff      Duration  `json:"backoff,omitempty"` // current backoff step
 	BackoffUntil time.Time `json:"backoff_until,omitzero"`
 	BackoffWhy   string    `json:"backoff_why,omitempty"`
+}
+
+// groupState is what the remediator remembers of a failover group.
+type groupState struct {
+	Active string    `json:"active"` // primary or backup
+	Since  time.Time `json:"since"`
+	railState
+	// Original is the peer's endpoint before the group first changed it
+	// (endpoint mode), restored on exit.
+	Original string `json:"original_endpoint,omitempty"`
 }
 
 // decision is one verdict of a policy: an action to take, or one wanted
@@ -148,9 +157,15 @@ func betterBy(b, p pathHealth, m Margin) bool {
 	return true
 }
 
+// limits are a unit's rail settings: damping (zero: none) and rate limit.
+type limits struct {
+	damping Damping
+	rate    RateLimit
+}
+
 // applyRails suppresses an action the safety rails forbid. Leaving a dead
 // path is never damped; everything else is.
-func applyRails(d *decision, g FailoverGroup, st groupState, now time.Time, paused bool) {
+func applyRails(d *decision, l limits, st railState, now time.Time, paused bool) {
 	if d.Action == "" || d.Suppressed != "" {
 		return
 	}
@@ -160,35 +175,39 @@ func applyRails(d *decision, g FailoverGroup, st groupState, now time.Time, paus
 	case now.Before(st.BackoffUntil):
 		d.Suppressed = SuppressBackoff
 		d.Reason = fmt.Sprintf("backing off until %s after %s: %s", st.BackoffUntil.Format(time.RFC3339), st.BackoffWhy, d.Reason)
-	case !d.Escape && damped(g.Damping, st, now):
+	case !d.Escape && damped(l.damping, st, now):
 		d.Suppressed = SuppressDamped
-		d.Reason = fmt.Sprintf("flap damping: penalty %.0f above reuse %.0f after %d switches: %s", penalty(g.Damping, st, now), g.Damping.Reuse, st.Switches, d.Reason)
-	case tokens(g.RateLimit, st, now) < 1:
+		d.Reason = fmt.Sprintf("flap damping: penalty %.0f above reuse %.0f after %d changes: %s", penalty(l.damping, st, now), l.damping.Reuse, st.Switches, d.Reason)
+	case tokens(l.rate, st, now) < 1:
 		d.Suppressed = SuppressRateLimited
-		d.Reason = fmt.Sprintf("rate limit: %d switches per %s spent: %s", g.RateLimit.Burst, g.RateLimit.Per, d.Reason)
+		d.Reason = fmt.Sprintf("rate limit: %d changes per %s spent: %s", l.rate.Burst, l.rate.Per, d.Reason)
 	}
 }
 
-// commit returns the state after a switch to d.To at now.
-func commit(g FailoverGroup, st groupState, d decision, now time.Time) groupState {
-	st.Penalty, st.PenaltyAt = penalty(g.Damping, st, now)+g.Damping.Penalty, now
-	st.Damped = damped(g.Damping, st, now)
-	st.Tokens, st.TokensAt = tokens(g.RateLimit, st, now)-1, now
-	st.Active, st.Since = d.To, now
+// spend returns the rail state after a change at now.
+func spend(l limits, st railState, now time.Time) railState {
+	if l.damping.Penalty > 0 {
+		st.Penalty, st.PenaltyAt = penalty(l.damping, st, now)+l.damping.Penalty, now
+		st.Damped = damped(l.damping, st, now)
+	}
+	st.Tokens, st.TokensAt = tokens(l.rate, st, now)-1, now
 	st.Switches++
 	return st
 }
 
 // penalty is the damping penalty decayed to now.
-func penalty(dm Damping, st groupState, now time.Time) float64 {
-	if st.Penalty == 0 || st.PenaltyAt.IsZero() {
+func penalty(dm Damping, st railState, now time.Time) float64 {
+	if st.Penalty == 0 || st.PenaltyAt.IsZero() || dm.HalfLife == 0 {
 		return 0
 	}
 	return st.Penalty * math.Exp2(-float64(now.Sub(st.PenaltyAt))/float64(dm.HalfLife))
 }
 
 // damped: suppressed from reaching Suppress until decaying below Reuse.
-func damped(dm Damping, st groupState, now time.Time) bool {
+func damped(dm Damping, st railState, now time.Time) bool {
+	if dm.Penalty == 0 {
+		return false
+	}
 	p := penalty(dm, st, now)
 	if st.Damped {
 		return p >= dm.Reuse
@@ -196,8 +215,8 @@ func damped(dm Damping, st groupState, now time.Time) bool {
 	return p >= dm.Suppress
 }
 
-// tokens is the rate limit bucket at now; a fresh group has a full one.
-func tokens(rl RateLimit, st groupState, now time.Time) float64 {
+// tokens is the rate limit bucket at now; a fresh unit has a full one.
+func tokens(rl RateLimit, st railState, now time.Time) float64 {
 	if st.TokensAt.IsZero() {
 		return float64(rl.Burst)
 	}
@@ -207,7 +226,7 @@ func tokens(rl RateLimit, st groupState, now time.Time) float64 {
 
 // backoff returns the state after a conflict or a failed action: no action
 // until the doubled (capped) backoff has passed.
-func backoff(st groupState, why string, now time.Time) groupState {
+func backoff(st railState, why string, now time.Time) railState {
 	const first, limit = 10 * time.Second, 10 * time.Minute
 	next := time.Duration(st.Backoff) * 2
 	if next == 0 || now.Sub(st.BackoffUntil) > limit*2 { // quiet for a while: start over

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -26,11 +24,13 @@ type Snapshots interface {
 }
 
 // Prober is the prober, as the remediator uses it: its targets' state
-// changes and health, and the registration of the failover paths' targets.
+// changes and health, the registration of the policies' targets, and a fresh
+// verdict after traffic moved to another path.
 type Prober interface {
 	SubscribeChanges(ctx context.Context) <-chan prober.StateChange
 	HealthOf(key string) (prober.Health, bool)
 	SetTargets(owner string, ts []prober.Target)
+	ResetState(key string)
 }
 
 // Options are the remediator's sources and transports.
@@ -41,6 +41,8 @@ type Options struct {
 	// (dry-run reports what auto would do from the same kernel state), written
 	// only in auto.
 	Routes RouteHandle
+	// Peers is the wgctrl handle of the peer actuator (endpoints, keepalive).
+	Peers PeerHandle
 	// Tracer makes a span of every decision; nil is a no-op.
 	Tracer trace.TracerProvider
 }
@@ -50,7 +52,8 @@ const TargetOwner = "remediate"
 
 const (
 	tickEvery      = 100 * time.Millisecond // hold-down ends, damping decays, backoffs expire
-	reconcileEvery = 2 * time.Second        // our routes still there and in force?
+	reconcileEvery = 2 * time.Second        // our changes still there and in force?
+	settleFor      = 2 * time.Second        // after an endpoint swap: roaming may pull it back once
 )
 
 // Remediator runs the policies. Its methods are safe for concurrent use.
@@ -59,6 +62,7 @@ type Remediator struct {
 	snaps   Snapshots
 	prober  Prober
 	routes  routes
+	peers   peers
 	metrics *metrics
 	audit   auditor
 	wake    chan struct{}
@@ -73,19 +77,6 @@ type Remediator struct {
 	lastSave string // last error saving state, logged once
 }
 
-type group struct {
-	cfg       FailoverGroup // with defaults
-	prefixes  []netip.Prefix
-	targets   [2]prober.Target // primary, backup
-	st        groupState
-	audited   string        // suppression last audited: one line per episode
-	health    [2]pathHealth // last exported
-	last      decision
-	lastAt    time.Time
-	lastRes   string
-	conflicts int
-}
-
 // New validates cfg and returns a remediator; Run starts it.
 func New(cfg Config, logger *slog.Logger, opts Options) (*Remediator, error) {
 	if err := cfg.Validate(); err != nil {
@@ -94,8 +85,15 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Remediator, error) {
 	if opts.Snapshots == nil || opts.Prober == nil {
 		return nil, errors.New("remediate: the collector and the prober are required")
 	}
-	if opts.Routes == nil && cfg.Mode != ModeOff && len(cfg.Failover) > 0 {
-		return nil, errors.New("remediate: no netlink handle: route failover needs CAP_NET_ADMIN (or set remediate.mode: off)")
+	if cfg.Mode != ModeOff {
+		for _, g := range cfg.Failover {
+			switch {
+			case g.Mode == "endpoint" && opts.Peers == nil:
+				return nil, errors.New("remediate: no wgctrl handle: endpoint failover needs CAP_NET_ADMIN (or set remediate.mode: off)")
+			case g.Mode != "endpoint" && opts.Routes == nil:
+				return nil, errors.New("remediate: no netlink handle: route failover needs CAP_NET_ADMIN (or set remediate.mode: off)")
+			}
+		}
 	}
 	tp := opts.Tracer
 	if tp == nil {
@@ -107,6 +105,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Remediator, error) {
 		snaps:   opts.Snapshots,
 		prober:  opts.Prober,
 		routes:  routes{h: opts.Routes, proto: cfg.RouteProtocol},
+		peers:   peers{h: opts.Peers},
 		metrics: m,
 		audit:   auditor{logger: logger, metrics: m, tracer: tp.Tracer("github.com/wgpulse/wgpulse/remediate")},
 		wake:    make(chan struct{}, 1),
@@ -120,16 +119,9 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Remediator, error) {
 func (r *Remediator) setGroupsLocked(cfg Config) {
 	r.groups, r.byKey = nil, map[string]*group{}
 	for _, gc := range cfg.Failover {
-		g := &group{cfg: gc.withDefaults(), st: groupState{Active: Primary}}
-		for _, s := range gc.Prefixes {
-			g.prefixes = append(g.prefixes, netip.MustParsePrefix(s))
-		}
-		for i, p := range []Path{gc.Primary, gc.Backup} {
-			d := g.cfg
-			g.targets[i] = prober.Target{Device: p.Device, Address: netip.MustParseAddr(p.Target), Interval: d.Interval,
-				Timeout: d.Timeout, Window: d.Window, Suspect: d.Suspect,
-				Rule: prober.Rule{Losses: d.Losses, LossRatio: d.LossRatio, RTT: d.RTT}}
-			r.byKey[g.targets[i].Key()] = g
+		g := newGroup(gc)
+		for _, t := range g.probeTargets() {
+			r.byKey[t.Key()] = g
 		}
 		r.groups = append(r.groups, g)
 		r.metrics.initGroup(g.cfg.Name, cfg.Mode)
@@ -148,7 +140,7 @@ func (r *Remediator) Collect(ch chan<- prometheus.Metric) {
 	r.mu.Lock()
 	now := time.Now()
 	for _, g := range r.groups {
-		r.metrics.penalty.WithLabelValues(g.cfg.Name).Set(penalty(g.cfg.Damping, g.st, now))
+		r.metrics.penalty.WithLabelValues(g.cfg.Name).Set(penalty(g.cfg.Damping, g.st.railState, now))
 	}
 	r.mu.Unlock()
 	for _, c := range r.metrics.collectors() {
@@ -163,8 +155,7 @@ func (r *Remediator) Run(ctx context.Context) {
 	r.mu.Lock()
 	r.startLocked(ctx)
 	r.mu.Unlock()
-	// Subscriptions end with their own context, after the final restore:
-	// no signal is needed by then, but the channels must stay readable.
+	// Subscriptions end with their own context, after the final restore.
 	subCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	changes := r.prober.SubscribeChanges(subCtx)
@@ -193,6 +184,7 @@ func (r *Remediator) Run(ctx context.Context) {
 			r.mu.Unlock()
 		case <-tick.C:
 			r.mu.Lock()
+			r.settleLocked(ctx, time.Now())
 			r.evaluateAllLocked(ctx)
 			r.mu.Unlock()
 		case <-reconcile.C:
@@ -215,13 +207,13 @@ func (r *Remediator) poke() {
 }
 
 // startLocked reads the state file, reconciles it with the kernel, and
-// registers the paths' probe targets.
+// registers the policies' probe targets.
 func (r *Remediator) startLocked(ctx context.Context) {
 	r.started = true
 	mode := r.cfg.Mode
 	if mode == ModeOff {
 		r.logger.Info("remediation off: no failover paths probed, nothing touched")
-		r.warnLeftoversLocked(nil)
+		r.warnLeftoversLocked()
 		return
 	}
 	now := time.Now()
@@ -243,81 +235,40 @@ func (r *Remediator) startLocked(ctx context.Context) {
 		if saved, ok := st.Groups[g.cfg.Name]; ok {
 			g.st = saved
 		}
-		r.adoptKernelLocked(ctx, g, mode, now)
+		r.adoptLocked(ctx, g, mode, now)
 		r.exportActiveLocked(g)
 	}
-	r.warnLeftoversLocked(r.groups)
+	r.warnLeftoversLocked()
 	r.registerTargetsLocked()
 	r.saveLocked()
 	r.logger.Info("remediation started", "mode", string(mode), "groups", len(r.groups), "state_file", r.cfg.StateFile,
 		"route_protocol", r.cfg.RouteProtocol)
 }
 
-// adoptKernelLocked sets a group's active path from the kernel: our routes
-// for all its prefixes mean the backup is active, none mean the primary.
-// The state file only says what we believed; the kernel says what is.
-func (r *Remediator) adoptKernelLocked(ctx context.Context, g *group, mode Mode, now time.Time) {
-	believed := g.st.Active
-	var have, missing []Route
-	for _, p := range g.prefixes {
-		want := r.ownRoute(g, p)
-		rs, err := r.routes.list(p)
-		if err != nil {
-			r.logger.Error("cannot read routes at start: assuming the primary carries the group", "group", g.cfg.Name, "err", err)
-			g.st.Active = Primary
-			return
-		}
-		if slices.Contains(rs, want) {
-			have = append(have, want)
-		} else {
-			missing = append(missing, want)
-		}
-	}
-	switch {
-	case len(have) == 0:
-		g.st.Active = Primary
-	case len(missing) == 0:
-		g.st.Active = Backup
-	default:
-		g.st.Active = Backup
-		if mode == ModeAuto { // a switch interrupted by a crash: finish it, so the group is in one state
-			start := time.Now()
-			err := r.addRoutes(missing)
-			d := decision{Policy: "failover", Group: g.cfg.Name, Action: ActionSwitchToBackup, From: Backup, To: Backup,
-				Reason: fmt.Sprintf("completing a switch interrupted before this start: %d of %d prefixes were on the backup", len(have), len(g.prefixes))}
-			r.audit.record(ctx, d, mode, resultOf(err), start, err)
-		}
-	}
-	if believed != g.st.Active && believed != "" {
-		r.logger.Warn("the kernel disagrees with the state file; following the kernel", "group", g.cfg.Name,
-			"state_file_active", believed, "kernel_active", g.st.Active)
-	}
-	if believed != g.st.Active || g.st.Since.IsZero() {
-		g.st.Since = now
-	}
-}
-
-// warnLeftoversLocked logs routes of our protocol for prefixes no group
-// names: they are not touched (the remediator acts only on what its config
+// warnLeftoversLocked logs routes of our protocol that no route group
+// owns: they are not touched (the remediator acts only on what its config
 // names) and the log says how to remove them.
-func (r *Remediator) warnLeftoversLocked(groups []*group) {
+func (r *Remediator) warnLeftoversLocked() {
 	if r.routes.h == nil {
 		return
 	}
-	known := map[netip.Prefix]bool{}
-	for _, g := range groups {
-		for _, p := range g.prefixes {
-			known[p] = true
+	known := map[Route]bool{}
+	for _, g := range r.groups {
+		if g.endpoint() {
+			continue
+		}
+		for _, rt := range r.ownRoutes(g) {
+			known[rt] = true
 		}
 	}
-	for _, fam := range []int{4, 6} {
-		rs, err := r.ownedRoutes(fam)
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		rs, err := r.routes.listProto(fam)
 		if err != nil {
 			return
 		}
 		for _, rt := range rs {
-			if !known[rt.Prefix] {
-				r.logger.Warn("a route of wgpulse's protocol for a prefix no failover group names: left alone; remove it by hand if it is stale",
+			if !known[rt] {
+				r.logger.Warn("a route of wgpulse's protocol that no failover group of this config owns: left alone; remove it by hand if it is stale",
 					"route", rt.String(), "remove_with", fmt.Sprintf("ip route del %s dev %s metric %d proto %d", rt.Prefix, rt.Device, rt.Metric, rt.Protocol))
 			}
 		}
@@ -328,7 +279,7 @@ func (r *Remediator) registerTargetsLocked() {
 	var ts []prober.Target
 	if r.cfg.Mode != ModeOff {
 		for _, g := range r.groups {
-			ts = append(ts, g.targets[0], g.targets[1])
+			ts = append(ts, g.probeTargets()...)
 		}
 	}
 	r.prober.SetTargets(TargetOwner, ts)
@@ -339,18 +290,7 @@ func (r *Remediator) registerTargetsLocked() {
 func (r *Remediator) stopLocked(ctx context.Context) {
 	if r.cfg.Mode == ModeAuto && r.cfg.RestoreOnExit {
 		for _, g := range r.groups {
-			if g.st.Active != Backup {
-				continue
-			}
-			start := time.Now()
-			err := r.delRoutes(r.ownRoutes(g))
-			d := decision{Policy: "failover", Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary,
-				Reason: "restore_on_exit: undoing every change on a clean exit"}
-			r.audit.record(ctx, d, r.cfg.Mode, resultOf(err), start, err)
-			if err == nil {
-				g.st.Active, g.st.Since = Primary, time.Now()
-				r.exportActiveLocked(g)
-			}
+			r.restoreLocked(ctx, g, "restore_on_exit: undoing every change on a clean exit")
 		}
 	}
 	r.saveLocked()
@@ -363,220 +303,71 @@ func (r *Remediator) evaluateAllLocked(ctx context.Context) {
 	}
 }
 
-// evaluateLocked runs the failover policy for one group and carries out,
-// suppresses or skips its decision.
-func (r *Remediator) evaluateLocked(ctx context.Context, g *group, now time.Time) {
-	mode := r.cfg.Mode
-	if mode == ModeOff || !r.started {
-		return
-	}
-	sig := groupSignals{primary: r.pathHealthLocked(g, 0), backup: r.pathHealthLocked(g, 1)}
-	r.exportHealthLocked(g, sig)
-	d := decideFailover(g.cfg, g.st, sig, now)
-	if d.Action != "" && d.Suppressed == "" {
-		r.preflight(g, &d)
-	}
-	applyRails(&d, g.cfg, g.st, now, r.paused)
+// plan is a decision with what carrying it out means. The executor is the
+// same for every policy: rails, then the action in auto (nothing in dry-run),
+// then the audit.
+type plan struct {
+	d       decision
+	rails   *railState
+	limits  limits
+	audited *string                         // the unit's last audited suppression
+	act     func() error                    // auto only
+	commit  func(now time.Time)             // after success in auto, and in dry-run
+	failed  func(now time.Time)             // after a failure (auto)
+	after   func(d decision, result string) // status and metrics, whatever the result
+	ctx     context.Context
+	now     time.Time
+	mode    Mode
+	paused  bool
+	save    func()
+	auditor auditor
+}
+
+// execute runs a plan through the rails and carries it out.
+func execute(p plan) {
+	applyRails(&p.d, p.limits, *p.rails, p.now, p.paused)
 	switch {
-	case d.Action == "":
-		g.audited = ""
+	case p.d.Action == "":
+		*p.audited = ""
 		return
-	case d.Suppressed != "":
-		if g.audited == d.Suppressed {
+	case p.d.Suppressed != "":
+		if *p.audited == p.d.Suppressed {
 			return // this episode is audited already
 		}
-		g.audited = d.Suppressed
-		g.last, g.lastAt, g.lastRes = d, now, ResultSuppressed
-		r.audit.record(ctx, d, mode, ResultSuppressed, time.Now(), nil)
+		*p.audited = p.d.Suppressed
+		p.auditor.record(p.ctx, p.d, p.mode, ResultSuppressed, time.Now(), nil)
+		if p.after != nil {
+			p.after(p.d, ResultSuppressed)
+		}
 		return
 	}
-	g.audited = ""
+	*p.audited = ""
 	start := time.Now()
 	var err error
 	result := ResultDryRun
-	if mode == ModeAuto {
-		if d.To == Backup {
-			err = r.addRoutes(r.ownRoutes(g))
-		} else {
-			err = r.delRoutes(r.ownRoutes(g))
-		}
+	if p.mode == ModeAuto {
+		err = p.act()
 		result = resultOf(err)
 	}
 	if err != nil {
-		g.st = backoff(g.st, fmt.Sprintf("a failed %s", d.Action), now)
+		*p.rails = backoff(*p.rails, "a failed "+p.d.Action, p.now)
+		if p.failed != nil {
+			p.failed(p.now)
+		}
 	} else {
-		g.st = commit(g.cfg, g.st, d, now)
-		g.conflicts = 0
+		*p.rails = spend(p.limits, *p.rails, p.now)
+		p.commit(p.now)
 	}
-	g.last, g.lastAt, g.lastRes = d, now, result
-	r.audit.record(ctx, d, mode, result, start, err)
-	r.exportActiveLocked(g)
-	r.saveLocked()
+	p.auditor.record(p.ctx, p.d, p.mode, result, start, err)
+	if p.after != nil {
+		p.after(p.d, result)
+	}
+	p.save()
 }
 
-// preflight suppresses an action that cannot work: a device of the group
-// missing, or (switching to the backup) an operator route that our route's
-// metric would not beat. It only reads the kernel, in dry-run too.
-func (r *Remediator) preflight(g *group, d *decision) {
-	dev := g.cfg.Backup.Device
-	if d.To == Primary {
-		dev = g.cfg.Primary.Device
-	}
-	if !r.routes.deviceExists(dev) {
-		d.Suppressed = SuppressDeviceMissing
-		d.Reason = fmt.Sprintf("device %s does not exist (check remediate.failover %q): %s", dev, g.cfg.Name, d.Reason)
-		return
-	}
-	if d.To != Backup {
-		return
-	}
-	for _, p := range g.prefixes {
-		rs, err := r.routes.list(p)
-		if err != nil {
-			continue // the add will say what is wrong
-		}
-		for _, rt := range rs {
-			if rt.Protocol != r.cfg.RouteProtocol && rt.Metric <= g.cfg.RouteMetric {
-				d.Suppressed = SuppressMetricTooHigh
-				d.Reason = fmt.Sprintf("route %s has a metric <= route_metric %d, so ours would not carry the traffic: lower route_metric: %s",
-					rt, g.cfg.RouteMetric, d.Reason)
-				return
-			}
-		}
-	}
-}
-
-func (r *Remediator) ownRoute(g *group, p netip.Prefix) Route {
-	return Route{Prefix: p, Device: g.cfg.Backup.Device, Metric: g.cfg.RouteMetric, Protocol: r.cfg.RouteProtocol}
-}
-
-func (r *Remediator) ownRoutes(g *group) []Route {
-	out := make([]Route, len(g.prefixes))
-	for i, p := range g.prefixes {
-		out[i] = r.ownRoute(g, p)
-	}
-	return out
-}
-
-// addRoutes adds all or none: on a failure the routes added so far are
-// removed again.
-func (r *Remediator) addRoutes(rs []Route) error {
-	for i, rt := range rs {
-		if err := r.routes.add(rt); err != nil {
-			for _, done := range rs[:i] {
-				if derr := r.routes.del(done); derr != nil {
-					err = errors.Join(err, fmt.Errorf("undoing: %w", derr))
-				}
-			}
-			return err
-		}
-	}
-	return nil
-}
-
-func (r *Remediator) delRoutes(rs []Route) error {
-	var errs []error
-	for _, rt := range rs {
-		errs = append(errs, r.routes.del(rt))
-	}
-	return errors.Join(errs...)
-}
-
-// reconcileLocked checks that the routes we own are there and in force.
-// One deleted or overridden by something else is a conflict: counted,
-// logged, and backed off from, never fought.
-func (r *Remediator) reconcileLocked(ctx context.Context, now time.Time) {
-	if r.cfg.Mode != ModeAuto || !r.started {
-		return
-	}
-	for _, g := range r.groups {
-		if g.st.Active != Backup {
-			continue
-		}
-		var problems []string
-		gone := 0
-		for _, p := range g.prefixes {
-			want := r.ownRoute(g, p)
-			rs, err := r.routes.list(p)
-			if err != nil {
-				r.logger.Warn("cannot read routes to check ours", "group", g.cfg.Name, "err", err)
-				return
-			}
-			if !slices.Contains(rs, want) {
-				gone++
-				problems = append(problems, fmt.Sprintf("our route %s was deleted or replaced", want))
-			}
-			for _, rt := range rs {
-				if rt != want && rt.Protocol != r.cfg.RouteProtocol && rt.Metric <= want.Metric {
-					problems = append(problems, fmt.Sprintf("route %s overrides ours", rt))
-				}
-			}
-		}
-		if len(problems) == 0 {
-			continue
-		}
-		g.conflicts++
-		r.metrics.conflicts.WithLabelValues(g.cfg.Name).Inc()
-		why := strings.Join(problems, "; ")
-		if gone == len(g.prefixes) { // the kernel routes the group via the primary again
-			g.st.Active, g.st.Since = Primary, now
-			r.exportActiveLocked(g)
-		}
-		g.st = backoff(g.st, "a conflict with another route manager", now)
-		r.logger.Warn("conflict: something else changed a route wgpulse owns; backing off instead of fighting",
-			"group", g.cfg.Name, "conflict", why, "active", g.st.Active, "backoff", time.Duration(g.st.Backoff),
-			"hint", "another manager (systemd-networkd without ManageForeignRoutes=no, NetworkManager, a routing daemon) may delete foreign routes")
-		r.saveLocked()
-	}
-}
-
-// pathHealthLocked is a path as the policy sees it: the prober's verdict on
-// its target; with no verdict yet, a stale handshake on a fresh device read
-// makes it down (the session cannot carry data).
-func (r *Remediator) pathHealthLocked(g *group, i int) pathHealth {
-	var ph pathHealth
-	if h, ok := r.prober.HealthOf(g.targets[i].Key()); ok {
-		ph = pathHealth{State: h.State, Since: h.Since, Reason: h.Reason, DownBy: h.DownBy, Loss: h.LossRatio, RTT: h.MedianRTT}
-	}
-	if ph.State != prober.StateUnknown || r.snap == nil {
-		return ph
-	}
-	d, ok := r.snap.Device(g.targets[i].Device)
-	if !ok || d.Stale {
-		return ph // a failed read is unknown, never down
-	}
-	for _, p := range d.Peers {
-		for _, a := range p.AllowedIPs {
-			if a.Contains(g.targets[i].Address) && p.Handshake == collector.HandshakeStale {
-				return pathHealth{State: prober.StateDown, Since: p.HandshakeSince, DownBy: "handshake",
-					Reason: fmt.Sprintf("no handshake for over %s: the session cannot carry data", collector.RejectAfterTime)}
-			}
-		}
-	}
-	return ph
-}
-
-func (r *Remediator) exportHealthLocked(g *group, sig groupSignals) {
-	for i, ph := range []pathHealth{sig.primary, sig.backup} {
-		if ph.State == g.health[i].State && ph.Reason == g.health[i].Reason {
-			continue
-		}
-		if ph.State != g.health[i].State {
-			r.logger.Info("failover path health changed", "group", g.cfg.Name, "path", paths[i],
-				"from", g.health[i].State.String(), "to", ph.State.String(), "reason", ph.Reason)
-		}
-		g.health[i] = ph
-		r.metrics.healthy.WithLabelValues(g.cfg.Name, paths[i]).Set(b2f(ph.State == prober.StateUp))
-		for _, s := range states {
-			r.metrics.pathState.WithLabelValues(g.cfg.Name, paths[i], s).Set(b2f(s == ph.State.String()))
-		}
-	}
-}
-
-func (r *Remediator) exportActiveLocked(g *group) {
-	for _, p := range paths {
-		r.metrics.active.WithLabelValues(g.cfg.Name, p).Set(b2f(g.st.Active == p))
-	}
+func (r *Remediator) newPlan(ctx context.Context, d decision, rs *railState, l limits, audited *string, now time.Time) plan {
+	return plan{d: d, rails: rs, limits: l, audited: audited, ctx: ctx, now: now, mode: r.cfg.Mode, paused: r.paused,
+		save: r.saveLocked, auditor: r.audit}
 }
 
 // saveLocked writes the state file (not in dry-run or off: they touch
@@ -588,7 +379,7 @@ func (r *Remediator) saveLocked() {
 	st := persisted{Written: time.Now().UTC(), Paused: r.paused, Groups: map[string]groupState{}}
 	for _, g := range r.groups {
 		st.Groups[g.cfg.Name] = g.st
-		if g.st.Active == Backup {
+		if g.st.Active == Backup && !g.endpoint() {
 			for _, rt := range r.ownRoutes(g) {
 				st.Routes = append(st.Routes, ownedRoute{Group: g.cfg.Name, Route: rt})
 			}
@@ -608,15 +399,6 @@ func (r *Remediator) saveLocked() {
 		}
 	}
 	r.lastSave = msg
-}
-
-// ownedRoutes lists every main-table route of our protocol in a family.
-func (r *Remediator) ownedRoutes(family int) ([]Route, error) {
-	fam := unix.AF_INET
-	if family == 6 {
-		fam = unix.AF_INET6
-	}
-	return r.routes.listProto(fam)
 }
 
 // Pause stops every action (decisions are still made, audited as
@@ -666,8 +448,8 @@ func (r *Remediator) Mode() Mode {
 }
 
 // ApplyConfig takes a reloaded configuration. Groups keep their state by
-// name; a group removed, or whose prefixes, devices or metric changed, while
-// on the backup first returns to the primary (its routes are ours to undo).
+// name; a group removed, or whose paths changed, while on the backup first
+// returns to the primary (its changes are ours to undo).
 func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -681,18 +463,11 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config) error {
 	old := map[string]groupState{}
 	for _, g := range r.groups {
 		ng, kept := next[g.cfg.Name]
-		same := kept && slices.Equal(ng.Prefixes, g.cfg.Prefixes) && ng.Backup.Device == g.cfg.Backup.Device &&
-			ng.withDefaults().RouteMetric == g.cfg.RouteMetric && cfg.RouteProtocol == r.cfg.RouteProtocol
-		if g.st.Active == Backup && !same && r.cfg.Mode == ModeAuto {
-			start := time.Now()
-			err := r.delRoutes(r.ownRoutes(g))
-			d := decision{Policy: "failover", Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary,
-				Reason: "the group was removed or its prefixes, backup device or metric changed on reload: undoing its routes"}
-			r.audit.record(ctx, d, r.cfg.Mode, resultOf(err), start, err)
-			if err != nil {
-				return fmt.Errorf("undoing the routes of group %q before the reload: %w (the running configuration stays)", g.cfg.Name, err)
+		same := kept && g.sameChanges(ng.withDefaults()) && cfg.RouteProtocol == r.cfg.RouteProtocol
+		if !same && r.cfg.Mode == ModeAuto {
+			if err := r.restoreLocked(ctx, g, "the group was removed or its paths changed on reload: undoing its change"); err != nil {
+				return fmt.Errorf("undoing the change of group %q before the reload: %w (the running configuration stays)", g.cfg.Name, err)
 			}
-			g.st.Active, g.st.Since = Primary, time.Now()
 		}
 		if kept {
 			old[g.cfg.Name] = g.st
@@ -734,3 +509,6 @@ func b2f(b bool) float64 {
 	}
 	return 0
 }
+
+// mustPrefix parses a validated prefix.
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

@@ -14,8 +14,11 @@ type Status struct {
 // GroupStatus is one failover group.
 type GroupStatus struct {
 	Name         string                `json:"name"`
+	Mode         string                `json:"mode"` // route or endpoint
 	Profile      string                `json:"profile"`
-	Prefixes     []string              `json:"prefixes"`
+	Prefixes     []string              `json:"prefixes,omitempty"`
+	Device       string                `json:"device,omitempty"` // endpoint mode
+	Peer         string                `json:"peer,omitempty"`   // endpoint mode: public key
 	Active       string                `json:"active"`
 	ActiveSince  time.Time             `json:"active_since"`
 	Paths        map[string]PathStatus `json:"paths"`
@@ -30,13 +33,14 @@ type GroupStatus struct {
 
 // PathStatus is one path of a group.
 type PathStatus struct {
-	Device string    `json:"device"`
-	Target string    `json:"target"`
-	State  string    `json:"state"` // unknown, up, down
-	Since  time.Time `json:"since,omitzero"`
-	Reason string    `json:"reason,omitempty"`
-	Loss   float64   `json:"loss_ratio"`
-	RTT    float64   `json:"median_rtt_seconds"`
+	Device   string    `json:"device,omitempty"` // route mode: the tunnel; endpoint mode: the uplink probed, if named
+	Target   string    `json:"target"`           // route mode: through the tunnel; endpoint mode: the underlay target
+	Endpoint string    `json:"endpoint,omitempty"`
+	State    string    `json:"state"` // unknown, up, down
+	Since    time.Time `json:"since,omitzero"`
+	Reason   string    `json:"reason,omitempty"`
+	Loss     float64   `json:"loss_ratio"`
+	RTT      float64   `json:"median_rtt_seconds"`
 }
 
 // DecisionStatus is the last decision of a group that was audited.
@@ -57,10 +61,14 @@ func (r *Remediator) Status() Status {
 	now := time.Now()
 	s := Status{Mode: r.cfg.Mode, Paused: r.paused, RouteProtocol: r.cfg.RouteProtocol, Groups: []GroupStatus{}}
 	for _, g := range r.groups {
+		mode := g.cfg.Mode
+		if mode == "" {
+			mode = "route"
+		}
 		gs := GroupStatus{
-			Name: g.cfg.Name, Profile: g.cfg.Profile, Prefixes: g.cfg.Prefixes, Active: g.st.Active, ActiveSince: g.st.Since,
-			Paths: map[string]PathStatus{}, Switches: g.st.Switches, Penalty: penalty(g.cfg.Damping, g.st, now),
-			Damped: damped(g.cfg.Damping, g.st, now), SwitchesLeft: tokens(g.cfg.RateLimit, g.st, now), Conflicts: g.conflicts,
+			Name: g.cfg.Name, Mode: mode, Profile: g.cfg.Profile, Device: g.cfg.Device, Peer: g.cfg.Peer, Prefixes: g.cfg.Prefixes, Active: g.st.Active, ActiveSince: g.st.Since,
+			Paths: map[string]PathStatus{}, Switches: g.st.Switches, Penalty: penalty(g.cfg.Damping, g.st.railState, now),
+			Damped: damped(g.cfg.Damping, g.st.railState, now), SwitchesLeft: tokens(g.cfg.RateLimit, g.st.railState, now), Conflicts: g.conflicts,
 		}
 		if now.Before(g.st.BackoffUntil) {
 			until := g.st.BackoffUntil
@@ -68,8 +76,12 @@ func (r *Remediator) Status() Status {
 		}
 		for i, p := range []Path{g.cfg.Primary, g.cfg.Backup} {
 			h := g.health[i]
-			gs.Paths[paths[i]] = PathStatus{Device: p.Device, Target: p.Target, State: h.State.String(), Since: h.Since,
+			ps := PathStatus{Device: p.Device, Target: p.Target, State: h.State.String(), Since: h.Since,
 				Reason: h.Reason, Loss: h.Loss, RTT: h.RTT.Seconds()}
+			if g.endpoint() {
+				ps.Device, ps.Target, ps.Endpoint = p.UnderlayDevice, p.UnderlayTarget, p.Endpoint
+			}
+			gs.Paths[paths[i]] = ps
 		}
 		if g.last.Policy != "" {
 			gs.Last = &DecisionStatus{At: g.lastAt, Action: g.last.Action, From: g.last.From, To: g.last.To,

@@ -44,6 +44,9 @@ type Options struct {
 	Prober prober.Options
 	// Routes is the remediator's netlink handle; nil uses the agent's own.
 	Routes remediate.RouteHandle
+	// Peers is the remediator's wgctrl handle; nil uses the collector's
+	// client when it can configure devices.
+	Peers remediate.PeerHandle
 	// Tracer makes the remediator's spans; nil reads the OTEL_* variables
 	// (no exporter and no cost when they are unset).
 	Tracer trace.TracerProvider
@@ -106,8 +109,12 @@ func New(opts Options) (*Agent, error) {
 			return shutdown(ctx)
 		})
 	}
+	peersHandle := opts.Peers
+	if ph, ok := a.opts.Collector.Client.(remediate.PeerHandle); ok && peersHandle == nil {
+		peersHandle = ph
+	}
 	a.remediator, err = remediate.New(cfg.Remediate, opts.Logger.With("component", "remediate"), remediate.Options{
-		Snapshots: a.collector, Prober: a.prober, Routes: a.opts.Routes, Tracer: tp,
+		Snapshots: a.collector, Prober: a.prober, Routes: a.opts.Routes, Peers: peersHandle, Tracer: tp,
 	})
 	if err != nil {
 		return fail("remediate", err)
