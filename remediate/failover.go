@@ -74,6 +74,9 @@ type railState struct {
 type groupState struct {
 	Active string    `json:"active"` // primary or backup
 	Since  time.Time `json:"since"`
+	// Arrived is when a switch of ours made Active the active path (zero:
+	// it was found active): leaving it within hold_down is a flap.
+	Arrived time.Time `json:"arrived,omitzero"`
 	railState
 	// Original is the peer's endpoint before the group first changed it
 	// (endpoint mode), restored on exit.

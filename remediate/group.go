@@ -151,10 +151,10 @@ func (r *Remediator) evaluateLocked(ctx context.Context, g *group, now time.Time
 	p := r.newPlan(ctx, d, &g.st.railState, limits{g.cfg.Damping, g.cfg.RateLimit}, &g.audited, now)
 	p.act = func() error { return r.switchLocked(g, d.To) }
 	p.commit = func(now time.Time) {
-		if now.Sub(g.st.Since) < g.cfg.HoldDown { // left a path it arrived on less than hold_down ago
+		if !g.st.Arrived.IsZero() && now.Sub(g.st.Arrived) < g.cfg.HoldDown { // left a path it switched to less than hold_down ago
 			r.metrics.flaps.WithLabelValues(g.cfg.Name).Inc()
 		}
-		g.st.Active, g.st.Since = d.To, now
+		g.st.Active, g.st.Since, g.st.Arrived = d.To, now, now
 		g.conflicts = 0
 		if g.endpoint() {
 			g.settleUntil = now.Add(settleFor)
@@ -244,7 +244,7 @@ func (r *Remediator) restoreLocked(ctx context.Context, g *group, why string) er
 	d := decision{Policy: "failover", Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary, Reason: why}
 	r.audit.record(ctx, d, r.cfg.Mode, resultOf(err), start, err)
 	if err == nil {
-		g.st.Active, g.st.Since = Primary, time.Now()
+		g.st.Active, g.st.Since, g.st.Arrived = Primary, time.Now(), time.Time{}
 		r.exportActiveLocked(g)
 	}
 	return err
@@ -278,7 +278,7 @@ func (r *Remediator) adoptLocked(ctx context.Context, g *group, mode Mode, now t
 			"state_file_active", believed, "kernel_active", g.st.Active)
 	}
 	if believed != g.st.Active || g.st.Since.IsZero() {
-		g.st.Since = now
+		g.st.Since, g.st.Arrived = now, time.Time{}
 	}
 }
 
@@ -395,7 +395,7 @@ func (r *Remediator) reconcileLocked(ctx context.Context, now time.Time) {
 		g.conflicts++
 		r.metrics.conflicts.WithLabelValues(g.cfg.Name).Inc()
 		if nowActive != "" {
-			g.st.Active, g.st.Since = nowActive, now
+			g.st.Active, g.st.Since, g.st.Arrived = nowActive, now, time.Time{}
 			r.exportActiveLocked(g)
 		}
 		g.st.railState = backoff(g.st.railState, "a conflict with another manager", now)

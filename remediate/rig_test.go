@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -164,6 +165,17 @@ type fakeWG struct {
 	peers     map[string]string // device -> peer /32
 	handshake map[string]time.Time
 	fail      map[string]bool
+	endpoint  map[string]netip.AddrPort // device -> the peer's endpoint
+	keepalive map[string]time.Duration
+	writes    []string // ConfigureDevice calls
+}
+
+// key is the public key of the one peer of a device.
+func (f *fakeWG) key(device string) wgtypes.Key {
+	var k wgtypes.Key
+	k[0] = byte(len(device))
+	k[1] = device[len(device)-1]
+	return k
 }
 
 func (f *fakeWG) Device(name string) (*wgtypes.Device, error) {
@@ -176,11 +188,52 @@ func (f *fakeWG) Device(name string) (*wgtypes.Device, error) {
 		return &wgtypes.Device{Name: name, Type: wgtypes.Userspace}, nil
 	}
 	_, ip, _ := net.ParseCIDR(f.peers[name] + "/32")
-	var k wgtypes.Key
-	k[0] = byte(len(name))
-	k[1] = name[len(name)-1]
-	return &wgtypes.Device{Name: name, Type: wgtypes.Userspace, Peers: []wgtypes.Peer{{
-		PublicKey: k, AllowedIPs: []net.IPNet{*ip}, LastHandshakeTime: f.handshake[name]}}}, nil
+	p := wgtypes.Peer{PublicKey: f.key(name), AllowedIPs: []net.IPNet{*ip}, LastHandshakeTime: f.handshake[name],
+		PersistentKeepaliveInterval: f.keepalive[name]}
+	if ep, ok := f.endpoint[name]; ok {
+		p.Endpoint = net.UDPAddrFromAddrPort(ep)
+	}
+	return &wgtypes.Device{Name: name, Type: wgtypes.Userspace, Peers: []wgtypes.Peer{p}}, nil
+}
+
+func (f *fakeWG) ConfigureDevice(name string, cfg wgtypes.Config) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if cfg.PrivateKey != nil || cfg.ReplacePeers || cfg.ListenPort != nil {
+		return fmt.Errorf("the remediator must change one peer setting only, got %+v", cfg)
+	}
+	for _, p := range cfg.Peers {
+		if !p.UpdateOnly || p.PublicKey != f.key(name) || p.Remove || p.ReplaceAllowedIPs {
+			return fmt.Errorf("unexpected peer change %+v", p)
+		}
+		if p.Endpoint != nil {
+			f.endpoint[name] = p.Endpoint.AddrPort()
+			f.writes = append(f.writes, "endpoint "+p.Endpoint.String())
+		}
+		if p.PersistentKeepaliveInterval != nil {
+			f.keepalive[name] = *p.PersistentKeepaliveInterval
+			f.writes = append(f.writes, "keepalive "+p.PersistentKeepaliveInterval.String())
+		}
+	}
+	return nil
+}
+
+func (f *fakeWG) endpointOf(device string) netip.AddrPort {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.endpoint[device]
+}
+
+func (f *fakeWG) setEndpoint(device string, ep netip.AddrPort) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.endpoint[device] = ep
+}
+
+func (f *fakeWG) configured() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.writes)
 }
 
 type noLinks struct{}
@@ -224,6 +277,53 @@ func group(profile string) remediate.FailoverGroup {
 	}
 }
 
+// The dual-WAN node: one tunnel device whose peer is reached over two
+// uplinks, each with an underlay target probed outside the tunnel.
+const (
+	tunnelDev, tunnelTarget = "wg0", "10.200.9.1"
+	uplink1Dev, uplink2Dev  = "eth1", "eth2"
+	underlay1, underlay2    = "198.18.1.1", "198.19.1.1"
+)
+
+var (
+	uplink1 = netip.MustParseAddrPort("198.18.1.1:51821")
+	uplink2 = netip.MustParseAddrPort("198.19.1.1:51821")
+)
+
+// dualWAN is an endpoint-mode group for the rig's tunnel device.
+func dualWAN(r *rig, profile string) remediate.FailoverGroup {
+	return remediate.FailoverGroup{
+		Name: "dc1-dual-wan", Mode: "endpoint", Profile: profile, Device: tunnelDev, Peer: r.wg.key(tunnelDev).String(), Target: tunnelTarget,
+		Primary: remediate.Path{Endpoint: uplink1.String(), UnderlayTarget: underlay1, UnderlayDevice: uplink1Dev},
+		Backup:  remediate.Path{Endpoint: uplink2.String(), UnderlayTarget: underlay2, UnderlayDevice: uplink2Dev},
+	}
+}
+
+// wan makes the rig's network behave like two uplinks: an uplink that is
+// down drops its underlay target's probes and the tunnel's while the
+// peer's endpoint points at it.
+func (r *rig) wan(down1, down2 *atomic.Bool) {
+	r.fault(underlay1, func(int) probertest.Reply {
+		if down1.Load() {
+			return probertest.Reply{Drop: true}
+		}
+		return probertest.Reply{Delay: time.Millisecond}
+	})
+	r.fault(underlay2, func(int) probertest.Reply {
+		if down2.Load() {
+			return probertest.Reply{Drop: true}
+		}
+		return probertest.Reply{Delay: time.Millisecond}
+	})
+	r.fault(tunnelTarget, func(int) probertest.Reply {
+		ep := r.wg.endpointOf(tunnelDev)
+		if (ep == uplink1 && down1.Load()) || (ep == uplink2 && down2.Load()) {
+			return probertest.Reply{Drop: true}
+		}
+		return probertest.Reply{Delay: 2 * time.Millisecond}
+	})
+}
+
 func config(t *testing.T, mode remediate.Mode, groups ...remediate.FailoverGroup) remediate.Config {
 	cfg := remediate.DefaultConfig()
 	cfg.Mode = mode
@@ -240,8 +340,9 @@ func newRig(t *testing.T, cfg remediate.Config) *rig {
 	r.routes.operatorRoute(lan, primaryDev, 100)
 	r.routes.operatorRoute(lan, backupDev, 200)
 	now := time.Now()
-	r.wg = &fakeWG{peers: map[string]string{primaryDev: primaryTarget, backupDev: backupTarget},
-		handshake: map[string]time.Time{primaryDev: now, backupDev: now}, fail: map[string]bool{}}
+	r.wg = &fakeWG{peers: map[string]string{primaryDev: primaryTarget, backupDev: backupTarget, tunnelDev: tunnelTarget},
+		handshake: map[string]time.Time{primaryDev: now, backupDev: now, tunnelDev: now}, fail: map[string]bool{},
+		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}}
 	return r
 }
 
@@ -268,14 +369,14 @@ func (r *rig) start() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	r.col, err = collector.New(collector.Config{PollInterval: time.Second, Devices: []string{primaryDev, backupDev}}, logger,
+	r.col, err = collector.New(collector.Config{PollInterval: time.Second, Devices: []string{primaryDev, backupDev, tunnelDev}}, logger,
 		collector.Options{Client: r.wg, Links: noLinks{}})
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	r.spans = tracetest.NewSpanRecorder()
 	r.rem, err = remediate.New(r.cfg, logger, remediate.Options{Snapshots: r.col, Prober: r.prober, Routes: r.routes,
-		Tracer: newTracerProvider(r.spans)})
+		Peers: r.wg, Tracer: newTracerProvider(r.spans)})
 	if err != nil {
 		r.t.Fatal(err)
 	}

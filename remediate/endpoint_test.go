@@ -1,0 +1,179 @@
+package remediate_test
+
+import (
+	"strings"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/wgpulse/wgpulse/prober/probertest"
+	"github.com/wgpulse/wgpulse/remediate"
+)
+
+// The primary uplink dies: the peer's endpoint moves to the second uplink
+// (one setting, UpdateOnly); when the uplink's underlay target has been up
+// for hold_down it moves back, and the tunnel confirms the return.
+func TestEndpointFailoverAndReturn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, remediate.Config{})
+		var down1, down2 atomic.Bool
+		r.wan(&down1, &down2)
+		g := dualWAN(r, "fast")
+		g.HoldDown = 10 * time.Second
+		r.cfg = config(t, remediate.ModeAuto, g)
+		r.start()
+		r.run(3 * time.Second)
+		if len(r.audits()) != 0 || r.wg.endpointOf(tunnelDev) != uplink1 {
+			t.Fatalf("healthy uplinks: audits %+v, endpoint %s", r.audits(), r.wg.endpointOf(tunnelDev))
+		}
+		down1.Store(true)
+		took := waitFor(t, 2*time.Second, "endpoint on uplink 2", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+		if took > 550*time.Millisecond {
+			t.Errorf("swapped %s after the uplink died, want <= 550ms (fast profile)", took)
+		}
+		a := r.taken()
+		if len(a) != 1 || a[0].Action != "switch_to_backup" || a[0].Result != "ok" {
+			t.Fatalf("audits %+v", a)
+		}
+		r.run(2 * time.Second)
+		st := r.rem.Status().Groups[0]
+		if st.Paths["backup"].State != "up" || st.Active != "backup" {
+			t.Fatalf("after the swap the tunnel must be up through uplink 2: %+v", st)
+		}
+		if w := r.wg.configured(); len(w) != 1 || w[0] != "endpoint "+uplink2.String() {
+			t.Errorf("peer changes %v, want exactly one endpoint change", w)
+		}
+		down1.Store(false)
+		r.run(5 * time.Second)
+		if r.wg.endpointOf(tunnelDev) != uplink2 {
+			t.Fatal("returned before hold_down")
+		}
+		waitFor(t, 10*time.Second, "return to uplink 1", func() bool { return r.wg.endpointOf(tunnelDev) == uplink1 })
+		r.run(2 * time.Second)
+		if st := r.rem.Status().Groups[0]; st.Active != "primary" || st.Paths["primary"].State != "up" {
+			t.Errorf("the tunnel did not confirm the return: %+v", st)
+		}
+		if f := r.metric("wgpulse_failover_flaps_total", nil); f != 0 {
+			t.Errorf("%v flaps counted for a clean failover and return", f)
+		}
+	})
+}
+
+// A return the tunnel does not confirm (the uplink answers pings but the
+// tunnel over it does not work) goes back to the backup, counted as a flap.
+func TestEndpointUnconfirmedReturnIsAFlap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, remediate.Config{})
+		var down1, down2, tunnelBroken atomic.Bool
+		r.wan(&down1, &down2)
+		wan := r.faults[tunnelTarget]
+		r.fault(tunnelTarget, func(n int) probertest.Reply {
+			if tunnelBroken.Load() && r.wg.endpointOf(tunnelDev) == uplink1 {
+				return dead(n)
+			}
+			return wan(n)
+		})
+		g := dualWAN(r, "fast")
+		g.HoldDown = 5 * time.Second
+		r.cfg = config(t, remediate.ModeAuto, g)
+		r.start()
+		r.run(2 * time.Second)
+		down1.Store(true)
+		tunnelBroken.Store(true) // stays broken after the uplink is back
+		waitFor(t, 2*time.Second, "swap to uplink 2", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+		down1.Store(false)
+		waitFor(t, 10*time.Second, "return to uplink 1", func() bool { return r.wg.endpointOf(tunnelDev) == uplink1 })
+		waitFor(t, 2*time.Second, "back to uplink 2", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+		if f := r.metric("wgpulse_failover_flaps_total", nil); f != 1 {
+			t.Errorf("flaps %v, want the unconfirmed return counted once", f)
+		}
+	})
+}
+
+// Packets of the far side still on the old uplink make WireGuard roam back
+// once after a swap: the remediator sets the endpoint again, and that is not
+// a conflict. Later, something else moving the endpoint is one.
+func TestEndpointRoamBackAndConflict(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, remediate.Config{})
+		var down1, down2 atomic.Bool
+		r.wan(&down1, &down2)
+		r.cfg = config(t, remediate.ModeAuto, dualWAN(r, "fast"))
+		r.start()
+		r.run(2 * time.Second)
+		down1.Store(true)
+		waitFor(t, 2*time.Second, "swap", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+		r.wg.setEndpoint(tunnelDev, uplink1) // roamed back by an in-flight packet
+		waitFor(t, time.Second, "re-asserted", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+		r.run(5 * time.Second)
+		if c := r.metric("wgpulse_remediation_conflicts_total", nil); c != 0 {
+			t.Fatalf("a roam back while settling counted as %v conflicts", c)
+		}
+		r.wg.setEndpoint(tunnelDev, uplink1) // someone else (wg set) moves it after the settle window
+		r.run(3 * time.Second)
+		if c := r.metric("wgpulse_remediation_conflicts_total", nil); c != 1 || !strings.Contains(r.logs.String(), "the peer's endpoint is 198.18.1.1:51821, not 198.19.1.1:51821") {
+			t.Fatalf("conflicts %v; want one, logged with both endpoints", c)
+		}
+		if st := r.rem.Status().Groups[0]; st.Active != "primary" || st.BackoffUntil == nil {
+			t.Errorf("after the conflict: active %s, backoff %v; want the kernel's primary, backing off", st.Active, st.BackoffUntil)
+		}
+	})
+}
+
+func TestEndpointRestoreOnExit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, remediate.Config{})
+		var down1, down2 atomic.Bool
+		r.wan(&down1, &down2)
+		r.cfg = config(t, remediate.ModeAuto, dualWAN(r, "fast"))
+		r.cfg.RestoreOnExit = true
+		r.start()
+		r.run(2 * time.Second)
+		down1.Store(true)
+		waitFor(t, 2*time.Second, "swap", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+		r.stop()
+		if ep := r.wg.endpointOf(tunnelDev); ep != uplink1 {
+			t.Errorf("after a clean exit the endpoint is %s, want the original %s", ep, uplink1)
+		}
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	key := "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
+	endpoint := func(mod func(*remediate.FailoverGroup)) remediate.Config {
+		g := remediate.FailoverGroup{Name: "wan", Mode: "endpoint", Device: "wg0", Peer: key, Target: "10.200.1.1",
+			Primary: remediate.Path{Endpoint: "198.18.1.1:51821", UnderlayTarget: "198.18.1.1"},
+			Backup:  remediate.Path{Endpoint: "198.19.1.1:51821", UnderlayTarget: "198.19.1.1"}}
+		mod(&g)
+		c := remediate.DefaultConfig()
+		c.Failover = []remediate.FailoverGroup{g}
+		return c
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  remediate.Config
+		want string
+	}{
+		{"endpoint ok", endpoint(func(*remediate.FailoverGroup) {}), ""},
+		{"endpoint: a private key is never echoed", endpoint(func(g *remediate.FailoverGroup) { g.Peer = "c2VjcmV0c2VjcmV0" }), "failover[0].peer: a value of 16 characters"},
+		{"endpoint: a name, not an address", endpoint(func(g *remediate.FailoverGroup) { g.Backup.Endpoint = "isp2.example:51821" }), `failover[0].backup.endpoint: "isp2.example:51821" is not an IP:port`},
+		{"endpoint: the same uplink twice", endpoint(func(g *remediate.FailoverGroup) { g.Backup.Endpoint = g.Primary.Endpoint }), "failover[0].backup.endpoint: is the primary's endpoint"},
+		{"endpoint: prefixes", endpoint(func(g *remediate.FailoverGroup) { g.Prefixes = []string{"10.0.0.0/8"} }), "failover[0].prefixes: endpoint mode moves no prefix"},
+		{"endpoint: no underlay target", endpoint(func(g *remediate.FailoverGroup) { g.Backup.UnderlayTarget = "" }), "failover[0].backup.underlay_target"},
+		{"route: endpoint fields", remediate.Config{Mode: remediate.ModeAuto, StateFile: "/x", RouteProtocol: 117, Failover: []remediate.FailoverGroup{{Name: "g",
+			Prefixes: []string{"10.0.0.0/8"}, Device: "wg0", Primary: remediate.Path{Device: "a", Target: "10.1.1.1"}, Backup: remediate.Path{Device: "b", Target: "10.1.1.2"}}}},
+			"failover[0].device: is for mode: endpoint"},
+		{"unknown mode", endpoint(func(g *remediate.FailoverGroup) { g.Mode = "bgp" }), `failover[0].mode: must be "route"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("Validate() = %v, want %q", err, tc.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "c2VjcmV0") {
+				t.Fatalf("the error echoes the key: %v", err)
+			}
+		})
+	}
+}
