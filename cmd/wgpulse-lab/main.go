@@ -34,6 +34,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	upCmd := app.Command("up", "Build the lab; returns when every tunnel has handshaked.")
 	upConfig := upCmd.Flag("config", "Lab config YAML (sites, mtu, keepalive).").ExistingFile()
 	upKernel := upCmd.Flag("kernel", "Use kernel WireGuard devices (needs the wireguard module).").Bool()
+	upDualWAN := upCmd.Flag("dual-wan", "Give these sites a second uplink to their primary tunnel's hub device (path <site>-wan2).").Strings()
 
 	downCmd := app.Command("down", "Remove everything the lab made, also after a crash or a killed up.")
 
@@ -66,6 +67,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		cfg.Prefix, cfg.Kernel, cfg.Management = *prefix, *upKernel, true
+		if len(*upDualWAN) > 0 {
+			cfg.DualWAN = *upDualWAN
+		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		l, err := lab.Up(ctx, cfg, lab.Options{Detached: true, Progress: stdout})
@@ -152,6 +156,10 @@ func printStatus(w io.Writer, l *lab.Lab, asJSON bool) error {
 	if err != nil {
 		return err
 	}
+	uplinks, err := l.UplinkStatus()
+	if err != nil {
+		return err
+	}
 	if asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
@@ -160,12 +168,23 @@ func printStatus(w io.Writer, l *lab.Lab, asJSON bool) error {
 			Hub     string       `json:"hub_namespace"`
 			Sites   []lab.Site   `json:"sites"`
 			Tunnels []lab.Tunnel `json:"tunnels"`
-		}{l.Config.Prefix, l.HubNamespace, l.Sites, tunnels})
+			Uplinks []lab.Uplink `json:"uplinks,omitempty"`
+		}{l.Config.Prefix, l.HubNamespace, l.Sites, tunnels, uplinks})
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TUNNEL\tNAMESPACE\tDEVICE\tHUB DEVICE\tSITE ADDR\tHUB ADDR\tLAST HANDSHAKE\tFAULTS")
 	for _, t := range tunnels {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Namespace, t.Device, t.HubDevice, t.LocalAddress, t.RemoteAddress, t.Handshake, t.Faults)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(uplinks) > 0 {
+		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "\nSECOND UPLINK\tTUNNEL\tSITE INTERFACE\tHUB ENDPOINT OVER IT\tUNDERLAY TARGET\tFAULTS")
+		for _, u := range uplinks {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", u.Name, u.Tunnel, u.SiteInterface, u.RelayAddress, u.Underlay, u.Faults)
+		}
 	}
 	return tw.Flush()
 }

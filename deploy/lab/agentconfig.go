@@ -8,10 +8,13 @@ import (
 
 // Remediation says how the agents of a lab fail over.
 type Remediation struct {
-	Mode          string            // off, dry-run or auto ("" = no remediate section)
-	Profiles      map[string]string // site -> profile (default or fast); sites not named get no group
-	HoldDown      time.Duration     // 0 = the profile's (30 s)
-	StateDir      string            // state files go here as <node>.json
+	Mode     string            // off, dry-run or auto ("" = no remediate section)
+	Profiles map[string]string // site -> profile (default or fast); sites not named get no group
+	// Endpoint: site -> profile of an endpoint-mode group on the site's agent
+	// (its primary tunnel over its two uplinks; the site needs DualWAN).
+	Endpoint      map[string]string
+	HoldDown      time.Duration // 0 = the profile's (30 s)
+	StateDir      string        // state files go here as <node>.json
 	RestoreOnExit bool
 	// GroupYAML is added to every group, e.g. "damping: {...}" (one key per
 	// line, unindented).
@@ -62,6 +65,20 @@ func (l *Lab) AgentConfig(node string, r Remediation) string {
 			if line != "" {
 				g += "      " + line + "\n"
 			}
+		}
+		groups = append(groups, g)
+	}
+	for _, u := range l.Uplinks {
+		t, _ := l.Tunnel(u.Tunnel)
+		profile, ok := r.Endpoint[t.Site]
+		if !ok || node != t.Site {
+			continue
+		}
+		g := fmt.Sprintf("    - name: wan\n      mode: endpoint\n      profile: %s\n      device: %s\n      peer: %q\n      target: %s\n", profile, t.Device, t.HubPublicKey, t.RemoteAddress)
+		g += fmt.Sprintf("      primary: {endpoint: %s, underlay_target: %s, underlay_device: %s}\n", t.RelayAddress, t.Underlay, t.SiteInterface)
+		g += fmt.Sprintf("      backup: {endpoint: %s, underlay_target: %s, underlay_device: %s}\n", u.RelayAddress, u.Underlay, u.SiteInterface)
+		if r.HoldDown > 0 {
+			g += fmt.Sprintf("      hold_down: %s\n", r.HoldDown)
 		}
 		groups = append(groups, g)
 	}

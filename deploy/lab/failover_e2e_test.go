@@ -473,3 +473,93 @@ func BenchmarkFailoverOutage(b *testing.B) {
 		}
 	}
 }
+
+// hubEndpointOf scrapes the hub agent for the endpoint it sees for a peer.
+func hubEndpointOf(t *testing.T, hub *lab.Agent, publicKey string) string {
+	t.Helper()
+	_, body, err := hub.Get("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range parseScrape(t, body)["wireguard_peer_info"] {
+		if s.labels["public_key"] == publicKey {
+			return s.labels["endpoint"]
+		}
+	}
+	t.Fatalf("the hub agent does not show peer %s", publicKey)
+	return ""
+}
+
+// Endpoint mode: dc1's primary tunnel runs over two uplinks. The first one
+// dies: the site's agent alone swaps the peer's endpoint within 1 s (fast
+// profile), the TCP stream survives and the hub sees the site at its new
+// endpoint; the uplink back, the endpoint returns after hold_down.
+func TestEndpointFailoverOnTheLab(t *testing.T) {
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1"}, DualWAN: []string{"dc1"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	const holdDown = 5 * time.Second
+	site := startAgent(t, l, bin, lab.Remediation{Mode: "auto", Endpoint: map[string]string{"dc1": "fast"}, HoldDown: holdDown, StateDir: t.TempDir()}, "dc1")
+	hub := startAgent(t, l, bin, lab.Remediation{}, "hub") // watches only
+	agents := map[string]*lab.Agent{"dc1": site}
+	waitGroups(t, agents, 20*time.Second, "both uplinks up", bothUp)
+	tun, _ := l.Tunnel("dc1-primary")
+	time.Sleep(2 * time.Second) // the hub agent polls the endpoint each second
+	before := hubEndpointOf(t, hub, tun.PublicKey)
+
+	s, _ := l.Site("dc1")
+	ping, err := lab.StartPinger(s.Namespace, "10.101.0.1", "10.50.0.1", 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ping.Stop()
+	stream, err := lab.StartTCPStream(l.HubNamespace, "10.50.0.1:7003", s.Namespace, "10.101.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Stop()
+	time.Sleep(time.Second)
+
+	cut := time.Now()
+	if _, err := l.Fault("dc1-primary", "down"); err != nil { // the first uplink
+		t.Fatal(err)
+	}
+	waitGroups(t, agents, 10*time.Second, "endpoint on the second uplink", active("backup"))
+	time.Sleep(2 * time.Second)
+	o := ping.Longest(cut, time.Time{})
+	t.Logf("endpoint failover: outage %s (%d pings of 10 ms lost)", o.Took, o.Lost)
+	if o.Took > time.Second {
+		t.Errorf("outage %s, want <= 1s (fast profile)", o.Took)
+	}
+	if _, _, stall, err := stream.Check(); err != nil {
+		t.Errorf("TCP stream broken by the endpoint swap: %v", err)
+	} else {
+		t.Logf("TCP stream intact, longest stall %s", stall.Round(time.Millisecond))
+	}
+	after := hubEndpointOf(t, hub, tun.PublicKey)
+	if after == before || after == "" {
+		t.Errorf("the hub still sees the site at %s (before: %s)", after, before)
+	}
+	t.Logf("the hub sees the site at %s, was %s", after, before)
+
+	restore := time.Now()
+	if _, err := l.Fault("dc1-primary", "up"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroups(t, agents, holdDown+20*time.Second, "endpoint back on the first uplink", active("primary"))
+	g := status(t, site).Groups[0]
+	if since := g.ActiveSince.Sub(restore); since < holdDown {
+		t.Errorf("returned %s after the uplink came back, want >= hold_down %s", since, holdDown)
+	}
+	time.Sleep(2 * time.Second)
+	lost := 0
+	for _, o := range ping.Outages(restore, time.Time{}) {
+		lost += o.Lost
+	}
+	t.Logf("return after %s: %d pings lost since the uplink came back", g.ActiveSince.Sub(restore).Round(100*time.Millisecond), lost)
+	if _, _, _, err := stream.Check(); err != nil {
+		t.Errorf("TCP stream broken by the return: %v", err)
+	}
+	if st := status(t, site); st.Groups[0].Conflicts != 0 {
+		t.Errorf("conflicts %d: a roam back during the return was taken for another manager", st.Groups[0].Conflicts)
+	}
+}

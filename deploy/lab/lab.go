@@ -40,6 +40,9 @@ type Config struct {
 	// Management adds a veth from the host namespace to each site (for a
 	// Prometheus on the host to scrape the agents). The CLI turns it on.
 	Management bool `yaml:"management" json:"management"`
+	// DualWAN gives these sites a second uplink to their primary tunnel's
+	// hub device: path "<site>-wan2", with its own faults (endpoint failover).
+	DualWAN []string `yaml:"dual_wan" json:"dual_wan,omitempty"`
 }
 
 // StateRoot is where labs keep their state files and logs.
@@ -87,6 +90,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("sites[%d] %q listed twice", i, s))
 		}
 	}
+	for i, s := range c.DualWAN {
+		if !slices.Contains(c.Sites, s) {
+			errs = append(errs, fmt.Errorf("dual_wan[%d] %q: not one of the sites %v", i, s, c.Sites))
+		}
+	}
 	if c.MTU < 1280 || c.MTU > 9000 {
 		errs = append(errs, fmt.Errorf("mtu %d: want 1280..9000", c.MTU))
 	}
@@ -95,24 +103,43 @@ func (c *Config) Validate() error {
 
 // Tunnel is one WireGuard tunnel between a site and the hub over one path.
 type Tunnel struct {
-	Name          string  `json:"name"` // "<site>-<path>", e.g. dc1-primary
-	Site          string  `json:"site"`
-	Path          string  `json:"path"` // primary or backup
-	Namespace     string  `json:"namespace"`
-	HubNamespace  string  `json:"hub_namespace"`
-	Device        string  `json:"device"`
-	HubDevice     string  `json:"hub_device"`
-	LocalAddress  string  `json:"local_address"`  // site end, overlay
-	RemoteAddress string  `json:"remote_address"` // hub end, overlay
-	PublicKey     string  `json:"public_key"`
-	HubPublicKey  string  `json:"hub_public_key"`
-	ListenPort    int     `json:"listen_port"`
-	HubListenPort int     `json:"hub_listen_port"`
-	RelayAddress  string  `json:"relay_address"` // the site's endpoint for the hub
-	RouteMetric   int     `json:"route_metric"`  // of the routes over this tunnel
+	Name          string `json:"name"` // "<site>-<path>", e.g. dc1-primary
+	Site          string `json:"site"`
+	Path          string `json:"path"` // primary or backup
+	Namespace     string `json:"namespace"`
+	HubNamespace  string `json:"hub_namespace"`
+	Device        string `json:"device"`
+	HubDevice     string `json:"hub_device"`
+	LocalAddress  string `json:"local_address"`  // site end, overlay
+	RemoteAddress string `json:"remote_address"` // hub end, overlay
+	PublicKey     string `json:"public_key"`
+	HubPublicKey  string `json:"hub_public_key"`
+	ListenPort    int    `json:"listen_port"`
+	HubListenPort int    `json:"hub_listen_port"`
+	RelayAddress  string `json:"relay_address"` // the site's endpoint for the hub
+	// Underlay is the relay's address on the site's uplink (an underlay
+	// target), SiteInterface the site's uplink and WanInterface the relay's
+	// end of it (taken down by the fault `down`).
+	Underlay      string  `json:"underlay"`
+	SiteInterface string  `json:"site_interface"`
+	WanInterface  string  `json:"wan_interface"`
+	RouteMetric   int     `json:"route_metric"` // of the routes over this tunnel
 	MTU           int     `json:"mtu"`
 	Faults        *Faults `json:"faults,omitempty"`
 	Handshake     string  `json:"last_handshake,omitempty"` // RFC 3339, status only
+	index         int
+}
+
+// Uplink is a second underlay path of a site to its primary tunnel's hub
+// device: the same tunnel, another uplink (dual WAN).
+type Uplink struct {
+	Name          string  `json:"name"`          // "<site>-wan2"
+	Tunnel        string  `json:"tunnel"`        // the tunnel it carries, e.g. dc1-primary
+	RelayAddress  string  `json:"relay_address"` // the hub's endpoint over this uplink, for the site
+	Underlay      string  `json:"underlay"`      // the relay's address on this uplink (an underlay target)
+	SiteInterface string  `json:"site_interface"`
+	WanInterface  string  `json:"wan_interface"`
+	Faults        *Faults `json:"faults,omitempty"`
 	index         int
 }
 
@@ -136,6 +163,7 @@ type State struct {
 	Namespaces    []string `json:"namespaces"`
 	Sites         []Site   `json:"sites"`
 	Tunnels       []Tunnel `json:"tunnels"`
+	Uplinks       []Uplink `json:"uplinks,omitempty"`
 	Pids          []int    `json:"pids"`
 	RelayControl  string   `json:"relay_control"`
 	Started       string   `json:"started"`
@@ -233,7 +261,8 @@ func Up(ctx context.Context, cfg Config, opts Options) (l *Lab, err error) {
 				LocalAddress: fmt.Sprintf("10.200.%d.2", k), RemoteAddress: fmt.Sprintf("10.200.%d.1", k),
 				ListenPort: 51820 + k, HubListenPort: 51820 + k,
 				RelayAddress: fmt.Sprintf("198.18.%d.1:%d", k, 51820+k),
-				RouteMetric:  100 * (j + 1), MTU: cfg.MTU,
+				Underlay:     fmt.Sprintf("198.18.%d.1", k), SiteInterface: "u-" + path, WanInterface: fmt.Sprintf("s%d", k),
+				RouteMetric: 100 * (j + 1), MTU: cfg.MTU,
 			}
 			if err := Veth(site.Namespace, "u-"+path, fmt.Sprintf("198.18.%d.2/24", k), l.WanNamespace, fmt.Sprintf("s%d", k), fmt.Sprintf("198.18.%d.1/24", k)); err != nil {
 				return l, err
@@ -242,6 +271,15 @@ func Up(ctx context.Context, cfg Config, opts Options) (l *Lab, err error) {
 				return l, err
 			}
 			l.Tunnels = append(l.Tunnels, t)
+			if path == "primary" && slices.Contains(cfg.DualWAN, s) {
+				u := Uplink{Name: s + "-wan2", Tunnel: t.Name, index: k,
+					RelayAddress: fmt.Sprintf("198.18.%d.1:%d", 100+k, 51820+k), Underlay: fmt.Sprintf("198.18.%d.1", 100+k),
+					SiteInterface: "u-wan2", WanInterface: fmt.Sprintf("w%d", k)}
+				if err := Veth(site.Namespace, u.SiteInterface, fmt.Sprintf("198.18.%d.2/24", 100+k), l.WanNamespace, u.WanInterface, u.Underlay+"/24"); err != nil {
+					return l, err
+				}
+				l.Uplinks = append(l.Uplinks, u)
+			}
 		}
 	}
 	if err := l.save(); err != nil {
@@ -459,6 +497,13 @@ func (l *Lab) startRelay(detached bool) error {
 			Out: fmt.Sprintf("198.19.%d.1", t.index), Hub: fmt.Sprintf("198.19.%d.2:%d", t.index, t.HubListenPort),
 		})
 	}
+	for _, u := range l.Uplinks { // another NAT mapping towards the same hub device
+		t, _ := l.Tunnel(u.Tunnel)
+		cfg.Paths = append(cfg.Paths, RelayPath{
+			Name: u.Name, Listen: u.RelayAddress,
+			Out: fmt.Sprintf("198.19.%d.1", u.index), Hub: fmt.Sprintf("198.19.%d.2:%d", u.index, t.HubListenPort),
+		})
+	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
@@ -591,10 +636,13 @@ func (l *Lab) Site(name string) (Site, error) {
 	return Site{}, fmt.Errorf("unknown site %q: the lab's sites are %s", name, strings.Join(l.Config.Sites, ", "))
 }
 
-// Fault changes the faults of one path while the lab runs. Bad input is
-// rejected before anything changes.
+// Fault changes the faults of one path (a tunnel, or a second uplink) while
+// the lab runs. Bad input is rejected before anything changes. `down` also
+// takes the relay's end of the path's uplink down, so the underlay target
+// stops answering too, as on a real uplink failure.
 func (l *Lab) Fault(path string, args ...string) (Faults, error) {
-	if _, err := l.Tunnel(path); err != nil {
+	wanIf, err := l.wanInterface(path)
+	if err != nil {
 		return Faults{}, err
 	}
 	change, err := ParseFaultArgs(args)
@@ -610,7 +658,33 @@ func (l *Lab) Fault(path string, args ...string) (Faults, error) {
 	if err != nil {
 		return Faults{}, err
 	}
+	if after[path].Down != cur[path].Down {
+		state := map[bool]string{true: "down", false: "up"}[after[path].Down]
+		if err := IP("-n", l.WanNamespace, "link", "set", wanIf, state); err != nil {
+			return after[path], err
+		}
+	}
 	return after[path], nil
+}
+
+// wanInterface is the relay's end of a path's uplink.
+func (l *Lab) wanInterface(path string) (string, error) {
+	if t, err := l.Tunnel(path); err == nil {
+		return t.WanInterface, nil
+	}
+	for _, u := range l.Uplinks {
+		if u.Name == path {
+			return u.WanInterface, nil
+		}
+	}
+	names := make([]string, 0, len(l.Tunnels)+len(l.Uplinks))
+	for _, t := range l.Tunnels {
+		names = append(names, t.Name)
+	}
+	for _, u := range l.Uplinks {
+		names = append(names, u.Name)
+	}
+	return "", fmt.Errorf("unknown path %q: the lab's paths are %s", path, strings.Join(names, ", "))
 }
 
 // Status returns the tunnels with their current faults and handshakes.
@@ -626,6 +700,23 @@ func (l *Lab) Status() ([]Tunnel, error) {
 		if hs, err := lastHandshake(out[i].Namespace, out[i].Device); err == nil && !hs.IsZero() {
 			out[i].Handshake = hs.UTC().Format(time.RFC3339)
 		}
+	}
+	return out, nil
+}
+
+// UplinkStatus returns the second uplinks with their current faults.
+func (l *Lab) UplinkStatus() ([]Uplink, error) {
+	if len(l.Uplinks) == 0 {
+		return nil, nil
+	}
+	faults, err := RelayControl(l.RelayControl, "", nil, false)
+	if err != nil {
+		return nil, err
+	}
+	out := slices.Clone(l.Uplinks)
+	for i := range out {
+		f := faults[out[i].Name]
+		out[i].Faults = &f
 	}
 	return out, nil
 }
