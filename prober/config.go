@@ -53,6 +53,9 @@ type PMTUConfig struct {
 	Min int `yaml:"min"`
 	// Interval between full searches (default 10m, RFC 8899 PMTU_RAISE_TIMER).
 	Interval time.Duration `yaml:"interval"`
+	// Confirm is how often a found path MTU is probed again (default 30s): a
+	// failure is a black hole and starts a new search at once.
+	Confirm time.Duration `yaml:"confirm"`
 }
 
 // DefaultConfig returns the defaults: every peer probed once a second.
@@ -60,7 +63,7 @@ func DefaultConfig() Config {
 	return Config{
 		Enabled: true, Interval: time.Second, Timeout: 2 * time.Second, Window: time.Minute,
 		AutoTargets: true, Size: 56, MaxRate: 1000,
-		PMTU: PMTUConfig{Enabled: true, Min: 1280, Interval: 10 * time.Minute},
+		PMTU: PMTUConfig{Enabled: true, Min: 1280, Interval: 10 * time.Minute, Confirm: 30 * time.Second},
 	}
 }
 
@@ -108,6 +111,9 @@ func (c Config) Validate() error {
 	}
 	if c.PMTU.Min < 1200 || c.PMTU.Min > 9000 {
 		fe("pmtu.min", "must be 1200..9000 (1280 is the IPv6 minimum), got %d", c.PMTU.Min)
+	}
+	if c.PMTU.Confirm < 5*time.Second || c.PMTU.Confirm > c.PMTU.Interval {
+		fe("pmtu.confirm", "must be 5s..pmtu.interval (default 30s), got %s", c.PMTU.Confirm)
 	}
 	if c.PMTU.Interval < time.Minute {
 		fe("pmtu.interval", "must be at least 1m (RFC 8899 suggests 10m), got %s", c.PMTU.Interval)

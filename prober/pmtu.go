@@ -16,7 +16,7 @@ import (
 // through the tunnel, from prober.pmtu.min up to the device MTU, binary
 // search to within 20 bytes, up to MAX_PROBES tries per size, one probe at a
 // time per target and at least pmtuGap apart. A confirmed PMTU is re-probed
-// every pmtuConfirm; when it stops passing while small probes still do (a
+// every prober.pmtu.confirm; when it stops passing while small probes still do (a
 // black hole), the search starts again at once. A full search repeats every
 // prober.pmtu.interval. PMTU probes are not SLI probes: they never count in
 // wgpulse_probes_total or wgpulse_probe_failures_total.
@@ -37,8 +37,7 @@ func (s pmtuState) String() string { return pmtuStateNames[s] }
 const (
 	pmtuResolution = 20 // stop when the bracket is this narrow (s2n-quic)
 	pmtuGap        = 200 * time.Millisecond
-	pmtuConfirm    = 30 * time.Second // re-probe of a confirmed PMTU (black hole detection)
-	pmtuRetry      = time.Minute      // after an error or while the path is down
+	pmtuRetry      = time.Minute // after an error or while the path is down
 	pmtuWorkers    = 4
 )
 
@@ -144,7 +143,7 @@ func (r *pmtuRunner) step(ctx context.Context, t *target) {
 		next.due = now.Add(10 * time.Second)
 	case view.state == pmtuComplete && now.Before(view.research):
 		if ok, _ := r.try(ctx, spec, view.mtu, loss, privileged, cfg.Timeout); ok || ctx.Err() != nil {
-			next.due = now.Add(pmtuConfirm)
+			next.due = now.Add(cfg.PMTU.Confirm)
 			break
 		}
 		r.p.logger.Info("path MTU no longer passes: black hole, searching again", "device", spec.Device, "target", spec.Address, "pmtu", view.mtu)
@@ -170,7 +169,7 @@ func (r *pmtuRunner) step(ctx context.Context, t *target) {
 			next.state, next.mtu, next.below, next.due = pmtuError, 0, 0, now.Add(pmtuRetry)
 			r.p.logger.Warn("path MTU search failed", "device", spec.Device, "target", spec.Address, "err", err)
 		default:
-			next.state, next.mtu, next.below, next.due, next.research = pmtuComplete, mtu, 0, now.Add(pmtuConfirm), now.Add(cfg.PMTU.Interval)
+			next.state, next.mtu, next.below, next.due, next.research = pmtuComplete, mtu, 0, now.Add(cfg.PMTU.Confirm), now.Add(cfg.PMTU.Interval)
 		}
 	}
 	next.running = false
