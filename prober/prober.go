@@ -225,6 +225,22 @@ func (p *Prober) ResetState(key string) {
 	}
 }
 
+// ResearchPMTU starts a full path MTU search of the target now (after its
+// device MTU changed, say).
+func (p *Prober) ResearchPMTU(key string) {
+	p.mu.Lock()
+	t := p.targets[key]
+	p.mu.Unlock()
+	if t == nil {
+		return
+	}
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
+	if !t.pmtu.running {
+		t.pmtu.state, t.pmtu.due = pmtuBase, time.Now()
+	}
+}
+
 // HealthOf returns the view of the target with this key (Target.Key).
 func (p *Prober) HealthOf(key string) (Health, bool) {
 	p.mu.Lock()

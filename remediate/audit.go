@@ -36,6 +36,7 @@ type metrics struct {
 	conflicts  *prometheus.CounterVec
 	flaps      *prometheus.CounterVec
 	penalty    *prometheus.GaugeVec
+	mtu        *prometheus.GaugeVec
 	paused     prometheus.Gauge
 	mode       *prometheus.GaugeVec
 	stateErrs  prometheus.Counter
@@ -75,6 +76,10 @@ func newMetrics() *metrics {
 			Name: "wgpulse_failover_damping_penalty",
 			Help: "The group's flap damping penalty (BGP style); at or above suppress the group makes no voluntary switch.",
 		}, []string{"group"}),
+		mtu: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_mtu_bytes",
+			Help: "The MTU the MTU policy put in force for a peer (route: on its routed prefixes; device: the whole device); absent when none.",
+		}, []string{"device", "public_key", "name", "mechanism"}),
 		paused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_paused",
 			Help: "1 while remediation is paused (POST /-/remediate/pause, SIGUSR1).",
@@ -91,7 +96,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.paused, m.mode, m.stateErrs}
+	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.mtu, m.paused, m.mode, m.stateErrs}
 }
 
 // initGroup creates every series of a group at zero, so dashboards and
@@ -115,6 +120,19 @@ func (m *metrics) initGroup(name string, mode Mode) {
 	m.conflicts.WithLabelValues(name)
 	m.flaps.WithLabelValues(name)
 	m.penalty.WithLabelValues(name)
+}
+
+// initPolicy creates a per-peer policy's counters of one device at zero.
+func (m *metrics) initPolicy(policy, device string, acts []string, mode Mode) {
+	for _, a := range acts {
+		for _, r := range results {
+			m.actions.WithLabelValues(policy, device, a, r, string(mode))
+		}
+	}
+	for _, r := range suppressReasons {
+		m.suppressed.WithLabelValues(policy, device, r)
+	}
+	m.conflicts.WithLabelValues(device)
 }
 
 func (m *metrics) deleteGroup(name string) {
@@ -159,6 +177,9 @@ func (a auditor) record(ctx context.Context, d decision, mode Mode, result strin
 	if d.Suppressed != "" {
 		attrs = append(attrs, attribute.String("wgpulse.suppressed", d.Suppressed))
 	}
+	if d.Peer != "" {
+		attrs = append(attrs, attribute.String("wgpulse.peer", d.Peer))
+	}
 	_, span := a.tracer.Start(ctx, "remediate."+d.Policy+".decision", trace.WithTimestamp(start), trace.WithAttributes(attrs...))
 	if err != nil {
 		span.RecordError(err)
@@ -168,6 +189,9 @@ func (a auditor) record(ctx context.Context, d decision, mode Mode, result strin
 
 	logAttrs := []any{"audit", true, "policy", d.Policy, "group", d.Group, "action", d.Action, "from", d.From, "to", d.To,
 		"reason", d.Reason, "mode", string(mode), "result", result, "duration", took}
+	if d.Peer != "" {
+		logAttrs = append(logAttrs, "peer", d.Peer)
+	}
 	level := slog.LevelInfo
 	switch {
 	case result == ResultSuppressed:

@@ -37,6 +37,8 @@ type Config struct {
 	// proto 117`); no route with another protocol is ever changed.
 	RouteProtocol int             `yaml:"route_protocol"`
 	Failover      []FailoverGroup `yaml:"failover"`
+	// MTU fits inner packets to the measured path MTU.
+	MTU MTUConfig `yaml:"mtu"`
 }
 
 // FailoverGroup moves traffic from a primary to a backup path while the
@@ -135,7 +137,8 @@ var Profiles = map[string]Profile{
 
 // DefaultConfig is the section's defaults: dry-run, nothing configured.
 func DefaultConfig() Config {
-	return Config{Mode: ModeDryRun, StateFile: "/var/lib/wgpulse/remediate.json", RouteProtocol: DefaultRouteProtocol}
+	return Config{Mode: ModeDryRun, StateFile: "/var/lib/wgpulse/remediate.json", RouteProtocol: DefaultRouteProtocol,
+		MTU: DefaultMTUConfig()}
 }
 
 // DefaultRouteProtocol is wgpulse's route protocol number: unassigned in
@@ -198,6 +201,7 @@ func (c Config) Validate() error {
 	if c.RouteProtocol < 5 || c.RouteProtocol > 255 {
 		fe("route_protocol", "must be 5..255 (0-4 belong to the kernel), got %d", c.RouteProtocol)
 	}
+	c.MTU.validate(fe)
 	names := map[string]bool{}
 	prefixes := map[netip.Prefix]string{}
 	targets := map[string]string{}
@@ -359,7 +363,7 @@ func checkTarget(fe fieldFunc, field, device, target, group string, targets map[
 
 // Devices returns the WireGuard devices the configuration names, sorted.
 func (c Config) Devices() []string {
-	var out []string
+	out := slices.Clone(c.MTU.Devices)
 	for _, g := range c.Failover {
 		if g.Mode == "endpoint" {
 			out = append(out, g.Device)

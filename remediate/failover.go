@@ -37,10 +37,11 @@ const (
 	SuppressRateLimited   = "rate_limited"    // the group's switch budget is spent
 	SuppressDeviceMissing = "device_missing"  // a device of the group does not exist
 	SuppressMetricTooHigh = "metric_too_high" // our route would not win over the operator's
+	SuppressBelowFloor    = "below_floor"     // MTU: the path MTU is below the floor the policy may set
 )
 
 var suppressReasons = []string{SuppressBothDown, SuppressUnknown, SuppressMargin, SuppressHoldDown, SuppressPaused,
-	SuppressBackoff, SuppressDamped, SuppressRateLimited, SuppressDeviceMissing, SuppressMetricTooHigh}
+	SuppressBackoff, SuppressDamped, SuppressRateLimited, SuppressDeviceMissing, SuppressMetricTooHigh, SuppressBelowFloor}
 
 // pathHealth is one path as the policy sees it: the prober's verdict on its
 // target, made down by a handshake older than 180 s on a fresh device read.
@@ -88,6 +89,7 @@ type groupState struct {
 type decision struct {
 	Policy     string
 	Group      string
+	Peer       string // the peer acted on, for per-peer policies (MTU, keepalive)
 	Action     string
 	From, To   string
 	Reason     string

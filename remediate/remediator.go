@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -31,6 +32,7 @@ type Prober interface {
 	HealthOf(key string) (prober.Health, bool)
 	SetTargets(owner string, ts []prober.Target)
 	ResetState(key string)
+	ResearchPMTU(key string)
 }
 
 // Options are the remediator's sources and transports.
@@ -54,6 +56,7 @@ const (
 	tickEvery      = 100 * time.Millisecond // hold-down ends, damping decays, backoffs expire
 	reconcileEvery = 2 * time.Second        // our changes still there and in force?
 	settleFor      = 2 * time.Second        // after an endpoint swap: roaming may pull it back once
+	perPeerEvery   = time.Second            // the per-peer policies (MTU) look at their peers
 )
 
 // Remediator runs the policies. Its methods are safe for concurrent use.
@@ -70,7 +73,8 @@ type Remediator struct {
 	mu       sync.Mutex // guards everything below
 	cfg      Config
 	groups   []*group
-	byKey    map[string]*group // target key -> group
+	byKey    map[string]*group   // target key -> group
+	mtus     map[string]*mtuUnit // device/public key -> the MTU policy's unit
 	snap     *collector.Snapshot
 	paused   bool
 	started  bool
@@ -110,10 +114,20 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Remediator, error) {
 		audit:   auditor{logger: logger, metrics: m, tracer: tp.Tracer("github.com/wgpulse/wgpulse/remediate")},
 		wake:    make(chan struct{}, 1),
 		cfg:     cfg,
+		mtus:    map[string]*mtuUnit{},
 	}
 	r.setGroupsLocked(cfg)
 	m.setMode(cfg.Mode)
 	return r, nil
+}
+
+// initPoliciesLocked creates the per-peer policies' counters at zero.
+func (r *Remediator) initPoliciesLocked() {
+	if r.cfg.MTU.Enabled {
+		for _, d := range r.cfg.MTU.Devices {
+			r.metrics.initPolicy("mtu", d, []string{ActionLowerMTU, ActionRaiseMTU}, r.cfg.Mode)
+		}
+	}
 }
 
 func (r *Remediator) setGroupsLocked(cfg Config) {
@@ -126,6 +140,7 @@ func (r *Remediator) setGroupsLocked(cfg Config) {
 		r.groups = append(r.groups, g)
 		r.metrics.initGroup(g.cfg.Name, cfg.Mode)
 	}
+	r.initPoliciesLocked()
 }
 
 // Describe implements prometheus.Collector.
@@ -164,6 +179,8 @@ func (r *Remediator) Run(ctx context.Context) {
 	defer tick.Stop()
 	reconcile := time.NewTicker(reconcileEvery)
 	defer reconcile.Stop()
+	perPeer := time.NewTicker(perPeerEvery)
+	defer perPeer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -190,6 +207,13 @@ func (r *Remediator) Run(ctx context.Context) {
 		case <-reconcile.C:
 			r.mu.Lock()
 			r.reconcileLocked(ctx, time.Now())
+			if r.cfg.Mode == ModeAuto {
+				r.reconcileMTULocked(time.Now())
+			}
+			r.mu.Unlock()
+		case <-perPeer.C:
+			r.mu.Lock()
+			r.evaluateMTULocked(ctx, time.Now())
 			r.mu.Unlock()
 		case <-r.wake:
 			r.mu.Lock()
@@ -238,6 +262,9 @@ func (r *Remediator) startLocked(ctx context.Context) {
 		r.adoptLocked(ctx, g, mode, now)
 		r.exportActiveLocked(g)
 	}
+	if mode == ModeAuto {
+		r.adoptMTULocked(st.MTU)
+	}
 	r.warnLeftoversLocked()
 	r.registerTargetsLocked()
 	r.saveLocked()
@@ -260,6 +287,9 @@ func (r *Remediator) warnLeftoversLocked() {
 		for _, rt := range r.ownRoutes(g) {
 			known[rt] = true
 		}
+	}
+	for _, rt := range mtuRoutesOf(r.mtus) {
+		known[rt] = true
 	}
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
 		rs, err := r.routes.listProto(fam)
@@ -292,6 +322,7 @@ func (r *Remediator) stopLocked(ctx context.Context) {
 		for _, g := range r.groups {
 			r.restoreLocked(ctx, g, "restore_on_exit: undoing every change on a clean exit")
 		}
+		r.restoreMTULocked(ctx, "restore_on_exit: undoing every change on a clean exit", nil)
 	}
 	r.saveLocked()
 }
@@ -376,7 +407,12 @@ func (r *Remediator) saveLocked() {
 	if r.cfg.Mode != ModeAuto {
 		return
 	}
-	st := persisted{Written: time.Now().UTC(), Paused: r.paused, Groups: map[string]groupState{}}
+	st := persisted{Written: time.Now().UTC(), Paused: r.paused, Groups: map[string]groupState{}, MTU: map[string]mtuState{}}
+	for k, u := range r.mtus {
+		if u.st.Applied > 0 || u.st.Switches > 0 {
+			st.MTU[k] = u.st
+		}
+	}
 	for _, g := range r.groups {
 		st.Groups[g.cfg.Name] = g.st
 		if g.st.Active == Backup && !g.endpoint() {
@@ -429,6 +465,9 @@ func (r *Remediator) setPaused(p bool, who string) {
 	for _, g := range r.groups {
 		g.audited = "" // a new episode: a still-wanted action is audited again
 	}
+	for _, u := range r.mtus {
+		u.audited = ""
+	}
 	r.saveLocked()
 	r.poke()
 }
@@ -473,6 +512,12 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config) error {
 			old[g.cfg.Name] = g.st
 		} else {
 			r.metrics.deleteGroup(g.cfg.Name)
+		}
+	}
+	if r.cfg.Mode == ModeAuto {
+		inScope := func(u *mtuUnit) bool { return cfg.MTU.Enabled && slices.Contains(cfg.MTU.Devices, u.st.Device) }
+		if err := r.restoreMTULocked(ctx, "the MTU policy no longer covers this device after a reload: undoing its change", inScope); err != nil {
+			return fmt.Errorf("undoing MTU changes before the reload: %w (the running configuration stays)", err)
 		}
 	}
 	if cfg.Mode != r.cfg.Mode {

@@ -35,6 +35,7 @@ import (
 type fakeRoutes struct {
 	mu      sync.Mutex
 	links   map[string]int
+	mtus    map[string]int // link MTU, 1420 unless set
 	table   []netlink.Route
 	calls   []string // every add and del, in order
 	failAdd error
@@ -55,7 +56,35 @@ func (f *fakeRoutes) LinkByName(name string) (netlink.Link, error) {
 	if !ok {
 		return nil, netlink.LinkNotFoundError{}
 	}
-	return &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name, Index: i}}, nil
+	mtu := 1420
+	if m, ok := f.mtus[name]; ok {
+		mtu = m
+	}
+	return &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name, Index: i, MTU: mtu}}, nil
+}
+
+// LinkList is the collector's view of the links (their MTUs).
+func (f *fakeRoutes) LinkList() ([]netlink.Link, error) {
+	f.mu.Lock()
+	names := make([]string, 0, len(f.links))
+	for n := range f.links {
+		names = append(names, n)
+	}
+	f.mu.Unlock()
+	var out []netlink.Link
+	for _, n := range names {
+		l, _ := f.LinkByName(n)
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+func (f *fakeRoutes) linkMTU(name string) int {
+	l, err := f.LinkByName(name)
+	if err != nil {
+		return 0
+	}
+	return l.Attrs().MTU
 }
 
 func (f *fakeRoutes) LinkByIndex(index int) (netlink.Link, error) {
@@ -107,6 +136,31 @@ func (f *fakeRoutes) RouteAdd(r *netlink.Route) error {
 	return nil
 }
 
+func (f *fakeRoutes) RouteReplace(r *netlink.Route) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fmt.Sprintf("replace %s metric %d mtu %d", r.Dst, r.Priority, r.MTU))
+	for i, have := range f.table {
+		if have.Dst.String() == r.Dst.String() && have.Priority == r.Priority && have.Table == r.Table {
+			f.table[i] = *r
+			return nil
+		}
+	}
+	f.table = append(f.table, *r)
+	return nil
+}
+
+func (f *fakeRoutes) LinkSetMTU(l netlink.Link, mtu int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fmt.Sprintf("mtu %s %d", l.Attrs().Name, mtu))
+	if f.mtus == nil {
+		f.mtus = map[string]int{}
+	}
+	f.mtus[l.Attrs().Name] = mtu
+	return nil
+}
+
 func (f *fakeRoutes) RouteDel(r *netlink.Route) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -146,7 +200,11 @@ func (f *fakeRoutes) show() []string {
 	}
 	var out []string
 	for _, r := range f.table {
-		out = append(out, fmt.Sprintf("%s dev %s metric %d proto %d", r.Dst, names[r.LinkIndex], r.Priority, r.Protocol))
+		line := fmt.Sprintf("%s dev %s metric %d proto %d", r.Dst, names[r.LinkIndex], r.Priority, r.Protocol)
+		if r.MTU > 0 {
+			line += fmt.Sprintf(" mtu %d", r.MTU)
+		}
+		out = append(out, line)
 	}
 	slices.Sort(out)
 	return out
@@ -166,6 +224,7 @@ type fakeWG struct {
 	handshake map[string]time.Time
 	fail      map[string]bool
 	endpoint  map[string]netip.AddrPort // device -> the peer's endpoint
+	allowed   map[string][]string       // device -> more AllowedIPs of its peer
 	keepalive map[string]time.Duration
 	writes    []string // ConfigureDevice calls
 }
@@ -190,6 +249,10 @@ func (f *fakeWG) Device(name string) (*wgtypes.Device, error) {
 	_, ip, _ := net.ParseCIDR(f.peers[name] + "/32")
 	p := wgtypes.Peer{PublicKey: f.key(name), AllowedIPs: []net.IPNet{*ip}, LastHandshakeTime: f.handshake[name],
 		PersistentKeepaliveInterval: f.keepalive[name]}
+	for _, a := range f.allowed[name] {
+		_, n, _ := net.ParseCIDR(a)
+		p.AllowedIPs = append(p.AllowedIPs, *n)
+	}
 	if ep, ok := f.endpoint[name]; ok {
 		p.Endpoint = net.UDPAddrFromAddrPort(ep)
 	}
@@ -259,7 +322,29 @@ type rig struct {
 	mu      sync.Mutex
 	faults  map[string]func(n int) probertest.Reply // by target address
 	openErr map[string]error                        // by device
+	pmtu    sync.Map                                // target address -> largest inner packet that passes (default 1420)
 	stopped bool
+}
+
+// pathMTU is the fake of the PMTU transport: a DF probe passes up to the
+// target's path limit; above the device's MTU the local stack refuses it.
+func (r *rig) pathMTU(ctx context.Context, t prober.Target, size int, timeout time.Duration, _ bool) (bool, bool, error) {
+	if mtu := r.routes.linkMTU(t.Device); mtu > 0 && size > mtu {
+		return false, true, nil
+	}
+	limit := 1420
+	if v, ok := r.pmtu.Load(t.Address.String()); ok {
+		limit = v.(int)
+	}
+	if size <= limit {
+		time.Sleep(time.Millisecond)
+		return true, false, nil
+	}
+	select {
+	case <-time.After(timeout):
+	case <-ctx.Done():
+	}
+	return false, false, nil
 }
 
 const (
@@ -342,7 +427,7 @@ func newRig(t *testing.T, cfg remediate.Config) *rig {
 	now := time.Now()
 	r.wg = &fakeWG{peers: map[string]string{primaryDev: primaryTarget, backupDev: backupTarget, tunnelDev: tunnelTarget},
 		handshake: map[string]time.Time{primaryDev: now, backupDev: now, tunnelDev: now}, fail: map[string]bool{},
-		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}}
+		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}, allowed: map[string][]string{}}
 	return r
 }
 
@@ -362,15 +447,15 @@ func (r *rig) start() {
 		r.net.SetOpenError(dev, err)
 	}
 	pcfg := prober.DefaultConfig()
-	pcfg.PMTU.Enabled = false
+	pcfg.PMTU = prober.PMTUConfig{Enabled: true, Min: 1200, Interval: time.Minute, Confirm: 5 * time.Second}
 	logger := slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
-	r.prober, err = prober.New(pcfg, logger, prober.Options{Open: r.net.Open})
+	r.prober, err = prober.New(pcfg, logger, prober.Options{Open: r.net.Open, PMTUProbe: r.pathMTU})
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	r.col, err = collector.New(collector.Config{PollInterval: time.Second, Devices: []string{primaryDev, backupDev, tunnelDev}}, logger,
-		collector.Options{Client: r.wg, Links: noLinks{}})
+		collector.Options{Client: r.wg, Links: r.routes})
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -385,6 +470,12 @@ func (r *rig) start() {
 	var wg sync.WaitGroup
 	wg.Go(func() { r.col.Run(ctx) })
 	wg.Go(func() { r.prober.Run(ctx) })
+	snaps := r.col.Subscribe(ctx)
+	wg.Go(func() { // the agent's prober component: auto-targets from every snapshot
+		for s := range snaps {
+			r.prober.SetTargets(prober.OwnTargets, prober.Targets(s, r.prober.Config()))
+		}
+	})
 	wg.Go(func() { r.rem.Run(ctx) })
 	go func() { wg.Wait(); close(r.done) }()
 	r.t.Cleanup(r.stop)
@@ -510,3 +601,5 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func fmtSscanf(s, format string, a ...any) (int, error) { return fmt.Sscanf(s, format, a...) }

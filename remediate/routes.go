@@ -12,13 +12,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// RouteHandle is the part of a netlink handle the route actuator uses.
-// *netlink.Handle is the real one; tests use a fake routing table.
+// RouteHandle is the part of a netlink handle the route and link actuators
+// use. *netlink.Handle is the real one; tests use a fake routing table.
 type RouteHandle interface {
 	LinkByName(name string) (netlink.Link, error)
 	LinkByIndex(index int) (netlink.Link, error)
+	LinkSetMTU(link netlink.Link, mtu int) error
 	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
 	RouteAdd(route *netlink.Route) error
+	RouteReplace(route *netlink.Route) error
 	RouteDel(route *netlink.Route) error
 }
 
@@ -30,10 +32,15 @@ type Route struct {
 	Device   string       `json:"device"`
 	Metric   int          `json:"metric"`
 	Protocol int          `json:"protocol"`
+	MTU      int          `json:"mtu,omitempty"` // the route's MTU attribute; 0 = the device's
 }
 
 func (r Route) String() string {
-	return fmt.Sprintf("%s dev %s metric %d proto %d", r.Prefix, r.Device, r.Metric, r.Protocol)
+	s := fmt.Sprintf("%s dev %s metric %d proto %d", r.Prefix, r.Device, r.Metric, r.Protocol)
+	if r.MTU > 0 {
+		s += fmt.Sprintf(" mtu %d", r.MTU)
+	}
+	return s
 }
 
 // routes is the route actuator: it reads the main table for a prefix and
@@ -69,10 +76,44 @@ func (r routes) list(p netip.Prefix) ([]Route, error) {
 			}
 			names[nr.LinkIndex] = name
 		}
-		out = append(out, Route{Prefix: p, Device: name, Metric: nr.Priority, Protocol: int(nr.Protocol)})
+		out = append(out, Route{Prefix: p, Device: name, Metric: nr.Priority, Protocol: int(nr.Protocol), MTU: nr.MTU})
 	}
 	slices.SortFunc(out, func(a, b Route) int { return a.Metric - b.Metric })
 	return out, nil
+}
+
+// replace sets our route's attributes (its MTU) in place: the kernel key
+// (prefix, metric) is ours, so no other route is touched.
+func (r routes) replace(rt Route) error {
+	nr, err := r.netlinkRoute(rt)
+	if err != nil {
+		return err
+	}
+	if err := r.h.RouteReplace(nr); err != nil {
+		return fmt.Errorf("replacing %s: %w%s", rt, err, privilegeHint(err))
+	}
+	return nil
+}
+
+// linkMTU returns a device's MTU.
+func (r routes) linkMTU(device string) (int, error) {
+	l, err := r.h.LinkByName(device)
+	if err != nil {
+		return 0, fmt.Errorf("device %s: %w", device, ErrNoDevice)
+	}
+	return l.Attrs().MTU, nil
+}
+
+// setLinkMTU sets a device's MTU (the MTU policy's fallback).
+func (r routes) setLinkMTU(device string, mtu int) error {
+	l, err := r.h.LinkByName(device)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", device, ErrNoDevice)
+	}
+	if err := r.h.LinkSetMTU(l, mtu); err != nil {
+		return fmt.Errorf("setting the MTU of %s to %d: %w%s", device, mtu, err, privilegeHint(err))
+	}
+	return nil
 }
 
 // add installs our route. An identical route of ours already there (after a
@@ -145,6 +186,7 @@ func (r routes) netlinkRoute(rt Route) (*netlink.Route, error) {
 		Protocol:  netlink.RouteProtocol(rt.Protocol),
 		Table:     unix.RT_TABLE_MAIN,
 		Scope:     netlink.SCOPE_LINK,
+		MTU:       rt.MTU,
 	}, nil
 }
 
@@ -184,7 +226,7 @@ func (r routes) listProto(family int) ([]Route, error) {
 		if l, err := r.h.LinkByIndex(nr.LinkIndex); err == nil {
 			name = l.Attrs().Name
 		}
-		out = append(out, Route{Prefix: netip.PrefixFrom(p.Unmap(), ones), Device: name, Metric: nr.Priority, Protocol: int(nr.Protocol)})
+		out = append(out, Route{Prefix: netip.PrefixFrom(p.Unmap(), ones), Device: name, Metric: nr.Priority, Protocol: int(nr.Protocol), MTU: nr.MTU})
 	}
 	return out, nil
 }

@@ -17,6 +17,8 @@ type persisted struct {
 	Written time.Time             `json:"written"`
 	Paused  bool                  `json:"paused"`
 	Groups  map[string]groupState `json:"groups"`
+	// MTU is the MTU policy's per-peer state, by device/public key.
+	MTU map[string]mtuState `json:"mtu,omitempty"`
 	// Routes are the routes the remediator owns, for a human reading the
 	// file: `ip route del PREFIX dev DEVICE metric METRIC proto PROTOCOL`
 	// undoes one.
