@@ -19,6 +19,12 @@ type Remediation struct {
 	// GroupYAML is added to every group, e.g. "damping: {...}" (one key per
 	// line, unindented).
 	GroupYAML string
+	// MTU turns the MTU policy on for the node's devices; MTUYAML adds keys
+	// to its section (one per line, unindented).
+	MTU     bool
+	MTUYAML string
+	// ProberYAML is the node's prober section (one key per line, unindented).
+	ProberYAML string
 }
 
 // AgentConfig returns the wgpulse config for the agent on node ("hub" or a
@@ -61,11 +67,7 @@ func (l *Lab) AgentConfig(node string, r Remediation) string {
 		if r.HoldDown > 0 {
 			g += fmt.Sprintf("      hold_down: %s\n", r.HoldDown)
 		}
-		for _, line := range strings.Split(strings.TrimSpace(r.GroupYAML), "\n") {
-			if line != "" {
-				g += "      " + line + "\n"
-			}
-		}
+		g += indent(r.GroupYAML, "      ")
 		groups = append(groups, g)
 	}
 	for _, u := range l.Uplinks {
@@ -84,8 +86,14 @@ func (l *Lab) AgentConfig(node string, r Remediation) string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "collector:\n  devices: [%s]\n  poll_interval: 1s\n  peer_names:\n%s\n", strings.Join(devices, ", "), strings.Join(names, "\n"))
+	if r.ProberYAML != "" {
+		b.WriteString("prober:\n" + indent(r.ProberYAML, "  "))
+	}
 	if r.Mode != "" {
 		fmt.Fprintf(&b, "remediate:\n  mode: %s\n", r.Mode)
+		if r.MTU {
+			fmt.Fprintf(&b, "  mtu:\n    enabled: true\n    devices: [%s]\n%s", strings.Join(devices, ", "), indent(r.MTUYAML, "    "))
+		}
 		if r.StateDir != "" {
 			fmt.Fprintf(&b, "  state_file: %s/%s.json\n", r.StateDir, node)
 		}
@@ -94,6 +102,17 @@ func (l *Lab) AgentConfig(node string, r Remediation) string {
 		}
 		if len(groups) > 0 {
 			b.WriteString("  failover:\n" + strings.Join(groups, ""))
+		}
+	}
+	return b.String()
+}
+
+// indent prefixes every non-empty line of s.
+func indent(s, prefix string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
+		if line != "" {
+			b.WriteString(prefix + line + "\n")
 		}
 	}
 	return b.String()

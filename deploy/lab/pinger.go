@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -316,4 +317,47 @@ func (s *TCPStream) Stop() error {
 	}
 	s.wg.Wait()
 	return err
+}
+
+// TCPTransfer sends size bytes over a new TCP connection from clientSrc (an
+// address of clientNS) to serverAddr (an address of serverNS) and returns how
+// long until the server had them all, or an error after timeout (a stall).
+func TCPTransfer(serverNS, serverAddr, clientNS, clientSrc string, size int, timeout time.Duration) (time.Duration, error) {
+	var lst net.Listener
+	if err := InNetns(serverNS, func() (err error) { lst, err = net.Listen("tcp4", serverAddr); return err }); err != nil {
+		return 0, fmt.Errorf("TCP server in %s: %w", serverNS, err)
+	}
+	defer lst.Close()
+	got := make(chan int, 1)
+	go func() {
+		c, err := lst.Accept()
+		if err != nil {
+			got <- 0
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		n, _ := io.Copy(io.Discard, c)
+		if n == int64(size) {
+			_, _ = c.Write([]byte{1}) // all here
+		}
+		got <- int(n)
+	}()
+	var conn net.Conn
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientSrc)}, Timeout: timeout}
+	if err := InNetns(clientNS, func() (err error) { conn, err = d.Dial("tcp4", serverAddr); return err }); err != nil {
+		return 0, fmt.Errorf("TCP client in %s: %w", clientNS, err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	_ = conn.SetDeadline(start.Add(timeout))
+	if _, err := conn.Write(make([]byte, size)); err != nil {
+		return time.Since(start), fmt.Errorf("sending %d bytes: %w", size, err)
+	}
+	_ = conn.(*net.TCPConn).CloseWrite()
+	var ack [1]byte
+	if _, err := conn.Read(ack[:]); err != nil {
+		return time.Since(start), fmt.Errorf("%d of %d bytes arrived within %s: %w", <-got, size, timeout, err)
+	}
+	return time.Since(start), nil
 }

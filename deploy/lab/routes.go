@@ -13,10 +13,18 @@ type Route struct {
 	Dev      string `json:"dev"`
 	Metric   int    `json:"metric"`
 	Protocol string `json:"protocol"` // a name from rt_protos or a number, e.g. "117"
+	MTU      int    `json:"-"`        // the route's MTU attribute, 0 if none
+	Metrics  []struct {
+		MTU int `json:"mtu"`
+	} `json:"metrics,omitempty"`
 }
 
 func (r Route) String() string {
-	return fmt.Sprintf("%s dev %s metric %d proto %s", r.Dst, r.Dev, r.Metric, r.Protocol)
+	s := fmt.Sprintf("%s dev %s metric %d proto %s", r.Dst, r.Dev, r.Metric, r.Protocol)
+	if r.MTU > 0 {
+		s += fmt.Sprintf(" mtu %d", r.MTU)
+	}
+	return s
 }
 
 // Routes returns the main-table routes of namespace ns for exactly prefix
@@ -35,6 +43,10 @@ func Routes(ns, prefix string) ([]Route, error) {
 		return nil, fmt.Errorf("parsing ip -j route in %s: %w: %s", ns, err, out)
 	}
 	for i := range rs {
+		for _, m := range rs[i].Metrics {
+			rs[i].MTU = max(rs[i].MTU, m.MTU)
+		}
+		rs[i].Metrics = nil
 		if rs[i].Protocol == "" {
 			rs[i].Protocol = "boot"
 		}
