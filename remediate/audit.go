@@ -28,18 +28,21 @@ var (
 )
 
 type metrics struct {
-	actions    *prometheus.CounterVec
-	suppressed *prometheus.CounterVec
-	active     *prometheus.GaugeVec
-	healthy    *prometheus.GaugeVec
-	pathState  *prometheus.GaugeVec
-	conflicts  *prometheus.CounterVec
-	flaps      *prometheus.CounterVec
-	penalty    *prometheus.GaugeVec
-	mtu        *prometheus.GaugeVec
-	paused     prometheus.Gauge
-	mode       *prometheus.GaugeVec
-	stateErrs  prometheus.Counter
+	actions      *prometheus.CounterVec
+	suppressed   *prometheus.CounterVec
+	active       *prometheus.GaugeVec
+	healthy      *prometheus.GaugeVec
+	pathState    *prometheus.GaugeVec
+	conflicts    *prometheus.CounterVec
+	flaps        *prometheus.CounterVec
+	penalty      *prometheus.GaugeVec
+	mtu          *prometheus.GaugeVec
+	keepalive    *prometheus.GaugeVec
+	natEstimate  *prometheus.GaugeVec
+	natUnfixable *prometheus.GaugeVec
+	paused       prometheus.Gauge
+	mode         *prometheus.GaugeVec
+	stateErrs    prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -80,6 +83,18 @@ func newMetrics() *metrics {
 			Name: "wgpulse_remediation_mtu_bytes",
 			Help: "The MTU the MTU policy put in force for a peer (route: on its routed prefixes; device: the whole device); absent when none.",
 		}, []string{"device", "public_key", "name", "mechanism"}),
+		keepalive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_keepalive_seconds",
+			Help: "The PersistentKeepalive the keepalive policy set for a peer; absent when none.",
+		}, []string{"device", "public_key", "name"}),
+		natEstimate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_keepalive_nat_timeout_estimate_seconds",
+			Help: "Estimated lifetime of the NAT mapping between this node and the peer, from idle gaps (present once a mapping was seen expiring).",
+		}, []string{"device", "public_key", "name"}),
+		natUnfixable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_keepalive_nat_unfixable",
+			Help: "1 when NAT mapping expiry goes on with PersistentKeepalive set on this side: the peer behind the NAT must set it.",
+		}, []string{"device", "public_key", "name"}),
 		paused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_paused",
 			Help: "1 while remediation is paused (POST /-/remediate/pause, SIGUSR1).",
@@ -96,7 +111,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.mtu, m.paused, m.mode, m.stateErrs}
+	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.mtu, m.keepalive, m.natEstimate, m.natUnfixable, m.paused, m.mode, m.stateErrs}
 }
 
 // initGroup creates every series of a group at zero, so dashboards and

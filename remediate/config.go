@@ -39,6 +39,8 @@ type Config struct {
 	Failover      []FailoverGroup `yaml:"failover"`
 	// MTU fits inner packets to the measured path MTU.
 	MTU MTUConfig `yaml:"mtu"`
+	// Keepalive sets PersistentKeepalive below NAT mapping lifetimes.
+	Keepalive KeepaliveConfig `yaml:"keepalive"`
 }
 
 // FailoverGroup moves traffic from a primary to a backup path while the
@@ -138,7 +140,7 @@ var Profiles = map[string]Profile{
 // DefaultConfig is the section's defaults: dry-run, nothing configured.
 func DefaultConfig() Config {
 	return Config{Mode: ModeDryRun, StateFile: "/var/lib/wgpulse/remediate.json", RouteProtocol: DefaultRouteProtocol,
-		MTU: DefaultMTUConfig()}
+		MTU: DefaultMTUConfig(), Keepalive: DefaultKeepaliveConfig()}
 }
 
 // DefaultRouteProtocol is wgpulse's route protocol number: unassigned in
@@ -202,6 +204,7 @@ func (c Config) Validate() error {
 		fe("route_protocol", "must be 5..255 (0-4 belong to the kernel), got %d", c.RouteProtocol)
 	}
 	c.MTU.validate(fe)
+	c.Keepalive.validate(fe)
 	names := map[string]bool{}
 	prefixes := map[netip.Prefix]string{}
 	targets := map[string]string{}
@@ -363,7 +366,7 @@ func checkTarget(fe fieldFunc, field, device, target, group string, targets map[
 
 // Devices returns the WireGuard devices the configuration names, sorted.
 func (c Config) Devices() []string {
-	out := slices.Clone(c.MTU.Devices)
+	out := append(slices.Clone(c.MTU.Devices), c.Keepalive.Devices...)
 	for _, g := range c.Failover {
 		if g.Mode == "endpoint" {
 			out = append(out, g.Device)

@@ -33,6 +33,7 @@ type Prober interface {
 	SetTargets(owner string, ts []prober.Target)
 	ResetState(key string)
 	ResearchPMTU(key string)
+	Subscribe(ctx context.Context) <-chan prober.Result
 }
 
 // Options are the remediator's sources and transports.
@@ -70,15 +71,17 @@ type Remediator struct {
 	audit   auditor
 	wake    chan struct{}
 
-	mu       sync.Mutex // guards everything below
-	cfg      Config
-	groups   []*group
-	byKey    map[string]*group   // target key -> group
-	mtus     map[string]*mtuUnit // device/public key -> the MTU policy's unit
-	snap     *collector.Snapshot
-	paused   bool
-	started  bool
-	lastSave string // last error saving state, logged once
+	mu         sync.Mutex // guards everything below
+	cfg        Config
+	groups     []*group
+	byKey      map[string]*group   // target key -> group
+	mtus       map[string]*mtuUnit // device/public key -> the MTU policy's unit
+	kas        map[string]*kaUnit  // device/public key -> the keepalive policy's unit
+	kaByTarget map[string]*kaUnit  // probe target key -> its peer's keepalive unit
+	snap       *collector.Snapshot
+	paused     bool
+	started    bool
+	lastSave   string // last error saving state, logged once
 }
 
 // New validates cfg and returns a remediator; Run starts it.
@@ -115,6 +118,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Remediator, error) {
 		wake:    make(chan struct{}, 1),
 		cfg:     cfg,
 		mtus:    map[string]*mtuUnit{},
+		kas:     map[string]*kaUnit{}, kaByTarget: map[string]*kaUnit{},
 	}
 	r.setGroupsLocked(cfg)
 	m.setMode(cfg.Mode)
@@ -126,6 +130,11 @@ func (r *Remediator) initPoliciesLocked() {
 	if r.cfg.MTU.Enabled {
 		for _, d := range r.cfg.MTU.Devices {
 			r.metrics.initPolicy("mtu", d, []string{ActionLowerMTU, ActionRaiseMTU}, r.cfg.Mode)
+		}
+	}
+	if r.cfg.Keepalive.Enabled {
+		for _, d := range r.cfg.Keepalive.Devices {
+			r.metrics.initPolicy("keepalive", d, []string{ActionSetKeepalive, ActionRelaxKeepalive}, r.cfg.Mode)
 		}
 	}
 }
@@ -175,6 +184,10 @@ func (r *Remediator) Run(ctx context.Context) {
 	defer cancel()
 	changes := r.prober.SubscribeChanges(subCtx)
 	snaps := r.snaps.Subscribe(subCtx)
+	var results <-chan prober.Result // only the keepalive policy reads every probe
+	if r.cfg.Keepalive.Enabled {
+		results = r.prober.Subscribe(subCtx)
+	}
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	reconcile := time.NewTicker(reconcileEvery)
@@ -197,7 +210,12 @@ func (r *Remediator) Run(ctx context.Context) {
 		case s := <-snaps:
 			r.mu.Lock()
 			r.snap = s
+			r.observeKeepaliveLocked(s)
 			r.evaluateAllLocked(ctx)
+			r.mu.Unlock()
+		case res := <-results:
+			r.mu.Lock()
+			r.observeResultLocked(res)
 			r.mu.Unlock()
 		case <-tick.C:
 			r.mu.Lock()
@@ -209,11 +227,13 @@ func (r *Remediator) Run(ctx context.Context) {
 			r.reconcileLocked(ctx, time.Now())
 			if r.cfg.Mode == ModeAuto {
 				r.reconcileMTULocked(time.Now())
+				r.reconcileKeepaliveLocked(time.Now())
 			}
 			r.mu.Unlock()
 		case <-perPeer.C:
 			r.mu.Lock()
 			r.evaluateMTULocked(ctx, time.Now())
+			r.evaluateKeepaliveLocked(ctx, time.Now())
 			r.mu.Unlock()
 		case <-r.wake:
 			r.mu.Lock()
@@ -264,6 +284,7 @@ func (r *Remediator) startLocked(ctx context.Context) {
 	}
 	if mode == ModeAuto {
 		r.adoptMTULocked(st.MTU)
+		r.adoptKeepaliveLocked(st.Keepalive)
 	}
 	r.warnLeftoversLocked()
 	r.registerTargetsLocked()
@@ -323,6 +344,7 @@ func (r *Remediator) stopLocked(ctx context.Context) {
 			r.restoreLocked(ctx, g, "restore_on_exit: undoing every change on a clean exit")
 		}
 		r.restoreMTULocked(ctx, "restore_on_exit: undoing every change on a clean exit", nil)
+		r.restoreKeepaliveLocked(ctx, "restore_on_exit: undoing every change on a clean exit", nil)
 	}
 	r.saveLocked()
 }
@@ -413,6 +435,12 @@ func (r *Remediator) saveLocked() {
 			st.MTU[k] = u.st
 		}
 	}
+	st.Keepalive = map[string]kaState{}
+	for k, u := range r.kas {
+		if u.st.Applied > 0 || u.st.Switches > 0 {
+			st.Keepalive[k] = u.st
+		}
+	}
 	for _, g := range r.groups {
 		st.Groups[g.cfg.Name] = g.st
 		if g.st.Active == Backup && !g.endpoint() {
@@ -468,6 +496,9 @@ func (r *Remediator) setPaused(p bool, who string) {
 	for _, u := range r.mtus {
 		u.audited = ""
 	}
+	for _, u := range r.kas {
+		u.audited = ""
+	}
 	r.saveLocked()
 	r.poke()
 }
@@ -519,6 +550,10 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config) error {
 		if err := r.restoreMTULocked(ctx, "the MTU policy no longer covers this device after a reload: undoing its change", inScope); err != nil {
 			return fmt.Errorf("undoing MTU changes before the reload: %w (the running configuration stays)", err)
 		}
+		kaInScope := func(u *kaUnit) bool {
+			return cfg.Keepalive.Enabled && slices.Contains(cfg.Keepalive.Devices, u.st.Device)
+		}
+		r.restoreKeepaliveLocked(ctx, "the keepalive policy no longer covers this device after a reload: undoing its change", kaInScope)
 	}
 	if cfg.Mode != r.cfg.Mode {
 		r.logger.Warn("remediation mode changed", "from", string(r.cfg.Mode), "to", string(cfg.Mode))

@@ -225,6 +225,7 @@ type fakeWG struct {
 	fail      map[string]bool
 	endpoint  map[string]netip.AddrPort // device -> the peer's endpoint
 	allowed   map[string][]string       // device -> more AllowedIPs of its peer
+	rx        map[string]int64          // device -> bytes received from its peer
 	keepalive map[string]time.Duration
 	writes    []string // ConfigureDevice calls
 }
@@ -248,7 +249,7 @@ func (f *fakeWG) Device(name string) (*wgtypes.Device, error) {
 	}
 	_, ip, _ := net.ParseCIDR(f.peers[name] + "/32")
 	p := wgtypes.Peer{PublicKey: f.key(name), AllowedIPs: []net.IPNet{*ip}, LastHandshakeTime: f.handshake[name],
-		PersistentKeepaliveInterval: f.keepalive[name]}
+		PersistentKeepaliveInterval: f.keepalive[name], ReceiveBytes: f.rx[name]}
 	for _, a := range f.allowed[name] {
 		_, n, _ := net.ParseCIDR(a)
 		p.AllowedIPs = append(p.AllowedIPs, *n)
@@ -323,7 +324,10 @@ type rig struct {
 	faults  map[string]func(n int) probertest.Reply // by target address
 	openErr map[string]error                        // by device
 	pmtu    sync.Map                                // target address -> largest inner packet that passes (default 1420)
-	stopped bool
+	// proberInterval of the prober's own targets (0: 1 s).
+	proberInterval time.Duration
+	sim            chan struct{} // closed at cleanup: simulations of the test end
+	stopped        bool
 }
 
 // pathMTU is the fake of the PMTU transport: a DF probe passes up to the
@@ -421,13 +425,14 @@ func config(t *testing.T, mode remediate.Mode, groups ...remediate.FailoverGroup
 // backup metric 200) and both paths answering in 1 ms.
 func newRig(t *testing.T, cfg remediate.Config) *rig {
 	t.Helper()
-	r := &rig{t: t, cfg: cfg, routes: newFakeRoutes(primaryDev, backupDev), faults: map[string]func(int) probertest.Reply{}, logs: &syncBuffer{}}
+	r := &rig{t: t, cfg: cfg, routes: newFakeRoutes(primaryDev, backupDev), faults: map[string]func(int) probertest.Reply{}, logs: &syncBuffer{},
+		sim: make(chan struct{})}
 	r.routes.operatorRoute(lan, primaryDev, 100)
 	r.routes.operatorRoute(lan, backupDev, 200)
 	now := time.Now()
 	r.wg = &fakeWG{peers: map[string]string{primaryDev: primaryTarget, backupDev: backupTarget, tunnelDev: tunnelTarget},
 		handshake: map[string]time.Time{primaryDev: now, backupDev: now, tunnelDev: now}, fail: map[string]bool{},
-		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}, allowed: map[string][]string{}}
+		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}, allowed: map[string][]string{}, rx: map[string]int64{}}
 	return r
 }
 
@@ -448,6 +453,9 @@ func (r *rig) start() {
 	}
 	pcfg := prober.DefaultConfig()
 	pcfg.PMTU = prober.PMTUConfig{Enabled: true, Min: 1200, Interval: time.Minute, Confirm: 5 * time.Second}
+	if r.proberInterval > 0 {
+		pcfg.Interval, pcfg.Window = r.proberInterval, 10*r.proberInterval
+	}
 	logger := slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	var err error
 	r.prober, err = prober.New(pcfg, logger, prober.Options{Open: r.net.Open, PMTUProbe: r.pathMTU})

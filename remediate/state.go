@@ -19,6 +19,8 @@ type persisted struct {
 	Groups  map[string]groupState `json:"groups"`
 	// MTU is the MTU policy's per-peer state, by device/public key.
 	MTU map[string]mtuState `json:"mtu,omitempty"`
+	// Keepalive is the keepalive policy's per-peer state, by device/public key.
+	Keepalive map[string]kaState `json:"keepalive,omitempty"`
 	// Routes are the routes the remediator owns, for a human reading the
 	// file: `ip route del PREFIX dev DEVICE metric METRIC proto PROTOCOL`
 	// undoes one.

@@ -1,0 +1,438 @@
+package remediate
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
+)
+
+// The keepalive policy finds NAT mappings that expire between packets and
+// sets PersistentKeepalive below their lifetime.
+//
+// Which side must act: a NAT creates and refreshes a mapping on outbound
+// packets (RFC 4787 REQ-6 makes that mandatory); whether inbound packets
+// refresh it too is up to the NAT (Linux conntrack and most home routers do;
+// the RFC does not require it). So the peer behind the NAT can always keep
+// its mapping alive; the public side only where inbound packets refresh it.
+// But only the public side sees the symptoms: every packet the NATed side
+// sends recreates its mapping, so to it nothing looks wrong, while the public
+// side sees the peer's endpoint change after idle gaps and its packets to the
+// peer fail after idle until the peer sends again. wgpulse therefore detects
+// on the side that sees it, sets PersistentKeepalive there, and checks: when
+// the symptoms go on, this side cannot fix it, and it says so (metric
+// wgpulse_keepalive_nat_unfixable and a log line naming the keepalive the
+// peer behind the NAT needs).
+
+// KeepaliveConfig is the `remediate.keepalive:` section.
+type KeepaliveConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// Devices are the WireGuard devices whose peers the policy may tune.
+	Devices []string `yaml:"devices"`
+	// Min and Max bound the PersistentKeepalive it sets (default 10s-25s).
+	Min time.Duration `yaml:"min"`
+	Max time.Duration `yaml:"max"`
+	// Symptoms needed before acting (rebinds after idle, probes failed
+	// after idle and recovered once the peer sent): default 3.
+	Symptoms int `yaml:"symptoms"`
+	// RelaxAfter: this long without symptoms, the original keepalive comes
+	// back (0 = never, the default).
+	RelaxAfter time.Duration `yaml:"relax_after"`
+	RateLimit  RateLimit     `yaml:"rate_limit"`
+}
+
+// DefaultKeepaliveConfig is the section's defaults: off.
+func DefaultKeepaliveConfig() KeepaliveConfig {
+	return KeepaliveConfig{Min: 10 * time.Second, Max: 25 * time.Second, Symptoms: 3, RateLimit: RateLimit{Burst: 6, Per: time.Hour}}
+}
+
+func (c KeepaliveConfig) validate(fe fieldFunc) {
+	if c.Enabled && len(c.Devices) == 0 {
+		fe("keepalive.devices", "required when keepalive.enabled: the WireGuard devices whose peers the policy may tune")
+	}
+	for i, d := range c.Devices {
+		if d == "" || len(d) > 15 {
+			fe(fmt.Sprintf("keepalive.devices[%d]", i), "must be a device name of 1-15 bytes, got %q", d)
+		}
+	}
+	if c.Min < time.Second || c.Min > c.Max || c.Max > time.Hour || c.Min%time.Second != 0 || c.Max%time.Second != 0 {
+		fe("keepalive.min", "want whole seconds with 1s <= min <= max <= 1h (WireGuard's keepalive is in seconds; default 10s-25s), got %s-%s", c.Min, c.Max)
+	}
+	if c.Symptoms < 1 || c.Symptoms > 100 {
+		fe("keepalive.symptoms", "must be 1..100, got %d", c.Symptoms)
+	}
+	if c.RelaxAfter < 0 {
+		fe("keepalive.relax_after", "must not be negative (0 = never), got %s", c.RelaxAfter)
+	}
+	if c.RateLimit.Burst < 1 || c.RateLimit.Per <= 0 {
+		fe("keepalive.rate_limit", "want burst >= 1 and per > 0 (default 6 per 1h), got %+v", c.RateLimit)
+	}
+}
+
+// Actions of the keepalive policy.
+const (
+	ActionSetKeepalive   = "set_keepalive"
+	ActionRelaxKeepalive = "relax_keepalive"
+)
+
+// kaState is what the policy remembers of one peer, persisted.
+type kaState struct {
+	Device    string        `json:"device"`
+	Peer      string        `json:"peer"`
+	Original  time.Duration `json:"original"` // the keepalive before the first change
+	Applied   time.Duration `json:"applied"`  // 0 = none of ours in force
+	Since     time.Time     `json:"since"`
+	Estimate  time.Duration `json:"estimate,omitempty"`
+	Unfixable bool          `json:"unfixable,omitempty"`
+	railState
+}
+
+// natEstimate brackets a NAT mapping's lifetime from idle gaps: a packet
+// that got through after gap g proves the lifetime is longer than g; a
+// mapping found expired after gap g proves it is shorter.
+type natEstimate struct {
+	lower, upper time.Duration // 0 = no sample
+	samples      int
+}
+
+func (e *natEstimate) kept(gap time.Duration) {
+	e.lower = max(e.lower, gap)
+	e.samples++
+}
+
+func (e *natEstimate) expired(gap time.Duration) {
+	if e.upper == 0 || gap < e.upper {
+		e.upper = gap
+	}
+	e.samples++
+}
+
+// lifetime is the estimate: the middle of the bracket, or its upper end
+// when that is all that is known (or the samples disagree).
+func (e natEstimate) lifetime() time.Duration {
+	switch {
+	case e.upper == 0:
+		return 0
+	case e.lower == 0 || e.lower >= e.upper:
+		return e.upper
+	}
+	return (e.lower + e.upper) / 2
+}
+
+// kaUnit is one peer the policy watches.
+type kaUnit struct {
+	st      kaState
+	name    string
+	key     wgtypes.Key
+	targets []string // the peer's probe target keys
+	audited string
+
+	est            natEstimate
+	alive          []time.Time // recent times traffic is known to have crossed the mapping
+	rx             int64
+	changes        uint64
+	seen           bool
+	failed         []idleProbe // probes lost after idle, waiting for a rebind to confirm an expiry
+	symptoms       int         // since the last change of ours (or the start)
+	lastSymptom    time.Time
+	current        time.Duration // the peer's keepalive as last read
+	unfixableSaid  bool
+	symptomsAtSet  int
+	reasonsSampled []string
+}
+
+type idleProbe struct {
+	sent time.Time
+	gap  time.Duration
+}
+
+// minIdle: a gap shorter than this says nothing about a NAT (poll jitter,
+// a lost packet).
+const minIdle = 2 * time.Second
+
+// lastAliveBefore is the newest traffic known to have crossed the mapping
+// before t.
+func (u *kaUnit) lastAliveBefore(t time.Time) (time.Time, bool) {
+	for i := len(u.alive) - 1; i >= 0; i-- {
+		if u.alive[i].Before(t) {
+			return u.alive[i], true
+		}
+	}
+	return time.Time{}, false
+}
+
+func (u *kaUnit) sawAlive(t time.Time) {
+	i, _ := slices.BinarySearchFunc(u.alive, t, func(a, b time.Time) int { return a.Compare(b) })
+	u.alive = slices.Insert(u.alive, i, t)
+	if len(u.alive) > 256 {
+		u.alive = u.alive[len(u.alive)-256:]
+	}
+}
+
+func (u *kaUnit) symptom(at time.Time, why string) {
+	u.symptoms++
+	u.lastSymptom = at
+	u.reasonsSampled = append(u.reasonsSampled, why)
+	if len(u.reasonsSampled) > 3 {
+		u.reasonsSampled = u.reasonsSampled[1:]
+	}
+}
+
+// observeResult takes one probe of the peer: answered after an idle gap it
+// proves the mapping outlived the gap; lost after one it may have expired
+// (a following rebind confirms it).
+func (u *kaUnit) observeResult(res prober.Result) {
+	last, ok := u.lastAliveBefore(res.Sent)
+	gap := res.Sent.Sub(last)
+	if res.Success {
+		if ok && gap >= minIdle {
+			u.est.kept(gap)
+		}
+		u.sawAlive(res.Sent.Add(res.RTT))
+		u.failed = u.failed[:0] // a loss the peer answered after is not an expiry
+		return
+	}
+	if ok && gap >= minIdle {
+		u.failed = append(u.failed, idleProbe{res.Sent, gap})
+	}
+}
+
+// observeSnapshot takes one poll of the peer: received bytes are traffic
+// that crossed the mapping; an endpoint change after an idle gap is a
+// mapping that expired and was recreated by the peer's next packet.
+func (u *kaUnit) observeSnapshot(p collector.Peer, at time.Time) {
+	if !at.Before(u.st.Since) { // a poll older than our last change still shows the old value
+		u.current = p.PersistentKeepalive
+	}
+	if !u.seen {
+		u.seen, u.rx, u.changes = true, p.ReceiveBytes, p.EndpointChanges
+		u.sawAlive(at)
+		return
+	}
+	if p.EndpointChanges > u.changes {
+		if last, ok := u.lastAliveBefore(at); ok {
+			if gap := at.Sub(last); gap >= minIdle {
+				u.est.expired(gap)
+				for _, f := range u.failed { // the losses before it were the expired mapping
+					u.est.expired(f.gap)
+				}
+				why := fmt.Sprintf("endpoint changed after %s idle", gap.Round(time.Second))
+				if len(u.failed) > 0 {
+					why += fmt.Sprintf(", %d probes lost after idle until the peer sent again", len(u.failed))
+				}
+				u.symptom(at, why)
+			}
+		}
+		u.failed = u.failed[:0]
+	}
+	if p.ReceiveBytes > u.rx {
+		u.sawAlive(at)
+	}
+	u.rx, u.changes = p.ReceiveBytes, p.EndpointChanges
+}
+
+// decideKeepalive is the keepalive policy: (config, unit, now) -> decision
+// and the keepalive wanted. It touches nothing.
+func decideKeepalive(c KeepaliveConfig, u *kaUnit, now time.Time) (decision, time.Duration) {
+	d := decision{Policy: "keepalive", Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name)}
+	est := u.est.lifetime()
+	current := u.current
+	quietSince := u.st.Since
+	if u.lastSymptom.After(quietSince) {
+		quietSince = u.lastSymptom
+	}
+	if u.st.Applied > 0 && c.RelaxAfter > 0 && u.symptoms == 0 && now.Sub(quietSince) >= c.RelaxAfter {
+		d.Action, d.From, d.To = ActionRelaxKeepalive, current.String(), u.st.Original.String()
+		d.Reason = fmt.Sprintf("no NAT expiry seen for %s (relax_after): back to the original keepalive", c.RelaxAfter)
+		return d, u.st.Original
+	}
+	if u.symptoms < c.Symptoms || est == 0 {
+		return d, 0 // no symptoms, or not enough to say: peers without symptoms are left alone
+	}
+	want := keepaliveFor(est)
+	d.From = current.String()
+	bracket := fmt.Sprintf("NAT mapping lifetime ~%s (idle gaps kept up to %s, expired from %s; %d symptoms, last: %s)",
+		est.Round(100*time.Millisecond), u.est.lower.Round(100*time.Millisecond), u.est.upper.Round(100*time.Millisecond), u.symptoms, u.reasonsSampled[len(u.reasonsSampled)-1])
+	switch {
+	case want < c.Min:
+		d.Action, d.Suppressed, d.To = ActionSetKeepalive, SuppressBelowFloor, want.String()
+		d.Reason = fmt.Sprintf("%s needs a keepalive of %s, below keepalive.min %s: lower it, or set PersistentKeepalive = %d on the peer behind the NAT", bracket, want, c.Min, int(want.Seconds()))
+		return d, 0
+	case current > 0 && current <= want:
+		return decision{Policy: "keepalive", Group: u.st.Device, Peer: d.Peer}, 0 // already below it: symptoms there are not ours to fix
+	}
+	want = min(want, c.Max)
+	d.Action, d.To, d.Escape = ActionSetKeepalive, want.String(), true
+	d.Reason = fmt.Sprintf("%s: PersistentKeepalive %s", bracket, want)
+	return d, want
+}
+
+// keepaliveFor is the keepalive for a mapping lifetime: 80% of it, in whole
+// seconds (WireGuard's unit), so a packet crosses well before it expires.
+func keepaliveFor(lifetime time.Duration) time.Duration {
+	return time.Duration(math.Floor(0.8*lifetime.Seconds())) * time.Second
+}
+
+// observeKeepaliveLocked feeds the policy a snapshot.
+func (r *Remediator) observeKeepaliveLocked(s *collector.Snapshot) {
+	c := r.cfg.Keepalive
+	if !c.Enabled || r.cfg.Mode == ModeOff {
+		return
+	}
+	for _, dev := range c.Devices {
+		d, ok := s.Device(dev)
+		if !ok || d.Stale {
+			continue
+		}
+		for _, p := range d.Peers {
+			u := r.kaUnitLocked(d, p)
+			u.observeSnapshot(p, s.Time)
+		}
+	}
+}
+
+func (r *Remediator) kaUnitLocked(d *collector.Device, p collector.Peer) *kaUnit {
+	key := mtuKey(d.Name, p.PublicKey)
+	u := r.kas[key]
+	if u == nil {
+		k, _ := wgtypes.ParseKey(p.PublicKey)
+		u = &kaUnit{st: kaState{Device: d.Name, Peer: p.PublicKey, Original: p.PersistentKeepalive}, key: k}
+		r.kas[key] = u
+		for _, a := range p.AllowedIPs {
+			if a.IsSingleIP() {
+				t := prober.Target{Device: d.Name, Address: a.Addr()}.Key()
+				u.targets = append(u.targets, t)
+				r.kaByTarget[t] = u
+			}
+		}
+	}
+	u.name = p.Name
+	return u
+}
+
+// observeResultLocked feeds the policy a probe result.
+func (r *Remediator) observeResultLocked(res prober.Result) {
+	if u := r.kaByTarget[res.Target.Key()]; u != nil {
+		u.observeResult(res)
+	}
+}
+
+// evaluateKeepaliveLocked runs the policy for every peer it watches.
+func (r *Remediator) evaluateKeepaliveLocked(ctx context.Context, now time.Time) {
+	c := r.cfg.Keepalive
+	if !c.Enabled || r.cfg.Mode == ModeOff || !r.started {
+		return
+	}
+	for _, u := range r.kas {
+		r.checkFixedLocked(u)
+		d, want := decideKeepalive(c, u, now)
+		p := r.newPlan(ctx, d, &u.st.railState, limits{rate: c.RateLimit}, &u.audited, now)
+		p.act = func() error { return r.peers.setKeepalive(u.st.Device, u.key, want) }
+		p.commit = func(now time.Time) {
+			if d.Action == ActionRelaxKeepalive {
+				u.st.Applied = 0
+			} else {
+				u.st.Applied = want
+			}
+			u.st.Since, u.st.Estimate = now, u.est.lifetime()
+			u.current = want
+			u.symptomsAtSet, u.symptoms = u.symptoms, 0
+			r.exportKeepaliveLocked(u)
+		}
+		execute(p)
+	}
+}
+
+// checkFixedLocked: symptoms that go on with our keepalive in force mean
+// this side cannot fix the NAT (it does not refresh mappings on inbound
+// packets); say so once, with what the peer behind the NAT needs.
+func (r *Remediator) checkFixedLocked(u *kaUnit) {
+	fixable := !(u.st.Applied > 0 && u.symptoms >= r.cfg.Keepalive.Symptoms && u.current == u.st.Applied)
+	if fixable == !u.st.Unfixable {
+		return
+	}
+	u.st.Unfixable = !fixable
+	r.exportKeepaliveLocked(u)
+	if u.st.Unfixable && !u.unfixableSaid {
+		u.unfixableSaid = true
+		need := max(keepaliveFor(u.est.lifetime()), time.Second)
+		r.logger.Warn("NAT mapping expiry goes on with PersistentKeepalive set on this side: this NAT does not refresh mappings on inbound packets, so only the peer behind it can keep them alive",
+			"device", u.st.Device, "peer", peerLabel(u.st.Peer, u.name), "keepalive_here", u.st.Applied, "nat_lifetime_estimate", u.est.lifetime(),
+			"fix", fmt.Sprintf("set PersistentKeepalive = %d on the peer behind the NAT", int(need.Seconds())))
+	}
+}
+
+// reconcileKeepaliveLocked: a keepalive of ours that someone changed is a
+// conflict, backed off from.
+func (r *Remediator) reconcileKeepaliveLocked(now time.Time) {
+	for _, u := range r.kas {
+		if u.st.Applied == 0 || !u.seen || u.current == u.st.Applied {
+			continue
+		}
+		r.metrics.conflicts.WithLabelValues(u.st.Device).Inc()
+		r.logger.Warn("conflict: something else changed a PersistentKeepalive wgpulse set; backing off instead of fighting",
+			"policy", "keepalive", "device", u.st.Device, "peer", peerLabel(u.st.Peer, u.name), "set", u.st.Applied, "now", u.current)
+		u.st.railState = backoff(u.st.railState, "a conflict with another manager", now)
+		u.st.Applied = 0
+		r.exportKeepaliveLocked(u)
+		r.saveLocked()
+	}
+}
+
+// restoreKeepaliveLocked sets every changed peer's original keepalive back.
+func (r *Remediator) restoreKeepaliveLocked(ctx context.Context, why string, keep func(*kaUnit) bool) {
+	for _, u := range r.kas {
+		if u.st.Applied == 0 || (keep != nil && keep(u)) {
+			continue
+		}
+		start := time.Now()
+		err := r.peers.setKeepalive(u.st.Device, u.key, u.st.Original)
+		d := decision{Policy: "keepalive", Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name), Action: ActionRelaxKeepalive,
+			From: u.st.Applied.String(), To: u.st.Original.String(), Reason: why}
+		r.audit.record(ctx, d, r.cfg.Mode, resultOf(err), start, err)
+		if err == nil {
+			u.st.Applied = 0
+			r.exportKeepaliveLocked(u)
+		}
+	}
+}
+
+// adoptKeepaliveLocked keeps the saved changes still in force.
+func (r *Remediator) adoptKeepaliveLocked(saved map[string]kaState) {
+	for key, st := range saved {
+		if st.Applied == 0 {
+			continue
+		}
+		k, err := wgtypes.ParseKey(st.Peer)
+		if err != nil {
+			continue
+		}
+		_, cur, err := r.peers.peer(st.Device, k)
+		if err != nil || cur != st.Applied || !r.cfg.Keepalive.Enabled || !slices.Contains(r.cfg.Keepalive.Devices, st.Device) {
+			r.logger.Warn("a keepalive change in the state file is not in force or not in scope any more: forgotten",
+				"device", st.Device, "peer", st.Peer, "set", st.Applied, "original", st.Original)
+			continue
+		}
+		r.kas[key] = &kaUnit{st: st, key: k}
+	}
+}
+
+func (r *Remediator) exportKeepaliveLocked(u *kaUnit) {
+	l := prometheus.Labels{"device": u.st.Device, "public_key": u.st.Peer, "name": u.name}
+	if u.st.Applied > 0 {
+		r.metrics.keepalive.With(l).Set(u.st.Applied.Seconds())
+	} else {
+		r.metrics.keepalive.Delete(l)
+	}
+	if est := u.est.lifetime(); est > 0 {
+		r.metrics.natEstimate.With(l).Set(est.Seconds())
+		r.metrics.natUnfixable.With(l).Set(b2f(u.st.Unfixable))
+	}
+}
