@@ -1,6 +1,8 @@
 package lab_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -92,4 +94,79 @@ func scrapeOf(t *testing.T, a *lab.Agent) string {
 		t.Fatal(err)
 	}
 	return body
+}
+
+// peerValue reads one per-peer series of an agent.
+func peerValue(t *testing.T, a *lab.Agent, name, publicKey string) (float64, bool) {
+	t.Helper()
+	for _, s := range parseScrape(t, scrapeOf(t, a))[name] {
+		if s.labels["public_key"] == publicKey {
+			return s.value, true
+		}
+	}
+	return 0, false
+}
+
+// A NAT whose mappings expire after 5 s idle, and traffic only from the far
+// side: the hub probes dc1 every 7 s, dc1 only sends wg(8)'s 25 s keepalive.
+// The hub sees rebinds and lost probes after idle gaps; its agent estimates
+// the mapping lifetime within 30%, sets a keepalive below it, and within 2
+// minutes the rebinds and failed replies stop. Peers without symptoms keep
+// their settings.
+func TestKeepalivePolicyOnTheLab(t *testing.T) {
+	t.Parallel()
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	if _, err := l.Fault("dc1-primary", "nat-timeout=5s"); err != nil {
+		t.Fatal(err)
+	}
+	fault := time.Now()
+	var devices []string
+	for _, tn := range l.Tunnels {
+		devices = append(devices, tn.HubDevice)
+	}
+	cfg := filepath.Join(t.TempDir(), "hub.yml")
+	yml := l.AgentConfig("hub", lab.Remediation{Mode: "auto", StateDir: t.TempDir(), ProberYAML: "interval: 7s\nwindow: 70s\npmtu: {enabled: false}"}) +
+		"  keepalive:\n    enabled: true\n    devices: [" + strings.Join(devices, ", ") + "]\n    min: 2s\n    symptoms: 2\n"
+	if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hub := labtest.StartAgent(t, bin, l.HubNamespace, agentAddr, "--config.file="+cfg)
+	primary, backup := l.Tunnels[0], l.Tunnels[1]
+	keepalive := func(tn lab.Tunnel) float64 {
+		v, _ := peerValue(t, hub, "wireguard_peer_persistent_keepalive_seconds", tn.PublicKey)
+		return v
+	}
+	var set float64
+	for set == 0 && time.Since(fault) < 2*time.Minute {
+		time.Sleep(time.Second)
+		set = keepalive(primary)
+	}
+	if set == 0 {
+		t.Fatalf("no keepalive set within 2 minutes; agent log:\n%s", hub.Logs())
+	}
+	est, _ := peerValue(t, hub, "wgpulse_keepalive_nat_timeout_estimate_seconds", primary.PublicKey)
+	t.Logf("keepalive %gs set %s after the fault; NAT lifetime estimate %.1fs (true 5s)", set, time.Since(fault).Round(time.Second), est)
+	if set >= 5 {
+		t.Errorf("keepalive %gs, want below the 5 s NAT timeout", set)
+	}
+	if est < 3.5 || est > 6.5 {
+		t.Errorf("estimate %.1fs, want within 30%% of 5s", est)
+	}
+	time.Sleep(30 * time.Second) // the next keepalive of the site recreates the mapping; ours then holds it
+	rebinds, _ := peerValue(t, hub, "wireguard_peer_endpoint_changes_total", primary.PublicKey)
+	failed, _ := peerValue(t, hub, "wgpulse_probe_failures_total", primary.PublicKey)
+	time.Sleep(60 * time.Second)
+	rebinds2, _ := peerValue(t, hub, "wireguard_peer_endpoint_changes_total", primary.PublicKey)
+	failed2, _ := peerValue(t, hub, "wgpulse_probe_failures_total", primary.PublicKey)
+	t.Logf("in the minute after: %g rebinds, %g failed probes (before: %g rebinds, %g failed in all)", rebinds2-rebinds, failed2-failed, rebinds, failed)
+	if rebinds2 != rebinds || failed2 > failed {
+		t.Errorf("symptoms go on with the keepalive set: %g more rebinds, %g more failed probes", rebinds2-rebinds, failed2-failed)
+	}
+	if rebinds < 2 || failed < 2 {
+		t.Errorf("only %g rebinds and %g failed probes before: the NAT fault did not bite, the test proves nothing", rebinds, failed)
+	}
+	if v := keepalive(backup); v != 0 {
+		t.Errorf("the peer without symptoms (dc1-backup) got keepalive %gs", v)
+	}
 }

@@ -235,6 +235,26 @@ func (p *relayPath) retire() {
 	}
 }
 
+// expired reports whether a mapping is dead: retired, or idle past the NAT
+// timeout (then it is retired now: an expired mapping drops inbound packets
+// at once, not only when the site sends again).
+func (p *relayPath) expired(m *natMapping, now time.Time) bool {
+	if m.dead.Load() {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t := p.faults.NATTimeout; t > 0 && now.UnixNano()-m.last.Load() > int64(t) {
+		if p.mapping == m {
+			p.retire()
+		} else {
+			m.dead.Store(true)
+		}
+		return true
+	}
+	return false
+}
+
 // outbound returns the mapping for a site datagram, replacing an idle one
 // past the NAT timeout as a real NAT does.
 func (p *relayPath) outbound(now time.Time) (*natMapping, error) {
@@ -289,11 +309,12 @@ func (p *relayPath) fromHub(m *natMapping) {
 		if err != nil {
 			return
 		}
-		if m.dead.Load() { // sent to an expired mapping: a real NAT drops it
+		now := time.Now()
+		if p.expired(m, now) { // sent to an expired mapping: a real NAT drops it
 			p.dropped.Add(1)
 			continue
 		}
-		m.last.Store(time.Now().UnixNano())
+		m.last.Store(now.UnixNano())
 		p.mu.Lock()
 		dst := p.siteSrc
 		p.mu.Unlock()
