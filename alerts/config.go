@@ -43,6 +43,12 @@ type Config struct {
 	PathMTUFor   time.Duration `yaml:"path_mtu_for"`
 	ProberFor    time.Duration `yaml:"prober_for"`
 	AgentDownFor time.Duration `yaml:"agent_down_for"`
+
+	// Remediation alerts.
+	FailoverActiveFor time.Duration `yaml:"failover_active_for"` // on the backup this long: someone should fix the primary
+	PausedFor         time.Duration `yaml:"paused_for"`          // remediation paused this long: forgotten?
+	DampedFor         time.Duration `yaml:"damped_for"`
+	NATUnfixableFor   time.Duration `yaml:"nat_unfixable_for"`
 }
 
 // DefaultConfig returns the defaults.
@@ -65,6 +71,10 @@ func DefaultConfig() Config {
 		PathMTUFor:          30 * time.Minute,
 		ProberFor:           10 * time.Minute,
 		AgentDownFor:        2 * time.Minute,
+		FailoverActiveFor:   time.Hour,
+		PausedFor:           time.Hour,
+		DampedFor:           time.Minute,
+		NATUnfixableFor:     10 * time.Minute,
 	}
 }
 
@@ -86,7 +96,8 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"handshake_for": c.HandshakeFor, "never_established_for": c.NeverEstablishedFor, "loss_for": c.LossFor,
 		"rtt_for": c.RTTFor, "jitter_for": c.JitterFor, "probe_down_for": c.ProbeDownFor, "path_mtu_for": c.PathMTUFor,
-		"prober_for": c.ProberFor, "agent_down_for": c.AgentDownFor,
+		"prober_for": c.ProberFor, "agent_down_for": c.AgentDownFor, "failover_active_for": c.FailoverActiveFor,
+		"paused_for": c.PausedFor, "damped_for": c.DampedFor, "nat_unfixable_for": c.NATUnfixableFor,
 	} {
 		if d < 0 {
 			fe(name, "must not be negative, got %s", d)

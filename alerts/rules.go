@@ -194,6 +194,61 @@ func TunnelRules(c Config) RuleFile {
 	return RuleFile{Groups: []Group{{Name: "wgpulse-tunnels", Rules: rules}}}
 }
 
+// RemediationRules are the remediator's alerts: a failover held too long,
+// actions failing, damping engaged, conflicts with another manager, a pause
+// left on, and a NAT this side cannot fix.
+func RemediationRules(c Config) RuleFile {
+	rules := []Rule{
+		{
+			Alert:  "WireGuardFailoverActiveTooLong",
+			Expr:   `wgpulse_failover_active_path{path="backup"} == 1`,
+			For:    forDur(c.FailoverActiveFor),
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardFailoverActiveTooLong", "Traffic has been on the backup path for a long time.",
+				fmt.Sprintf("Failover group {{ $labels.group }} on {{ $labels.instance }} has carried its traffic on the backup for more than %s: the primary has not recovered, and the backup is now the only path.", promDuration(c.FailoverActiveFor))),
+		},
+		{
+			Alert:  "WireGuardRemediationFailing",
+			Expr:   "sum by (instance, job, policy, group) (increase(wgpulse_remediation_actions_total{result=\"error\"}[15m])) >= 2",
+			Labels: map[string]string{"severity": "critical"},
+			Annotations: c.annotate("WireGuardRemediationFailing", "wgpulse cannot carry out its remediation actions.",
+				"{{ $value | humanize }} {{ $labels.policy }} actions for {{ $labels.group }} on {{ $labels.instance }} failed in 15m: the remediator decided to act and the kernel or WireGuard refused. Traffic may be on a dead path."),
+		},
+		{
+			Alert:  "WireGuardRemediationDamped",
+			Expr:   "wgpulse_failover_damped == 1",
+			For:    forDur(c.DampedFor),
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardRemediationDamped", "Flap damping holds a failover group.",
+				"Group {{ $labels.group }} on {{ $labels.instance }} switched often enough to be damped: it makes no voluntary switch (no return to the primary) until the penalty decays. A path is flapping."),
+		},
+		{
+			Alert:  "WireGuardRemediationConflict",
+			Expr:   "increase(wgpulse_remediation_conflicts_total[30m]) > 0",
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardRemediationConflict", "Something else changes what wgpulse's remediator owns.",
+				"On {{ $labels.instance }} another manager deleted or overrode a change wgpulse made for group or device {{ $labels.group }} (a route of protocol 117, an endpoint, an MTU or a keepalive; conflicts in 30m: {{ $value | humanize }}); wgpulse backs off instead of fighting."),
+		},
+		{
+			Alert:  "WireGuardRemediationPaused",
+			Expr:   "wgpulse_remediation_paused == 1",
+			For:    forDur(c.PausedFor),
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardRemediationPaused", "Remediation has been paused for a long time.",
+				fmt.Sprintf("Remediation on {{ $labels.instance }} has been paused for more than %s: no failover, MTU or keepalive change happens. Resume with POST /-/remediate/resume or SIGUSR1.", promDuration(c.PausedFor))),
+		},
+		{
+			Alert:  "WireGuardNATUnfixable",
+			Expr:   "wgpulse_keepalive_nat_timeout_estimate_seconds and on (instance, job, device, public_key) (wgpulse_keepalive_nat_unfixable == 1)",
+			For:    forDur(c.NATUnfixableFor),
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardNATUnfixable", "A NAT drops a peer's mapping and this side cannot keep it alive.",
+				"The peer {{ $labels.name }} ({{ $labels.public_key }}) of {{ $labels.instance }}, device {{ $labels.device }} is behind a NAT whose mappings expire after about {{ $value | humanizeDuration }}, and a keepalive from this side does not refresh them: set PersistentKeepalive below that on the peer."),
+		},
+	}
+	return RuleFile{Groups: []Group{{Name: "wgpulse-remediation", Rules: rules}}}
+}
+
 // burnTier is one multiwindow burn-rate alert: it fires when the error ratio
 // over both windows exceeds factor times the error budget, where factor makes
 // budgetShare of the period's budget burn within the long window.

@@ -39,6 +39,7 @@ func All(slo alerts.SLOConfig) ([]Named, error) {
 		{"wireguard-fleet.json", fleet},
 		{"wireguard-tunnel.json", tunnel},
 		{"wireguard-slo.json", sloDashboard},
+		{"wireguard-remediation.json", remediation},
 	} {
 		d, err := b.fn(slo).Build()
 		if err != nil {

@@ -36,6 +36,9 @@ type metrics struct {
 	conflicts    *prometheus.CounterVec
 	flaps        *prometheus.CounterVec
 	penalty      *prometheus.GaugeVec
+	damped       *prometheus.GaugeVec
+	policies     *prometheus.GaugeVec
+	lastDecision *prometheus.GaugeVec
 	mtu          *prometheus.GaugeVec
 	keepalive    *prometheus.GaugeVec
 	natEstimate  *prometheus.GaugeVec
@@ -79,6 +82,18 @@ func newMetrics() *metrics {
 			Name: "wgpulse_failover_damping_penalty",
 			Help: "The group's flap damping penalty (BGP style); at or above suppress the group makes no voluntary switch.",
 		}, []string{"group"}),
+		damped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_failover_damped",
+			Help: "1 while flap damping holds the group: no voluntary switch until the penalty decays below reuse.",
+		}, []string{"group"}),
+		policies: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_policy_info",
+			Help: "1 for each policy and group (a failover group, or the device an MTU or keepalive policy covers) the remediator runs.",
+		}, []string{"policy", "group"}),
+		lastDecision: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_last_decision_timestamp_seconds",
+			Help: "Unix time of the last audited decision of a policy for a group (or peer), with its action, result and reason; one series each.",
+		}, []string{"policy", "group", "peer", "action", "result", "reason"}),
 		mtu: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_mtu_bytes",
 			Help: "The MTU the MTU policy put in force for a peer (route: on its routed prefixes; device: the whole device); absent when none.",
@@ -111,7 +126,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.mtu, m.keepalive, m.natEstimate, m.natUnfixable, m.paused, m.mode, m.stateErrs}
+	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.damped, m.policies, m.lastDecision, m.mtu, m.keepalive, m.natEstimate, m.natUnfixable, m.paused, m.mode, m.stateErrs}
 }
 
 // initGroup creates every series of a group at zero, so dashboards and
@@ -135,6 +150,8 @@ func (m *metrics) initGroup(name string, mode Mode) {
 	m.conflicts.WithLabelValues(name)
 	m.flaps.WithLabelValues(name)
 	m.penalty.WithLabelValues(name)
+	m.damped.WithLabelValues(name)
+	m.policies.WithLabelValues("failover", name).Set(1)
 }
 
 // initPolicy creates a per-peer policy's counters of one device at zero.
@@ -148,11 +165,12 @@ func (m *metrics) initPolicy(policy, device string, acts []string, mode Mode) {
 		m.suppressed.WithLabelValues(policy, device, r)
 	}
 	m.conflicts.WithLabelValues(device)
+	m.policies.WithLabelValues(policy, device).Set(1)
 }
 
 func (m *metrics) deleteGroup(name string) {
 	l := prometheus.Labels{"group": name}
-	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty} {
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.damped, m.lastDecision} {
 		v.DeletePartialMatch(l)
 	}
 }
@@ -220,4 +238,6 @@ func (a auditor) record(ctx context.Context, d decision, mode Mode, result strin
 		logAttrs = append(logAttrs, "err", err)
 	}
 	a.logger.Log(ctx, level, "remediation decision", logAttrs...)
+	a.metrics.lastDecision.DeletePartialMatch(prometheus.Labels{"policy": d.Policy, "group": d.Group, "peer": d.Peer})
+	a.metrics.lastDecision.WithLabelValues(d.Policy, d.Group, d.Peer, d.Action, result, d.Reason).Set(float64(time.Now().UnixNano()) / 1e9)
 }

@@ -141,6 +141,7 @@ func (r *Remediator) initPoliciesLocked() {
 
 func (r *Remediator) setGroupsLocked(cfg Config) {
 	r.groups, r.byKey = nil, map[string]*group{}
+	r.metrics.policies.Reset()
 	for _, gc := range cfg.Failover {
 		g := newGroup(gc)
 		for _, t := range g.probeTargets() {
@@ -165,6 +166,7 @@ func (r *Remediator) Collect(ch chan<- prometheus.Metric) {
 	now := time.Now()
 	for _, g := range r.groups {
 		r.metrics.penalty.WithLabelValues(g.cfg.Name).Set(penalty(g.cfg.Damping, g.st.railState, now))
+		r.metrics.damped.WithLabelValues(g.cfg.Name).Set(b2f(damped(g.cfg.Damping, g.st.railState, now)))
 	}
 	r.mu.Unlock()
 	for _, c := range r.metrics.collectors() {

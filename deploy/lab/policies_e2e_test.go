@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
@@ -169,4 +171,88 @@ func TestKeepalivePolicyOnTheLab(t *testing.T) {
 	if v := keepalive(backup); v != 0 {
 		t.Errorf("the peer without symptoms (dc1-backup) got keepalive %gs", v)
 	}
+}
+
+// Dry-run of all three policies at once: dc1's first uplink down (endpoint
+// failover), an MTU black hole on dc1-backup (MTU policy), a 5 s NAT on
+// dc2-primary with traffic only from the hub (keepalive policy). Every
+// decision is logged and counted as dry_run; no route, endpoint or
+// keepalive changes.
+func TestDryRunOfEveryPolicy(t *testing.T) {
+	t.Parallel()
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2"}, DualWAN: []string{"dc1"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	dc1, _ := l.Site("dc1")
+	routesBefore, err := lab.Routes(dc1.Namespace, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := startAgent(t, l, bin, lab.Remediation{Mode: "dry-run", Endpoint: map[string]string{"dc1": "fast"}, StateDir: t.TempDir(),
+		MTU: true, MTUYAML: "min: 1200", ProberYAML: "pmtu: {min: 1200, interval: 1m, confirm: 10s}"}, "dc1")
+	var hubDevices []string
+	for _, tn := range l.Tunnels {
+		hubDevices = append(hubDevices, tn.HubDevice)
+	}
+	cfg := filepath.Join(t.TempDir(), "hub.yml")
+	yml := l.AgentConfig("hub", lab.Remediation{Mode: "dry-run", StateDir: t.TempDir(), ProberYAML: "interval: 7s\nwindow: 70s\npmtu: {enabled: false}"}) +
+		"  keepalive:\n    enabled: true\n    devices: [" + strings.Join(hubDevices, ", ") + "]\n    min: 2s\n    symptoms: 2\n"
+	if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hub := labtest.StartAgent(t, bin, l.HubNamespace, agentAddr, "--config.file="+cfg)
+	waitGroups(t, map[string]*lab.Agent{"dc1": site}, 20*time.Second, "both uplinks up", bothUp)
+	for _, f := range [][]string{{"dc2-primary", "nat-timeout=5s"}, {"dc1-backup", "mtu=1300"}, {"dc1-primary", "down"}} {
+		if _, err := l.Fault(f[0], f[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dryRun := func(a *lab.Agent, policy, action string) float64 {
+		var sum float64
+		for _, s := range parseScrape(t, scrapeOf(t, a))["wgpulse_remediation_actions_total"] {
+			if s.labels["policy"] == policy && s.labels["action"] == action && s.labels["result"] == "dry_run" && s.labels["mode"] == "dry-run" {
+				sum += s.value
+			}
+		}
+		return sum
+	}
+	deadline := time.Now().Add(150 * time.Second)
+	for time.Now().Before(deadline) && (dryRun(site, "failover", "switch_to_backup") == 0 || dryRun(site, "mtu", "lower_mtu") == 0 || dryRun(hub, "keepalive", "set_keepalive") == 0) {
+		time.Sleep(2 * time.Second)
+	}
+	for _, c := range []struct {
+		a              *lab.Agent
+		policy, action string
+	}{{site, "failover", "switch_to_backup"}, {site, "mtu", "lower_mtu"}, {hub, "keepalive", "set_keepalive"}} {
+		if dryRun(c.a, c.policy, c.action) == 0 {
+			t.Errorf("no dry-run %s decision counted", c.policy)
+		}
+		if !strings.Contains(c.a.Logs(), "policy="+c.policy+" ") || !strings.Contains(c.a.Logs(), "result=dry_run") {
+			t.Errorf("no dry-run %s audit line", c.policy)
+		}
+	}
+	routesAfter, err := lab.Routes(dc1.Namespace, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(routesBefore, routesAfter); diff != "" {
+		t.Errorf("dry-run changed dc1's routes (-before +after)\n%s", diff)
+	}
+	tun, _ := l.Tunnel("dc1-primary")
+	if ep, ok := peerEndpoint(t, site, tun.HubPublicKey); !ok || ep != tun.RelayAddress {
+		t.Errorf("dry-run moved dc1's endpoint to %q (was %s)", ep, tun.RelayAddress)
+	}
+	if v, _ := peerValue(t, hub, "wireguard_peer_persistent_keepalive_seconds", l.Tunnels[2].PublicKey); v != 0 {
+		t.Errorf("dry-run set keepalive %gs on the hub", v)
+	}
+}
+
+// peerEndpoint is the endpoint an agent shows for a peer.
+func peerEndpoint(t *testing.T, a *lab.Agent, publicKey string) (string, bool) {
+	t.Helper()
+	for _, s := range parseScrape(t, scrapeOf(t, a))["wireguard_peer_info"] {
+		if s.labels["public_key"] == publicKey {
+			return s.labels["endpoint"], true
+		}
+	}
+	return "", false
 }

@@ -16,8 +16,9 @@ import (
 func Generated(cfg Config) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	for name, rf := range map[string]alerts.RuleFile{
-		"alerts/wgpulse-alerts.yml": alerts.TunnelRules(cfg.Alerts),
-		"alerts/wgpulse-slo.yml":    alerts.SLORules(cfg.Alerts, cfg.SLO),
+		"alerts/wgpulse-alerts.yml":      alerts.TunnelRules(cfg.Alerts),
+		"alerts/wgpulse-slo.yml":         alerts.SLORules(cfg.Alerts, cfg.SLO),
+		"alerts/wgpulse-remediation.yml": alerts.RemediationRules(cfg.Alerts),
 	} {
 		b, err := rf.Marshal()
 		if err != nil {

@@ -40,8 +40,8 @@ func TestGeneratedFilesAreFresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(files) != 5 {
-		t.Fatalf("generated %d files, want 2 rule files and 3 dashboards", len(files))
+	if len(files) != 7 {
+		t.Fatalf("generated %d files, want 3 rule files and 4 dashboards", len(files))
 	}
 	for name, want := range files {
 		got, err := os.ReadFile(filepath.Join(root, name))
@@ -111,7 +111,7 @@ func TestRulesPassPromtool(t *testing.T) {
 func allRules(t *testing.T, cfg agent.Config) []alerts.Rule {
 	t.Helper()
 	var out []alerts.Rule
-	for _, rf := range []alerts.RuleFile{alerts.TunnelRules(cfg.Alerts), alerts.SLORules(cfg.Alerts, cfg.SLO)} {
+	for _, rf := range []alerts.RuleFile{alerts.TunnelRules(cfg.Alerts), alerts.SLORules(cfg.Alerts, cfg.SLO), alerts.RemediationRules(cfg.Alerts)} {
 		for _, g := range rf.Groups {
 			out = append(out, g.Rules...)
 		}
@@ -275,8 +275,8 @@ func dashboardExprs(t *testing.T) ([]expression, []map[string]any, map[string][]
 	var panels []map[string]any
 	vars := map[string][]string{}
 	files, _ := filepath.Glob(filepath.Join(root, "dashboards", "*.json"))
-	if len(files) != 3 {
-		t.Fatalf("%d dashboards, want 3", len(files))
+	if len(files) != 4 {
+		t.Fatalf("%d dashboards, want 4", len(files))
 	}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
