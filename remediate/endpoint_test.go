@@ -177,3 +177,36 @@ func TestConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// The uplink's underlay target notices the failure a moment after the
+// tunnel does (here 300 ms): its "up since" predates the failure, and must
+// not count toward hold_down. No return while the uplink is down, no flap.
+func TestEndpointHoldDownCountsFromTheSwitch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, remediate.Config{})
+		var down1, down2, underlayDown atomic.Bool
+		r.wan(&underlayDown, &down2)
+		tunnel := r.faults[tunnelTarget]
+		r.fault(tunnelTarget, func(n int) probertest.Reply {
+			if down1.Load() && r.wg.endpointOf(tunnelDev) == uplink1 {
+				return dead(n)
+			}
+			return tunnel(n)
+		})
+		g := dualWAN(r, "fast")
+		g.HoldDown = 2 * time.Second
+		r.cfg = config(t, remediate.ModeAuto, g)
+		r.start()
+		r.run(5 * time.Second)
+		down1.Store(true) // the tunnel over uplink 1 dies first...
+		time.AfterFunc(300*time.Millisecond, func() { underlayDown.Store(true) }) // ...its underlay target a moment later
+		waitFor(t, 2*time.Second, "swap", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+		r.run(10 * time.Second)
+		if ep := r.wg.endpointOf(tunnelDev); ep != uplink2 {
+			t.Fatalf("returned to %s while uplink 1 is down", ep)
+		}
+		if a := r.taken(); len(a) != 1 {
+			t.Errorf("decisions %+v, want the one switch", a)
+		}
+	})
+}

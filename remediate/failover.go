@@ -137,7 +137,14 @@ func decideFailover(g FailoverGroup, st groupState, sig groupSignals, now time.T
 		}
 	case p.State == prober.StateUp:
 		d.Action, d.To = ActionReturnToPrimary, Primary
-		up := now.Sub(p.Since)
+		// Up since we left it, at the earliest: a verdict older than the
+		// switch (an underlay target slower to notice than the tunnel) says
+		// nothing about the primary since it failed.
+		upSince := p.Since
+		if st.Since.After(upSince) {
+			upSince = st.Since
+		}
+		up := now.Sub(upSince)
 		if up < g.HoldDown {
 			d.Suppressed = SuppressHoldDown
 			d.Reason = fmt.Sprintf("primary up again, waiting for it to stay up for hold_down %s", g.HoldDown)

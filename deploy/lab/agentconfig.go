@@ -82,6 +82,7 @@ func (l *Lab) AgentConfig(node string, r Remediation) string {
 		if r.HoldDown > 0 {
 			g += fmt.Sprintf("      hold_down: %s\n", r.HoldDown)
 		}
+		g += indent(r.GroupYAML, "      ")
 		groups = append(groups, g)
 	}
 	var b strings.Builder

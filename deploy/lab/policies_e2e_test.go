@@ -1,8 +1,11 @@
 package lab_test
 
 import (
+	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
+	"github.com/wgpulse/wgpulse/remediate"
 )
 
 // ourMTURoute is the MTU policy's route for the hub LAN in the site, if any.
@@ -255,4 +259,178 @@ func peerEndpoint(t *testing.T, a *lab.Agent, publicKey string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// report logs min/median/max of samples and reports them as metrics.
+func report(b *testing.B, what, unit string, samples []float64) {
+	slices.Sort(samples)
+	b.Logf("%s over %d runs: %v", what, len(samples), samples)
+	b.ReportMetric(samples[0], what+"-min-"+unit)
+	b.ReportMetric(samples[len(samples)/2], what+"-p50-"+unit)
+	b.ReportMetric(samples[len(samples)-1], what+"-max-"+unit)
+}
+
+// BenchmarkEndpointOutage measures the outage of LAN traffic (a ping every
+// 10 ms) over repeated endpoint failovers of dc1 (fast profile, one agent).
+func BenchmarkEndpointOutage(b *testing.B) {
+	const runs = 7
+	for b.Loop() {
+		l := labtest.Start(b, lab.Config{Sites: []string{"dc1"}, DualWAN: []string{"dc1"}})
+		bin := labtest.BuildBinary(b, "./cmd/wgpulse")
+		cfg := filepath.Join(b.TempDir(), "dc1.yml")
+		rem := lab.Remediation{Mode: "auto", Endpoint: map[string]string{"dc1": "fast"}, HoldDown: 3 * time.Second, StateDir: b.TempDir(),
+			GroupYAML: "damping: {penalty: 1, suppress: 1000000, reuse: 999999, half_life: 1m}\nrate_limit: {burst: 1000, per: 1h}"}
+		if err := os.WriteFile(cfg, []byte(l.AgentConfig("dc1", rem)), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		s, _ := l.Site("dc1")
+		a := labtest.StartAgent(b, bin, s.Namespace, agentAddr, "--config.file="+cfg, "--log.level=info")
+		wait := func(cond func(remediate.GroupStatus) bool) {
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				var st remediate.Status
+				if code, body, err := a.Get("/-/remediate"); err == nil && code == 200 && json.Unmarshal([]byte(body), &st) == nil && len(st.Groups) == 1 && cond(st.Groups[0]) {
+					return
+				}
+				if time.Now().After(deadline) {
+					b.Fatal("agent state not reached within 30s")
+				}
+			}
+		}
+		wait(bothUp)
+		p, err := lab.StartPinger(s.Namespace, "10.101.0.1", "10.50.0.1", 10*time.Millisecond)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var outages []float64
+		for range runs {
+			time.Sleep(time.Duration(rand.IntN(1000)) * time.Millisecond)
+			cut := time.Now()
+			if _, err := l.Fault("dc1-primary", "down"); err != nil {
+				b.Fatal(err)
+			}
+			wait(active("backup"))
+			time.Sleep(1500 * time.Millisecond)
+			outages = append(outages, float64(p.Longest(cut, time.Now()).Took.Milliseconds()))
+			if _, err := l.Fault("dc1-primary", "up"); err != nil {
+				b.Fatal(err)
+			}
+			wait(active("primary"))
+			wait(bothUp)
+		}
+		p.Stop()
+		report(b, "endpoint-outage", "ms", outages)
+	}
+}
+
+// BenchmarkMTUAndKeepaliveFix measures, over several runs each, the time
+// from an MTU black hole (mtu=1300) to the MTU in force, and from a 5 s NAT
+// timeout with traffic only from the hub to the keepalive set, with the
+// estimate's error.
+func BenchmarkMTUAndKeepaliveFix(b *testing.B) {
+	const runs = 3
+	for b.Loop() {
+		l := labtest.Start(b, lab.Config{Sites: []string{"dc1", "dc2"}})
+		bin := labtest.BuildBinary(b, "./cmd/wgpulse")
+		dc1, _ := l.Site("dc1")
+		labtest.StartAgentWith(b, lab.AgentOptions{Bin: bin, NS: dc1.Namespace, Addr: agentAddr, Args: []string{"--config.file=" + writeConfig(b,
+			l.AgentConfig("dc1", lab.Remediation{Mode: "auto", StateDir: b.TempDir(), MTU: true, MTUYAML: "min: 1200\nhold_down: 5s",
+				ProberYAML: "pmtu: {min: 1200, interval: 1m, confirm: 10s}"})), "--log.level=info"}})
+		var hubDevices []string
+		for _, tn := range l.Tunnels {
+			hubDevices = append(hubDevices, tn.HubDevice)
+		}
+		hubCfg := l.AgentConfig("hub", lab.Remediation{Mode: "auto", StateDir: b.TempDir(), ProberYAML: "interval: 7s\nwindow: 70s\npmtu: {enabled: false}"}) +
+			"  keepalive:\n    enabled: true\n    devices: [" + strings.Join(hubDevices, ", ") + "]\n    min: 2s\n    symptoms: 2\n"
+		hub := labtest.StartAgentWith(b, lab.AgentOptions{Bin: bin, NS: l.HubNamespace, Addr: agentAddr, Args: []string{"--config.file=" + writeConfig(b, hubCfg), "--log.level=info"}})
+		var mtuTimes, kaTimes, kaErrs []float64
+		for i := range runs {
+			// MTU on dc1-primary.
+			fault := time.Now()
+			if _, err := l.Fault("dc1-primary", "mtu=1300"); err != nil {
+				b.Fatal(err)
+			}
+			for route := (*lab.Route)(nil); route == nil; {
+				if time.Since(fault) > 3*time.Minute {
+					b.Fatal("no MTU route within 3 minutes")
+				}
+				time.Sleep(500 * time.Millisecond)
+				rs, _ := lab.Routes(dc1.Namespace, "10.50.0.0/16")
+				for _, r := range rs {
+					if r.Protocol == "117" {
+						route = &r
+					}
+				}
+			}
+			mtuTimes = append(mtuTimes, time.Since(fault).Seconds())
+			// Keepalive on dc2-primary (a fresh peer each run: dc2's NAT, then reset).
+			tn := l.Tunnels[2]
+			fault = time.Now()
+			if _, err := l.Fault("dc2-primary", "nat-timeout=5s"); err != nil {
+				b.Fatal(err)
+			}
+			for {
+				v, _ := hubPeerValue(b, hub, "wgpulse_remediation_keepalive_seconds", tn.PublicKey)
+				if v > 0 {
+					est, _ := hubPeerValue(b, hub, "wgpulse_keepalive_nat_timeout_estimate_seconds", tn.PublicKey)
+					kaTimes = append(kaTimes, time.Since(fault).Seconds())
+					kaErrs = append(kaErrs, 100*(est-5)/5)
+					break
+				}
+				if time.Since(fault) > 4*time.Minute {
+					b.Fatal("no keepalive within 4 minutes")
+				}
+				time.Sleep(time.Second)
+			}
+			if i == runs-1 {
+				break
+			}
+			// Reset for the next run: clear the faults, restart the hub agent
+			// with its state file gone (a fresh estimate), and let the MTU go back up.
+			for _, f := range [][]string{{"dc1-primary", "mtu=0"}, {"dc2-primary", "nat-timeout=0"}} {
+				if _, err := l.Fault(f[0], f[1]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			hub.Stop()
+			if err := lab.IP("netns", "exec", l.HubNamespace, "wg", "set", tn.HubDevice, "peer", tn.PublicKey, "persistent-keepalive", "0"); err != nil {
+				b.Fatal(err)
+			}
+			hubCfg = l.AgentConfig("hub", lab.Remediation{Mode: "auto", StateDir: b.TempDir(), ProberYAML: "interval: 7s\nwindow: 70s\npmtu: {enabled: false}"}) +
+				"  keepalive:\n    enabled: true\n    devices: [" + strings.Join(hubDevices, ", ") + "]\n    min: 2s\n    symptoms: 2\n"
+			hub = labtest.StartAgentWith(b, lab.AgentOptions{Bin: bin, NS: l.HubNamespace, Addr: agentAddr, Args: []string{"--config.file=" + writeConfig(b, hubCfg), "--log.level=info"}})
+			for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(time.Second) {
+				rs, _ := lab.Routes(dc1.Namespace, "10.50.0.0/16")
+				if !slices.ContainsFunc(rs, func(r lab.Route) bool { return r.Protocol == "117" }) {
+					break
+				}
+				if time.Now().After(deadline) {
+					b.Fatal("the MTU did not go back up")
+				}
+			}
+		}
+		report(b, "mtu-fix", "s", mtuTimes)
+		report(b, "keepalive-fix", "s", kaTimes)
+		report(b, "nat-estimate-error", "%", kaErrs)
+	}
+}
+
+func writeConfig(b *testing.B, yml string) string {
+	p := filepath.Join(b.TempDir(), "agent.yml")
+	if err := os.WriteFile(p, []byte(yml), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+func hubPeerValue(b *testing.B, a *lab.Agent, name, publicKey string) (float64, bool) {
+	_, body, err := a.Get("/metrics")
+	if err != nil {
+		return 0, false
+	}
+	for _, s := range parseScrape(b, body)[name] {
+		if s.labels["public_key"] == publicKey {
+			return s.value, true
+		}
+	}
+	return 0, false
 }
