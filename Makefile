@@ -41,7 +41,7 @@ generate:
 
 # bench: per-operation benchmarks over 60 iterations (60 polls, 60 scrapes),
 # then the whole-run measurements (1,000 probe targets for 10-25 s) once.
-MEASUREMENTS := ThousandTargets|AgentProber1000|FailoverOutage|DecisionToRoute|HundredGroupsCPU
+MEASUREMENTS := ThousandTargets|AgentProber1000|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU
 bench:
 	$(GO) test -run '^$$' -bench . -skip '$(MEASUREMENTS)' -benchmem -benchtime=60x -timeout 30m ./...
 	$(GO) test -run '^$$' -bench '$(MEASUREMENTS)' -benchtime=1x -timeout 30m ./...
