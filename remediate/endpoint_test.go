@@ -198,7 +198,7 @@ func TestEndpointHoldDownCountsFromTheSwitch(t *testing.T) {
 		r.cfg = config(t, remediate.ModeAuto, g)
 		r.start()
 		r.run(5 * time.Second)
-		down1.Store(true) // the tunnel over uplink 1 dies first...
+		down1.Store(true)                                                         // the tunnel over uplink 1 dies first...
 		time.AfterFunc(300*time.Millisecond, func() { underlayDown.Store(true) }) // ...its underlay target a moment later
 		waitFor(t, 2*time.Second, "swap", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
 		r.run(10 * time.Second)
