@@ -288,6 +288,7 @@ func (r *Remediator) observeKeepaliveLocked(s *collector.Snapshot) {
 	if !c.Enabled || r.cfg.Mode == ModeOff {
 		return
 	}
+	seen := map[string]bool{}
 	for _, dev := range c.Devices {
 		d, ok := s.Device(dev)
 		if !ok || d.Stale {
@@ -295,18 +296,30 @@ func (r *Remediator) observeKeepaliveLocked(s *collector.Snapshot) {
 		}
 		for _, p := range d.Peers {
 			u := r.kaUnitLocked(d, p)
+			seen[peerKey(d.Name, p.PublicKey)] = true
 			u.observeSnapshot(p, s.Time)
+		}
+	}
+	for k, u := range r.kas { // peers gone from read devices, with no change of ours left
+		if d, ok := s.Device(u.st.Device); ok && !d.Stale && !seen[k] && u.st.Applied == 0 {
+			for _, t := range u.targets {
+				delete(r.kaByTarget, t)
+			}
+			delete(r.kas, k)
 		}
 	}
 }
 
 func (r *Remediator) kaUnitLocked(d *collector.Device, p collector.Peer) *kaUnit {
-	key := mtuKey(d.Name, p.PublicKey)
+	key := peerKey(d.Name, p.PublicKey)
 	u := r.kas[key]
 	if u == nil {
 		k, _ := wgtypes.ParseKey(p.PublicKey)
 		u = &kaUnit{st: kaState{Device: d.Name, Peer: p.PublicKey, Original: p.PersistentKeepalive}, key: k}
 		r.kas[key] = u
+	}
+	u.name = p.Name
+	if u.targets == nil { // new, or adopted from the state file
 		for _, a := range p.AllowedIPs {
 			if a.IsSingleIP() {
 				t := prober.Target{Device: d.Name, Address: a.Addr()}.Key()
@@ -315,7 +328,6 @@ func (r *Remediator) kaUnitLocked(d *collector.Device, p collector.Peer) *kaUnit
 			}
 		}
 	}
-	u.name = p.Name
 	return u
 }
 

@@ -110,7 +110,8 @@ type mtuUnit struct {
 	v6      bool     // a prefix of the peer is IPv6: never below 1280
 }
 
-func mtuKey(device, peer string) string { return device + "/" + peer }
+// peerKey is a per-peer policy's unit key: device/public key.
+func peerKey(device, peer string) string { return device + "/" + peer }
 
 // mtuMeasure is what the prober says of a peer's path MTU.
 type mtuMeasure struct {
@@ -185,6 +186,7 @@ func (r *Remediator) evaluateMTULocked(ctx context.Context, now time.Time) {
 	if r.cfg.Mode == ModeOff || !c.Enabled || !r.started || r.snap == nil {
 		return
 	}
+	seen := map[string]bool{}
 	for _, dev := range c.Devices {
 		d, ok := r.snap.Device(dev)
 		if !ok || d.Stale {
@@ -192,13 +194,19 @@ func (r *Remediator) evaluateMTULocked(ctx context.Context, now time.Time) {
 		}
 		for _, p := range d.Peers {
 			u := r.mtuUnitLocked(d, p)
+			seen[peerKey(d.Name, p.PublicKey)] = true
 			r.evaluateMTUUnitLocked(ctx, u, now)
+		}
+	}
+	for k, u := range r.mtus { // peers gone from read devices, with no change of ours left
+		if d, ok := r.snap.Device(u.st.Device); ok && !d.Stale && !seen[k] && u.st.Applied == 0 {
+			delete(r.mtus, k)
 		}
 	}
 }
 
 func (r *Remediator) mtuUnitLocked(d *collector.Device, p collector.Peer) *mtuUnit {
-	key := mtuKey(d.Name, p.PublicKey)
+	key := peerKey(d.Name, p.PublicKey)
 	u := r.mtus[key]
 	if u == nil {
 		u = &mtuUnit{st: mtuState{Device: d.Name, Peer: p.PublicKey, Max: r.cfg.MTU.Max}}
@@ -303,7 +311,14 @@ func (r *Remediator) applyMTU(u *mtuUnit, want int) (mtuState, error) {
 			return st, nil
 		}
 	}
-	// The fallback: the whole device.
+	// The fallback: the whole device. Routes of ours left from before (the
+	// operator's routes they sat below are gone) go first.
+	for _, old := range st.Routes {
+		if err := r.routes.del(old); err != nil {
+			return st, err
+		}
+	}
+	st.Routes = nil
 	if st.Original == 0 {
 		cur, err := r.routes.linkMTU(st.Device)
 		if err != nil {

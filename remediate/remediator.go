@@ -186,10 +186,26 @@ func (r *Remediator) Run(ctx context.Context) {
 	defer cancel()
 	changes := r.prober.SubscribeChanges(subCtx)
 	snaps := r.snaps.Subscribe(subCtx)
-	var results <-chan prober.Result // only the keepalive policy reads every probe
-	if r.cfg.Keepalive.Enabled {
-		results = r.prober.Subscribe(subCtx)
+	// Only the keepalive policy reads every probe result: subscribed while
+	// it is enabled (a reload may switch it on or off).
+	var results <-chan prober.Result
+	stopResults := func() {}
+	followKeepalive := func() {
+		r.mu.Lock()
+		on := r.cfg.Keepalive.Enabled && r.cfg.Mode != ModeOff
+		r.mu.Unlock()
+		switch {
+		case on && results == nil:
+			var rctx context.Context
+			rctx, stopResults = context.WithCancel(subCtx)
+			results = r.prober.Subscribe(rctx)
+		case !on && results != nil:
+			stopResults()
+			results = nil
+		}
 	}
+	followKeepalive()
+	defer func() { stopResults() }()
 	tick := time.NewTicker(tickEvery)
 	defer tick.Stop()
 	reconcile := time.NewTicker(reconcileEvery)
@@ -238,6 +254,7 @@ func (r *Remediator) Run(ctx context.Context) {
 			r.evaluateKeepaliveLocked(ctx, time.Now())
 			r.mu.Unlock()
 		case <-r.wake:
+			followKeepalive()
 			r.mu.Lock()
 			r.evaluateAllLocked(ctx)
 			r.mu.Unlock()
@@ -321,7 +338,7 @@ func (r *Remediator) warnLeftoversLocked() {
 		}
 		for _, rt := range rs {
 			if !known[rt] {
-				r.logger.Warn("a route of wgpulse's protocol that no failover group of this config owns: left alone; remove it by hand if it is stale",
+				r.logger.Warn("a route of wgpulse's protocol that this config does not own: left alone; remove it by hand if it is stale",
 					"route", rt.String(), "remove_with", fmt.Sprintf("ip route del %s dev %s metric %d proto %d", rt.Prefix, rt.Device, rt.Metric, rt.Protocol))
 			}
 		}
