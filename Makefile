@@ -7,8 +7,13 @@ BRANCH    := $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null)
 LDFLAGS   := -X $(PKG).Version=$(VERSION) -X $(PKG).Revision=$(REVISION) -X $(PKG).Branch=$(BRANCH) \
              -X $(PKG).BuildUser=$(USER) -X $(PKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
 TEST_TIMEOUT ?= 25m
+# install: DESTDIR stages (packaging), PREFIX is where the binary runs from.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+SYSTEMDDIR ?= /lib/systemd/system
+SYSCONFDIR ?= /etc
 
-.PHONY: all build test unit lint generate bench deps demo clean
+.PHONY: all build test unit lint generate bench deps demo clean install uninstall
 
 all: build
 
@@ -50,6 +55,25 @@ bench:
 # DEMO_FLAGS=--hold keeps it up for Prometheus/Grafana.
 demo: build
 	./bin/wgpulse-lab demo $(DEMO_FLAGS)
+
+# install: the binary, the hardened systemd unit (ExecStart under PREFIX) and,
+# if there is none yet, an example config. Then, as root:
+#   systemctl daemon-reload && systemctl enable --now wgpulse
+install: build
+	install -D -m 0755 bin/wgpulse $(DESTDIR)$(PREFIX)/bin/wgpulse
+	install -d $(DESTDIR)$(SYSTEMDDIR)
+	sed 's#/usr/local/bin/wgpulse#$(PREFIX)/bin/wgpulse#' deploy/systemd/wgpulse.service > $(DESTDIR)$(SYSTEMDDIR)/wgpulse.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDDIR)/wgpulse.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/wgpulse/wgpulse.yml ]; then \
+	  echo "kept the existing $(DESTDIR)$(SYSCONFDIR)/wgpulse/wgpulse.yml"; \
+	else install -D -m 0644 deploy/systemd/wgpulse.yml $(DESTDIR)$(SYSCONFDIR)/wgpulse/wgpulse.yml; fi
+	@echo "installed; as root: systemctl daemon-reload && systemctl enable --now wgpulse"
+
+# uninstall removes the binary and the unit; your config and the remediator's
+# state (/var/lib/wgpulse) stay. Stop the service first.
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/wgpulse $(DESTDIR)$(SYSTEMDDIR)/wgpulse.service
+	@echo "removed; kept $(SYSCONFDIR)/wgpulse/wgpulse.yml and /var/lib/wgpulse"
 
 clean:
 	rm -rf bin

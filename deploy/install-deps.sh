@@ -10,6 +10,9 @@ declare -A pkg_for=(
   [amtool]=prometheus-alertmanager
   [setpriv]=util-linux
   [sysctl]=procps
+  [systemd-analyze]=systemd
+  [prometheus]=prometheus
+  [prometheus-alertmanager]=prometheus-alertmanager
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
