@@ -123,7 +123,7 @@ func statPanel(title, description, unit, expr string) *stat.PanelBuilder {
 		WithTarget(query(expr, "").Instant())
 }
 
-// Expressions shared by the dashboards.
+// Expressions shared by the dashboards that query raw series.
 func lossExpr(sel, by string) string {
 	return fmt.Sprintf("sum by (%[2]s) (rate(wgpulse_probe_failures_total{%[1]s}[$__rate_interval]))\n/\nsum by (%[2]s) (rate(wgpulse_probes_total{%[1]s}[$__rate_interval]))", sel, by)
 }
@@ -136,26 +136,29 @@ func handshakeAge(sel string) string {
 	return fmt.Sprintf("(time() - wireguard_peer_last_handshake_seconds{%[1]s})\nand wireguard_peer_last_handshake_seconds{%[1]s} > 0", sel)
 }
 
+// fleet draws only the fleet layer's recording rules (alerts/fleet.go) and
+// up: a few pre-aggregated series per tunnel, whatever the fleet's size.
 func fleet(alerts.SLOConfig) *dashboard.DashboardBuilder {
-	b := variables(base("WireGuard fleet", "wgpulse-fleet", "Every node and tunnel on one screen, worst first.", "fleet"), false)
+	b := variables(base("WireGuard fleet", "wgpulse-fleet", "Every node and tunnel on one screen, worst first. Drawn from the fleet recording rules (alerts/wgpulse-fleet.yml), which Prometheus must load.", "fleet"), false)
 	tableQ := func(expr, ref string) *prometheus.DataqueryBuilder {
 		return query(expr, "").Format(prometheus.PromQueryFormatTable).Instant().RefId(ref)
 	}
+	rec := func(name string) string { return fmt.Sprintf("%s{%s}", name, deviceSel) }
 	columns := []struct{ field, name, unit string }{
 		{"Value #B", "loss", "percentunit"}, {"Value #C", "RTT p50", "s"}, {"Value #D", "RTT p99", "s"},
 		{"Value #E", "jitter", "s"}, {"Value #F", "path MTU", "bytes"}, {"Value #G", "probe up", "short"},
 	}
 	worst := table.NewPanelBuilder().Title("Tunnels, worst first").
-		Description("One row per probed tunnel: loss, RTT p50/p99, jitter and path MTU now, sorted by loss (highest first).").
+		Description("One row per probed tunnel: loss, RTT p50/p99 (5m), jitter and path MTU now, sorted by loss (highest first).").
 		Unit("short").Datasource(datasource()).Span(24).Height(10).
-		WithTarget(tableQ(lossExpr(deviceSel, tunnelBy), "B")).
-		WithTarget(tableQ(rttQuantile(0.5, deviceSel, tunnelBy), "C")).
-		WithTarget(tableQ(rttQuantile(0.99, deviceSel, tunnelBy), "D")).
-		WithTarget(tableQ(fmt.Sprintf("max by (%s) (wgpulse_probe_jitter_seconds{%s})", tunnelBy, deviceSel), "E")).
-		WithTarget(tableQ(fmt.Sprintf("max by (%s) (wgpulse_path_mtu_bytes{%s})", tunnelBy, deviceSel), "F")).
-		WithTarget(tableQ(fmt.Sprintf("max by (%s) (wgpulse_probe_up{%s})", tunnelBy, deviceSel), "G")).
+		WithTarget(tableQ(rec(alerts.FleetLoss), "B")).
+		WithTarget(tableQ(rec(alerts.FleetRTTP50), "C")).
+		WithTarget(tableQ(rec(alerts.FleetRTTP99), "D")).
+		WithTarget(tableQ(rec(alerts.FleetJitter), "E")).
+		WithTarget(tableQ(rec(alerts.FleetPathMTU), "F")).
+		WithTarget(tableQ(rec(alerts.FleetProbeUp), "G")).
 		WithTransformation(dashboard.DataTransformerConfig{Id: "merge", Options: map[string]any{}}).
-		WithTransformation(dashboard.DataTransformerConfig{Id: "organize", Options: map[string]any{"excludeByName": map[string]any{"Time": true}}}).
+		WithTransformation(dashboard.DataTransformerConfig{Id: "organize", Options: map[string]any{"excludeByName": map[string]any{"Time": true, "__name__": true}}}).
 		SortBy([]cog.Builder[common.TableSortByFieldState]{common.NewTableSortByFieldStateBuilder().DisplayName("loss").Desc(true)}).
 		// Explicit: the SDK's default footer has a null reducer its own strict decoder rejects.
 		Footer(common.NewTableFooterOptionsBuilder().Show(false).Reducer([]string{"max"}))
@@ -167,30 +170,30 @@ func fleet(alerts.SLOConfig) *dashboard.DashboardBuilder {
 		WithPanel(statPanel("Agents up", "wgpulse agents Prometheus scrapes successfully, of all it knows.", "short",
 			`sum(up{job=~"$job", instance=~"$instance"}) or vector(0)`)).
 		WithPanel(statPanel("Peers", "WireGuard peers configured on the watched devices.", "short",
-			fmt.Sprintf("count(wireguard_peer_info{%s}) or vector(0)", deviceSel))).
+			fmt.Sprintf("count(%s) or vector(0)", rec(alerts.FleetRx)))).
 		WithPanel(statPanel("Stale handshakes", "Peers that had a handshake but none in the last 180 s: their sessions cannot carry data.", "short",
-			fmt.Sprintf("count(%s > 180) or vector(0)", handshakeAge(deviceSel)))).
+			fmt.Sprintf("count(%s > 180) or vector(0)", rec(alerts.FleetHandshakeAge)))).
 		WithPanel(statPanel("Endpoint changes (1h)", "NAT rebinds and roaming seen across the fleet in the last hour.", "short",
-			fmt.Sprintf("sum(increase(wireguard_peer_endpoint_changes_total{%s}[1h])) or vector(0)", deviceSel))).
+			fmt.Sprintf("sum(%s) or vector(0)", rec(alerts.FleetEndpointPeer)))).
 		WithPanel(worst).
 		WithRow(dashboard.NewRowBuilder("Tunnels over time")).
 		WithPanel(ts("Handshake age", "Seconds since each peer's last handshake (never-handshaked peers omitted). Above 180 s the session is dead; WireGuard rekeys every 120 s.", "s",
-			query(handshakeAge(deviceSel), "{{instance}} {{device}} {{name}}"))).
-		WithPanel(ts("Probe loss", "Share of probes through each tunnel lost (no reply within prober.timeout).", "percentunit",
-			query(lossExpr(deviceSel, tunnelBy), "{{instance}} {{name}} {{target}}"))).
-		WithPanel(ts("RTT p50 and p99", "Round-trip time through each tunnel from the probe histogram.", "s",
-			query(rttQuantile(0.5, deviceSel, tunnelBy), "p50 {{instance}} {{name}}"),
-			query(rttQuantile(0.99, deviceSel, tunnelBy), "p99 {{instance}} {{name}}"))).
+			query(rec(alerts.FleetHandshakeAge), "{{instance}} {{device}} {{name}}"))).
+		WithPanel(ts("Probe loss", "Share of probes through each tunnel lost over 5m (no reply within prober.timeout).", "percentunit",
+			query(rec(alerts.FleetLoss), "{{instance}} {{name}} {{target}}"))).
+		WithPanel(ts("RTT p50 and p99", "Round-trip time through each tunnel from the probe histogram, over 5m.", "s",
+			query(rec(alerts.FleetRTTP50), "p50 {{instance}} {{name}}"),
+			query(rec(alerts.FleetRTTP99), "p99 {{instance}} {{name}}"))).
 		WithPanel(ts("Jitter", "RFC 3550 interarrival jitter of the probe RTTs.", "s",
-			query(fmt.Sprintf("wgpulse_probe_jitter_seconds{%s}", deviceSel), "{{instance}} {{name}} {{target}}"))).
-		WithPanel(ts("Throughput", "Bytes per second received from and sent to each peer.", "Bps",
-			query(fmt.Sprintf("sum by (%s) (rate(wireguard_peer_receive_bytes_total{%s}[$__rate_interval]))", peerBy, deviceSel), "rx {{instance}} {{name}}"),
-			query(fmt.Sprintf("sum by (%s) (rate(wireguard_peer_transmit_bytes_total{%s}[$__rate_interval]))", peerBy, deviceSel), "tx {{instance}} {{name}}"))).
-		WithPanel(ts("Endpoint changes", "NAT rebinds and roaming: endpoint changes per peer in each interval.", "short",
-			query(fmt.Sprintf("sum by (%s) (increase(wireguard_peer_endpoint_changes_total{%s}[$__rate_interval]))", peerBy, deviceSel), "{{instance}} {{name}}"))).
+			query(rec(alerts.FleetJitter), "{{instance}} {{name}} {{target}}"))).
+		WithPanel(ts("Throughput", "Bytes per second received from and sent to each peer, over 5m.", "Bps",
+			query(rec(alerts.FleetRx), "rx {{instance}} {{name}}"),
+			query(rec(alerts.FleetTx), "tx {{instance}} {{name}}"))).
+		WithPanel(ts("Endpoint changes", "NAT rebinds and roaming: endpoint changes per peer over 5m.", "short",
+			query(rec(alerts.FleetEndpoint5m), "{{instance}} {{name}}"))).
 		WithPanel(ts("Path MTU vs device MTU", "Largest inner packet that crosses each tunnel (DF probes) against the device MTU; a path MTU below the device MTU is a black-hole risk.", "bytes",
-			query(fmt.Sprintf("wgpulse_path_mtu_bytes{%s}", deviceSel), "path {{instance}} {{name}}"),
-			query(fmt.Sprintf("wireguard_device_mtu_bytes{%s}", deviceSel), "device {{instance}} {{device}}"))).
+			query(rec(alerts.FleetPathMTU), "path {{instance}} {{name}}"),
+			query(rec(alerts.FleetDeviceMTU), "device {{instance}} {{device}}"))).
 		WithPanel(ts("Agent up", "1 when Prometheus scrapes the node's wgpulse agent.", "short",
 			query(`up{job=~"$job", instance=~"$instance"}`, "{{instance}}")))
 }

@@ -19,6 +19,7 @@ func Generated(cfg Config) (map[string][]byte, error) {
 		"alerts/wgpulse-alerts.yml":      alerts.TunnelRules(cfg.Alerts),
 		"alerts/wgpulse-slo.yml":         alerts.SLORules(cfg.Alerts, cfg.SLO),
 		"alerts/wgpulse-remediation.yml": alerts.RemediationRules(cfg.Alerts),
+		"alerts/wgpulse-fleet.yml":       alerts.FleetRules(cfg.Alerts),
 	} {
 		b, err := rf.Marshal()
 		if err != nil {

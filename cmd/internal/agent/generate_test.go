@@ -40,8 +40,8 @@ func TestGeneratedFilesAreFresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(files) != 7 {
-		t.Fatalf("generated %d files, want 3 rule files and 4 dashboards", len(files))
+	if len(files) != 8 {
+		t.Fatalf("generated %d files, want 4 rule files and 4 dashboards", len(files))
 	}
 	for name, want := range files {
 		got, err := os.ReadFile(filepath.Join(root, name))
@@ -111,7 +111,7 @@ func TestRulesPassPromtool(t *testing.T) {
 func allRules(t *testing.T, cfg agent.Config) []alerts.Rule {
 	t.Helper()
 	var out []alerts.Rule
-	for _, rf := range []alerts.RuleFile{alerts.TunnelRules(cfg.Alerts), alerts.SLORules(cfg.Alerts, cfg.SLO), alerts.RemediationRules(cfg.Alerts)} {
+	for _, rf := range []alerts.RuleFile{alerts.TunnelRules(cfg.Alerts), alerts.SLORules(cfg.Alerts, cfg.SLO), alerts.RemediationRules(cfg.Alerts), alerts.FleetRules(cfg.Alerts)} {
 		for _, g := range rf.Groups {
 			out = append(out, g.Rules...)
 		}
@@ -375,6 +375,34 @@ func TestExpressionsParseAndUseRealMetrics(t *testing.T) {
 	// The check can fail: a made-up metric is caught.
 	if known["wireguard_peer_latest_handshake_seconds"] {
 		t.Fatal("the known-metric set accepts anything")
+	}
+}
+
+// The fleet dashboard queries the fleet layer's recording rules and up only:
+// drawing a fleet from raw buckets and counters is what the layer avoids.
+func TestFleetDashboardUsesRecordingRulesOnly(t *testing.T) {
+	exprs, _, _ := dashboardExprs(t)
+	checked := 0
+	for _, e := range exprs {
+		if !strings.HasPrefix(e.where, "wireguard-fleet.json panel") {
+			continue
+		}
+		ast, err := parser.NewParser(parser.Options{}).ParseExpr(e.expr)
+		if err != nil {
+			t.Fatalf("%s: %v", e.where, err)
+		}
+		parser.Inspect(ast, func(n parser.Node, _ []parser.Node) error {
+			if vs, ok := n.(*parser.VectorSelector); ok {
+				checked++
+				if !strings.Contains(vs.Name, ":") && vs.Name != "up" {
+					t.Errorf("%s: queries %s, not a fleet recording rule", e.where, vs.Name)
+				}
+			}
+			return nil
+		})
+	}
+	if checked < 15 {
+		t.Fatalf("only %d fleet selectors checked", checked)
 	}
 }
 
