@@ -11,22 +11,38 @@ import (
 	"github.com/wgpulse/wgpulse/dashboards"
 )
 
-// Generated returns every generated file (dashboards JSON, rule YAML) for a
+// PrometheusRuleFile is where the generated PrometheusRule lives.
+const PrometheusRuleFile = "deploy/kubernetes/prometheusrule.yaml"
+
+// Generated returns every generated file (dashboards JSON, rule YAML, the
+// Kubernetes PrometheusRule) for a
 // configuration, by path relative to the output directory.
 func Generated(cfg Config) (map[string][]byte, error) {
 	out := map[string][]byte{}
-	for name, rf := range map[string]alerts.RuleFile{
-		"alerts/wgpulse-alerts.yml":      alerts.TunnelRules(cfg.Alerts),
-		"alerts/wgpulse-slo.yml":         alerts.SLORules(cfg.Alerts, cfg.SLO),
-		"alerts/wgpulse-remediation.yml": alerts.RemediationRules(cfg.Alerts),
-		"alerts/wgpulse-fleet.yml":       alerts.FleetRules(cfg.Alerts),
-	} {
-		b, err := rf.Marshal()
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		out[name] = b
+	ruleFiles := []struct {
+		name string
+		rf   alerts.RuleFile
+	}{
+		{"alerts/wgpulse-alerts.yml", alerts.TunnelRules(cfg.Alerts)},
+		{"alerts/wgpulse-slo.yml", alerts.SLORules(cfg.Alerts, cfg.SLO)},
+		{"alerts/wgpulse-remediation.yml", alerts.RemediationRules(cfg.Alerts)},
+		{"alerts/wgpulse-fleet.yml", alerts.FleetRules(cfg.Alerts)},
 	}
+	var all []alerts.RuleFile
+	for _, f := range ruleFiles {
+		b, err := f.rf.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f.name, err)
+		}
+		out[f.name] = b
+		all = append(all, f.rf)
+	}
+	// The same groups for the prometheus-operator (deploy/kubernetes).
+	pr, err := alerts.PrometheusRule("wgpulse", map[string]string{"app.kubernetes.io/name": "wgpulse"}, all...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", PrometheusRuleFile, err)
+	}
+	out[PrometheusRuleFile] = pr
 	ds, err := dashboards.All(cfg.SLO)
 	if err != nil {
 		return nil, err

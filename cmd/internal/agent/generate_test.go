@@ -40,8 +40,8 @@ func TestGeneratedFilesAreFresh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(files) != 8 {
-		t.Fatalf("generated %d files, want 4 rule files and 4 dashboards", len(files))
+	if len(files) != 9 {
+		t.Fatalf("generated %d files, want 4 rule files, a PrometheusRule and 4 dashboards", len(files))
 	}
 	for name, want := range files {
 		got, err := os.ReadFile(filepath.Join(root, name))
