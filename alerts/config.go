@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"slices"
 	"time"
-
-	"github.com/wgpulse/wgpulse/prober"
 )
 
 // Config is the `alerts:` section. Every threshold has a default justified in
@@ -187,8 +185,8 @@ func (c SLOConfig) Validate() error {
 		switch o.SLI {
 		case "availability":
 		case "latency":
-			if !slices.Contains(prober.RTTBuckets, o.Threshold.Seconds()) {
-				fe(f("threshold"), "must be a wgpulse_probe_rtt_seconds bucket boundary %v (seconds), got %s", prober.RTTBuckets, o.Threshold)
+			if o.Threshold <= 0 {
+				fe(f("threshold"), "must be positive (and one of prober.rtt_buckets), got %s", o.Threshold)
 			}
 		default:
 			fe(f("sli"), `must be "availability" or "latency", got %q`, o.SLI)
@@ -228,3 +226,34 @@ type fieldError struct{ path, problem string }
 func (e *fieldError) Error() string        { return e.path + ": " + e.problem }
 func (e *fieldError) FieldPath() string    { return e.path }
 func (e *fieldError) FieldProblem() string { return e.problem }
+
+// BucketError is a latency threshold that is not a boundary of the RTT
+// histogram's classic buckets: rules would interpolate instead of counting.
+type BucketError struct {
+	Path      string // e.g. slo.objectives[1].threshold
+	Threshold time.Duration
+	Buckets   []float64
+}
+
+func (e *BucketError) Error() string { return e.Path + ": " + e.Problem() }
+
+// Problem is the error without its path.
+func (e *BucketError) Problem() string {
+	return fmt.Sprintf("%s is not one of prober.rtt_buckets %v (seconds): add %g there so the rules count exactly", e.Threshold, e.Buckets, e.Threshold.Seconds())
+}
+
+// CheckRTTBuckets finds the latency thresholds of the rules (the latency
+// SLOs' thresholds and rtt_p99) that are not classic bucket boundaries of
+// wgpulse_probe_rtt_seconds.
+func CheckRTTBuckets(c Config, slo SLOConfig, buckets []float64) []*BucketError {
+	var errs []*BucketError
+	for i, o := range slo.Objectives {
+		if o.SLI == "latency" && !slices.Contains(buckets, o.Threshold.Seconds()) {
+			errs = append(errs, &BucketError{fmt.Sprintf("slo.objectives[%d].threshold", i), o.Threshold, buckets})
+		}
+	}
+	if !slices.Contains(buckets, c.RTTP99.Seconds()) {
+		errs = append(errs, &BucketError{"alerts.rtt_p99", c.RTTP99, buckets})
+	}
+	return errs
+}

@@ -37,9 +37,7 @@ const (
 // FleetRules are the fleet layer's recording rules.
 func FleetRules(c Config) RuleFile {
 	rate := func(m, by string) string { return fmt.Sprintf("sum by (%s) (rate(%s[5m]))", by, m) }
-	quantile := func(q float64) string {
-		return fmt.Sprintf("histogram_quantile(%g, sum by (le, %s) (rate(wgpulse_probe_rtt_seconds_bucket[5m])))", q, tunnelLabels)
-	}
+	quantile := func(q float64) string { return RTTQuantile(q, tunnelLabels, "", "5m") }
 	rules := []Rule{
 		{Record: FleetLoss, Expr: rate("wgpulse_probe_failures_total", tunnelLabels) + "\n/\n" + rate("wgpulse_probes_total", tunnelLabels)},
 		{Record: FleetRTTP50, Expr: quantile(0.5)},
@@ -57,5 +55,13 @@ func FleetRules(c Config) RuleFile {
 		{Record: FleetStale, Expr: fmt.Sprintf("count by (job) (%s > 180)", FleetHandshakeAge)},
 		{Record: FleetEndpoint1h, Expr: "sum by (job) (increase(wireguard_peer_endpoint_changes_total[1h]))"},
 	}
-	return RuleFile{Groups: []Group{{Name: "wgpulse-fleet", Rules: rules}}}
+	// Every 30 s, as the SLI groups: the rules read 5m to 1h windows.
+	return RuleFile{Groups: []Group{{Name: "wgpulse-fleet", Interval: "30s", Rules: rules}}}
+}
+
+// RTTQuantile is the q-quantile of the probe RTT by the given labels: from
+// the native histogram where Prometheus ingests it (fine resolution), else
+// from the classic buckets (prober.rtt_buckets).
+func RTTQuantile(q float64, by, sel, window string) string {
+	return fmt.Sprintf("histogram_quantile(%[1]g, sum by (%[2]s) (rate(wgpulse_probe_rtt_seconds{%[3]s}[%[4]s])))\nor\nhistogram_quantile(%[1]g, sum by (le, %[2]s) (rate(wgpulse_probe_rtt_seconds_bucket{%[3]s}[%[4]s])))", q, by, sel, window)
 }

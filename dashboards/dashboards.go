@@ -129,7 +129,7 @@ func lossExpr(sel, by string) string {
 }
 
 func rttQuantile(q float64, sel, by string) string {
-	return fmt.Sprintf("histogram_quantile(%g, sum by (le, %s) (rate(wgpulse_probe_rtt_seconds_bucket{%s}[$__rate_interval])))", q, by, sel)
+	return alerts.RTTQuantile(q, by, sel, "$__rate_interval")
 }
 
 func handshakeAge(sel string) string {
@@ -201,7 +201,7 @@ func fleet(alerts.SLOConfig) *dashboard.DashboardBuilder {
 func tunnel(alerts.SLOConfig) *dashboard.DashboardBuilder {
 	b := variables(base("WireGuard tunnel", "wgpulse-tunnel", "One device and peer in depth.", "tunnel"), true)
 	heat := heatmap.NewPanelBuilder().Title("RTT distribution").
-		Description("Probe round-trip times over time from the wgpulse_probe_rtt_seconds histogram buckets.").
+		Description("Probe round-trip times over time from the classic buckets of wgpulse_probe_rtt_seconds (prober.rtt_buckets; the quantiles panel has the native histogram's resolution).").
 		Unit("s").Datasource(datasource()).Span(24).Height(9).Calculate(false).
 		WithTarget(query(fmt.Sprintf("sum by (le) (rate(wgpulse_probe_rtt_seconds_bucket{%s}[$__rate_interval]))", peerSel), "{{le}}").Format(prometheus.PromQueryFormatHeatmap))
 	return b.

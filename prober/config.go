@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -35,7 +36,30 @@ type Config struct {
 	// Targets are probed in addition to the auto-targets.
 	Targets []TargetConfig `yaml:"targets"`
 	PMTU    PMTUConfig     `yaml:"pmtu"`
+	// RTTBuckets are the classic buckets of wgpulse_probe_rtt_seconds, in
+	// seconds (default 2ms, 10ms, 50ms, 250ms). They cost a series each per
+	// target. A latency SLO's threshold and alerts.rtt_p99 must be among
+	// them. A change takes a restart.
+	RTTBuckets []float64 `yaml:"rtt_buckets"`
+	// NativeHistograms adds a native histogram (factor 1.1, at most 20
+	// buckets) to wgpulse_probe_rtt_seconds for a Prometheus that ingests
+	// them: exact-to-10% quantiles as one series (default false: it costs
+	// about 6 KB of agent memory per target; README, "Fleet scale"). A
+	// change takes a restart.
+	NativeHistograms bool `yaml:"native_histograms"`
+	// DetailMetrics adds per-target diagnostics (default false):
+	// wgpulse_probe_loss_ratio, wgpulse_path_mtu_search_state and the late
+	// and duplicate reply counters. Dashboards, alerts and SLOs do not need
+	// them; they cost up to 4 more series per target.
+	DetailMetrics bool `yaml:"detail_metrics"`
 }
+
+// DefaultRTTBuckets keep the default at 12 series per probed target (4
+// buckets, +Inf, _sum and _count next to probes, failures, up, jitter and
+// path MTU): a factor of 5 apart, up to the 250 ms of the default latency
+// SLO and RTT alert, so a same-region, a cross-region and an
+// intercontinental tunnel each fall in a bucket of their own.
+var DefaultRTTBuckets = []float64{0.002, 0.01, 0.05, 0.25}
 
 // TargetConfig is one explicitly configured target.
 type TargetConfig struct {
@@ -63,7 +87,8 @@ func DefaultConfig() Config {
 	return Config{
 		Enabled: true, Interval: time.Second, Timeout: 2 * time.Second, Window: time.Minute,
 		AutoTargets: true, Size: 56, MaxRate: 1000,
-		PMTU: PMTUConfig{Enabled: true, Min: 1280, Interval: 10 * time.Minute, Confirm: 30 * time.Second},
+		PMTU:       PMTUConfig{Enabled: true, Min: 1280, Interval: 10 * time.Minute, Confirm: 30 * time.Second},
+		RTTBuckets: slices.Clone(DefaultRTTBuckets),
 	}
 }
 
@@ -108,6 +133,12 @@ func (c Config) Validate() error {
 		if t.Interval != 0 && t.Interval < 10*time.Millisecond {
 			fe(f("interval"), "must be at least 10ms, got %s", t.Interval)
 		}
+	}
+	switch {
+	case len(c.RTTBuckets) == 0 || len(c.RTTBuckets) > 20:
+		fe("rtt_buckets", "must list 1 to 20 bucket boundaries in seconds, got %d", len(c.RTTBuckets))
+	case !slices.IsSorted(c.RTTBuckets) || c.RTTBuckets[0] <= 0 || c.RTTBuckets[len(c.RTTBuckets)-1] > 60 || len(slices.Compact(slices.Clone(c.RTTBuckets))) != len(c.RTTBuckets):
+		fe("rtt_buckets", "must be increasing boundaries in seconds between 0 and 60 (e.g. [0.002, 0.01, 0.05, 0.25]), got %v", c.RTTBuckets)
 	}
 	if c.PMTU.Min < 1200 || c.PMTU.Min > 9000 {
 		fe("pmtu.min", "must be 1200..9000 (1280 is the IPv6 minimum), got %d", c.PMTU.Min)

@@ -11,13 +11,6 @@ import (
 
 var targetLabels = []string{"device", "public_key", "name", "target"}
 
-// RTTBuckets are the classic buckets of wgpulse_probe_rtt_seconds: 100 µs to
-// 10 s, about three per decade.
-var RTTBuckets = []float64{
-	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-	0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-}
-
 type metrics struct {
 	rtt                   *prometheus.HistogramVec
 	errors                *prometheus.CounterVec
@@ -38,13 +31,13 @@ type family struct {
 var (
 	famProbes   = family{"wgpulse_probes_total", "Finished probes (answered or lost after the timeout); in-flight probes are not counted. SLI denominator.", dto.MetricType_COUNTER, false}
 	famFailures = family{"wgpulse_probe_failures_total", "Probes lost (no reply within prober.timeout) or not sendable. SLI numerator.", dto.MetricType_COUNTER, false}
-	famLate     = family{"wgpulse_probe_late_replies_total", "Replies that arrived after their probe was counted as lost (exported once non-zero).", dto.MetricType_COUNTER, false}
-	famDups     = family{"wgpulse_probe_duplicate_replies_total", "Extra replies to an already answered probe (exported once non-zero).", dto.MetricType_COUNTER, false}
-	famLoss     = family{"wgpulse_probe_loss_ratio", "Share of probes lost over prober.window.", dto.MetricType_GAUGE, false}
+	famLate     = family{"wgpulse_probe_late_replies_total", "Replies that arrived after their probe was counted as lost (exported once non-zero; prober.detail_metrics).", dto.MetricType_COUNTER, false}
+	famDups     = family{"wgpulse_probe_duplicate_replies_total", "Extra replies to an already answered probe (exported once non-zero; prober.detail_metrics).", dto.MetricType_COUNTER, false}
+	famLoss     = family{"wgpulse_probe_loss_ratio", "Share of probes lost over prober.window (prober.detail_metrics).", dto.MetricType_GAUGE, false}
 	famJitter   = family{"wgpulse_probe_jitter_seconds", "Interarrival jitter of RTTs (RFC 3550 A.8) over consecutive probes, pairs with a loss skipped.", dto.MetricType_GAUGE, false}
 	famUp       = family{"wgpulse_probe_up", "1 while the target is up, 0 while it is down (by default: 3 probes lost in a row); absent while unknown.", dto.MetricType_GAUGE, false}
 	famPMTU     = family{"wgpulse_path_mtu_bytes", "Largest inner IP packet known to cross the tunnel with DF set (path MTU search); absent until known.", dto.MetricType_GAUGE, false}
-	famState    = family{"wgpulse_path_mtu_search_state", "Path MTU search state (RFC 8899), one series with value 1 labelled with the current state: base, searching, search_complete, below_min (the path passes less than prober.pmtu.min), error or disabled.", dto.MetricType_GAUGE, true}
+	famState    = family{"wgpulse_path_mtu_search_state", "Path MTU search state (RFC 8899), one series with value 1 labelled with the current state: base, searching, search_complete, below_min (the path passes less than prober.pmtu.min), error or disabled (prober.detail_metrics).", dto.MetricType_GAUGE, true}
 	famBelow    = family{"wgpulse_path_mtu_below_bytes", "While the path MTU is below the search floor: the floor (prober.pmtu.min), the smallest size known not to pass; absent otherwise.", dto.MetricType_GAUGE, false}
 	families    = []family{famProbes, famFailures, famLate, famDups, famLoss, famJitter, famUp, famPMTU, famState, famBelow}
 )
@@ -59,16 +52,23 @@ func (f family) desc() *prometheus.Desc {
 
 func (f family) builder(n int) *expo.Family { return expo.NewFamily(f.name, f.help, f.typ, n) }
 
-func newMetrics() *metrics {
+func newMetrics(cfg Config) *metrics {
+	opts := prometheus.HistogramOpts{
+		Name:    "wgpulse_probe_rtt_seconds",
+		Help:    "Round-trip time of answered probes through the tunnel (kernel receive timestamps); classic buckets from prober.rtt_buckets.",
+		Buckets: cfg.RTTBuckets,
+	}
+	if cfg.NativeHistograms {
+		// 20 buckets: a factor of 1.1 over one decade of RTT, coarser
+		// (by halving the resolution) when the spread is wider. Each
+		// native bucket costs memory per target, hot and cold.
+		opts.Help = "Round-trip time of answered probes through the tunnel (kernel receive timestamps); classic buckets from prober.rtt_buckets, a native histogram alongside."
+		opts.NativeHistogramBucketFactor = 1.1
+		opts.NativeHistogramMaxBucketNumber = 20
+		opts.NativeHistogramMinResetDuration = time.Hour
+	}
 	return &metrics{
-		rtt: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:                            "wgpulse_probe_rtt_seconds",
-			Help:                            "Round-trip time of answered probes through the tunnel (kernel receive timestamps).",
-			Buckets:                         RTTBuckets,
-			NativeHistogramBucketFactor:     1.1,
-			NativeHistogramMaxBucketNumber:  160,
-			NativeHistogramMinResetDuration: time.Hour,
-		}, targetLabels),
+		rtt: prometheus.NewHistogramVec(opts, targetLabels),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wgpulse_prober_errors_total", Help: "Failures to open a probe socket on a device.",
 		}, []string{"device"}),
@@ -118,6 +118,7 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	for _, t := range p.targets {
 		ts = append(ts, t)
 	}
+	detail := p.cfg.DetailMetrics
 	p.mu.Unlock()
 	views := make([]Health, len(ts))
 	labels := make([][]string, len(ts))
@@ -125,8 +126,8 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	for i, t := range ts {
 		views[i], labels[i] = t.health(), t.labels()
 		v := &views[i]
-		late += int(b2u(v.Late > 0))
-		dups += int(b2u(v.Duplicates > 0))
+		late += int(b2u(detail && v.Late > 0))
+		dups += int(b2u(detail && v.Duplicates > 0))
 		started += int(b2u(v.Probes > 0))
 		pmtus += int(b2u(v.PathMTU > 0))
 		belows += int(b2u(v.PathMTUBelow > 0))
@@ -135,8 +136,9 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	var (
 		probes, failures = famProbes.builder(n), famFailures.builder(n)
 		lateF, dupsF     = famLate.builder(late), famDups.builder(dups)
-		loss, jitter, up = famLoss.builder(started), famJitter.builder(started), famUp.builder(started)
-		pmtu, state      = famPMTU.builder(pmtus), famState.builder(started)
+		jitter, up       = famJitter.builder(started), famUp.builder(started)
+		loss, state      = famLoss.builder(started * int(b2u(detail))), famState.builder(started * int(b2u(detail)))
+		pmtu             = famPMTU.builder(pmtus)
 		below            = famBelow.builder(belows)
 	)
 	pairs := expo.NewPairs(5 * n)
@@ -149,16 +151,15 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 		base := sets.Set(dev, name, key, tgt)
 		probes.Add(float64(v.Probes), base)
 		failures.Add(float64(v.Failures), base)
-		if v.Late > 0 {
+		if detail && v.Late > 0 {
 			lateF.Add(float64(v.Late), base)
 		}
-		if v.Duplicates > 0 {
+		if detail && v.Duplicates > 0 {
 			dupsF.Add(float64(v.Duplicates), base)
 		}
 		if v.Probes == 0 {
 			continue // no verdict before the first probe finished
 		}
-		loss.Add(v.LossRatio, base)
 		jitter.Add(v.Jitter.Seconds(), base)
 		if v.State != StateUnknown {
 			up.Add(float64(b2u(v.Up)), base)
@@ -169,7 +170,10 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 		if v.PathMTUBelow > 0 {
 			below.Add(float64(v.PathMTUBelow), base)
 		}
-		state.Add(1, sets.Set(dev, name, key, pairs.Pair(&lnState, &v.PMTUState), tgt))
+		if detail {
+			loss.Add(v.LossRatio, base)
+			state.Add(1, sets.Set(dev, name, key, pairs.Pair(&lnState, &v.PMTUState), tgt))
+		}
 	}
 	return expo.Families(probes, failures, lateF, dupsF, loss, jitter, up, pmtu, state, below), nil
 }

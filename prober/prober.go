@@ -134,7 +134,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Prober, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	m := newMetrics()
+	m := newMetrics(cfg)
 	p := &Prober{
 		logger:    logger,
 		open:      opts.Open,
@@ -165,6 +165,15 @@ func (p *Prober) ApplyConfig(cfg Config) error {
 		return err
 	}
 	p.mu.Lock()
+	// The histogram's buckets are fixed for the life of its series.
+	if !slices.Equal(cfg.RTTBuckets, p.cfg.RTTBuckets) {
+		p.logger.Warn("prober.rtt_buckets changed: the new buckets take effect at the next restart", "running", p.cfg.RTTBuckets, "configured", cfg.RTTBuckets)
+		cfg.RTTBuckets = p.cfg.RTTBuckets
+	}
+	if cfg.NativeHistograms != p.cfg.NativeHistograms {
+		p.logger.Warn("prober.native_histograms changed: takes effect at the next restart", "running", p.cfg.NativeHistograms)
+		cfg.NativeHistograms = p.cfg.NativeHistograms
+	}
 	p.cfg = cfg
 	p.applyLocked()
 	p.mu.Unlock()

@@ -1,14 +1,17 @@
 package prober
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/wgpulse/wgpulse/collector/expo"
@@ -67,3 +70,131 @@ func (c silentConn) Recv([]byte) (Reply, error)                    { <-c.done; r
 func (c silentConn) EchoID() uint16                                { return 1 }
 func (c silentConn) Privileged() bool                              { return true }
 func (c silentConn) Close() error                                  { close(c.done); return nil }
+
+// seriesPerTarget scrapes a prober whose one target has answered and lost
+// probes, late and duplicate replies and a known path MTU, and counts the
+// text exposition's series of that target, by family.
+func seriesPerTarget(t *testing.T, detail bool) (int, map[string]int) {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.PMTU.Enabled = false
+	cfg.DetailMetrics = detail
+	p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: func(string, bool) (Conn, error) { return silentConn{make(chan struct{})}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetTargets(OwnTargets, []Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1"), PublicKey: fmt.Sprintf("%044d", 1), Name: "peer"}})
+	now := time.Now()
+	for _, tg := range p.targets {
+		for k := range 4 {
+			tg.e.sendProbe(tg, now, false)
+			s := &tg.e.slots[int(tg.e.seq-1)&(len(tg.e.slots)-1)]
+			tg.e.mu.Lock()
+			// RTTs in different buckets, one lost.
+			tg.finish(tg.e, s, k != 1, time.Duration(1+40*k)*time.Millisecond, now)
+			tg.e.mu.Unlock()
+		}
+		tg.e.mu.Lock()
+		tg.lateN, tg.dupN = 1, 1
+		tg.pmtu = pmtuView{state: pmtuComplete, mtu: 1420}
+		tg.e.mu.Unlock()
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(p)
+	mfs, err := expo.Gatherers{reg, p}.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, mf := range mfs {
+		if err := enc.Encode(mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	byFamily := map[string]int{}
+	n := 0
+	for line := range strings.SplitSeq(buf.String(), "\n") {
+		if line == "" || line[0] == '#' || !strings.Contains(line, `target="10.0.0.1"`) {
+			continue
+		}
+		n++
+		byFamily[line[:strings.IndexAny(line, "{ ")]]++
+	}
+	return n, byFamily
+}
+
+// The default costs at most 12 series per probed target, with everything the
+// dashboards, alerts and SLOs read; detail_metrics adds the diagnostics.
+func TestSeriesPerProbedTarget(t *testing.T) {
+	n, fams := seriesPerTarget(t, false)
+	t.Logf("default: %d series per target: %v", n, fams)
+	if n > 12 {
+		t.Errorf("%d series per probed target by default, want at most 12: %v", n, fams)
+	}
+	for fam, want := range map[string]int{
+		"wgpulse_probes_total": 1, "wgpulse_probe_failures_total": 1, "wgpulse_probe_up": 1, "wgpulse_probe_jitter_seconds": 1,
+		"wgpulse_path_mtu_bytes": 1, "wgpulse_probe_rtt_seconds_bucket": len(DefaultRTTBuckets) + 1,
+		"wgpulse_probe_rtt_seconds_sum": 1, "wgpulse_probe_rtt_seconds_count": 1,
+	} {
+		if fams[fam] != want {
+			t.Errorf("%s: %d series, want %d", fam, fams[fam], want)
+		}
+	}
+	detail := []string{"wgpulse_probe_loss_ratio", "wgpulse_path_mtu_search_state", "wgpulse_probe_late_replies_total", "wgpulse_probe_duplicate_replies_total"}
+	for _, fam := range detail {
+		if fams[fam] != 0 {
+			t.Errorf("%s exported without prober.detail_metrics", fam)
+		}
+	}
+	nd, famsD := seriesPerTarget(t, true)
+	t.Logf("detail_metrics: %d series per target", nd)
+	for _, fam := range detail {
+		if famsD[fam] != 1 {
+			t.Errorf("%s: %d series with prober.detail_metrics, want 1", fam, famsD[fam])
+		}
+	}
+	if nd != n+len(detail) {
+		t.Errorf("detail_metrics: %d series, want the default's %d plus %d", nd, n, len(detail))
+	}
+}
+
+// The native histogram is there only with prober.native_histograms.
+func TestNativeHistogramsOptIn(t *testing.T) {
+	for _, native := range []bool{false, true} {
+		cfg := DefaultConfig()
+		cfg.PMTU.Enabled = false
+		cfg.NativeHistograms = native
+		p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: func(string, bool) (Conn, error) { return silentConn{make(chan struct{})}, nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.SetTargets(OwnTargets, []Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1")}})
+		now := time.Now()
+		for _, tg := range p.targets {
+			tg.e.sendProbe(tg, now, false)
+			s := &tg.e.slots[int(tg.e.seq-1)&(len(tg.e.slots)-1)]
+			tg.e.mu.Lock()
+			tg.finish(tg.e, s, true, 3*time.Millisecond, now)
+			tg.e.mu.Unlock()
+		}
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(p)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var h *dto.Histogram
+		for _, mf := range mfs {
+			if mf.GetName() == "wgpulse_probe_rtt_seconds" {
+				h = mf.GetMetric()[0].GetHistogram()
+			}
+		}
+		if h == nil || len(h.GetBucket()) != len(DefaultRTTBuckets) {
+			t.Fatalf("native_histograms=%v: histogram %v, want the %d classic buckets", native, h, len(DefaultRTTBuckets))
+		}
+		if got := len(h.GetPositiveSpan()) > 0; got != native {
+			t.Errorf("native_histograms=%v: native buckets present = %v", native, got)
+		}
+	}
+}

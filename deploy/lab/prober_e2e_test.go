@@ -109,6 +109,8 @@ prober:
   timeout: 500ms
   window: 10s
   pmtu: {min: 1200}
+  native_histograms: true
+  detail_metrics: true
 `, prim.Device, backup.Device))
 	agent := labtest.StartAgent(t, bin, prim.Namespace, "127.0.0.1:9586", "--config.file="+cfg)
 	target := labelsOf("device", prim.Device, "target", prim.RemoteAddress, "public_key", prim.HubPublicKey)

@@ -252,6 +252,17 @@ func BenchmarkAgentProcess(b *testing.B) {
 				scrape()
 			}
 			rss2 := procRSSMB(b, pid)
+			_, body, err := a.Get("/metrics")
+			if err != nil {
+				b.Fatal(err)
+			}
+			series := 0
+			for _, line := range strings.Split(body, "\n") {
+				if line != "" && line[0] != '#' {
+					series++
+				}
+			}
+			b.ReportMetric(float64(series), "series")
 			b.ReportMetric(rss0, "rss-start-MB")
 			b.ReportMetric(rss2, "rss-end-MB")
 			b.ReportMetric(rss2-rss0, "growth-MB")
@@ -340,4 +351,90 @@ func procCPU(b *testing.B, pid int) time.Duration {
 		b.Fatal(err)
 	}
 	return d
+}
+
+// BenchmarkAgentProber10k runs the real agent with 10,000 probed targets on
+// its loopback (default config: max_rate 1000/s stretches each target's
+// interval to 10 s), then scrapes it 120 times as Prometheus does. It reports
+// the series per scrape and per probed target, the scrape's size and time,
+// the agent's RSS after its 1st, 15th, 60th and 120th scrape (flat memory:
+// the GC's heap target is reached by the 15th and RSS stays there) and its
+// heap at the last scrape. One whole measurement per iteration: run it
+// with -benchtime=1x (make bench does).
+func BenchmarkAgentProber10k(b *testing.B) {
+	labtest.Require(b)
+	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
+	const n = 10000
+	for _, native := range []bool{false, true} {
+		b.Run(fmt.Sprintf("native_histograms=%v", native), func(b *testing.B) { agentProber10k(b, bin, n, native) })
+	}
+}
+
+func agentProber10k(b *testing.B, bin string, n int, native bool) {
+	for b.Loop() {
+		ns := "wgpl-t" + labtest.UniquePrefix()
+		if err := lab.AddNetns(ns); err != nil {
+			b.Fatal(err)
+		}
+		var cfg strings.Builder
+		fmt.Fprintf(&cfg, "prober:\n  native_histograms: %v\n  pmtu: {enabled: false}\n  targets:\n", native)
+		for i := range n {
+			fmt.Fprintf(&cfg, "    - {name: site-%05d, address: 127.%d.%d.%d, device: lo}\n", i, 1+i/62500, i/250%250, i%250+1)
+		}
+		file := filepath.Join(b.TempDir(), "wgpulse.yml")
+		if err := os.WriteFile(file, []byte(cfg.String()), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn")
+		time.Sleep(15 * time.Second) // every target probed at least once
+		scrape := func() (body string, took time.Duration) {
+			t0 := time.Now()
+			code, body, err := a.Get("/metrics")
+			if err != nil || code != 200 {
+				b.Fatalf("scrape: %d %v", code, err)
+			}
+			return body, time.Since(t0)
+		}
+		body, _ := scrape()
+		rss1 := procRSSMB(b, a.Pid())
+		var series, perTarget int
+		for _, line := range strings.Split(body, "\n") {
+			if line == "" || line[0] == '#' {
+				continue
+			}
+			series++
+			if strings.Contains(line, `target="`) {
+				perTarget++
+			}
+		}
+		var total time.Duration
+		rss := map[int]float64{1: rss1}
+		var last string
+		for i := 2; i <= 120; i++ {
+			body, took := scrape()
+			total += took
+			if i == 15 || i == 60 || i == 120 {
+				rss[i] = procRSSMB(b, a.Pid())
+			}
+			last = body
+		}
+		// The agent's own view of its heap at the last scrape.
+		for _, line := range strings.Split(last, "\n") {
+			for metric, unit := range map[string]string{"go_memstats_heap_inuse_bytes ": "heap-inuse-MB", "go_memstats_next_gc_bytes ": "next-gc-MB"} {
+				if v, ok := strings.CutPrefix(line, metric); ok {
+					f, _ := strconv.ParseFloat(v, 64)
+					b.ReportMetric(f/1e6, unit)
+				}
+			}
+		}
+		b.ReportMetric(float64(series), "series")
+		b.ReportMetric(float64(perTarget)/float64(n), "series/target")
+		b.ReportMetric(float64(len(body))/1e6, "scrape-MB")
+		b.ReportMetric(float64(total.Milliseconds())/119, "scrape-ms")
+		for _, i := range []int{1, 15, 60, 120} {
+			b.ReportMetric(rss[i], fmt.Sprintf("rss-%d-MB", i))
+		}
+		a.Stop()
+		_ = lab.DelNetns(ns)
+	}
 }

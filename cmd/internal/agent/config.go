@@ -54,6 +54,22 @@ func (c *Config) sections() []section {
 		{"slo", c.SLO.Validate},
 		{"remediate", c.Remediate.Validate},
 		{"remediate", c.crossCheck},
+		{"slo", c.bucketCheck("slo")},
+		{"alerts", c.bucketCheck("alerts")},
+	}
+}
+
+// bucketCheck: the latency thresholds of the generated rules in section
+// must be classic buckets of the prober's RTT histogram.
+func (c *Config) bucketCheck(section string) func() error {
+	return func() error {
+		var errs []error
+		for _, e := range alerts.CheckRTTBuckets(c.Alerts, c.SLO, c.Prober.RTTBuckets) {
+			if rel, ok := strings.CutPrefix(e.Path, section+"."); ok {
+				errs = append(errs, &crossError{rel, e.Problem()})
+			}
+		}
+		return errors.Join(errs...)
 	}
 }
 
