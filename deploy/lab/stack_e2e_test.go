@@ -244,7 +244,7 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 	}
 }
 
-func lookBin(t *testing.T, name, pkg string) string {
+func lookBin(t testing.TB, name, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
@@ -345,7 +345,7 @@ func (w *webhook) count(match func(notification) bool) int {
 	return c
 }
 
-func freeLocalPort(t *testing.T) string {
+func freeLocalPort(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -355,13 +355,19 @@ func freeLocalPort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// startDaemon runs a program until the test ends and waits until
-// http://addr/-/ready answers 200. Its output is shown if the test fails.
-func startDaemon(t *testing.T, addr, bin string, args ...string) {
+// startDaemon runs a program (in namespace ns, or on the host with "")
+// until the test ends and waits until http://addr/-/ready answers 200. Its
+// output is shown if the test fails.
+func startDaemon(t testing.TB, ns, addr, bin string, args ...string) *http.Client {
 	t.Helper()
 	var out bytes.Buffer
 	var mu sync.Mutex
 	cmd := exec.Command(bin, args...)
+	client := &http.Client{Timeout: 2 * time.Minute}
+	if ns != "" {
+		cmd = lab.Command(ns, bin, args...)
+		client.Transport = &http.Transport{DialContext: lab.DialContextIn(ns)}
+	}
 	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
 	cmd.Stdout, cmd.Stderr = w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -378,13 +384,14 @@ func startDaemon(t *testing.T, addr, bin string, args ...string) {
 		}
 	})
 	waitFor(t, 30*time.Second, filepath.Base(bin)+" ready", func() (bool, string) {
-		r, err := http.Get("http://" + addr + "/-/ready")
+		r, err := client.Get("http://" + addr + "/-/ready")
 		if err != nil {
 			return false, err.Error()
 		}
 		r.Body.Close()
 		return r.StatusCode == http.StatusOK, r.Status
 	})
+	return client
 }
 
 type writerFunc func([]byte) (int, error)
@@ -409,7 +416,7 @@ func startAlertmanager(t *testing.T, bin, hookURL string) string {
 		t.Fatal(err)
 	}
 	addr := freeLocalPort(t)
-	startDaemon(t, addr, bin, "--config.file="+cfg, "--storage.path="+filepath.Join(dir, "data"),
+	startDaemon(t, "", addr, bin, "--config.file="+cfg, "--storage.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--cluster.listen-address=")
 	return addr
 }
@@ -418,7 +425,6 @@ func startAlertmanager(t *testing.T, bin, hookURL string) string {
 // evaluates the generated rules every 2 s and alerts Alertmanager.
 func startPrometheus(t *testing.T, bin, gen string, targets map[string]string, amAddr string) promv1.API {
 	t.Helper()
-	dir := t.TempDir()
 	var b strings.Builder
 	fmt.Fprintf(&b, "global: {scrape_interval: 2s, scrape_timeout: 2s, evaluation_interval: 2s}\n")
 	fmt.Fprintf(&b, "rule_files: [%q]\n", filepath.Join(gen, "alerts", "*.yml"))
@@ -427,17 +433,24 @@ func startPrometheus(t *testing.T, bin, gen string, targets map[string]string, a
 	for _, node := range slices.Sorted(maps.Keys(targets)) {
 		fmt.Fprintf(&b, "      - {targets: [%q], labels: {instance: %s}}\n", targets[node], node)
 	}
+	return runPrometheus(t, "", bin, freeLocalPort(t), b.String())
+}
+
+// runPrometheus runs Prometheus with config (in namespace ns, or on the
+// host with "") on addr until the test ends.
+func runPrometheus(t testing.TB, ns, bin, addr, config string) promv1.API {
+	t.Helper()
+	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command(filepath.Join(filepath.Dir(bin), "promtool"), "check", "config", cfg).CombinedOutput(); err != nil {
 		t.Fatalf("promtool check config: %v\n%s", err, out)
 	}
-	addr := freeLocalPort(t)
-	startDaemon(t, addr, bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+	client := startDaemon(t, ns, addr, bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr)
-	c, err := promapi.NewClient(promapi.Config{Address: "http://" + addr})
+	c, err := promapi.NewClient(promapi.Config{Address: "http://" + addr, Client: client})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,7 +472,7 @@ func instantQuery(api promv1.API, q string) (model.Vector, error) {
 }
 
 // waitFor polls cond every second until it holds or the time is up.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
