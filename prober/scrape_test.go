@@ -25,24 +25,15 @@ func BenchmarkScrape(b *testing.B) {
 		b.Run(fmt.Sprintf("targets=%d", n), func(b *testing.B) {
 			cfg := DefaultConfig()
 			cfg.PMTU.Enabled = false
-			p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: func(string, bool) (Conn, error) { return silentConn{make(chan struct{})}, nil }})
-			if err != nil {
-				b.Fatal(err)
-			}
 			var ts []Target
 			for i := range n {
 				ts = append(ts, Target{Device: "wg0", Address: netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), PublicKey: fmt.Sprintf("%044d", i), Name: fmt.Sprintf("peer-%d", i)})
 			}
-			p.SetTargets(OwnTargets, ts)
-			// Finish a few probes per target directly, without waiting for time.
+			p := silentProber(b, cfg, ts)
 			now := time.Now()
 			for _, t := range p.targets {
 				for k := range 3 {
-					t.e.sendProbe(t, now, false)
-					s := &t.e.slots[int(t.e.seq-1)&(len(t.e.slots)-1)]
-					t.e.mu.Lock()
-					t.finish(t.e, s, k != 1, time.Duration(k+1)*time.Millisecond, now)
-					t.e.mu.Unlock()
+					finishProbe(t, k != 1, time.Duration(k+1)*time.Millisecond, now)
 				}
 			}
 			reg := prometheus.NewRegistry()
@@ -62,6 +53,28 @@ func BenchmarkScrape(b *testing.B) {
 	}
 }
 
+// silentProber returns a prober on a transport that never answers, probing
+// ts without starting its loops: tests finish probes with finishProbe.
+func silentProber(tb testing.TB, cfg Config, ts []Target) *Prober {
+	tb.Helper()
+	p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: func(string, bool) (Conn, error) { return silentConn{make(chan struct{})}, nil }})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p.SetTargets(OwnTargets, ts)
+	return p
+}
+
+// finishProbe sends one probe to tg and ends it at once, answered after rtt
+// or lost, without waiting for time.
+func finishProbe(tg *target, ok bool, rtt time.Duration, now time.Time) {
+	tg.e.sendProbe(tg, now, false)
+	s := &tg.e.slots[int(tg.e.seq-1)&(len(tg.e.slots)-1)]
+	tg.e.mu.Lock()
+	tg.finish(tg.e, s, ok, rtt, now)
+	tg.e.mu.Unlock()
+}
+
 // silentConn is a transport that sends nowhere and never answers.
 type silentConn struct{ done chan struct{} }
 
@@ -79,20 +92,12 @@ func seriesPerTarget(t *testing.T, detail bool) (int, map[string]int) {
 	cfg := DefaultConfig()
 	cfg.PMTU.Enabled = false
 	cfg.DetailMetrics = detail
-	p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: func(string, bool) (Conn, error) { return silentConn{make(chan struct{})}, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.SetTargets(OwnTargets, []Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1"), PublicKey: fmt.Sprintf("%044d", 1), Name: "peer"}})
+	p := silentProber(t, cfg, []Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1"), PublicKey: fmt.Sprintf("%044d", 1), Name: "peer"}})
 	now := time.Now()
 	for _, tg := range p.targets {
 		for k := range 4 {
-			tg.e.sendProbe(tg, now, false)
-			s := &tg.e.slots[int(tg.e.seq-1)&(len(tg.e.slots)-1)]
-			tg.e.mu.Lock()
 			// RTTs in different buckets, one lost.
-			tg.finish(tg.e, s, k != 1, time.Duration(1+40*k)*time.Millisecond, now)
-			tg.e.mu.Unlock()
+			finishProbe(tg, k != 1, time.Duration(1+40*k)*time.Millisecond, now)
 		}
 		tg.e.mu.Lock()
 		tg.lateN, tg.dupN = 1, 1
@@ -165,18 +170,9 @@ func TestNativeHistogramsOptIn(t *testing.T) {
 		cfg := DefaultConfig()
 		cfg.PMTU.Enabled = false
 		cfg.NativeHistograms = native
-		p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: func(string, bool) (Conn, error) { return silentConn{make(chan struct{})}, nil }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.SetTargets(OwnTargets, []Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1")}})
-		now := time.Now()
+		p := silentProber(t, cfg, []Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1")}})
 		for _, tg := range p.targets {
-			tg.e.sendProbe(tg, now, false)
-			s := &tg.e.slots[int(tg.e.seq-1)&(len(tg.e.slots)-1)]
-			tg.e.mu.Lock()
-			tg.finish(tg.e, s, true, 3*time.Millisecond, now)
-			tg.e.mu.Unlock()
+			finishProbe(tg, true, 3*time.Millisecond, time.Now())
 		}
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(p)

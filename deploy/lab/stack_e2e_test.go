@@ -97,8 +97,8 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 	// Agents: dc1 plain; dc2 with failover groups (auto) mirrored on the
 	// hub; dc3 with the MTU policy; the hub with the keepalive policy on
 	// dc4's devices, probing every 7 s (without PMTU probes) so its own
-	// probes do not keep dc4's NAT mapping alive. dc4 runs no agent: its
-	// only traffic is wg(8)'s 25 s keepalive.
+	// probes do not keep dc4's NAT mapping alive. dc4's agent only reads
+	// its devices (no prober): its only traffic is wg(8)'s 25 s keepalive.
 	state := t.TempDir()
 	failover := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc2": "default"}, StateDir: state}
 	hubCfg := failover
@@ -110,6 +110,7 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 		"dc2": l.AgentConfig("dc2", failover),
 		"dc3": l.AgentConfig("dc3", lab.Remediation{Mode: "auto", StateDir: state, MTU: true, MTUYAML: "min: 1200",
 			ProberYAML: "pmtu: {min: 1200, interval: 1m, confirm: 10s}"}),
+		"dc4": l.AgentConfig("dc4", lab.Remediation{ProberYAML: "enabled: false"}),
 	}
 	targets := map[string]string{}
 	agents := map[string]*lab.Agent{}
