@@ -227,6 +227,7 @@ func (c *Collector) Poll() *Snapshot {
 		if name != "" && !slices.Contains(devices, name) {
 			delete(c.errKind, name)
 			c.self.up.DeleteLabelValues(name)
+			c.self.errors.DeleteLabelValues(name)
 		}
 	}
 	slices.SortFunc(snap.Devices, func(a, b Device) int { return strings.Compare(a.Name, b.Name) })
@@ -438,6 +439,7 @@ func (c *Collector) noteError(device string, err error) {
 }
 
 func (c *Collector) noteOK(device string) {
+	c.self.errors.WithLabelValues(device) // exported as 0 from the first poll
 	if device != "" {
 		c.self.deviceUp(device, 1)
 	}

@@ -121,9 +121,9 @@ wireguard_device_mtu_bytes{device="wg0"} 1420
 wireguard_device_peers{device="wg0"} 2
 # HELP wireguard_peer_allowed_ips_info One series per allowed IP prefix of a peer.
 # TYPE wireguard_peer_allowed_ips_info gauge
-wireguard_peer_allowed_ips_info{allowed_ips="10.200.0.2/32",device="wg0",family="ipv4",name="aws-eu-west-1",public_key="%[1]s"} 1
-wireguard_peer_allowed_ips_info{allowed_ips="fd00::2/128",device="wg0",family="ipv6",name="aws-eu-west-1",public_key="%[1]s"} 1
-wireguard_peer_allowed_ips_info{allowed_ips="10.50.0.0/16",device="wg0",family="ipv4",name="",public_key="%[2]s"} 1
+wireguard_peer_allowed_ips_info{allowed_ips="10.200.0.2/32",device="wg0",family="IPv4",name="aws-eu-west-1",public_key="%[1]s"} 1
+wireguard_peer_allowed_ips_info{allowed_ips="fd00::2/128",device="wg0",family="IPv6",name="aws-eu-west-1",public_key="%[1]s"} 1
+wireguard_peer_allowed_ips_info{allowed_ips="10.50.0.0/16",device="wg0",family="IPv4",name="",public_key="%[2]s"} 1
 # HELP wireguard_peer_endpoint_changes_total Times the peer's endpoint differed from the previous poll (NAT rebind or roaming).
 # TYPE wireguard_peer_endpoint_changes_total counter
 wireguard_peer_endpoint_changes_total{device="wg0",name="aws-eu-west-1",public_key="%[1]s"} 0
@@ -262,6 +262,20 @@ func TestDeviceVanishes(t *testing.T) {
 	col := newCollector(t, collector.DefaultConfig(), client, &fakeLinks{}, []string{"wg-a", "wg-b"}, &logs)
 	for polls = 0; polls < 6; polls++ {
 		snap := col.Poll()
+		if polls == 0 {
+			// Every watched device's error counter exists from the first
+			// poll, so increase() sees the first failure.
+			const zero = `
+# HELP wgpulse_collector_errors_total Failed reads per device; device="" counts failures to list devices.
+# TYPE wgpulse_collector_errors_total counter
+wgpulse_collector_errors_total{device=""} 0
+wgpulse_collector_errors_total{device="wg-a"} 0
+wgpulse_collector_errors_total{device="wg-b"} 0
+`
+			if err := testutil.GatherAndCompare(gatherer(t, col), strings.NewReader(zero), "wgpulse_collector_errors_total"); err != nil {
+				t.Errorf("after the first poll: %v", err)
+			}
+		}
 		var got []string
 		for _, d := range snap.Devices {
 			got = append(got, d.Name)
@@ -285,7 +299,9 @@ func TestDeviceVanishes(t *testing.T) {
 	const want = `
 # HELP wgpulse_collector_errors_total Failed reads per device; device="" counts failures to list devices.
 # TYPE wgpulse_collector_errors_total counter
+wgpulse_collector_errors_total{device=""} 0
 wgpulse_collector_errors_total{device="wg-a"} 3
+wgpulse_collector_errors_total{device="wg-b"} 0
 # HELP wgpulse_collector_device_up 1 if the device was read in the last poll, 0 if reading it failed.
 # TYPE wgpulse_collector_device_up gauge
 wgpulse_collector_device_up{device="wg-a"} 1

@@ -90,5 +90,5 @@ func (c *Collector) Gather() ([]*dto.MetricFamily, error) {
 var (
 	lnDevice, lnPublicKey, lnListenPort, lnType = "device", "public_key", "listen_port", "type"
 	lnName, lnEndpoint, lnAllowedIPs, lnFamily  = "name", "endpoint", "allowed_ips", "family"
-	familyIPv4, familyIPv6                      = "ipv4", "ipv6"
+	familyIPv4, familyIPv6                      = "IPv4", "IPv6" // as mdlayher/wireguard_exporter
 )

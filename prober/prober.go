@@ -114,12 +114,14 @@ type Prober struct {
 	sets      map[string][]Target // by owner
 	overrides map[string]string   // target key -> owner that won over another, logged once
 	targets   map[string]*target
-	engines   map[engineKey]*engine
-	sched     schedHeap
-	openErrs  map[engineKey]string // last logged open error per engine
-	stretched float64              // last interval stretch factor logged
-	wake      chan struct{}
-	ids       sync.Map // echo IDs of this prober's engines: their replies are never stray
+	// errDevices are the devices whose error counter is exported.
+	errDevices map[string]bool
+	engines    map[engineKey]*engine
+	sched      schedHeap
+	openErrs   map[engineKey]string // last logged open error per engine
+	stretched  float64              // last interval stretch factor logged
+	wake       chan struct{}
+	ids        sync.Map // echo IDs of this prober's engines: their replies are never stray
 
 	pmtu *pmtuRunner
 }
@@ -343,6 +345,21 @@ func (p *Prober) applyLocked() {
 				"asked_per_second", ownRate+otherRate, "max_rate", p.cfg.MaxRate, "factor", stretch)
 		}
 	}
+	// Every device probed through has its error counter from the start, so
+	// increase() sees the first failure.
+	devices := map[string]bool{}
+	for _, t := range want {
+		if !devices[t.Device] {
+			devices[t.Device] = true
+			p.metrics.errors.WithLabelValues(t.Device)
+		}
+	}
+	for d := range p.errDevices {
+		if !devices[d] {
+			p.metrics.errors.DeleteLabelValues(d)
+		}
+	}
+	p.errDevices = devices
 	for k, t := range p.targets {
 		if nt, ok := want[k]; !ok {
 			p.removeLocked(t)

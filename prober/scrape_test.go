@@ -2,6 +2,7 @@ package prober
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 
@@ -192,5 +194,44 @@ func TestNativeHistogramsOptIn(t *testing.T) {
 		if got := len(h.GetPositiveSpan()) > 0; got != native {
 			t.Errorf("native_histograms=%v: native buckets present = %v", native, got)
 		}
+	}
+}
+
+// Every device probed through has its error counter from the first
+// targets on, so increase() sees the first failure; a device no longer
+// probed loses it.
+func TestErrorCountersExistFromTheStart(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.PMTU.Enabled = false
+	p, err := New(cfg, slog.New(slog.DiscardHandler), Options{Open: func(dev string, _ bool) (Conn, error) {
+		if dev == "wg-b" {
+			return nil, errors.New("no such device")
+		}
+		return silentConn{make(chan struct{})}, nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(p)
+	a := Target{Device: "wg-a", Address: netip.MustParseAddr("10.0.0.1")}
+	p.SetTargets(OwnTargets, []Target{a, {Device: "wg-b", Address: netip.MustParseAddr("10.0.1.1")}})
+	want := `
+# HELP wgpulse_prober_errors_total Failures to open a probe socket on a device.
+# TYPE wgpulse_prober_errors_total counter
+wgpulse_prober_errors_total{device="wg-a"} 0
+wgpulse_prober_errors_total{device="wg-b"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "wgpulse_prober_errors_total"); err != nil {
+		t.Error(err)
+	}
+	p.SetTargets(OwnTargets, []Target{a})
+	want = `
+# HELP wgpulse_prober_errors_total Failures to open a probe socket on a device.
+# TYPE wgpulse_prober_errors_total counter
+wgpulse_prober_errors_total{device="wg-a"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "wgpulse_prober_errors_total"); err != nil {
+		t.Error(err)
 	}
 }
