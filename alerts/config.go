@@ -91,19 +91,24 @@ func (c Config) Validate() error {
 	if c.EndpointChanges < 1 {
 		fe("endpoint_changes", "must be at least 1, got %d", c.EndpointChanges)
 	}
-	for name, d := range map[string]time.Duration{
-		"handshake_for": c.HandshakeFor, "never_established_for": c.NeverEstablishedFor, "loss_for": c.LossFor,
-		"rtt_for": c.RTTFor, "jitter_for": c.JitterFor, "probe_down_for": c.ProbeDownFor, "path_mtu_for": c.PathMTUFor,
-		"prober_for": c.ProberFor, "agent_down_for": c.AgentDownFor, "failover_active_for": c.FailoverActiveFor,
-		"paused_for": c.PausedFor, "damped_for": c.DampedFor, "nat_unfixable_for": c.NATUnfixableFor,
+	// In the file's order, so errors come in a stable order.
+	type field struct {
+		name string
+		d    time.Duration
+	}
+	for _, f := range []field{
+		{"handshake_for", c.HandshakeFor}, {"never_established_for", c.NeverEstablishedFor}, {"loss_for", c.LossFor},
+		{"rtt_for", c.RTTFor}, {"jitter_for", c.JitterFor}, {"probe_down_for", c.ProbeDownFor}, {"path_mtu_for", c.PathMTUFor},
+		{"prober_for", c.ProberFor}, {"agent_down_for", c.AgentDownFor}, {"failover_active_for", c.FailoverActiveFor},
+		{"paused_for", c.PausedFor}, {"damped_for", c.DampedFor}, {"nat_unfixable_for", c.NATUnfixableFor},
 	} {
-		if d < 0 {
-			fe(name, "must not be negative, got %s", d)
+		if f.d < 0 {
+			fe(f.name, "must not be negative, got %s", f.d)
 		}
 	}
-	for name, d := range map[string]time.Duration{"handshake_grace": c.HandshakeGrace, "rtt_p99": c.RTTP99, "jitter": c.Jitter, "endpoint_window": c.EndpointWindow} {
-		if d <= 0 {
-			fe(name, "must be positive, got %s", d)
+	for _, f := range []field{{"handshake_grace", c.HandshakeGrace}, {"rtt_p99", c.RTTP99}, {"jitter", c.Jitter}, {"endpoint_window", c.EndpointWindow}} {
+		if f.d <= 0 {
+			fe(f.name, "must be positive, got %s", f.d)
 		}
 	}
 	return errors.Join(errs...)
@@ -167,9 +172,9 @@ func (c SLOConfig) Validate() error {
 	if c.MinProbes < 0 {
 		fe("min_probes", "must not be negative")
 	}
-	for name, t := range map[string]TierConfig{"page": c.Page, "ticket": c.Ticket} {
+	for i, t := range []TierConfig{c.Page, c.Ticket} {
 		if t.Enabled && !slices.Contains(severities, t.Severity) {
-			fe(name+".severity", "must be one of %v, got %q", severities, t.Severity)
+			fe([]string{"page", "ticket"}[i]+".severity", "must be one of %v, got %q", severities, t.Severity)
 		}
 	}
 	seen := map[string]bool{}

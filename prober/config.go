@@ -116,14 +116,16 @@ func (c Config) Validate() error {
 	seen := map[string]bool{}
 	for i, t := range c.Targets {
 		f := func(sub string) string { return fmt.Sprintf("targets[%d].%s", i, sub) }
+		// Duplicates by the prober's own key, so fd00:0::1 and fd00::1 are one.
 		a, err := netip.ParseAddr(t.Address)
+		key := Target{Device: t.Device, Address: a}.Key()
 		switch {
 		case err != nil:
 			fe(f("address"), "%q is not an IP address", t.Address)
-		case seen[t.Device+"|"+a.String()]:
+		case seen[key]:
 			fe(f("address"), "%s on %s listed twice", a, t.Device)
 		}
-		seen[t.Device+"|"+t.Address] = true
+		seen[key] = err == nil
 		if t.Device == "" {
 			fe(f("device"), "required: the WireGuard device the probe must leave through")
 		}

@@ -54,6 +54,13 @@ func TestConfigValidate(t *testing.T) {
 		{"target address", func(c *prober.Config) { c.Targets = []prober.TargetConfig{{Address: "nope", Device: "wg0"}} }, `targets[0].address: "nope" is not an IP address`},
 		{"target device", func(c *prober.Config) { c.Targets = []prober.TargetConfig{{Address: "10.0.0.1"}} }, "targets[0].device: required"},
 		{"pmtu min", func(c *prober.Config) { c.PMTU.Min = 576 }, "pmtu.min: must be 1200..9000"},
+		// Duplicates are found by the address, not its spelling.
+		{"duplicate target", func(c *prober.Config) {
+			c.Targets = []prober.TargetConfig{{Address: "fd00:0::1", Device: "wg0"}, {Address: "fd00::1", Device: "wg0"}}
+		}, "targets[1].address: fd00::1 on wg0 listed twice"},
+		{"same address, other device", func(c *prober.Config) {
+			c.Targets = []prober.TargetConfig{{Address: "fd00:0::1", Device: "wg0"}, {Address: "fd00::1", Device: "wg1"}}
+		}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := prober.DefaultConfig()
