@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/vishvananda/netlink"
 	"go.yaml.in/yaml/v3"
@@ -30,6 +32,8 @@ import (
 	"github.com/wgpulse/wgpulse/cmd/internal/agent"
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/dashboards"
+	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/prober/probertest"
 )
 
 // root is the module root, where the generated files are committed.
@@ -204,15 +208,34 @@ func TestSLOConfigShapesRules(t *testing.T) {
 	}
 }
 
-// agentMetricNames builds a real agent on fake transports with one device
-// and one peer, and returns every metric name it exposes or describes.
-func agentMetricNames(t *testing.T) map[string]bool {
+// metricSet is the agent's metric families by name and type.
+type metricSet map[string]dto.MetricType
+
+// has says whether the agent exposes a series of this name: a family, or
+// the _bucket, _sum or _count series of a histogram (of nothing else).
+func (m metricSet) has(name string) bool {
+	if _, ok := m[name]; ok {
+		return true
+	}
+	for _, s := range []string{"_bucket", "_sum", "_count"} {
+		if base, ok := strings.CutSuffix(name, s); ok && m[base] == dto.MetricType_HISTOGRAM {
+			return true
+		}
+	}
+	return false
+}
+
+// agentMetrics builds a real agent on fake transports with one device, one
+// peer and its probe target, and returns every metric family it exposes,
+// with its type, or only describes (untyped then).
+func agentMetrics(t *testing.T) metricSet {
 	t.Helper()
 	key, _ := wgtypes.GeneratePrivateKey()
 	dev := &wgtypes.Device{Name: "wg0", Type: wgtypes.LinuxKernel, PublicKey: key.PublicKey(), ListenPort: 51820, Peers: []wgtypes.Peer{{
 		PublicKey: key.PublicKey(), Endpoint: &net.UDPAddr{IP: net.IPv4(198, 51, 100, 1), Port: 51820},
 		LastHandshakeTime: time.Now(), AllowedIPs: []net.IPNet{{IP: net.IPv4(10, 0, 0, 1), Mask: net.CIDRMask(32, 32)}},
 	}}}
+	fn := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Drop: true} })
 	a, err := agent.New(agent.Options{
 		Logger: slog.New(slog.DiscardHandler),
 		Collector: collector.Options{
@@ -222,36 +245,37 @@ func agentMetricNames(t *testing.T) map[string]bool {
 			}),
 			ListUAPI: func() ([]string, error) { return nil, nil },
 		},
+		Prober: prober.Options{Open: fn.Open},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.Collector().Poll()
-	names := map[string]bool{}
+	defer a.Close()
+	snap := a.Collector().Poll()
+	a.Prober().SetTargets(prober.OwnTargets, prober.Targets(snap, a.Prober().Config()))
+	known := metricSet{}
 	mfs, err := a.Gatherer().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		names[mf.GetName()] = true
+		known[mf.GetName()] = mf.GetType()
 	}
-	// Labelled series exist only once they have a value (per-target prober
-	// series, error counters): take their names from the descriptors too.
+	// Labelled series exist only once they have a value (error counters of
+	// failures never seen, detail metrics): take their names from the
+	// descriptors too.
 	ch := make(chan *prometheus.Desc, 64)
 	go func() { a.Describe(ch); close(ch) }()
 	fq := regexp.MustCompile(`fqName: "([^"]+)"`)
 	for d := range ch {
 		if m := fq.FindStringSubmatch(d.String()); m != nil {
-			names[m[1]] = true
+			if _, ok := known[m[1]]; !ok {
+				known[m[1]] = dto.MetricType_UNTYPED
+			}
 		}
 	}
-	for n := range names {
-		for _, s := range []string{"_bucket", "_sum", "_count"} {
-			names[n+s] = true
-		}
-	}
-	names["up"] = true // Prometheus's own, per scrape target
-	return names
+	known["up"] = dto.MetricType_GAUGE // Prometheus's own, per scrape target
+	return known
 }
 
 type clientFunc func(string) (*wgtypes.Device, error)
@@ -326,12 +350,45 @@ func dashboardExprs(t *testing.T) ([]expression, []map[string]any, map[string][]
 
 var counterSuffix = regexp.MustCompile(`(_total|_bucket)$`)
 
+// selectorProblems parses expr and returns what is wrong with its metric
+// selectors: a name the agent does not expose, a counter used without
+// rate()/increase()/irate(); and how many selectors it checked.
+func selectorProblems(known metricSet, expr string) (problems []string, selectors int, err error) {
+	ast, err := parser.NewParser(parser.Options{}).ParseExpr(strings.ReplaceAll(expr, "$__rate_interval", "5m"))
+	if err != nil {
+		return nil, 0, err
+	}
+	parser.Inspect(ast, func(n parser.Node, path []parser.Node) error {
+		vs, ok := n.(*parser.VectorSelector)
+		if !ok {
+			return nil
+		}
+		selectors++
+		if !known.has(vs.Name) {
+			problems = append(problems, fmt.Sprintf("metric %q is not exposed by the agent", vs.Name))
+		}
+		if counterSuffix.MatchString(vs.Name) {
+			ok := len(path) >= 2
+			if ok {
+				_, isMatrix := path[len(path)-1].(*parser.MatrixSelector)
+				call, isCall := path[len(path)-2].(*parser.Call)
+				ok = isMatrix && isCall && slices.Contains([]string{"rate", "increase", "irate"}, call.Func.Name)
+			}
+			if !ok {
+				problems = append(problems, fmt.Sprintf("counter %s used without rate()/increase()", vs.Name))
+			}
+		}
+		return nil
+	})
+	return problems, selectors, nil
+}
+
 func TestExpressionsParseAndUseRealMetrics(t *testing.T) {
-	known := agentMetricNames(t)
+	known := agentMetrics(t)
 	var exprs []expression
 	for _, r := range allRules(t, agent.DefaultConfig()) {
 		if r.Record != "" {
-			known[r.Record] = true
+			known[r.Record] = dto.MetricType_GAUGE
 		}
 		exprs = append(exprs, expression{"rule " + r.Alert + r.Record, r.Expr})
 	}
@@ -339,42 +396,42 @@ func TestExpressionsParseAndUseRealMetrics(t *testing.T) {
 	exprs = append(exprs, dexprs...)
 	checked := 0
 	for _, e := range exprs {
-		src := strings.ReplaceAll(e.expr, "$__rate_interval", "5m")
-		ast, err := parser.NewParser(parser.Options{}).ParseExpr(src)
+		problems, n, err := selectorProblems(known, e.expr)
 		if err != nil {
 			t.Errorf("%s: does not parse: %v\n%s", e.where, err, e.expr)
-			continue
 		}
-		parser.Inspect(ast, func(n parser.Node, path []parser.Node) error {
-			vs, ok := n.(*parser.VectorSelector)
-			if !ok {
-				return nil
-			}
-			checked++
-			if !known[vs.Name] {
-				t.Errorf("%s: metric %q is not registered by the agent", e.where, vs.Name)
-			}
-			// Counters only through rate/increase/irate.
-			if counterSuffix.MatchString(vs.Name) {
-				ok := len(path) >= 2
-				if ok {
-					_, isMatrix := path[len(path)-1].(*parser.MatrixSelector)
-					call, isCall := path[len(path)-2].(*parser.Call)
-					ok = isMatrix && isCall && slices.Contains([]string{"rate", "increase", "irate"}, call.Func.Name)
-				}
-				if !ok {
-					t.Errorf("%s: counter %s used without rate()/increase()", e.where, vs.Name)
-				}
-			}
-			return nil
-		})
+		checked += n
+		for _, p := range problems {
+			t.Errorf("%s: %s", e.where, p)
+		}
 	}
 	if checked < 50 {
 		t.Fatalf("only %d selectors checked: the walk is broken", checked)
 	}
-	// The check can fail: a made-up metric is caught.
-	if known["wireguard_peer_latest_handshake_seconds"] {
-		t.Fatal("the known-metric set accepts anything")
+}
+
+// The check above can fail: made-up names, histogram suffixes on what is
+// not a histogram and bare counters are each caught; real histogram series
+// pass.
+func TestSelectorCheckCanFail(t *testing.T) {
+	known := agentMetrics(t)
+	for expr, want := range map[string]string{
+		`wireguard_peer_latest_handshake_seconds`:                    `"wireguard_peer_latest_handshake_seconds" is not exposed`,
+		`wireguard_device_info_count`:                                `"wireguard_device_info_count" is not exposed`,
+		`rate(wireguard_peer_receive_bytes_total_bucket[5m])`:        `"wireguard_peer_receive_bytes_total_bucket" is not exposed`,
+		`wireguard_peer_receive_bytes_total`:                         "counter wireguard_peer_receive_bytes_total used without rate()",
+		`rate(wgpulse_probe_rtt_seconds_count[5m])`:                  "",
+		`rate(wgpulse_probe_rtt_seconds_bucket[5m])`:                 "",
+		`rate(wgpulse_collector_poll_duration_seconds_sum[5m])`:      "",
+		`increase(wgpulse_collector_errors_total[$__rate_interval])`: "",
+	} {
+		problems, n, err := selectorProblems(known, expr)
+		if err != nil || n != 1 {
+			t.Fatalf("%s: %d selectors, %v", expr, n, err)
+		}
+		if got := strings.Join(problems, "; "); (want == "") != (got == "") || !strings.Contains(got, want) {
+			t.Errorf("%s: problems %q, want %q", expr, got, want)
+		}
 	}
 }
 
