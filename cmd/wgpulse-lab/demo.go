@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -334,11 +333,11 @@ type view struct {
 	tr        *traffic
 	lan       *lanFlow
 	prevBytes map[string]float64
+	table     table
 }
 
 func (vw *view) tick() {
-	tw := tabwriter.NewWriter(vw.w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "  %s\ttunnel\tfaults\tsite agent: handshake age\tbytes/tick\thub agent: endpoint changes\tping: loss\trtt p50\t1400B DF\n", since(vw.start))
+	rows := [][]string{{"[" + since(vw.start) + "]", "tunnel", "faults", "site agent: handshake age", "bytes/tick", "hub agent: endpoint changes", "ping: loss", "rtt p50", "1400B DF"}}
 	tunnels, _ := vw.l.Status()
 	views := map[string]map[string]peerView{}
 	for _, a := range vw.agents {
@@ -368,10 +367,39 @@ func (vw *view) tick() {
 			}
 			big = map[bool]string{true: "passes", false: "LOST"}[passed]
 		}
-		fmt.Fprintf(tw, "\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Faults, hs, bytes, changes, loss, rtt, big)
+		rows = append(rows, []string{"", t.Name, fmt.Sprint(t.Faults), hs, bytes, changes, loss, rtt, big})
 	}
-	_ = tw.Flush()
+	vw.table.write(vw.w, rows)
 	vw.failover()
+}
+
+// table prints rows in columns as wide as the widest cell seen in any
+// tick so far, so a column does not move from one tick to the next when a
+// cell widens (the time reaching 1m0s, a handshake age of 1m5s) and back.
+type table struct{ widths []int }
+
+func (tb *table) write(w io.Writer, rows [][]string) {
+	for _, row := range rows {
+		for i, cell := range row {
+			if i == len(tb.widths) {
+				tb.widths = append(tb.widths, 0)
+			}
+			tb.widths[i] = max(tb.widths[i], len(cell))
+		}
+	}
+	var b strings.Builder
+	for _, row := range rows {
+		b.WriteString("  ")
+		for i, cell := range row {
+			if i == len(row)-1 {
+				b.WriteString(cell)
+				break
+			}
+			b.WriteString(cell + strings.Repeat(" ", tb.widths[i]-len(cell)+2))
+		}
+		b.WriteString("\n")
+	}
+	_, _ = io.WriteString(w, b.String())
 }
 
 // failover prints each agent's failover groups (active path, path health,
