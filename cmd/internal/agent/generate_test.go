@@ -536,3 +536,55 @@ func TestDashboardsRoundTripThroughTheSDK(t *testing.T) {
 		}
 	}
 }
+
+// The README and the runbook describe only what exists: every metric name
+// they mention is exposed by the agent (or recorded by a rule), every
+// metric the agent exposes is in the README's table, and every runbook
+// section is an alert the rules define (and, in TestAlertConventions, every
+// alert has its section).
+func TestDocsDescribeWhatExists(t *testing.T) {
+	known := agentMetrics(t)
+	alertNames := map[string]bool{}
+	for _, r := range allRules(t, agent.DefaultConfig()) {
+		alertNames[r.Alert] = r.Alert != ""
+	}
+	// A name in backticks, whole (not a recording rule's wgpulse_tunnel:…
+	// nor a wgpulse_probe_* pattern).
+	name := regexp.MustCompile("`((?:wireguard|wgpulse)_[a-z0-9_]+)[`{]")
+	for _, doc := range []string{"README.md", "alerts/RUNBOOK.md"} {
+		b, err := os.ReadFile(filepath.Join(root, doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mentioned := 0
+		for _, m := range name.FindAllStringSubmatch(string(b), -1) {
+			mentioned++
+			if !known.has(m[1]) {
+				t.Errorf("%s mentions %s, which the agent does not expose", doc, m[1])
+			}
+		}
+		if mentioned < 5 {
+			t.Errorf("%s: only %d metric names found: the scan is broken", doc, mentioned)
+		}
+		if doc == "README.md" {
+			// The first cell of each table row names one or more metrics.
+			inTable := map[string]bool{}
+			for _, row := range regexp.MustCompile("(?m)^\\| (`[^|]+)\\|").FindAllStringSubmatch(string(b), -1) {
+				for _, m := range name.FindAllStringSubmatch(row[1], -1) {
+					inTable[m[1]] = true
+				}
+			}
+			for n := range known {
+				if n != "up" && !strings.HasPrefix(n, "go_") && !strings.HasPrefix(n, "process_") && !inTable[n] {
+					t.Errorf("the agent exposes %s; the README's metrics table does not list it", n)
+				}
+			}
+		} else {
+			for _, m := range regexp.MustCompile(`(?m)^## (\S+)$`).FindAllStringSubmatch(string(b), -1) {
+				if !alertNames[m[1]] {
+					t.Errorf("alerts/RUNBOOK.md has a section for %s, which no rule defines", m[1])
+				}
+			}
+		}
+	}
+}
