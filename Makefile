@@ -45,8 +45,9 @@ generate:
 	$(GO) run ./cmd/wgpulse generate --out .
 
 # bench: per-operation benchmarks over 60 iterations (60 polls, 60 scrapes),
-# then the whole-run measurements (1,000 probe targets for 10-25 s) once.
-MEASUREMENTS := ThousandTargets|AgentProber1000|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU
+# then the whole-run measurements once (probe targets at 1,000 and 10,000, failover
+# outages on the lab, a simulated fleet under the real Prometheus: ~25 min in all).
+MEASUREMENTS := ThousandTargets|AgentProber1000|AgentProber10k|FleetPrometheus|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU
 bench:
 	$(GO) test -run '^$$' -bench . -skip '$(MEASUREMENTS)' -benchmem -benchtime=60x -timeout 30m ./...
 	$(GO) test -run '^$$' -bench '$(MEASUREMENTS)' -benchtime=1x -timeout 30m ./...
