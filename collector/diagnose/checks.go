@@ -1,0 +1,445 @@
+package diagnose
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/wgpulse/wgpulse/collector"
+)
+
+// Node is what the checks read: one look at a node's WireGuard devices,
+// its main routing table and its firewall, plus what only a running agent
+// knows (endpoint history, measured path MTUs).
+type Node struct {
+	// Devices are the devices to check. Endpoint changes are counted only
+	// by a running agent; from a single read they are 0.
+	Devices []collector.Device
+	// Errors are devices that could not be read, by name.
+	Errors map[string]error
+	// Routes is the main routing table, both families.
+	Routes []Route
+	// LinkMTU is every link's MTU by name (the underlay of endpoints).
+	LinkMTU map[string]int
+	// Firewall is the nftables ruleset; nil when it could not be read, and
+	// FirewallErr says why.
+	Firewall    *Ruleset
+	FirewallErr error
+	// PathMTU is the prober's measured path MTU by peer (PeerKey); absent
+	// when unknown.
+	PathMTU map[string]int
+	Now     time.Time
+	// NeverGrace is how long a peer with an endpoint may go without its
+	// first handshake before it is reported (since the agent first saw it;
+	// 0 for a one-off diagnose).
+	NeverGrace time.Duration
+}
+
+// Route is one route of the main table.
+type Route struct {
+	Dst      netip.Prefix
+	Device   string // output link; "" for blackhole, unreachable and the like
+	Protocol int    // rtnetlink protocol: 2 = kernel (connected prefixes)
+	Priority int    // metric
+	MTU      int    // 0 = the link's
+}
+
+// protoKernel is RTPROT_KERNEL: routes the kernel made for an address.
+const protoKernel = 2
+
+// PeerKey keys PathMTU: a peer of a device.
+func PeerKey(device, publicKey string) string { return device + "|" + publicKey }
+
+// Overhead is WireGuard's per-packet overhead on an IPv4 or IPv6 underlay:
+// outer IP header, UDP header, WireGuard data header and tag.
+func Overhead(v6 bool) int {
+	if v6 {
+		return 80
+	}
+	return 60
+}
+
+// Check runs every check and returns the findings, sorted.
+func Check(n Node) []Finding {
+	c := checker{Node: n, byName: map[string]*collector.Device{}}
+	for i := range n.Devices {
+		c.byName[n.Devices[i].Name] = &n.Devices[i]
+	}
+	for name, err := range n.Errors {
+		c.add(Finding{Severity: Error, Check: CheckDeviceUnreadable, Device: name, Object: "device " + name,
+			Evidence: err.Error(), Fix: "check that the device exists and that wgpulse may read it (CAP_NET_ADMIN; /var/run/wireguard for userspace devices)"})
+	}
+	c.keys()
+	for i := range n.Devices {
+		d := &n.Devices[i]
+		c.overlaps(d)
+		c.routedElsewhere(d)
+		c.routesNotAllowed(d)
+		c.mtu(d)
+		c.peers(d)
+		c.firewall(d)
+	}
+	Sort(c.out)
+	return c.out
+}
+
+type checker struct {
+	Node
+	byName map[string]*collector.Device
+	out    []Finding
+}
+
+func (c *checker) add(f Finding) { c.out = append(c.out, f) }
+
+func peerObject(d *collector.Device, p *collector.Peer) string {
+	name := p.Name
+	if name == "" {
+		name = short(p.PublicKey)
+	}
+	return fmt.Sprintf("peer %s on %s", name, d.Name)
+}
+
+// short abbreviates a public key for human output (JSON has it whole).
+func short(key string) string {
+	if len(key) > 8 {
+		return key[:8] + "…"
+	}
+	return key
+}
+
+// keys: a peer key on two devices, a device key on two devices, a peer
+// whose key is the device's own.
+func (c *checker) keys() {
+	peerDevs, devKeys := map[string][]string{}, map[string][]string{}
+	for _, d := range c.Devices {
+		if d.PublicKey != "" {
+			devKeys[d.PublicKey] = append(devKeys[d.PublicKey], d.Name)
+		}
+		for _, p := range d.Peers {
+			peerDevs[p.PublicKey] = append(peerDevs[p.PublicKey], d.Name)
+		}
+	}
+	for i := range c.Devices {
+		d := &c.Devices[i]
+		if devs := devKeys[d.PublicKey]; len(devs) > 1 {
+			c.add(Finding{Severity: Error, Check: CheckDuplicateKey, Device: d.Name, PublicKey: d.PublicKey, Object: "device " + d.Name,
+				Evidence: fmt.Sprintf("devices %s have the same private key (public key %s)", strings.Join(devs, ", "), d.PublicKey),
+				Fix:      "give each device its own key pair (wg genkey) and update its peers"})
+		}
+		for j := range d.Peers {
+			p := &d.Peers[j]
+			if devs := peerDevs[p.PublicKey]; len(devs) > 1 {
+				c.add(Finding{Severity: Error, Check: CheckDuplicateKey, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name, Object: peerObject(d, p),
+					Evidence: fmt.Sprintf("the same peer public key is configured on devices %s: one remote key pair terminates two tunnels, whose handshakes and endpoints then fight", strings.Join(devs, ", ")),
+					Fix:      "give the remote end one key pair per tunnel, or remove the peer from all but one device"})
+			}
+			if p.PublicKey == d.PublicKey {
+				c.add(Finding{Severity: Error, Check: CheckPeerKeyIsOwn, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name, Object: peerObject(d, p),
+					Evidence: "the peer's public key is this device's own: the tunnel can never handshake",
+					Fix:      "replace the peer's key with the remote end's public key (wg show on the remote end)"})
+			}
+		}
+	}
+}
+
+type owned struct {
+	prefix netip.Prefix
+	peer   *collector.Peer
+}
+
+// overlaps: AllowedIPs of two peers of one device that overlap. WireGuard
+// sends to the peer with the most specific prefix, so the broader peer
+// silently loses that part. Default routes (/0) are left out: an exit peer
+// plus specific peers is a common, deliberate design.
+func (c *checker) overlaps(d *collector.Device) {
+	var all []owned
+	for j := range d.Peers {
+		for _, pfx := range d.Peers[j].AllowedIPs {
+			if pfx.Bits() > 0 {
+				all = append(all, owned{pfx.Masked(), &d.Peers[j]})
+			}
+		}
+	}
+	slices.SortFunc(all, func(a, b owned) int {
+		if c := a.prefix.Addr().Compare(b.prefix.Addr()); c != 0 {
+			return c
+		}
+		return a.prefix.Bits() - b.prefix.Bits()
+	})
+	// Sweep: the open prefixes contain the current one's start, so any of
+	// them of another peer overlaps it.
+	var open []owned
+	for _, o := range all {
+		for len(open) > 0 && !open[len(open)-1].prefix.Contains(o.prefix.Addr()) {
+			open = open[:len(open)-1]
+		}
+		for _, wide := range open {
+			if wide.peer == o.peer {
+				continue
+			}
+			c.add(Finding{Severity: Warning, Check: CheckAllowedIPsOverlap, Device: d.Name, PublicKey: o.peer.PublicKey, Name: o.peer.Name,
+				Object: peerObject(d, o.peer),
+				Evidence: fmt.Sprintf("AllowedIPs %s lies inside %s of %s: traffic to %s goes to this peer only, never to the other",
+					o.prefix, wide.prefix, peerObject(d, wide.peer), o.prefix),
+				Fix: "make AllowedIPs of one device's peers disjoint (wg set " + d.Name + " peer <key> allowed-ips ...), unless the overlap is deliberate"})
+		}
+		open = append(open, o)
+	}
+}
+
+// lookup is the main table's longest-prefix match (lowest metric among
+// equals): where the kernel sends addr, policy routing aside.
+func (c *checker) lookup(addr netip.Addr) *Route {
+	var best *Route
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		if !r.Dst.Contains(addr) {
+			continue
+		}
+		if best == nil || r.Dst.Bits() > best.Dst.Bits() || (r.Dst.Bits() == best.Dst.Bits() && r.Priority < best.Priority) {
+			best = r
+		}
+	}
+	return best
+}
+
+// allows says whether device dev has a peer whose AllowedIPs hold addr.
+func (c *checker) allows(dev string, addr netip.Addr) bool {
+	d := c.byName[dev]
+	if d == nil {
+		return false
+	}
+	for _, p := range d.Peers {
+		for _, pfx := range p.AllowedIPs {
+			if pfx.Contains(addr) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// routedElsewhere: traffic to a peer's AllowedIPs that the routing table
+// sends somewhere else (a connected LAN, a more specific route, nothing),
+// so it never enters the tunnel. Another WireGuard device with a peer
+// allowing the same addresses (a backup tunnel) is not a problem.
+func (c *checker) routedElsewhere(d *collector.Device) {
+	if len(c.Routes) == 0 {
+		return
+	}
+	for j := range d.Peers {
+		p := &d.Peers[j]
+		for _, pfx := range p.AllowedIPs {
+			if pfx.Bits() == 0 {
+				continue
+			}
+			pfx = pfx.Masked()
+			samples := []netip.Prefix{pfx}
+			for _, r := range c.Routes {
+				if r.Device != d.Name && r.Dst.Bits() > pfx.Bits() && pfx.Contains(r.Dst.Addr()) {
+					samples = append(samples, r.Dst)
+				}
+			}
+			seen := map[string]bool{}
+			for _, s := range samples {
+				best := c.lookup(s.Addr())
+				var where string
+				switch {
+				case best == nil:
+					where = "no route at all"
+				case best.Device == d.Name:
+					continue
+				case best.Device != "" && c.allows(best.Device, s.Addr()):
+					continue // a redundant tunnel carries it
+				case best.Device == "":
+					where = fmt.Sprintf("route %s (blackhole or unreachable)", best.Dst)
+				default:
+					where = fmt.Sprintf("route %s dev %s", best.Dst, best.Device)
+				}
+				if seen[where] {
+					continue
+				}
+				seen[where] = true
+				part := s.String()
+				if s == pfx {
+					part = "all of it"
+				}
+				c.add(Finding{Severity: Warning, Check: CheckAllowedIPsRouted, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name, Object: peerObject(d, p),
+					Evidence: fmt.Sprintf("AllowedIPs %s (%s) is routed by %s, not into %s: that traffic never enters the tunnel", pfx, part, where, d.Name),
+					Fix:      fmt.Sprintf("route %s via %s (ip route replace %s dev %s), or narrow the peer's AllowedIPs if the other path is intended", s, d.Name, s, d.Name)})
+			}
+		}
+	}
+}
+
+// routesNotAllowed: a route into the device for addresses no peer of it
+// allows. WireGuard drops such packets (no peer for the destination) and
+// tells no one.
+func (c *checker) routesNotAllowed(d *collector.Device) {
+	for _, r := range c.Routes {
+		if r.Device != d.Name || r.Protocol == protoKernel {
+			continue
+		}
+		covered, parts := false, []string{}
+		for _, p := range d.Peers {
+			for _, pfx := range p.AllowedIPs {
+				switch {
+				case pfx.Bits() <= r.Dst.Bits() && pfx.Contains(r.Dst.Addr()):
+					covered = true
+				case r.Dst.Contains(pfx.Addr()):
+					parts = append(parts, pfx.Masked().String())
+				}
+			}
+		}
+		if covered {
+			continue
+		}
+		f := Finding{Severity: Error, Check: CheckRouteNotAllowed, Device: d.Name, PublicKey: d.PublicKey, Object: fmt.Sprintf("route %s dev %s", r.Dst, d.Name),
+			Evidence: fmt.Sprintf("no peer of %s has %s in its AllowedIPs: WireGuard silently drops what this route sends", d.Name, r.Dst),
+			Fix:      fmt.Sprintf("add %s to the AllowedIPs of the peer that serves it (wg set %s peer <key> allowed-ips ...), or delete the route (ip route del %s dev %s)", r.Dst, d.Name, r.Dst, d.Name)}
+		if len(parts) > 0 {
+			slices.Sort(parts)
+			f.Severity = Warning
+			f.Evidence = fmt.Sprintf("peers of %s allow only %s of %s: WireGuard silently drops the rest of what this route sends", d.Name, strings.Join(parts, ", "), r.Dst)
+		}
+		c.add(f)
+	}
+}
+
+// mtu: the device MTU against the underlay route to its peers' endpoints
+// (one finding per underlay link and family), and against each peer's
+// measured path MTU.
+func (c *checker) mtu(d *collector.Device) {
+	if d.MTU == 0 {
+		return
+	}
+	seen := map[string]bool{}
+	for _, p := range d.Peers {
+		if !p.Endpoint.IsValid() {
+			continue
+		}
+		ep := p.Endpoint.Addr().Unmap()
+		r := c.lookup(ep)
+		if r == nil || r.Device == "" {
+			continue
+		}
+		under := r.MTU
+		if under == 0 {
+			under = c.LinkMTU[r.Device]
+		}
+		v6 := ep.Is6()
+		limit := under - Overhead(v6)
+		key := fmt.Sprint(r.Device, v6)
+		if under == 0 || d.MTU <= limit || seen[key] {
+			continue
+		}
+		seen[key] = true
+		family := "IPv4"
+		if v6 {
+			family = "IPv6"
+		}
+		c.add(Finding{Severity: Warning, Check: CheckMTUAboveUnderlay, Device: d.Name, PublicKey: d.PublicKey,
+			Object: fmt.Sprintf("device %s over %s (%s)", d.Name, r.Device, family),
+			Evidence: fmt.Sprintf("MTU %d, but the underlay to %s leaves %d (MTU %d of %s minus %d bytes of WireGuard over %s): full-size packets are fragmented or, with DF, dropped",
+				d.MTU, ep, limit, under, r.Device, Overhead(v6), family),
+			Fix: fmt.Sprintf("ip link set dev %s mtu %d (MTU = %d in wg-quick), or enable remediate.mtu", d.Name, limit, limit)})
+	}
+	for j := range d.Peers {
+		p := &d.Peers[j]
+		pmtu, ok := c.PathMTU[PeerKey(d.Name, p.PublicKey)]
+		if !ok || pmtu >= d.MTU || c.routeMTUFits(d, p, pmtu) {
+			continue
+		}
+		c.add(Finding{Severity: Warning, Check: CheckPathMTUBelowDevice, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name, Object: peerObject(d, p),
+			Evidence: fmt.Sprintf("the measured path passes inner packets of at most %d bytes; %s's MTU is %d: larger packets to this peer are lost (a black hole when ICMP is filtered)", pmtu, d.Name, d.MTU),
+			Fix:      fmt.Sprintf("lower the MTU for this peer's prefixes to %d (ip route replace <prefix> dev %s mtu %d) or the device's, or enable remediate.mtu", pmtu, d.Name, pmtu)})
+	}
+}
+
+// routeMTUFits says whether a route MTU no larger than pmtu already
+// applies to one of the peer's prefixes (what remediate.mtu sets).
+func (c *checker) routeMTUFits(d *collector.Device, p *collector.Peer, pmtu int) bool {
+	for _, r := range c.Routes {
+		if r.Device != d.Name || r.MTU == 0 || r.MTU > pmtu {
+			continue
+		}
+		for _, pfx := range p.AllowedIPs {
+			if pfx.Contains(r.Dst.Addr()) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// peers: handshakes, and a NAT in front of a peer without keepalive.
+func (c *checker) peers(d *collector.Device) {
+	for j := range d.Peers {
+		p := &d.Peers[j]
+		switch p.Handshake {
+		case collector.HandshakeStale:
+			c.add(Finding{Severity: Error, Check: CheckHandshakeStale, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name, Object: peerObject(d, p),
+				Evidence: fmt.Sprintf("last handshake %s ago (%s), older than 180 s: the session cannot carry data", c.Now.Sub(p.LastHandshake).Round(time.Second), p.LastHandshake.UTC().Format(time.RFC3339)),
+				Fix:      "check the far end is up, its endpoint reachable over UDP (firewall, NAT) and the keys on both ends; wgpulse status shows loss and RTT"})
+		case collector.HandshakeNever:
+			if p.Endpoint.IsValid() && c.Now.Sub(p.HandshakeSince) >= c.NeverGrace {
+				c.add(Finding{Severity: Warning, Check: CheckHandshakeNever, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name, Object: peerObject(d, p),
+					Evidence: fmt.Sprintf("endpoint %s is set but no handshake ever completed", p.Endpoint),
+					Fix:      "check the keys on both ends (this device's public key must be the far end's peer), the far end's AllowedIPs, and that UDP reaches " + p.Endpoint.String()})
+			}
+		}
+		if p.EndpointChanges > 0 && p.PersistentKeepalive == 0 {
+			c.add(Finding{Severity: Warning, Check: CheckNATWithoutKeepalive, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name, Object: peerObject(d, p),
+				Evidence: fmt.Sprintf("the endpoint changed %d times (last %s): the peer is behind a NAT that rebinds, and PersistentKeepalive is off", p.EndpointChanges, p.LastEndpointChange.UTC().Format(time.RFC3339)),
+				Fix:      "set PersistentKeepalive = 25 on the peer behind the NAT (the side whose mapping expires), or enable remediate.keepalive; see README \"Which side of a NAT must act\""})
+		}
+	}
+}
+
+// firewall: the listen port against the nftables prerouting and input
+// hooks, for the families the peers' endpoints use (both when none is
+// known yet).
+func (c *checker) firewall(d *collector.Device) {
+	if d.ListenPort == 0 {
+		return
+	}
+	if c.Firewall == nil {
+		reason := "no ruleset read"
+		if c.FirewallErr != nil {
+			reason = c.FirewallErr.Error()
+		}
+		c.add(Finding{Severity: Info, Check: CheckFirewallUnknown, Device: d.Name, PublicKey: d.PublicKey, Object: fmt.Sprintf("listen port %d/udp of %s", d.ListenPort, d.Name),
+			Evidence: "cannot tell whether the firewall accepts it: " + reason,
+			Fix:      "install nftables (nft) and run as root, or check the input chain by hand (nft list ruleset; iptables-legacy rules are not read)"})
+		return
+	}
+	fams := map[bool]bool{}
+	for _, p := range d.Peers {
+		if p.Endpoint.IsValid() {
+			fams[p.Endpoint.Addr().Unmap().Is6()] = true
+		}
+	}
+	if len(fams) == 0 {
+		fams = map[bool]bool{false: true, true: true}
+	}
+	for _, v6 := range []bool{false, true} {
+		if !fams[v6] {
+			continue
+		}
+		family := map[bool]string{false: "IPv4", true: "IPv6"}[v6]
+		v := c.Firewall.UDPInput(d.ListenPort, v6)
+		obj := fmt.Sprintf("listen port %d/udp of %s (%s)", d.ListenPort, d.Name, family)
+		switch {
+		case v.Drop && !v.Unless:
+			c.add(Finding{Severity: Error, Check: CheckListenPortFiltered, Device: d.Name, PublicKey: d.PublicKey, Object: obj,
+				Evidence: "new packets to it are dropped by " + v.Where,
+				Fix:      fmt.Sprintf("accept it before that rule, e.g. nft insert rule %s udp dport %d accept", v.Chain, d.ListenPort)})
+		case v.Drop:
+			c.add(Finding{Severity: Warning, Check: CheckListenPortFiltered, Device: d.Name, PublicKey: d.PublicKey, Object: obj,
+				Evidence: fmt.Sprintf("new packets to it are dropped by %s unless an earlier rule this check cannot evaluate matches them (%s)", v.Where, v.UnlessWhere),
+				Fix:      fmt.Sprintf("accept the port explicitly, e.g. nft insert rule %s udp dport %d accept", v.Chain, d.ListenPort)})
+		}
+	}
+}

@@ -1,0 +1,171 @@
+package diagnose_test
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/collector/diagnose"
+)
+
+var now = time.Unix(1_700_000_000, 0)
+
+const (
+	keyDev0 = "RGV2aWNlMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDA="
+	keyDev1 = "RGV2aWNlMTExMTExMTExMTExMTExMTExMTExMTExMTE="
+	keyA    = "UGVlckFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
+	keyB    = "UGVlckJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="
+	keyC    = "UGVlckNDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0M="
+)
+
+func pfx(s ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range s {
+		out = append(out, netip.MustParsePrefix(p))
+	}
+	return out
+}
+
+func route(dst, dev string, proto int) diagnose.Route {
+	return diagnose.Route{Dst: netip.MustParsePrefix(dst), Device: dev, Protocol: proto}
+}
+
+func emptyRuleset(t *testing.T) *diagnose.Ruleset {
+	rs, err := diagnose.ParseRuleset([]byte(`{"nftables": []}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
+// cleanNode is a healthy hub: wg0 with two sites (their tunnel addresses
+// and LANs routed into it), wg1 a backup tunnel to site A's LAN (routed via
+// wg0 while the primary carries it), the underlay on eth0.
+func cleanNode(t *testing.T) diagnose.Node {
+	fresh := now.Add(-30 * time.Second)
+	return diagnose.Node{
+		Now: now,
+		Devices: []collector.Device{
+			{Name: "wg0", PublicKey: keyDev0, ListenPort: 51820, MTU: 1420, Peers: []collector.Peer{
+				{PublicKey: keyA, Name: "site-a", Endpoint: netip.MustParseAddrPort("192.0.2.10:51820"), LastHandshake: fresh, Handshake: collector.HandshakeFresh,
+					AllowedIPs: pfx("10.200.0.2/32", "10.50.0.0/16"), PersistentKeepalive: 25 * time.Second},
+				{PublicKey: keyB, Name: "site-b", Endpoint: netip.MustParseAddrPort("192.0.2.11:51820"), LastHandshake: fresh, Handshake: collector.HandshakeFresh,
+					AllowedIPs: pfx("10.200.0.3/32", "10.60.0.0/16")},
+			}},
+			{Name: "wg1", PublicKey: keyDev1, ListenPort: 51821, MTU: 1420, Peers: []collector.Peer{
+				{PublicKey: keyC, Name: "site-a-backup", Endpoint: netip.MustParseAddrPort("198.51.100.10:51820"), LastHandshake: fresh, Handshake: collector.HandshakeFresh,
+					AllowedIPs: pfx("10.201.0.2/32", "10.50.0.0/16")},
+			}},
+		},
+		Routes: []diagnose.Route{
+			route("10.200.0.0/24", "wg0", 2), route("10.201.0.0/24", "wg1", 2),
+			route("10.50.0.0/16", "wg0", 4), route("10.60.0.0/16", "wg0", 4),
+			route("192.0.2.0/24", "eth0", 2), route("198.51.100.0/24", "eth0", 2), route("0.0.0.0/0", "eth0", 4),
+		},
+		LinkMTU:  map[string]int{"eth0": 1500, "wg0": 1420, "wg1": 1420},
+		Firewall: emptyRuleset(t),
+	}
+}
+
+func TestCleanNodeHasNoFindings(t *testing.T) {
+	if fs := diagnose.Check(cleanNode(t)); len(fs) != 0 {
+		t.Fatalf("clean node: %v", fs)
+	}
+}
+
+// Each fault, made on the clean node, gives exactly its finding.
+func TestEachCheckFindsItsFault(t *testing.T) {
+	peer := func(n *diagnose.Node, dev, p int) *collector.Peer { return &n.Devices[dev].Peers[p] }
+	for _, tc := range []struct {
+		name     string
+		fault    func(*diagnose.Node)
+		check    string
+		severity diagnose.Severity
+		object   string // part of the finding's object
+		evidence string // part of its evidence
+		n        int    // findings expected (default 1)
+	}{
+		{"overlapping AllowedIPs", func(n *diagnose.Node) { peer(n, 0, 1).AllowedIPs = append(peer(n, 0, 1).AllowedIPs, pfx("10.50.7.0/24")...) },
+			diagnose.CheckAllowedIPsOverlap, diagnose.Warning, "peer site-b on wg0", "10.50.7.0/24 lies inside 10.50.0.0/16 of peer site-a on wg0", 1},
+		{"a LAN route inside AllowedIPs", func(n *diagnose.Node) { n.Routes = append(n.Routes, route("10.50.5.0/24", "eth0", 2)) },
+			diagnose.CheckAllowedIPsRouted, diagnose.Warning, "peer site-a", "routed by route 10.50.5.0/24 dev eth0", 2}, // primary and backup
+		{"AllowedIPs never routed", func(n *diagnose.Node) { n.Routes = n.Routes[:3] /* drops 10.60/16 and the default */ },
+			diagnose.CheckAllowedIPsRouted, diagnose.Warning, "peer site-b on wg0", "no route at all", 1},
+		{"route into the tunnel no peer allows", func(n *diagnose.Node) { n.Routes = append(n.Routes, route("10.99.0.0/16", "wg0", 4)) },
+			diagnose.CheckRouteNotAllowed, diagnose.Error, "route 10.99.0.0/16 dev wg0", "no peer of wg0 has 10.99.0.0/16", 1},
+		{"route only partly allowed", func(n *diagnose.Node) { n.Routes = append(n.Routes, route("10.48.0.0/12", "wg0", 4)) },
+			diagnose.CheckRouteNotAllowed, diagnose.Warning, "route 10.48.0.0/12 dev wg0", "allow only 10.50.0.0/16, 10.60.0.0/16 of 10.48.0.0/12", 1},
+		{"NAT rebinds without keepalive", func(n *diagnose.Node) { peer(n, 0, 1).EndpointChanges = 3 },
+			diagnose.CheckNATWithoutKeepalive, diagnose.Warning, "peer site-b on wg0", "changed 3 times", 1},
+		{"device MTU above the underlay", func(n *diagnose.Node) { n.Devices[0].MTU = 1460 },
+			diagnose.CheckMTUAboveUnderlay, diagnose.Warning, "device wg0 over eth0 (IPv4)", "MTU 1460, but the underlay to 192.0.2.10 leaves 1440", 1},
+		{"path MTU below the device", func(n *diagnose.Node) { n.PathMTU = map[string]int{diagnose.PeerKey("wg0", keyA): 1300} },
+			diagnose.CheckPathMTUBelowDevice, diagnose.Warning, "peer site-a on wg0", "at most 1300 bytes", 1},
+		{"stale handshake", func(n *diagnose.Node) {
+			peer(n, 0, 0).Handshake, peer(n, 0, 0).LastHandshake = collector.HandshakeStale, now.Add(-5*time.Minute)
+		}, diagnose.CheckHandshakeStale, diagnose.Error, "peer site-a on wg0", "last handshake 5m0s ago", 1},
+		{"never handshook with an endpoint", func(n *diagnose.Node) {
+			peer(n, 1, 0).Handshake, peer(n, 1, 0).LastHandshake = collector.HandshakeNever, time.Time{}
+		}, diagnose.CheckHandshakeNever, diagnose.Warning, "peer site-a-backup on wg1", "endpoint 198.51.100.10:51820 is set", 1},
+		{"listen port dropped", func(n *diagnose.Node) {
+			rs, err := diagnose.ParseRuleset([]byte(`{"nftables": [
+				{"chain": {"family": "inet", "table": "f", "name": "in", "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}},
+				{"rule": {"family": "inet", "table": "f", "chain": "in", "handle": 4, "expr": [
+					{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 51821}}, {"drop": null}]}}]}`))
+			if err != nil {
+				panic(err)
+			}
+			n.Firewall = rs
+		}, diagnose.CheckListenPortFiltered, diagnose.Error, "listen port 51821/udp of wg1 (IPv4)", "dropped by rule handle 4 in chain inet f in", 1},
+		{"firewall unreadable", func(n *diagnose.Node) { n.Firewall, n.FirewallErr = nil, diagnose.ErrNoNft },
+			diagnose.CheckFirewallUnknown, diagnose.Info, "listen port 5182", "nft (nftables) is not installed", 2},
+		{"one key pair on two tunnels", func(n *diagnose.Node) { peer(n, 1, 0).PublicKey = keyA },
+			diagnose.CheckDuplicateKey, diagnose.Error, "peer site-a", "configured on devices wg0, wg1", 2},
+		{"a peer with the device's own key", func(n *diagnose.Node) { peer(n, 0, 1).PublicKey = keyDev0 },
+			diagnose.CheckPeerKeyIsOwn, diagnose.Error, "peer site-b on wg0", "this device's own", 1},
+		{"device unreadable", func(n *diagnose.Node) { n.Errors = map[string]error{"wg2": errors.New("connection refused")} },
+			diagnose.CheckDeviceUnreadable, diagnose.Error, "device wg2", "connection refused", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := cleanNode(t)
+			tc.fault(&n)
+			fs := diagnose.Check(n)
+			if len(fs) != tc.n {
+				t.Fatalf("%d findings, want %d: %v", len(fs), tc.n, fs)
+			}
+			for _, f := range fs {
+				if f.Check != tc.check || f.Severity != tc.severity || !strings.Contains(f.Object, tc.object) || !strings.Contains(f.Evidence, tc.evidence) || f.Fix == "" {
+					t.Errorf("got %v\nwant check %s, severity %s, object ~ %q, evidence ~ %q and a fix", f, tc.check, tc.severity, tc.object, tc.evidence)
+				}
+			}
+			if want := int(tc.severity); diagnose.ExitCode(fs) != want {
+				t.Errorf("exit code %d, want %d", diagnose.ExitCode(fs), want)
+			}
+		})
+	}
+}
+
+// What remediate.mtu sets (a route MTU within the measured path) answers
+// the path MTU finding; a peer with keepalive behind a NAT is fine; a peer
+// without an endpoint that never handshook is only waiting.
+func TestMitigatedFaultsAreNotFindings(t *testing.T) {
+	n := cleanNode(t)
+	n.PathMTU = map[string]int{diagnose.PeerKey("wg0", keyA): 1300}
+	n.Routes = append(n.Routes, diagnose.Route{Dst: netip.MustParsePrefix("10.50.0.0/16"), Device: "wg0", Protocol: 117, MTU: 1300})
+	n.Devices[0].Peers[0].EndpointChanges = 4 // keepalive 25 s
+	n.Devices[1].Peers[0].Handshake, n.Devices[1].Peers[0].Endpoint = collector.HandshakeNever, netip.AddrPort{}
+	if fs := diagnose.Check(n); len(fs) != 0 {
+		t.Fatalf("mitigated faults reported: %v", fs)
+	}
+	// Within the grace, a fresh peer is not reported yet.
+	n = cleanNode(t)
+	n.NeverGrace = time.Minute
+	p := &n.Devices[1].Peers[0]
+	p.Handshake, p.HandshakeSince = collector.HandshakeNever, now.Add(-30*time.Second)
+	if fs := diagnose.Check(n); len(fs) != 0 {
+		t.Fatalf("peer 30 s old within a 1 m grace: %v", fs)
+	}
+}
