@@ -263,6 +263,22 @@ func (p *Prober) HealthOf(key string) (Health, bool) {
 	return t.health(), true
 }
 
+// RTTQuantiles returns the median and 99th percentile RTT of the last 64
+// replies of the target with this key (zeros with fewer than 5), for
+// `wgpulse status`.
+func (p *Prober) RTTQuantiles(key string) (p50, p99 time.Duration, ok bool) {
+	p.mu.Lock()
+	t := p.targets[key]
+	p.mu.Unlock()
+	if t == nil {
+		return 0, 0, false
+	}
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
+	q := t.rttQuantiles(len(t.rtts), 0.5, 0.99)
+	return q[0], q[1], true
+}
+
 // Health returns the view of every target, sorted by key.
 func (p *Prober) Health() []Health {
 	p.mu.Lock()

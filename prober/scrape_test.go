@@ -235,3 +235,28 @@ wgpulse_prober_errors_total{device="wg-a"} 0
 		t.Error(err)
 	}
 }
+
+// RTTQuantiles reads the last 64 replies: after RTTs of 1..100 ms, those of
+// 37..100 ms.
+func TestRTTQuantilesOfTheLastReplies(t *testing.T) {
+	p := silentProber(t, DefaultConfig(), []Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1")}})
+	key := Target{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1")}.Key()
+	if p50, p99, ok := p.RTTQuantiles(key); !ok || p50 != 0 || p99 != 0 {
+		t.Errorf("no replies yet: %v %v %v, want zeros", p50, p99, ok)
+	}
+	for _, tg := range p.targets {
+		for ms := 1; ms <= 100; ms++ {
+			finishProbe(tg, true, time.Duration(ms)*time.Millisecond, time.Now())
+		}
+	}
+	p50, p99, _ := p.RTTQuantiles(key)
+	if p50 != 69*time.Millisecond || p99 != 100*time.Millisecond {
+		t.Errorf("p50 %v p99 %v, want 69ms and 100ms", p50, p99)
+	}
+	if h, _ := p.HealthOf(key); h.MedianRTT != 97*time.Millisecond {
+		t.Errorf("median of the last 8 (93..100 ms) = %v, want 97ms", h.MedianRTT)
+	}
+	if _, _, ok := p.RTTQuantiles("wg0|10.9.9.9"); ok {
+		t.Error("unknown target answered")
+	}
+}

@@ -2,6 +2,7 @@ package prober
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -33,11 +34,11 @@ type target struct {
 	srtt             time.Duration // smoothed RTT (RFC 6298 weights), for the suspicion delay
 	lastSuccess      time.Time
 	sendErrLogged    string
-	lastOKn          uint64 // highest probe number answered (0 = none)
-	run              int    // lost probes numbered after lastOKn: the trailing run of losses in send order
-	extras           int    // extra probes sent since the newest answered one
-	resetN           uint64 // probes numbered up to this were sent before ResetState: SLI only
-	rtts             [8]time.Duration
+	lastOKn          uint64     // highest probe number answered (0 = none)
+	run              int        // lost probes numbered after lastOKn: the trailing run of losses in send order
+	extras           int        // extra probes sent since the newest answered one
+	resetN           uint64     // probes numbered up to this were sent before ResetState: SLI only
+	rtts             [64]uint32 // the last replies' RTTs in µs, a ring at nrtt
 	nrtt             int
 	state            State
 	since            time.Time
@@ -164,7 +165,7 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 		t.probes++
 		if ok {
 			t.m.rtt.Observe(rtt.Seconds())
-			t.rtts[t.nrtt%len(t.rtts)] = rtt
+			t.rtts[t.nrtt%len(t.rtts)] = uint32(min(rtt.Microseconds(), math.MaxUint32))
 			t.nrtt++
 		} else {
 			t.failures++
@@ -327,14 +328,27 @@ func (t *target) minSamples() int {
 
 // medianRTT is the median of the last 8 SLI replies; 0 with fewer than 5.
 func (t *target) medianRTT() time.Duration {
-	n := min(t.nrtt, len(t.rtts))
+	q := t.rttQuantiles(8, 0.5)
+	return q[0]
+}
+
+// rttQuantiles returns quantiles of the last n replies' RTTs (at most 64);
+// zeros with fewer than 5 replies.
+func (t *target) rttQuantiles(n int, qs ...float64) []time.Duration {
+	out := make([]time.Duration, len(qs))
+	n = min(t.nrtt, n, len(t.rtts))
 	if n < 5 {
-		return 0
+		return out
 	}
-	s := make([]time.Duration, n)
-	copy(s, t.rtts[:n])
+	s := make([]uint32, n)
+	for i := range n {
+		s[i] = t.rtts[(t.nrtt-1-i)%len(t.rtts)]
+	}
 	slices.Sort(s)
-	return s[n/2]
+	for i, q := range qs {
+		out[i] = time.Duration(s[min(int(q*float64(n)), n-1)]) * time.Microsecond
+	}
+	return out
 }
 
 // record adds an outcome and drops those older than the window.
