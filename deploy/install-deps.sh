@@ -13,6 +13,8 @@ declare -A pkg_for=(
   [systemd-analyze]=systemd
   [prometheus]=prometheus
   [prometheus-alertmanager]=prometheus-alertmanager
+  [nft]=nftables
+  [tmux]=tmux
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do

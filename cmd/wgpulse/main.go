@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/wgpulse/wgpulse/cmd/internal/agent"
+	"github.com/wgpulse/wgpulse/collector/diagnose"
 )
 
 func main() {
@@ -44,6 +46,25 @@ func run(args []string) int {
 	genConfig := genCmd.Flag("config", "Configuration file (default: the built-in defaults).").Default("").String()
 	genOut := genCmd.Flag("out", "Directory to write dashboards/ and alerts/ into.").Default(".").String()
 
+	agentFlags := func(c *kingpin.CmdClause) *agent.AgentClient {
+		ac := &agent.AgentClient{}
+		c.Flag("agent", "URL of the running agent.").Default("http://localhost:9586").StringVar(&ac.URL)
+		c.Flag("agent.username", "Basic auth user of the agent's web config.").StringVar(&ac.Username)
+		c.Flag("agent.password-file", "File holding the basic auth password.").StringVar(&ac.PasswordFile)
+		c.Flag("agent.ca-file", "CA certificate to verify the agent's TLS certificate.").StringVar(&ac.CAFile)
+		c.Flag("agent.insecure-skip-verify", "Do not verify the agent's TLS certificate.").BoolVar(&ac.Insecure)
+		return ac
+	}
+	statusCmd := app.Command("status", "Show every device and peer of the running agent: handshake, traffic, loss, RTT, MTU, failover and one health word.")
+	statusJSON := statusCmd.Flag("json", "Print the agent's status document (stable JSON, see README).").Bool()
+	statusAgent := agentFlags(statusCmd)
+
+	diagCmd := app.Command("diagnose", "Run the WireGuard troubleshooting checklist on this node (exit code 0: nothing wrong, 1: warnings, 2: errors).")
+	diagJSON := diagCmd.Flag("json", "Print the findings as JSON.").Bool()
+	diagConfig := diagCmd.Flag("config.file", "Configuration file: its collector.devices and peer names (default: every device in this network namespace).").Default("").String()
+	diagNoAgent := diagCmd.Flag("no-agent", "Do not ask the running agent for endpoint history and path MTU.").Bool()
+	diagAgent := agentFlags(diagCmd)
+
 	cmd, err := app.Parse(args)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "wgpulse: %v (see wgpulse --help)\n", err)
@@ -69,6 +90,43 @@ func run(args []string) int {
 			return 1
 		}
 		return 0
+	case statusCmd.FullCommand():
+		st, err := statusAgent.Status(context.Background())
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "wgpulse status:", err)
+			return 1
+		}
+		if *statusJSON {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(st)
+			return 0
+		}
+		agent.WriteStatus(os.Stdout, st, agent.IsTerminal(os.Stdout))
+		return 0
+	case diagCmd.FullCommand():
+		cfg, err := agent.LoadFile(*diagConfig)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		opts := agent.DiagnoseOptions{}
+		if !*diagNoAgent {
+			opts.Agent = diagAgent.Status
+		}
+		rep, err := agent.Diagnose(context.Background(), cfg, opts)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "wgpulse diagnose:", err)
+			return 2
+		}
+		if *diagJSON {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(rep)
+		} else {
+			agent.WriteReport(os.Stdout, rep, agent.IsTerminal(os.Stdout))
+		}
+		return diagnose.ExitCode(rep.Findings)
 	case checkCmd.FullCommand():
 		if _, err := agent.LoadFile(*checkFile); err != nil {
 			fmt.Fprintln(os.Stderr, err)

@@ -25,6 +25,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/collector/diagnose"
 	"github.com/wgpulse/wgpulse/collector/expo"
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/remediate"
@@ -47,6 +48,11 @@ type Options struct {
 	// Peers is the remediator's wgctrl handle; nil uses the collector's
 	// client when it can configure devices.
 	Peers remediate.PeerHandle
+	// Checks reads the routing table for the continuous checks; nil uses
+	// the agent's netlink handle (none: route checks are skipped).
+	Checks diagnose.RouteHandle
+	// Firewall reads the nftables ruleset; nil runs nft -j list ruleset.
+	Firewall func(context.Context) (*diagnose.Ruleset, error)
 	// Tracer makes the remediator's spans; nil reads the OTEL_* variables
 	// (no exporter and no cost when they are unset).
 	Tracer trace.TracerProvider
@@ -123,6 +129,7 @@ func New(opts Options) (*Agent, error) {
 		collectorComponent{a.collector},
 		proberComponent{a.prober, a.collector},
 		remediateComponent{a.remediator, opts.RemediateMode},
+		newStatusComponent(a, cfg),
 	}
 	a.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "wgpulse", Name: "config_last_reload_successful",
@@ -168,6 +175,9 @@ func (a *Agent) openTransports() error {
 		}
 		if a.opts.Routes == nil {
 			a.opts.Routes = h
+		}
+		if a.opts.Checks == nil {
+			a.opts.Checks = h
 		}
 		a.closers = append(a.closers, func() error { h.Close(); return nil })
 	}

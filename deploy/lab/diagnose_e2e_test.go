@@ -1,0 +1,128 @@
+package lab_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgpulse/wgpulse/collector/diagnose"
+	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
+)
+
+// report is the JSON of `wgpulse diagnose --json`.
+type diagnoseReport struct {
+	Findings []diagnose.Finding `json:"findings"`
+	Devices  []string           `json:"devices"`
+	Notes    []string           `json:"notes"`
+}
+
+// runDiagnose runs `wgpulse diagnose --json` in a namespace (without an
+// agent) and returns its report and exit code.
+func runDiagnose(t *testing.T, bin, ns string) (diagnoseReport, int) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, bin, "diagnose", "--json", "--no-agent").Output()
+	code := 0
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("wgpulse diagnose in %s: %v", ns, err)
+	}
+	var rep diagnoseReport
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("wgpulse diagnose in %s: %v\n%s", ns, err, out)
+	}
+	return rep, code
+}
+
+// The checklist on a real lab: clean, it finds nothing on the hub or a
+// site; each fault made for real gives its finding, and the exit code
+// says how bad.
+func TestDiagnoseFindsEachFaultOnTheLab(t *testing.T) {
+	t.Parallel()
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	tun := func(name string) lab.Tunnel {
+		tn, err := l.Tunnel(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tn
+	}
+	dc1, _ := l.Site("dc1")
+	p, b := tun("dc1-primary"), tun("dc1-backup")
+
+	for _, ns := range []string{l.HubNamespace, dc1.Namespace} {
+		rep, code := runDiagnose(t, bin, ns)
+		if code != 0 || len(rep.Findings) != 0 || len(rep.Devices) == 0 {
+			t.Fatalf("clean lab, %s: exit %d, devices %v, findings %v", ns, code, rep.Devices, rep.Findings)
+		}
+		t.Logf("clean lab, %s: %d devices (%s), no findings; notes %v", ns, len(rep.Devices), strings.Join(rep.Devices, " "), rep.Notes)
+	}
+
+	run := func(ns string, args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%s in %s: %v\n%s", strings.Join(args, " "), ns, err, out)
+		}
+	}
+	lan := netip.MustParsePrefix(dc1.LAN)
+	inLAN := netip.PrefixFrom(lan.Addr(), lan.Bits()+1) // half of dc1's LAN
+	ghost, _ := wgtypes.GeneratePrivateKey()
+	for _, tc := range []struct {
+		name, ns    string
+		fault, undo [][]string
+		check       string
+		device      string
+		code        int
+		evidence    string
+	}{
+		{"a route into the tunnel no peer allows", dc1.Namespace,
+			[][]string{{"ip", "route", "add", "10.99.0.0/16", "dev", p.Device}}, [][]string{{"ip", "route", "del", "10.99.0.0/16", "dev", p.Device}},
+			diagnose.CheckRouteNotAllowed, p.Device, 2, "no peer of " + p.Device + " has 10.99.0.0/16"},
+		{"overlapping AllowedIPs", l.HubNamespace,
+			[][]string{{"wg", "set", p.HubDevice, "peer", ghost.PublicKey().String(), "allowed-ips", inLAN.String()}},
+			[][]string{{"wg", "set", p.HubDevice, "peer", ghost.PublicKey().String(), "remove"}},
+			diagnose.CheckAllowedIPsOverlap, p.HubDevice, 1, fmt.Sprintf("%s lies inside %s", inLAN, lan)},
+		{"a device MTU too large for the underlay", dc1.Namespace,
+			[][]string{{"ip", "link", "set", "dev", b.Device, "mtu", "1480"}}, [][]string{{"ip", "link", "set", "dev", b.Device, "mtu", fmt.Sprint(b.MTU)}},
+			diagnose.CheckMTUAboveUnderlay, b.Device, 1, "MTU 1480, but the underlay"},
+		{"the listen port dropped by nftables", l.HubNamespace,
+			[][]string{{"nft", "add", "table", "inet", "wgpulse_test"},
+				{"nft", "add", "chain", "inet", "wgpulse_test", "input", "{ type filter hook input priority 0; }"},
+				{"nft", "add", "rule", "inet", "wgpulse_test", "input", "udp", "dport", fmt.Sprint(p.HubListenPort), "drop"}},
+			[][]string{{"nft", "delete", "table", "inet", "wgpulse_test"}},
+			diagnose.CheckListenPortFiltered, p.HubDevice, 2, "dropped by rule handle"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, c := range tc.fault {
+				run(tc.ns, c...)
+			}
+			rep, code := runDiagnose(t, bin, tc.ns)
+			for _, c := range tc.undo {
+				run(tc.ns, c...)
+			}
+			var hit *diagnose.Finding
+			for i, f := range rep.Findings {
+				if f.Check == tc.check && f.Device == tc.device {
+					hit = &rep.Findings[i]
+				}
+			}
+			if hit == nil || code != tc.code || !strings.Contains(hit.Evidence, tc.evidence) || hit.Fix == "" {
+				t.Fatalf("exit %d (want %d); want a %s finding on %s with evidence ~ %q and a fix; got %v", code, tc.code, tc.check, tc.device, tc.evidence, rep.Findings)
+			}
+			t.Logf("exit %d: %s", code, hit)
+			if rep, code := runDiagnose(t, bin, tc.ns); code != 0 {
+				t.Errorf("after undoing the fault: exit %d, %v", code, rep.Findings)
+			}
+		})
+	}
+}
