@@ -41,6 +41,9 @@ type Config struct {
 	PathMTUFor   time.Duration `yaml:"path_mtu_for"`
 	ProberFor    time.Duration `yaml:"prober_for"`
 	AgentDownFor time.Duration `yaml:"agent_down_for"`
+	// ConfigProblemFor: a problem the agent's diagnose checks find, or one
+	// end's AllowedIPs missing the other end's address, for this long.
+	ConfigProblemFor time.Duration `yaml:"config_problem_for"`
 
 	// Remediation alerts.
 	FailoverActiveFor time.Duration `yaml:"failover_active_for"` // on the backup this long: someone should fix the primary
@@ -69,6 +72,7 @@ func DefaultConfig() Config {
 		PathMTUFor:          30 * time.Minute,
 		ProberFor:           10 * time.Minute,
 		AgentDownFor:        2 * time.Minute,
+		ConfigProblemFor:    10 * time.Minute,
 		FailoverActiveFor:   time.Hour,
 		PausedFor:           time.Hour,
 		DampedFor:           time.Minute,
@@ -99,7 +103,7 @@ func (c Config) Validate() error {
 	for _, f := range []field{
 		{"handshake_for", c.HandshakeFor}, {"never_established_for", c.NeverEstablishedFor}, {"loss_for", c.LossFor},
 		{"rtt_for", c.RTTFor}, {"jitter_for", c.JitterFor}, {"probe_down_for", c.ProbeDownFor}, {"path_mtu_for", c.PathMTUFor},
-		{"prober_for", c.ProberFor}, {"agent_down_for", c.AgentDownFor}, {"failover_active_for", c.FailoverActiveFor},
+		{"prober_for", c.ProberFor}, {"agent_down_for", c.AgentDownFor}, {"config_problem_for", c.ConfigProblemFor}, {"failover_active_for", c.FailoverActiveFor},
 		{"paused_for", c.PausedFor}, {"damped_for", c.DampedFor}, {"nat_unfixable_for", c.NATUnfixableFor},
 	} {
 		if f.d < 0 {

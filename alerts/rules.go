@@ -175,6 +175,30 @@ func TunnelRules(c Config) RuleFile {
 				"The agent on {{ $labels.instance }} keeps failing to read device {{ $labels.device }} (device=\"\" means listing devices failed)."),
 		},
 		{
+			// Handshake checks have their own alerts (HandshakeMissing,
+			// HandshakeNeverEstablished).
+			Alert:  "WireGuardConfigProblem",
+			Expr:   `max by (instance, device, public_key, name, check) (wgpulse_config_problem{check!~"handshake_.*"}) == 1`,
+			For:    forDur(c.ConfigProblemFor),
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardConfigProblem", "A WireGuard misconfiguration the agent can see.",
+				"Check {{ $labels.check }} fails on {{ $labels.instance }} device {{ $labels.device }}{{ with $labels.name }} (peer {{ . }}){{ end }}: run wgpulse diagnose there for the evidence and the fix."),
+		},
+		{
+			// Both ends of a tunnel in one Prometheus: a site's device key
+			// is the hub's peer key. The far end's AllowedIPs for that key
+			// must contain the near end's tunnel address, or the far end
+			// drops what the near end sends from it.
+			Alert: "WireGuardAllowedIPsMissTunnelAddress",
+			Expr: `(wgpulse_device_address_info and on (public_key) wireguard_peer_info)
+unless on (public_key, address)
+(wgpulse_device_address_prefix_info and on (public_key, prefix) label_replace(wireguard_peer_allowed_ips_info, "prefix", "$1", "allowed_ips", "(.*)"))`,
+			For:    forDur(c.ConfigProblemFor),
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardAllowedIPsMissTunnelAddress", "The far end of a tunnel does not allow this end's tunnel address.",
+				"{{ $labels.instance }} device {{ $labels.device }} has address {{ $labels.address }}, but no AllowedIPs of the peer with its key ({{ $labels.public_key }}) on the far end contains it: the far end drops packets from that address."),
+		},
+		{
 			Alert:  "WireGuardAgentDown",
 			Expr:   fmt.Sprintf("up{%s} == 0", job),
 			For:    forDur(c.AgentDownFor),

@@ -227,7 +227,9 @@ func tunnel(alerts.SLOConfig) *dashboard.DashboardBuilder {
 		WithPanel(ts("Endpoint changes", "NAT rebinds and roaming of this peer per interval.", "short",
 			query(fmt.Sprintf("increase(wireguard_peer_endpoint_changes_total{%s}[$__rate_interval])", peerSel), "changes"))).
 		WithPanel(ts("Probe up", "1 while one of the last three probes was answered.", "short",
-			query(fmt.Sprintf("wgpulse_probe_up{%s}", peerSel), "{{target}}")))
+			query(fmt.Sprintf("wgpulse_probe_up{%s}", peerSel), "{{target}}"))).
+		WithPanel(ts("Configuration problems", "Checks of wgpulse diagnose failing on the device, by check and peer (0: none). `wgpulse diagnose` on the node gives the evidence and the fix; see the runbook's WireGuardConfigProblem.", "short",
+			query(fmt.Sprintf("sum by (check, name) (wgpulse_config_problem{%s}) or vector(0)", deviceSel), "{{check}} {{name}}")))
 }
 
 func sloDashboard(s alerts.SLOConfig) *dashboard.DashboardBuilder {

@@ -18,27 +18,49 @@ import (
 type RouteHandle interface {
 	LinkList() ([]netlink.Link, error)
 	RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error)
+	AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
+}
+
+// Kernel is what ReadKernel reads: the main routing table of both
+// families with link names, every link's MTU and every link's addresses.
+type Kernel struct {
+	Routes  []Route
+	LinkMTU map[string]int
+	Addrs   map[string][]netip.Prefix
 }
 
 var _ RouteHandle = (*netlink.Handle)(nil)
 
-// ReadRoutes returns the main routing table of both families, with link
-// names, and every link's MTU.
-func ReadRoutes(h RouteHandle) ([]Route, map[string]int, error) {
+// ReadKernel reads the main routing table, the links and their addresses.
+func ReadKernel(h RouteHandle) (Kernel, error) {
+	k := Kernel{LinkMTU: map[string]int{}, Addrs: map[string][]netip.Prefix{}}
 	links, err := h.LinkList()
 	if err != nil {
-		return nil, nil, fmt.Errorf("list links: %w", err)
+		return k, fmt.Errorf("list links: %w", err)
 	}
-	names, mtus := map[int]string{}, map[string]int{}
+	names := map[int]string{}
 	for _, l := range links {
 		a := l.Attrs()
-		names[a.Index], mtus[a.Name] = a.Name, a.MTU
+		names[a.Index], k.LinkMTU[a.Name] = a.Name, a.MTU
+	}
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return k, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		name, ok := names[a.LinkIndex]
+		if !ok || a.IPNet == nil {
+			continue
+		}
+		if ip, ok := netip.AddrFromSlice(a.IP); ok { // the address itself, not its network
+			ones, _ := a.Mask.Size()
+			k.Addrs[name] = append(k.Addrs[name], netip.PrefixFrom(ip.Unmap(), ones))
+		}
 	}
 	nl, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err != nil {
-		return nil, mtus, fmt.Errorf("list routes: %w", err)
+		return k, fmt.Errorf("list routes: %w", err)
 	}
-	routes := make([]Route, 0, len(nl))
 	for _, r := range nl {
 		if r.Type != unix.RTN_UNICAST && r.Type != unix.RTN_BLACKHOLE && r.Type != unix.RTN_UNREACHABLE && r.Type != unix.RTN_PROHIBIT {
 			continue
@@ -54,9 +76,9 @@ func ReadRoutes(h RouteHandle) ([]Route, map[string]int, error) {
 			}
 			out.Device = names[idx]
 		}
-		routes = append(routes, out)
+		k.Routes = append(k.Routes, out)
 	}
-	return routes, mtus, nil
+	return k, nil
 }
 
 func prefix(n *net.IPNet, family int) netip.Prefix {

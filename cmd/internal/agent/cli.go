@@ -151,8 +151,10 @@ func Diagnose(ctx context.Context, cfg Config, opts DiagnoseOptions) (Report, er
 			n.Errors[name] = err
 		}
 	}
-	if n.Routes, n.LinkMTU, err = diagnose.ReadRoutes(opts.Routes); err != nil {
+	if k, err := diagnose.ReadKernel(opts.Routes); err != nil {
 		rep.Notes = append(rep.Notes, "routes not checked: "+err.Error())
+	} else {
+		n.Routes, n.LinkMTU = k.Routes, k.LinkMTU
 	}
 	fw := opts.Firewall
 	if fw == nil {

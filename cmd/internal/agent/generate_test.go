@@ -160,12 +160,16 @@ func TestAlertConventions(t *testing.T) {
 		if !strings.Contains(d, "{{") {
 			t.Errorf("%s: description is not templated: %q", r.Alert, d)
 		}
-		// Tunnel alerts name the node, the device and the peer.
+		// Tunnel alerts name the node, the device and the peer (by name, or
+		// by key where the alert is about a device's own key).
 		if tunnelAlert.MatchString(r.Expr) {
-			for _, l := range []string{"$labels.instance", "$labels.device", "$labels.name"} {
+			for _, l := range []string{"$labels.instance", "$labels.device"} {
 				if !strings.Contains(d, l) {
 					t.Errorf("%s: description does not name %s: %q", r.Alert, l, d)
 				}
+			}
+			if !strings.Contains(d, "$labels.name") && !strings.Contains(d, "$labels.public_key") {
+				t.Errorf("%s: description names neither the peer nor its key: %q", r.Alert, d)
 			}
 		}
 		heading := "## " + r.Alert + "\n"

@@ -101,6 +101,8 @@ type statusComponent struct {
 	firewall   func(context.Context) (*diagnose.Ruleset, error)
 	logger     *slog.Logger
 	problem    *prometheus.GaugeVec
+	address    *prometheus.GaugeVec // one per address of a WireGuard device
+	covering   *prometheus.GaugeVec // one per prefix containing such an address
 
 	mu        sync.Mutex
 	thresh    alerts.Config // loss and RTT thresholds of "degraded"
@@ -109,8 +111,7 @@ type statusComponent struct {
 	findings  []diagnose.Finding
 	held      map[string]bool // findings logged as present, by identity
 	routesAt  time.Time
-	routeList []diagnose.Route
-	linkMTU   map[string]int
+	kernel    diagnose.Kernel
 	routesErr error
 	fwAt      time.Time
 	ruleset   *diagnose.Ruleset
@@ -129,6 +130,14 @@ func newStatusComponent(a *Agent, cfg Config) *statusComponent {
 			Namespace: "wgpulse", Name: "config_problem",
 			Help: "1 while a diagnose check finds a problem (warning or error) on a device or peer; check names the check (wgpulse diagnose lists them).",
 		}, []string{"device", "public_key", "name", "check"}),
+		address: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "wgpulse", Name: "device_address_info",
+			Help: "One series per address of a WireGuard device (with its prefix length).",
+		}, []string{"device", "public_key", "address", "family"}),
+		covering: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "wgpulse", Name: "device_address_prefix_info",
+			Help: "One series per prefix that contains an address of a WireGuard device (IPv4: every length; IPv6: /0 and every fourth length), so a rule can test whether the far end's AllowedIPs cover it.",
+		}, []string{"device", "public_key", "address", "prefix"}),
 	}
 }
 
@@ -146,7 +155,7 @@ func (c *statusComponent) ApplyConfig(_ context.Context, cfg Config) error {
 }
 
 func (c *statusComponent) Register(r *registrar) {
-	r.collectors = append(r.collectors, c.problem)
+	r.collectors = append(r.collectors, c.problem, c.address, c.covering)
 	r.route(StatusPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -162,16 +171,16 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 	now := s.Time
 	if c.routes != nil && now.Sub(c.routesAt) >= routesEvery {
 		c.routesAt = now
-		c.routeList, c.linkMTU, c.routesErr = diagnose.ReadRoutes(c.routes)
-		if c.routesErr != nil {
+		if c.kernel, c.routesErr = diagnose.ReadKernel(c.routes); c.routesErr != nil {
 			c.logger.Warn("cannot read the routing table; route checks skipped", "err", c.routesErr)
 		}
+		c.exportAddresses(s)
 	}
 	if now.Sub(c.fwAt) >= firewallEvery {
 		c.fwAt = now
 		c.ruleset, c.fwErr = c.firewall(ctx)
 	}
-	n := diagnose.Node{Now: now, NeverGrace: neverGrace, Routes: c.routeList, LinkMTU: c.linkMTU,
+	n := diagnose.Node{Now: now, NeverGrace: neverGrace, Routes: c.kernel.Routes, LinkMTU: c.kernel.LinkMTU,
 		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: map[string]int{}, Errors: map[string]error{}}
 	for _, d := range s.Devices {
 		if !d.Stale {
@@ -193,6 +202,44 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 		}
 	}
 	return n
+}
+
+// exportAddresses exports each WireGuard device's addresses and the
+// prefixes containing them, for the cross-node AllowedIPs rule.
+func (c *statusComponent) exportAddresses(s *collector.Snapshot) {
+	c.address.Reset()
+	c.covering.Reset()
+	for _, d := range s.Devices {
+		for _, a := range c.kernel.Addrs[d.Name] {
+			ip := a.Addr()
+			family := "IPv4"
+			if ip.Is6() {
+				family = "IPv6"
+			}
+			c.address.WithLabelValues(d.Name, d.PublicKey, ip.String(), family).Set(1)
+			for _, bits := range coveringLengths(ip.Is6()) {
+				p, _ := ip.Prefix(bits)
+				c.covering.WithLabelValues(d.Name, d.PublicKey, ip.String(), p.String()).Set(1)
+			}
+		}
+	}
+}
+
+// coveringLengths are the prefix lengths exported per address: every one
+// for IPv4 (33 series), /0 and every fourth for IPv6 (33 series), which
+// are the lengths AllowedIPs use in practice.
+func coveringLengths(v6 bool) []int {
+	var out []int
+	if !v6 {
+		for b := range 33 {
+			out = append(out, b)
+		}
+		return out
+	}
+	for b := 0; b <= 128; b += 4 {
+		out = append(out, b)
+	}
+	return out
 }
 
 func (c *statusComponent) evaluate(ctx context.Context, s *collector.Snapshot) {
