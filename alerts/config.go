@@ -44,6 +44,9 @@ type Config struct {
 	// ConfigProblemFor: a problem the agent's diagnose checks find, or one
 	// end's AllowedIPs missing the other end's address, for this long.
 	ConfigProblemFor time.Duration `yaml:"config_problem_for"`
+	// KeyRotation warns when a device's public key is older than this
+	// (wireguard_device_key_first_seen_seconds), e.g. 90d; 0 = no rule.
+	KeyRotation Duration `yaml:"key_rotation"`
 
 	// Remediation alerts.
 	FailoverActiveFor time.Duration `yaml:"failover_active_for"` // on the backup this long: someone should fix the primary
@@ -109,6 +112,9 @@ func (c Config) Validate() error {
 		if f.d < 0 {
 			fe(f.name, "must not be negative, got %s", f.d)
 		}
+	}
+	if c.KeyRotation < 0 || (c.KeyRotation > 0 && time.Duration(c.KeyRotation) < 24*time.Hour) {
+		fe("key_rotation", "must be 0 (off) or at least 1d, got %s", time.Duration(c.KeyRotation))
 	}
 	for _, f := range []field{{"handshake_grace", c.HandshakeGrace}, {"rtt_p99", c.RTTP99}, {"jitter", c.Jitter}, {"endpoint_window", c.EndpointWindow}} {
 		if f.d <= 0 {

@@ -215,6 +215,16 @@ unless on (public_key, address)
 				"Prometheus has no target with job=\"{{ $labels.job }}\": no WireGuard tunnel is watched."),
 		},
 	}
+	if c.KeyRotation > 0 {
+		rules = append(rules, Rule{
+			Alert:  "WireGuardDeviceKeyOld",
+			Expr:   fmt.Sprintf("time() - wireguard_device_key_first_seen_seconds > %d", int64(time.Duration(c.KeyRotation).Seconds())),
+			For:    "1h",
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardDeviceKeyOld", "A WireGuard device key is due for rotation.",
+				fmt.Sprintf("Device {{ $labels.device }} on {{ $labels.instance }} has used key {{ $labels.public_key }} for {{ $value | humanizeDuration }}, longer than the rotation period (alerts.key_rotation %s).", promDuration(time.Duration(c.KeyRotation)))),
+		})
+	}
 	return RuleFile{Groups: []Group{{Name: "wgpulse-tunnels", Rules: rules}}}
 }
 

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -28,6 +30,24 @@ type Config struct {
 	// PeerNamesFiles is a glob of wg-quick style files; a `# Name = x`
 	// comment inside a [Peer] block names that peer. PeerNames wins.
 	PeerNamesFiles string `yaml:"peer_names_files"`
+	// KeyStateFile records when each device's public key was first seen
+	// (wireguard_device_key_first_seen_seconds), across restarts. Empty:
+	// $STATE_DIRECTORY/keys.json under systemd, else
+	// /var/lib/wgpulse/keys.json.
+	KeyStateFile string `yaml:"key_state_file"`
+}
+
+// KeyStatePath is the key state file in force for this configuration.
+func (c Config) KeyStatePath() string {
+	switch {
+	case c.KeyStateFile != "":
+		return c.KeyStateFile
+	case os.Getenv("STATE_DIRECTORY") != "":
+		// systemd's StateDirectory= (the first, if several).
+		dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":")
+		return filepath.Join(dir, "keys.json")
+	}
+	return "/var/lib/wgpulse/keys.json"
 }
 
 // DefaultConfig returns the configuration used when the file omits the section.

@@ -224,7 +224,8 @@ func startDemoAgent(ctx context.Context, l *lab.Lab, s lab.Site, bin string, rem
 	}
 	a.Agent, err = lab.StartAgent(ctx, lab.AgentOptions{
 		Bin: bin, NS: s.Namespace, Addr: s.Management + ":9586", Args: []string{"--config.file=" + cfgPath, "--log.level=info"},
-		Env: []string{"WGPULSE_LAB_PREFIX=" + l.Config.Prefix}, // so `down` finds it after a crash
+		Env: []string{"WGPULSE_LAB_PREFIX=" + l.Config.Prefix, // so `down` finds it after a crash
+			"STATE_DIRECTORY=" + filepath.Join(l.Dir, "state-"+s.Name)}, // its state goes with the lab
 		Log: logf, Ready: true,
 	})
 	if err != nil {

@@ -130,6 +130,7 @@ func New(opts Options) (*Agent, error) {
 		proberComponent{a.prober, a.collector},
 		remediateComponent{a.remediator, opts.RemediateMode},
 		newStatusComponent(a, cfg),
+		newEventsComponent(a, cfg),
 	}
 	a.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "wgpulse", Name: "config_last_reload_successful",

@@ -29,7 +29,17 @@ import (
 
 func TestMain(m *testing.M) {
 	lab.RunChild()
-	os.Exit(m.Run())
+	// Agents built by tests keep their state (the key first-seen file) in a
+	// temporary directory, as under systemd's StateDirectory=, not in
+	// /var/lib/wgpulse.
+	dir, err := os.MkdirTemp("", "wgpulse-agent-test-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("STATE_DIRECTORY", dir)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // benchDevice is one userspace WireGuard device in its own namespace with n

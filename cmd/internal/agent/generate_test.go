@@ -76,6 +76,28 @@ func TestRulesPassPromtool(t *testing.T) {
 		t.Fatalf("promtool test rules: %v\n%s", err, out)
 	}
 
+	// The optional rules: rendered as `wgpulse generate` does with them
+	// on, next to their tests.
+	dir := t.TempDir()
+	if _, err := agent.Generate(everyRuleConfig(), dir); err != nil {
+		t.Fatal(err)
+	}
+	optional, _ := filepath.Glob(filepath.Join(root, "alerts", "tests", "optional", "*.yml"))
+	for _, f := range optional {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dir, "alerts", filepath.Base(f))
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(pt, "test", "rules", dst).CombinedOutput(); err != nil {
+			t.Fatalf("promtool test rules %s: %v\n%s", f, err, out)
+		}
+	}
+	tests = append(tests, optional...)
+
 	// Every alert has a firing and a not-firing case.
 	type caseFile struct {
 		Tests []struct {
@@ -123,10 +145,18 @@ func allRules(t *testing.T, cfg agent.Config) []alerts.Rule {
 	return out
 }
 
+// everyRuleConfig is the default config with the optional rules turned on
+// (alerts.key_rotation), so the conventions hold for every rule there is.
+func everyRuleConfig() agent.Config {
+	cfg := agent.DefaultConfig()
+	cfg.Alerts.KeyRotation = alerts.Duration(90 * 24 * time.Hour)
+	return cfg
+}
+
 func allAlerts(t *testing.T) []alerts.Rule {
 	var out []alerts.Rule
 	seen := map[string]bool{}
-	for _, r := range allRules(t, agent.DefaultConfig()) {
+	for _, r := range allRules(t, everyRuleConfig()) {
 		if r.Alert != "" && !seen[r.Alert] {
 			seen[r.Alert] = true
 			out = append(out, r)
@@ -143,7 +173,7 @@ func TestAlertConventions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range allRules(t, agent.DefaultConfig()) {
+	for _, r := range allRules(t, everyRuleConfig()) {
 		if r.Alert == "" {
 			continue
 		}
@@ -390,7 +420,7 @@ func selectorProblems(known metricSet, expr string) (problems []string, selector
 func TestExpressionsParseAndUseRealMetrics(t *testing.T) {
 	known := agentMetrics(t)
 	var exprs []expression
-	for _, r := range allRules(t, agent.DefaultConfig()) {
+	for _, r := range allRules(t, everyRuleConfig()) {
 		if r.Record != "" {
 			known[r.Record] = dto.MetricType_GAUGE
 		}
@@ -549,7 +579,7 @@ func TestDashboardsRoundTripThroughTheSDK(t *testing.T) {
 func TestDocsDescribeWhatExists(t *testing.T) {
 	known := agentMetrics(t)
 	alertNames := map[string]bool{}
-	for _, r := range allRules(t, agent.DefaultConfig()) {
+	for _, r := range allRules(t, everyRuleConfig()) {
 		alertNames[r.Alert] = r.Alert != ""
 	}
 	// A name in backticks, whole (not a recording rule's wgpulse_tunnel:…

@@ -102,6 +102,9 @@ func StartAgent(t testing.TB, bin, ns, addr string, flags ...string) *lab.Agent 
 // StartAgentWith is StartAgent with every option.
 func StartAgentWith(t testing.TB, o lab.AgentOptions) *lab.Agent {
 	t.Helper()
+	// Its state (the key first-seen file) in the test's directory, as
+	// systemd's StateDirectory= would give it.
+	o.Env = append([]string{"STATE_DIRECTORY=" + t.TempDir()}, o.Env...)
 	a, err := lab.StartAgent(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
