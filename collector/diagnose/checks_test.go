@@ -88,7 +88,9 @@ func TestEachCheckFindsItsFault(t *testing.T) {
 		evidence string // part of its evidence
 		n        int    // findings expected (default 1)
 	}{
-		{"overlapping AllowedIPs", func(n *diagnose.Node) { peer(n, 0, 1).AllowedIPs = append(peer(n, 0, 1).AllowedIPs, pfx("10.50.7.0/24")...) },
+		{"overlapping AllowedIPs", func(n *diagnose.Node) {
+			peer(n, 0, 1).AllowedIPs = append(peer(n, 0, 1).AllowedIPs, pfx("10.50.7.0/24")...)
+		},
 			diagnose.CheckAllowedIPsOverlap, diagnose.Warning, "peer site-b on wg0", "10.50.7.0/24 lies inside 10.50.0.0/16 of peer site-a on wg0", 1},
 		{"a LAN route inside AllowedIPs", func(n *diagnose.Node) { n.Routes = append(n.Routes, route("10.50.5.0/24", "eth0", 2)) },
 			diagnose.CheckAllowedIPsRouted, diagnose.Warning, "peer site-a", "routed by route 10.50.5.0/24 dev eth0", 2}, // primary and backup
