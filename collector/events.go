@@ -107,6 +107,11 @@ func Events(prev, cur *Snapshot) []Event {
 				e := ev(EventPeerAdded, p)
 				e.Endpoint, e.New = endpointString(p.Endpoint), prefixList(p.AllowedIPs)
 				out = append(out, e)
+				if p.Handshake == HandshakeFresh { // added and handshaked between two polls
+					e := ev(EventHandshakeEstablished, p)
+					e.Endpoint = endpointString(p.Endpoint)
+					out = append(out, e)
+				}
 				continue
 			}
 			delete(before, p.PublicKey)

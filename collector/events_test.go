@@ -39,6 +39,7 @@ func TestEventsBetweenSnapshots(t *testing.T) {
 		{PublicKey: "back", Handshake: collector.HandshakeFresh, LastHandshake: t2},
 		{PublicKey: "nat", Endpoint: ep("198.51.100.1:40001"), Handshake: collector.HandshakeFresh, AllowedIPs: pfx("10.1.0.0/16", "10.2.0.0/16")},
 		{PublicKey: "added", Name: "dc9", Endpoint: ep("192.0.2.3:51820"), AllowedIPs: pfx("10.3.0.0/16")},
+		{PublicKey: "added-up", Endpoint: ep("192.0.2.4:51820"), Handshake: collector.HandshakeFresh}, // and handshaked within the poll
 	}}, {Name: "wg2", PublicKey: "first-seen"}}}
 
 	if evs := collector.Events(nil, cur); len(evs) != 0 {
@@ -67,6 +68,8 @@ func TestEventsBetweenSnapshots(t *testing.T) {
 		"event=endpoint_changed device=wg0 public_key=nat old=198.51.100.1:40000 new=198.51.100.1:40001",
 		"event=allowed_ips_changed device=wg0 public_key=nat old=10.1.0.0/16 new=10.1.0.0/16,10.2.0.0/16",
 		"event=peer_added device=wg0 public_key=added name=dc9 endpoint=192.0.2.3:51820 new=10.3.0.0/16",
+		"event=peer_added device=wg0 public_key=added-up endpoint=192.0.2.4:51820",
+		"event=handshake_established device=wg0 public_key=added-up endpoint=192.0.2.4:51820",
 		"event=peer_removed device=wg0 public_key=gone name=old-site",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {

@@ -398,6 +398,24 @@ func TestAgentTLSAndBasicAuth(t *testing.T) {
 	if code, _, _ := a.Get("/metrics"); code == http.StatusOK {
 		t.Fatal("plain HTTP served metrics on a TLS listener")
 	}
+
+	// The status API is behind the same TLS and auth; `wgpulse status`
+	// passes both with its --agent.* flags and says what is missing.
+	a.Scheme = "https"
+	if code, _, _ := a.Get("/api/v1/status"); code != http.StatusUnauthorized {
+		t.Errorf("/api/v1/status without credentials: %d, want 401", code)
+	}
+	status := func(args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, bin, "status", "--json", "--agent", "https://127.0.0.1:9586",
+			"--agent.ca-file", filepath.Join(dir, "cert.pem")}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := status(); err == nil || !strings.Contains(out, "--agent.username and --agent.password-file") {
+		t.Errorf("wgpulse status without credentials: %v %s; want it to name the flags", err, out)
+	}
+	if out, err := status("--agent.username", "prom", "--agent.password-file", writeFile(t, dir, "pw", "s3cret\n")); err != nil || !strings.Contains(out, `"version": 1`) {
+		t.Errorf("wgpulse status with credentials: %v %s", err, out)
+	}
 }
 
 func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
