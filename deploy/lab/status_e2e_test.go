@@ -97,7 +97,9 @@ func TestStatusOnARealTerminal(t *testing.T) {
 		return ""
 	}
 	// tmux renders SGR colours as it received them: 32 green, 33 yellow, 35 magenta.
-	colour := func(code, word string) *regexp.Regexp { return regexp.MustCompile(`\x1b\[(0;)?` + code + `m` + word + `\x1b\[(0|39)?m`) }
+	colour := func(code, word string) *regexp.Regexp {
+		return regexp.MustCompile(`\x1b\[(0;)?` + code + `m` + word + `\x1b\[(0|39)?m`)
+	}
 	if r := row(p.Name); !colour("32", "ok").MatchString(r) {
 		t.Errorf("%s: want ok in green: %q", p.Name, r)
 	}
