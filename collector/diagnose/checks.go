@@ -63,9 +63,22 @@ func Overhead(v6 bool) int {
 
 // Check runs every check and returns the findings, sorted.
 func Check(n Node) []Finding {
-	c := checker{Node: n, byName: map[string]*collector.Device{}}
+	c := checker{Node: n, byName: map[string]*collector.Device{}, allowed: map[string]*prefixIndex[*collector.Peer]{}}
+	c.routes = newPrefixIndex(len(n.Routes), func(add func(netip.Prefix, *Route)) {
+		for i := range n.Routes {
+			add(n.Routes[i].Dst, &n.Routes[i])
+		}
+	}, func(old, new *Route) bool { return new.Priority < old.Priority })
 	for i := range n.Devices {
-		c.byName[n.Devices[i].Name] = &n.Devices[i]
+		d := &n.Devices[i]
+		c.byName[d.Name] = d
+		c.allowed[d.Name] = newPrefixIndex(len(d.Peers), func(add func(netip.Prefix, *collector.Peer)) {
+			for j := range d.Peers {
+				for _, pfx := range d.Peers[j].AllowedIPs {
+					add(pfx, &d.Peers[j])
+				}
+			}
+		}, func(_, _ *collector.Peer) bool { return false })
 	}
 	for name, err := range n.Errors {
 		c.add(Finding{Severity: Error, Check: CheckDeviceUnreadable, Device: name, Object: "device " + name,
@@ -87,8 +100,10 @@ func Check(n Node) []Finding {
 
 type checker struct {
 	Node
-	byName map[string]*collector.Device
-	out    []Finding
+	byName  map[string]*collector.Device
+	routes  *prefixIndex[*Route]                     // the main table, best route per prefix
+	allowed map[string]*prefixIndex[*collector.Peer] // AllowedIPs by device
+	out     []Finding
 }
 
 func (c *checker) add(f Finding) { c.out = append(c.out, f) }
@@ -192,33 +207,18 @@ func (c *checker) overlaps(d *collector.Device) {
 // lookup is the main table's longest-prefix match (lowest metric among
 // equals): where the kernel sends addr, policy routing aside.
 func (c *checker) lookup(addr netip.Addr) *Route {
-	var best *Route
-	for i := range c.Routes {
-		r := &c.Routes[i]
-		if !r.Dst.Contains(addr) {
-			continue
-		}
-		if best == nil || r.Dst.Bits() > best.Dst.Bits() || (r.Dst.Bits() == best.Dst.Bits() && r.Priority < best.Priority) {
-			best = r
-		}
-	}
-	return best
+	_, r, _ := c.routes.longest(addr, 128)
+	return r
 }
 
 // allows says whether device dev has a peer whose AllowedIPs hold addr.
 func (c *checker) allows(dev string, addr netip.Addr) bool {
-	d := c.byName[dev]
-	if d == nil {
+	ix := c.allowed[dev]
+	if ix == nil {
 		return false
 	}
-	for _, p := range d.Peers {
-		for _, pfx := range p.AllowedIPs {
-			if pfx.Contains(addr) {
-				return true
-			}
-		}
-	}
-	return false
+	_, _, ok := ix.longest(addr, 128)
+	return ok
 }
 
 // routedElsewhere: traffic to a peer's AllowedIPs that the routing table
@@ -237,9 +237,9 @@ func (c *checker) routedElsewhere(d *collector.Device) {
 			}
 			pfx = pfx.Masked()
 			samples := []netip.Prefix{pfx}
-			for _, r := range c.Routes {
-				if r.Device != d.Name && r.Dst.Bits() > pfx.Bits() && pfx.Contains(r.Dst.Addr()) {
-					samples = append(samples, r.Dst)
+			for _, dst := range c.routes.inside(pfx) {
+				if dst.Bits() > pfx.Bits() && c.routes.exact[dst].Device != d.Name {
+					samples = append(samples, dst)
 				}
 			}
 			seen := map[string]bool{}
@@ -278,20 +278,15 @@ func (c *checker) routedElsewhere(d *collector.Device) {
 // allows. WireGuard drops such packets (no peer for the destination) and
 // tells no one.
 func (c *checker) routesNotAllowed(d *collector.Device) {
+	allowed := c.allowed[d.Name]
 	for _, r := range c.Routes {
 		if r.Device != d.Name || r.Protocol == protoKernel {
 			continue
 		}
-		covered, parts := false, []string{}
-		for _, p := range d.Peers {
-			for _, pfx := range p.AllowedIPs {
-				switch {
-				case pfx.Bits() <= r.Dst.Bits() && pfx.Contains(r.Dst.Addr()):
-					covered = true
-				case r.Dst.Contains(pfx.Addr()):
-					parts = append(parts, pfx.Masked().String())
-				}
-			}
+		_, _, covered := allowed.longest(r.Dst.Addr(), r.Dst.Bits())
+		var parts []string
+		for _, pfx := range allowed.inside(r.Dst) {
+			parts = append(parts, pfx.String())
 		}
 		if covered {
 			continue
@@ -300,7 +295,6 @@ func (c *checker) routesNotAllowed(d *collector.Device) {
 			Evidence: fmt.Sprintf("no peer of %s has %s in its AllowedIPs: WireGuard silently drops what this route sends", d.Name, r.Dst),
 			Fix:      fmt.Sprintf("add %s to the AllowedIPs of the peer that serves it (wg set %s peer <key> allowed-ips ...), or delete the route (ip route del %s dev %s)", r.Dst, d.Name, r.Dst, d.Name)}
 		if len(parts) > 0 {
-			slices.Sort(parts)
 			f.Severity = Warning
 			f.Evidence = fmt.Sprintf("peers of %s allow only %s of %s: WireGuard silently drops the rest of what this route sends", d.Name, strings.Join(parts, ", "), r.Dst)
 		}
@@ -361,12 +355,9 @@ func (c *checker) mtu(d *collector.Device) {
 // routeMTUFits says whether a route MTU no larger than pmtu already
 // applies to one of the peer's prefixes (what remediate.mtu sets).
 func (c *checker) routeMTUFits(d *collector.Device, p *collector.Peer, pmtu int) bool {
-	for _, r := range c.Routes {
-		if r.Device != d.Name || r.MTU == 0 || r.MTU > pmtu {
-			continue
-		}
-		for _, pfx := range p.AllowedIPs {
-			if pfx.Contains(r.Dst.Addr()) {
+	for _, pfx := range p.AllowedIPs {
+		for _, dst := range c.routes.inside(pfx) {
+			if r := c.routes.exact[dst]; r.Device == d.Name && r.MTU > 0 && r.MTU <= pmtu {
 				return true
 			}
 		}
