@@ -670,7 +670,10 @@ func combinations(choices map[string][]string) []map[string]string {
 		for _, base := range out {
 			for _, v := range choices[name] {
 				m := maps.Clone(base)
-				m[name] = regexp.QuoteMeta(v)
+				// As Grafana's Prometheus data source interpolates a single
+				// value into =~"...": regex-escaped, the backslashes doubled
+				// for the PromQL string (a key with "+" needs "\\+").
+				m[name] = strings.ReplaceAll(regexp.QuoteMeta(v), `\`, `\\`)
 				next = append(next, m)
 			}
 		}

@@ -106,6 +106,7 @@ type statusComponent struct {
 
 	mu        sync.Mutex
 	thresh    alerts.Config // loss and RTT thresholds of "degraded"
+	exported  map[*prometheus.GaugeVec]map[[4]string]bool // label sets set to 1
 	prev      *collector.Snapshot
 	last      *collector.Snapshot
 	findings  []diagnose.Finding
@@ -171,7 +172,8 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 	now := s.Time
 	if c.routes != nil && now.Sub(c.routesAt) >= routesEvery {
 		c.routesAt = now
-		if c.kernel, c.routesErr = diagnose.ReadKernel(c.routes); c.routesErr != nil {
+		before := c.routesErr
+		if c.kernel, c.routesErr = diagnose.ReadKernel(c.routes); c.routesErr != nil && (before == nil || before.Error() != c.routesErr.Error()) {
 			c.logger.Warn("cannot read the routing table; route checks skipped", "err", c.routesErr)
 		}
 		c.exportAddresses(s)
@@ -207,8 +209,7 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 // exportAddresses exports each WireGuard device's addresses and the
 // prefixes containing them, for the cross-node AllowedIPs rule.
 func (c *statusComponent) exportAddresses(s *collector.Snapshot) {
-	c.address.Reset()
-	c.covering.Reset()
+	address, covering := map[[4]string]bool{}, map[[4]string]bool{}
 	for _, d := range s.Devices {
 		for _, a := range c.kernel.Addrs[d.Name] {
 			ip := a.Addr()
@@ -216,13 +217,33 @@ func (c *statusComponent) exportAddresses(s *collector.Snapshot) {
 			if ip.Is6() {
 				family = "IPv6"
 			}
-			c.address.WithLabelValues(d.Name, d.PublicKey, ip.String(), family).Set(1)
+			address[[4]string{d.Name, d.PublicKey, ip.String(), family}] = true
 			for _, bits := range coveringLengths(ip.Is6()) {
 				p, _ := ip.Prefix(bits)
-				c.covering.WithLabelValues(d.Name, d.PublicKey, ip.String(), p.String()).Set(1)
+				covering[[4]string{d.Name, d.PublicKey, ip.String(), p.String()}] = true
 			}
 		}
 	}
+	c.setOnes(c.address, address)
+	c.setOnes(c.covering, covering)
+}
+
+// setOnes makes exactly these label sets of g read 1: new ones are set,
+// gone ones deleted, so a scrape never sees the set empty in between (as
+// it could after a Reset).
+func (c *statusComponent) setOnes(g *prometheus.GaugeVec, want map[[4]string]bool) {
+	if c.exported == nil {
+		c.exported = map[*prometheus.GaugeVec]map[[4]string]bool{}
+	}
+	for k := range c.exported[g] {
+		if !want[k] {
+			g.DeleteLabelValues(k[:]...)
+		}
+	}
+	for k := range want {
+		g.WithLabelValues(k[:]...).Set(1)
+	}
+	c.exported[g] = want
 }
 
 // coveringLengths are the prefix lengths exported per address: every one
@@ -247,13 +268,12 @@ func (c *statusComponent) evaluate(ctx context.Context, s *collector.Snapshot) {
 	defer c.mu.Unlock()
 	fs := diagnose.Check(c.node(ctx, s))
 	c.prev, c.last, c.findings = c.last, s, fs
-	c.problem.Reset()
-	now := map[string]bool{}
+	now, problems := map[string]bool{}, map[[4]string]bool{}
 	for _, f := range fs {
 		if f.Severity == diagnose.Info {
 			continue
 		}
-		c.problem.WithLabelValues(f.Device, f.PublicKey, f.Name, f.Check).Set(1)
+		problems[[4]string{f.Device, f.PublicKey, f.Name, f.Check}] = true
 		id := f.Check + "|" + f.Device + "|" + f.Object
 		now[id] = true
 		if !c.held[id] {
@@ -267,6 +287,7 @@ func (c *statusComponent) evaluate(ctx context.Context, s *collector.Snapshot) {
 		}
 	}
 	c.held = now
+	c.setOnes(c.problem, problems)
 }
 
 // Status builds the status document from the latest snapshot.
