@@ -105,7 +105,7 @@ type statusComponent struct {
 	covering   *prometheus.GaugeVec // one per prefix containing such an address
 
 	mu        sync.Mutex
-	thresh    alerts.Config // loss and RTT thresholds of "degraded"
+	thresh    alerts.Config                               // loss and RTT thresholds of "degraded"
 	exported  map[*prometheus.GaugeVec]map[[4]string]bool // label sets set to 1
 	prev      *collector.Snapshot
 	last      *collector.Snapshot
