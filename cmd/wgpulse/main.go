@@ -97,9 +97,7 @@ func run(args []string) int {
 			return 1
 		}
 		if *statusJSON {
-			enc := json.NewEncoder(os.Stdout)
-			enc.SetIndent("", "  ")
-			_ = enc.Encode(st)
+			printJSON(st)
 			return 0
 		}
 		agent.WriteStatus(os.Stdout, st, agent.IsTerminal(os.Stdout))
@@ -120,9 +118,7 @@ func run(args []string) int {
 			return 2
 		}
 		if *diagJSON {
-			enc := json.NewEncoder(os.Stdout)
-			enc.SetIndent("", "  ")
-			_ = enc.Encode(rep)
+			printJSON(rep)
 		} else {
 			agent.WriteReport(os.Stdout, rep, agent.IsTerminal(os.Stdout))
 		}
@@ -157,4 +153,10 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+func printJSON(v any) {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }

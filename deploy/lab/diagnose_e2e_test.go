@@ -50,13 +50,7 @@ func TestDiagnoseFindsEachFaultOnTheLab(t *testing.T) {
 	t.Parallel()
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2"}})
 	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
-	tun := func(name string) lab.Tunnel {
-		tn, err := l.Tunnel(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tn
-	}
+	tun := func(name string) lab.Tunnel { return mustTunnel(t, l, name) }
 	dc1, _ := l.Site("dc1")
 	p, b := tun("dc1-primary"), tun("dc1-backup")
 

@@ -40,13 +40,7 @@ func TestConnectionEventsOnTheLab(t *testing.T) {
 	t.Parallel()
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2"}})
 	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
-	tun := func(name string) lab.Tunnel {
-		tn, err := l.Tunnel(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tn
-	}
+	tun := func(name string) lab.Tunnel { return mustTunnel(t, l, name) }
 	cfg := filepath.Join(t.TempDir(), "hub.yml")
 	if err := os.WriteFile(cfg, []byte(l.AgentConfig("hub", lab.Remediation{ProberYAML: "enabled: false"})), 0o600); err != nil {
 		t.Fatal(err)

@@ -67,13 +67,7 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 	promBin, amBin := lookBin(t, "prometheus", "prometheus"), lookBin(t, "prometheus-alertmanager", "prometheus-alertmanager")
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2", "dc3", "dc4"}, Management: true})
 	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
-	tun := func(name string) lab.Tunnel {
-		tn, err := l.Tunnel(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tn
-	}
+	tun := func(name string) lab.Tunnel { return mustTunnel(t, l, name) }
 	for path, fault := range map[string]string{"dc3-primary": "mtu=1300", "dc4-primary": "nat-timeout=5s"} {
 		if _, err := l.Fault(path, fault); err != nil {
 			t.Fatal(err)
