@@ -41,6 +41,7 @@ const stackAlerts = `alerts:
   probe_down_for: 30s
   prober_for: 30s
   agent_down_for: 30s
+  config_problem_for: 20s
 `
 
 // The whole chain with the real programs: agents on the hub and every site
@@ -57,6 +58,9 @@ const stackAlerts = `alerts:
 //   - 50% loss on dc2-primary: the availability SLO's fast burn pages. The
 //     burn windows are not shortened: on a Prometheus minutes old, rate()
 //     over 1h uses the samples there are, so every window sees the burn.
+//   - the hub's AllowedIPs for dc3-backup without dc3's tunnel address:
+//     WireGuardAllowedIPsMissTunnelAddress (both ends joined on the key)
+//     opens a ticket for that tunnel end only.
 //   - meanwhile an MTU black hole on dc3-primary (MTU policy, dc3's agent)
 //     and a 5 s NAT on dc4-primary (keepalive policy, the hub's agent) give
 //     the remediation dashboard something to draw: every query of every
@@ -74,6 +78,14 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 		}
 	}
 	ghost := addGhostPeer(t, tun("dc2-backup").HubDevice)
+	// The hub's AllowedIPs for dc3-backup lose dc3's tunnel address (the
+	// LAN stays): the two ends disagree, which only Prometheus, seeing both,
+	// can tell.
+	d3b := tun("dc3-backup")
+	dc3, _ := l.Site("dc3")
+	if err := lab.IP("netns", "exec", l.HubNamespace, "wg", "set", d3b.HubDevice, "peer", d3b.PublicKey, "allowed-ips", dc3.LAN); err != nil {
+		t.Fatal(err)
+	}
 
 	// Rules and dashboards as an operator renders them.
 	gen := t.TempDir()
@@ -128,6 +140,7 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 			}
 		}
 	}()
+	started := time.Now()
 	prom := startPrometheus(t, promBin, gen, targets, amAddr)
 
 	// Every agent scraped before the faults.
@@ -199,6 +212,25 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 			return n.Receiver == "ticket" && n.GroupLabels["alertname"] == "WireGuardHandshakeNeverEstablished" && n.hasKey(ghost)
 		}) != nil, ""
 	})
+
+	// dc3-backup's address, which the hub no longer allows: a ticket.
+	mismatch := func(n notification) bool {
+		return n.Receiver == "ticket" && n.Status == "firing" && slices.ContainsFunc(n.Alerts, func(a notifiedAlert) bool {
+			return a.Labels["alertname"] == "WireGuardAllowedIPsMissTunnelAddress" && a.Labels["instance"] == "dc3" &&
+				a.Labels["device"] == d3b.Device && a.Labels["address"] == d3b.LocalAddress
+		})
+	}
+	waitFor(t, 3*time.Minute, "the ticket for the AllowedIPs that miss dc3-backup's address", func() (bool, string) {
+		return hook.first(mismatch) != nil, ""
+	})
+	t.Logf("hub AllowedIPs without dc3-backup's address -> ticket %s after the agents started", hook.first(mismatch).At.Sub(started).Round(time.Second))
+	for _, n := range hook.all() {
+		for _, a := range n.Alerts {
+			if a.Labels["alertname"] == "WireGuardAllowedIPsMissTunnelAddress" && a.Labels["device"] != d3b.Device {
+				t.Errorf("AllowedIPs mismatch reported where both ends agree: %v", a.Labels)
+			}
+		}
+	}
 
 	checkDashboards(t, prom, filepath.Join(gen, "dashboards"))
 	checkRules(t, prom)

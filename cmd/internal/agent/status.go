@@ -213,6 +213,9 @@ func (c *statusComponent) exportAddresses(s *collector.Snapshot) {
 	for _, d := range s.Devices {
 		for _, a := range c.kernel.Addrs[d.Name] {
 			ip := a.Addr()
+			if !ip.IsGlobalUnicast() {
+				continue // link-local (the kernel gives every tun one): never a tunnel address
+			}
 			family := "IPv4"
 			if ip.Is6() {
 				family = "IPv6"

@@ -51,7 +51,10 @@ func (k *fakeKernel) RouteListFiltered(int, *netlink.Route, uint64) ([]netlink.R
 }
 
 func (k *fakeKernel) AddrList(netlink.Link, int) ([]netlink.Addr, error) {
-	return []netlink.Addr{{IPNet: &net.IPNet{IP: net.IPv4(10, 200, 0, 1), Mask: net.CIDRMask(24, 32)}, LinkIndex: 5}}, nil
+	return []netlink.Addr{
+		{IPNet: &net.IPNet{IP: net.IPv4(10, 200, 0, 1), Mask: net.CIDRMask(24, 32)}, LinkIndex: 5},
+		{IPNet: &net.IPNet{IP: net.ParseIP("fe80::1"), Mask: net.CIDRMask(64, 128)}, LinkIndex: 5}, // the kernel's link-local: not exported
+	}, nil
 }
 
 func ipnet(s string) *net.IPNet {
