@@ -259,6 +259,11 @@ func decideKeepalive(c KeepaliveConfig, u *kaUnit, now time.Time) (decision, tim
 		return d, 0 // no symptoms, or not enough to say: peers without symptoms are left alone
 	}
 	want := keepaliveFor(est)
+	// The estimate is the middle of the bracket and can lie above the true
+	// lifetime; the longest idle gap that kept the mapping cannot.
+	if kept := u.est.lower.Truncate(time.Second); kept > 0 && kept < want {
+		want = kept
+	}
 	d.From = current.String()
 	bracket := fmt.Sprintf("NAT mapping lifetime ~%s (idle gaps kept up to %s, expired from %s; %d symptoms, last: %s)",
 		est.Round(100*time.Millisecond), u.est.lower.Round(100*time.Millisecond), u.est.upper.Round(100*time.Millisecond), u.symptoms, u.reasonsSampled[len(u.reasonsSampled)-1])
