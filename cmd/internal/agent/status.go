@@ -277,6 +277,9 @@ func (c *statusComponent) evaluate(ctx context.Context, s *collector.Snapshot) {
 			continue
 		}
 		problems[[4]string{f.Device, f.PublicKey, f.Name, f.Check}] = true
+		if strings.HasPrefix(f.Check, "handshake_") {
+			continue // logged as connection events (handshake_lost), not once more here
+		}
 		id := f.Check + "|" + f.Device + "|" + f.Object
 		now[id] = true
 		if !c.held[id] {
