@@ -212,3 +212,75 @@ func getStatus(t *testing.T, a *Agent) Status {
 
 // noRoutes is a route transport that must not be used (no failover group).
 type noRoutes struct{ remediate.RouteHandle }
+
+// A peer's failover group: a route group's path runs through the device
+// and a target the peer allows; an endpoint group names device and peer.
+// A primary whose traffic is on the backup is degraded.
+func TestFailoverOfAPeer(t *testing.T) {
+	groups := []remediate.GroupStatus{
+		{Name: "dc1", Mode: "route", Active: "backup", Paths: map[string]remediate.PathStatus{
+			"primary": {Device: "wg-p", Target: "10.200.1.2"}, "backup": {Device: "wg-b", Target: "10.200.2.2"}}},
+		{Name: "wan", Mode: "endpoint", Device: "wg0", Peer: "peer-key", Active: "primary"},
+	}
+	peer := func(key, allowed string) collector.Peer {
+		return collector.Peer{PublicKey: key, AllowedIPs: []netip.Prefix{netip.MustParsePrefix(allowed)}, Handshake: collector.HandshakeFresh, LastHandshake: time.Now()}
+	}
+	for _, tc := range []struct {
+		device string
+		p      collector.Peer
+		want   *FailoverStatus
+	}{
+		{"wg-p", peer("a", "10.200.1.2/32"), &FailoverStatus{Group: "dc1", Path: "primary", Active: "backup"}},
+		{"wg-b", peer("b", "10.200.2.0/30"), &FailoverStatus{Group: "dc1", Path: "backup", Active: "backup"}},
+		{"wg-p", peer("c", "10.9.0.0/16"), nil}, // the device, but not the target
+		{"wg0", peer("peer-key", "10.0.0.0/8"), &FailoverStatus{Group: "wan", Path: "primary", Active: "primary"}},
+		{"wg0", peer("other", "10.0.0.0/8"), nil},
+	} {
+		got := failoverOf(groups, tc.device, tc.p)
+		if (got == nil) != (tc.want == nil) || (got != nil && *got != *tc.want) {
+			t.Errorf("%s on %s: %+v, want %+v", tc.p.PublicKey, tc.device, got, tc.want)
+		}
+	}
+	p := peer("a", "10.200.1.2/32")
+	age := 5.0
+	ps := PeerStatus{HandshakeAgeSeconds: &age, Failover: failoverOf(groups, "wg-p", p)}
+	if word, why := healthWord(collector.Device{Name: "wg-p", MTU: 1420}, p, ps, DefaultConfig().Alerts, nil, "", time.Now()); word != "degraded" || why != "traffic on the backup path" {
+		t.Errorf("primary carried by the backup: %s (%s), want degraded", word, why)
+	}
+}
+
+// Every health word and its reason.
+func TestHealthWords(t *testing.T) {
+	now := time.Now()
+	age := 5.0
+	th := DefaultConfig().Alerts // loss 5%, RTT p99 250 ms
+	dev := collector.Device{Name: "wg0", MTU: 1420}
+	fresh := collector.Peer{PublicKey: "k", Handshake: collector.HandshakeFresh, LastHandshake: now.Add(-5 * time.Second)}
+	probe := func(mod func(*ProbeStatus)) PeerStatus {
+		pr := &ProbeStatus{Target: "10.0.0.1", State: "up", RTTP50Seconds: 0.002, RTTP99Seconds: 0.004, PathMTU: 1420}
+		mod(pr)
+		return PeerStatus{HandshakeAgeSeconds: &age, Probe: pr}
+	}
+	for _, tc := range []struct {
+		name     string
+		p        collector.Peer
+		ps       PeerStatus
+		problems map[string]bool
+		word     string
+		reason   string
+	}{
+		{"fresh and fast", fresh, probe(func(*ProbeStatus) {}), nil, "ok", "handshake 5s ago, RTT p50 2ms"},
+		{"never, no endpoint", collector.Peer{}, PeerStatus{}, nil, "never", "no endpoint: waiting for the peer"},
+		{"stale", collector.Peer{Handshake: collector.HandshakeStale, LastHandshake: now.Add(-200 * time.Second)}, PeerStatus{}, nil, "down", "last handshake 3m20s ago (> 180 s)"},
+		{"probe down", fresh, probe(func(p *ProbeStatus) { p.State = "down" }), nil, "down", "probe of 10.0.0.1 down"},
+		{"loss", fresh, probe(func(p *ProbeStatus) { p.LossRatio = 0.2 }), nil, "degraded", "loss 20%"},
+		{"slow", fresh, probe(func(p *ProbeStatus) { p.RTTP99Seconds = 0.4 }), nil, "degraded", "RTT p99 400ms"},
+		{"path MTU", fresh, probe(func(p *ProbeStatus) { p.PathMTU = 1300 }), nil, "degraded", "path MTU 1300 < device MTU 1420"},
+		{"a check fails", fresh, probe(func(*ProbeStatus) {}), map[string]bool{"wg0|k|nat_without_keepalive": true}, "degraded", "problem: nat_without_keepalive"},
+	} {
+		word, reason := healthWord(dev, tc.p, tc.ps, th, tc.problems, "wg0|k", now)
+		if word != tc.word || !strings.Contains(reason, tc.reason) {
+			t.Errorf("%s: %s (%s), want %s (%s)", tc.name, word, reason, tc.word, tc.reason)
+		}
+	}
+}
