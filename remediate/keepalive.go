@@ -210,7 +210,9 @@ func (u *kaUnit) observeResult(res prober.Result) {
 // that crossed the mapping; an endpoint change after an idle gap is a
 // mapping that expired and was recreated by the peer's next packet.
 func (u *kaUnit) observeSnapshot(p collector.Peer, at time.Time) {
-	if !at.Before(u.st.Since) { // a poll older than our last change still shows the old value
+	// A poll that started before our last change, or at the same instant
+	// (it may have read the device first), still shows the old value.
+	if at.After(u.st.Since) {
 		u.current = p.PersistentKeepalive
 	}
 	if !u.seen {
@@ -260,9 +262,10 @@ func decideKeepalive(c KeepaliveConfig, u *kaUnit, now time.Time) (decision, tim
 	}
 	want := keepaliveFor(est)
 	// The estimate is the middle of the bracket and can lie above the true
-	// lifetime; the longest idle gap that kept the mapping cannot.
-	if kept := u.est.lower.Truncate(time.Second); kept > 0 && kept < want {
-		want = kept
+	// lifetime; the longest idle gap that kept the mapping cannot. A kept
+	// gap shorter than keepalive.min says little: the floor caps then.
+	if limit := max(u.est.lower.Truncate(time.Second), c.Min); u.est.lower > 0 && limit < want {
+		want = limit
 	}
 	d.From = current.String()
 	bracket := fmt.Sprintf("NAT mapping lifetime ~%s (idle gaps kept up to %s, expired from %s; %d symptoms, last: %s)",

@@ -8,10 +8,11 @@ import (
 // The keepalive comes from the bracket of the NAT's lifetime: 80% of its
 // middle, but never above the longest idle gap that kept the mapping (the
 // middle can lie above the true lifetime: kept 4.8 s, expired 7.8 s, true
-// 5 s -> 80% of 6.3 s is 5 s, too long; 4 s is safe).
+// 5 s -> 80% of 6.3 s is 5 s, too long; 4 s is safe), nor, when that gap
+// is shorter than keepalive.min, above the floor.
 func TestKeepaliveNeverAboveAKeptGap(t *testing.T) {
 	c := DefaultKeepaliveConfig()
-	c.Min = time.Second
+	c.Min = 2 * time.Second
 	for _, tc := range []struct {
 		lower, upper, want time.Duration
 	}{
