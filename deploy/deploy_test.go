@@ -8,16 +8,11 @@ import (
 	"testing"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
-func amtool(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("amtool")
-	if err != nil {
-		t.Fatal("amtool not found: install the Debian package prometheus-alertmanager (make test does)")
-	}
-	return p
-}
+func amtool(t *testing.T) string { return labtest.Tool(t, "amtool", "prometheus-alertmanager") }
 
 const amConfig = "alertmanager/alertmanager.yml"
 

@@ -14,16 +14,11 @@ import (
 	_ "github.com/prometheus/prometheus/discovery/file"       // file_sd_configs
 	_ "github.com/prometheus/prometheus/discovery/kubernetes" // Debian's promtool is built without it
 	"go.yaml.in/yaml/v3"
+
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
-func promtool(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool not found: install the Debian package prometheus (make test does)")
-	}
-	return p
-}
+func promtool(t *testing.T) string { return labtest.Tool(t, "promtool", "prometheus") }
 
 // The Prometheus configs pass promtool (the Kubernetes one, Prometheus's own
 // loader: Debian builds Prometheus without Kubernetes discovery), scrape

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
 // make runs a target of the top-level Makefile.
@@ -25,10 +27,7 @@ func makeTarget(t *testing.T, args ...string) string {
 // systemd-analyze verify, is hardened as the README says, and uninstalls
 // without touching the config.
 func TestSystemdUnitInstallAndVerify(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Fatal("systemd-analyze not found: install the Debian package systemd (make test does)")
-	}
+	analyze := labtest.Tool(t, "systemd-analyze", "systemd")
 	root := t.TempDir()
 	vars := []string{"PREFIX=" + root, "SYSTEMDDIR=" + filepath.Join(root, "systemd"), "SYSCONFDIR=" + filepath.Join(root, "etc")}
 	makeTarget(t, append([]string{"install"}, vars...)...)

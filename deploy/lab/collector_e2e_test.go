@@ -338,11 +338,7 @@ func TestCollectorOnRealTunnels(t *testing.T) {
 
 func promtoolCheckMetrics(t *testing.T, body string) {
 	t.Helper()
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool not found: install the Debian package prometheus (make test does)")
-	}
-	cmd := exec.Command(promtool, "check", "metrics")
+	cmd := exec.Command(labtest.Tool(t, "promtool", "prometheus"), "check", "metrics")
 	cmd.Stdin = strings.NewReader(body)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)

@@ -35,7 +35,7 @@ import (
 // iteration: run it with -benchtime=1x (make bench does).
 func BenchmarkFleetPrometheus(b *testing.B) {
 	labtest.Require(b)
-	promBin := lookBin(b, "prometheus", "prometheus")
+	promBin := labtest.Tool(b, "prometheus", "prometheus")
 	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
 	const nodes, tunnels = 20, 500
 	for b.Loop() {

@@ -68,7 +68,7 @@ const stackAlerts = `alerts:
 //     every rule evaluates without error.
 func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 	t.Parallel()
-	promBin, amBin := lookBin(t, "prometheus", "prometheus"), lookBin(t, "prometheus-alertmanager", "prometheus-alertmanager")
+	promBin, amBin := labtest.Tool(t, "prometheus", "prometheus"), labtest.Tool(t, "prometheus-alertmanager", "prometheus-alertmanager")
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2", "dc3", "dc4"}, Management: true})
 	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
 	tun := func(name string) lab.Tunnel { return mustTunnel(t, l, name) }
@@ -269,15 +269,6 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 			t.Logf("note: a handshake also went missing outside dc1: %v", n.GroupLabels)
 		}
 	}
-}
-
-func lookBin(t testing.TB, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Fatalf("%s not found: install the Debian package %s (make test does)", name, pkg)
-	}
-	return p
 }
 
 // addGhostPeer adds a peer that never handshakes (no endpoint, no

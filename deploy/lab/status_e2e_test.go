@@ -22,10 +22,7 @@ import (
 // never in magenta. Piped, the same command prints no colour.
 func TestStatusOnARealTerminal(t *testing.T) {
 	t.Parallel()
-	tmux, err := exec.LookPath("tmux")
-	if err != nil {
-		t.Fatal("tmux not found: install the Debian package tmux (make test does)")
-	}
+	tmux := labtest.Tool(t, "tmux", "tmux")
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1"}})
 	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
 	p, b := mustTunnel(t, l, "dc1-primary"), mustTunnel(t, l, "dc1-backup")

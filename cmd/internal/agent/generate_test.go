@@ -32,6 +32,7 @@ import (
 	"github.com/wgpulse/wgpulse/cmd/internal/agent"
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/dashboards"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/prober/probertest"
 )
@@ -55,14 +56,7 @@ func TestGeneratedFilesAreFresh(t *testing.T) {
 	}
 }
 
-func promtool(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool not found: install the Debian package prometheus (make test does)")
-	}
-	return p
-}
+func promtool(t *testing.T) string { return labtest.Tool(t, "promtool", "prometheus") }
 
 func TestRulesPassPromtool(t *testing.T) {
 	pt := promtool(t)

@@ -91,6 +91,17 @@ func BuildBinary(t testing.TB, pkg string) string {
 	return bin
 }
 
+// Tool returns the path of a program the tests need, or fails naming the
+// Debian package that has it (make test installs them).
+func Tool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: install the Debian package %s (make test does)", name, pkg)
+	}
+	return p
+}
+
 // StartAgent runs the wgpulse binary in namespace ns listening on addr
 // (inside ns) with extra flags, and waits until it listens. It is stopped at
 // test cleanup, and its logs are printed when the test failed.
