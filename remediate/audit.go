@@ -3,6 +3,7 @@ package remediate
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,33 +21,18 @@ const (
 	ResultSuppressed = "suppressed" // wanted and not taken (audit line and span only)
 )
 
-var (
-	actions = []string{ActionSwitchToBackup, ActionReturnToPrimary}
-	results = []string{ResultOK, ResultError, ResultDryRun}
-	paths   = []string{Primary, Backup}
-	states  = []string{"unknown", "up", "down"}
-)
-
 type metrics struct {
 	actions      *prometheus.CounterVec
 	suppressed   *prometheus.CounterVec
-	active       *prometheus.GaugeVec
-	healthy      *prometheus.GaugeVec
-	pathState    *prometheus.GaugeVec
 	conflicts    *prometheus.CounterVec
-	flaps        *prometheus.CounterVec
-	penalty      *prometheus.GaugeVec
-	damped       *prometheus.GaugeVec
 	policies     *prometheus.GaugeVec
 	lastDecision *prometheus.GaugeVec
-	mtu          *prometheus.GaugeVec
-	keepalive    *prometheus.GaugeVec
-	natEstimate  *prometheus.GaugeVec
-	natUnfixable *prometheus.GaugeVec
 	paused       prometheus.Gauge
 	mode         *prometheus.GaugeVec
 	stateErrs    prometheus.Counter
 }
+
+var results = []string{ResultOK, ResultError, ResultDryRun}
 
 func newMetrics() *metrics {
 	return &metrics{
@@ -58,33 +44,9 @@ func newMetrics() *metrics {
 			Name: "wgpulse_remediation_suppressed_total",
 			Help: "Remediation actions wanted and not taken, by reason (counted once per episode).",
 		}, []string{"policy", "group", "reason"}),
-		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_failover_active_path",
-			Help: "1 for the path carrying the group's prefixes (in dry-run: the path auto would have made active).",
-		}, []string{"group", "path"}),
-		healthy: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_failover_path_healthy",
-			Help: "1 while the path is up, 0 while it is down or unknown (see wgpulse_failover_path_state).",
-		}, []string{"group", "path"}),
-		pathState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_failover_path_state",
-			Help: "1 for the path's current health: unknown, up or down.",
-		}, []string{"group", "path", "state"}),
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wgpulse_remediation_conflicts_total",
 			Help: "Times something else deleted or overrode a route the remediator owns; it backs off instead of fighting.",
-		}, []string{"group"}),
-		flaps: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "wgpulse_failover_flaps_total",
-			Help: "Switches that left a path less than hold_down after arriving on it (e.g. a return the tunnel did not confirm).",
-		}, []string{"group"}),
-		penalty: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_failover_damping_penalty",
-			Help: "The group's flap damping penalty (BGP style); at or above suppress the group makes no voluntary switch.",
-		}, []string{"group"}),
-		damped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_failover_damped",
-			Help: "1 while flap damping holds the group: no voluntary switch until the penalty decays below reuse.",
 		}, []string{"group"}),
 		policies: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_policy_info",
@@ -94,22 +56,6 @@ func newMetrics() *metrics {
 			Name: "wgpulse_remediation_last_decision_timestamp_seconds",
 			Help: "Unix time of the last audited decision of a policy for a group (or peer), with its action, result and reason; one series each.",
 		}, []string{"policy", "group", "peer", "action", "result", "reason"}),
-		mtu: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_remediation_mtu_bytes",
-			Help: "The MTU the MTU policy put in force for a peer (route: on its routed prefixes; device: the whole device); absent when none.",
-		}, []string{"device", "public_key", "name", "mechanism"}),
-		keepalive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_remediation_keepalive_seconds",
-			Help: "The PersistentKeepalive the keepalive policy set for a peer; absent when none.",
-		}, []string{"device", "public_key", "name"}),
-		natEstimate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_keepalive_nat_timeout_estimate_seconds",
-			Help: "Estimated lifetime of the NAT mapping between this node and the peer, from idle gaps (present once a mapping was seen expiring).",
-		}, []string{"device", "public_key", "name"}),
-		natUnfixable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "wgpulse_keepalive_nat_unfixable",
-			Help: "1 when NAT mapping expiry goes on with PersistentKeepalive set on this side: the peer behind the NAT must set it.",
-		}, []string{"device", "public_key", "name"}),
 		paused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_paused",
 			Help: "1 while remediation is paused (POST /-/remediate/pause, SIGUSR1).",
@@ -126,53 +72,31 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.damped, m.policies, m.lastDecision, m.mtu, m.keepalive, m.natEstimate, m.natUnfixable, m.paused, m.mode, m.stateErrs}
+	return []prometheus.Collector{m.actions, m.suppressed, m.conflicts, m.policies, m.lastDecision, m.paused, m.mode, m.stateErrs}
 }
 
-// initGroup creates every series of a group at zero, so dashboards and
-// alerts see them from the start.
-func (m *metrics) initGroup(name string, mode Mode) {
-	for _, a := range actions {
-		for _, r := range results {
-			m.actions.WithLabelValues("failover", name, a, r, string(mode))
-		}
-	}
-	for _, r := range suppressReasons {
-		m.suppressed.WithLabelValues("failover", name, r)
-	}
-	for _, p := range paths {
-		m.active.WithLabelValues(name, p)
-		m.healthy.WithLabelValues(name, p)
-		for _, s := range states {
-			m.pathState.WithLabelValues(name, p, s)
-		}
-	}
-	m.conflicts.WithLabelValues(name)
-	m.flaps.WithLabelValues(name)
-	m.penalty.WithLabelValues(name)
-	m.damped.WithLabelValues(name)
-	m.policies.WithLabelValues("failover", name).Set(1)
-}
-
-// initPolicy creates a per-peer policy's counters of one device at zero.
-func (m *metrics) initPolicy(policy, device string, acts []string, mode Mode) {
+// initUnit creates a unit's series at zero, so dashboards and alerts see
+// them from the start.
+func (m *metrics) initUnit(policy, unit string, acts, reasons []string, mode Mode) {
 	for _, a := range acts {
 		for _, r := range results {
-			m.actions.WithLabelValues(policy, device, a, r, string(mode))
+			m.actions.WithLabelValues(policy, unit, a, r, string(mode))
 		}
 	}
-	for _, r := range suppressReasons {
-		m.suppressed.WithLabelValues(policy, device, r)
+	for _, r := range append(slices.Clone(reasons), railReasons...) {
+		m.suppressed.WithLabelValues(policy, unit, r)
 	}
-	m.conflicts.WithLabelValues(device)
-	m.policies.WithLabelValues(policy, device).Set(1)
+	m.conflicts.WithLabelValues(unit)
+	m.policies.WithLabelValues(policy, unit).Set(1)
 }
 
-func (m *metrics) deleteGroup(name string) {
-	l := prometheus.Labels{"group": name}
-	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.active, m.healthy, m.pathState, m.conflicts, m.flaps, m.penalty, m.damped, m.lastDecision} {
+// dropUnit deletes a unit's series.
+func (m *metrics) dropUnit(policy, unit string) {
+	l := prometheus.Labels{"policy": policy, "group": unit}
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.lastDecision, m.policies} {
 		v.DeletePartialMatch(l)
 	}
+	m.conflicts.DeleteLabelValues(unit)
 }
 
 func (m *metrics) setMode(mode Mode) {
@@ -195,7 +119,7 @@ type auditor struct {
 
 // record audits one decision. result is ResultOK, ResultError, ResultDryRun
 // or ResultSuppressed; err is the failure of ResultError.
-func (a auditor) record(ctx context.Context, d decision, mode Mode, result string, start time.Time, err error) {
+func (a auditor) record(ctx context.Context, d Decision, mode Mode, result string, start time.Time, err error) {
 	took := time.Since(start)
 	attrs := []attribute.KeyValue{
 		attribute.String("wgpulse.policy", d.Policy),

@@ -3,20 +3,14 @@ package remediate
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"path/filepath"
-	"regexp"
-	"slices"
-	"time"
-
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Mode is what the remediator may do.
 type Mode string
 
 const (
-	// ModeOff: no probing of failover paths, no decisions, nothing touched.
+	// ModeOff: no probing of the policies' targets, no decisions, nothing touched.
 	ModeOff Mode = "off"
 	// ModeDryRun: every decision is made, logged and counted exactly as in
 	// auto, and nothing is touched.
@@ -25,173 +19,34 @@ const (
 	ModeAuto Mode = "auto"
 )
 
-// Config is the `remediate:` section.
+// Config is the core's part of the `remediate:` section; each policy's
+// part is its own (remediate/policies composes them).
 type Config struct {
 	Mode Mode `yaml:"mode"`
-	// StateFile keeps active paths, damping penalties, owned routes and
-	// original values across restarts; written atomically.
+	// StateFile keeps what the policies must not forget (active paths,
+	// damping penalties, owned routes, original values) across restarts;
+	// written atomically.
 	StateFile string `yaml:"state_file"`
 	// RestoreOnExit undoes every change on a clean exit (SIGTERM, Ctrl-C).
 	RestoreOnExit bool `yaml:"restore_on_exit"`
 	// RouteProtocol marks the routes the remediator owns (`ip route show
 	// proto 117`); no route with another protocol is ever changed.
-	RouteProtocol int             `yaml:"route_protocol"`
-	Failover      []FailoverGroup `yaml:"failover"`
-	// MTU fits inner packets to the measured path MTU.
-	MTU MTUConfig `yaml:"mtu"`
-	// Keepalive sets PersistentKeepalive below NAT mapping lifetimes.
-	Keepalive KeepaliveConfig `yaml:"keepalive"`
-}
-
-// FailoverGroup moves traffic from a primary to a backup path while the
-// primary is unhealthy. In route mode (the default) the paths are two tunnel
-// devices and the group moves prefixes; in endpoint mode they are two
-// underlay endpoints of one peer (dual WAN) and the group swaps the peer's
-// endpoint. Zero overrides take the profile's values.
-type FailoverGroup struct {
-	Name    string `yaml:"name"`
-	Mode    string `yaml:"mode"` // route (default) or endpoint
-	Profile string `yaml:"profile"`
-	// Prefixes (route mode) are what the group moves.
-	Prefixes []string `yaml:"prefixes"`
-	// Device, Peer and Target (endpoint mode): the WireGuard device, the
-	// peer's public key, and the address probed through the tunnel, whose
-	// health is that of the path in use.
-	Device  string `yaml:"device"`
-	Peer    string `yaml:"peer"`
-	Target  string `yaml:"target"`
-	Primary Path   `yaml:"primary"`
-	Backup  Path   `yaml:"backup"`
-
-	Interval  time.Duration `yaml:"interval"`   // between probes of each path
-	Timeout   time.Duration `yaml:"timeout"`    // a probe without reply after it is lost
-	Suspect   time.Duration `yaml:"suspect"`    // extra probes while the newest is unanswered
-	Losses    int           `yaml:"losses"`     // in a row: the path is down
-	LossRatio float64       `yaml:"loss_ratio"` // over window: the path is down
-	Window    time.Duration `yaml:"window"`
-	RTT       time.Duration `yaml:"rtt"`       // median above it: the path is down (0 = off)
-	HoldDown  time.Duration `yaml:"hold_down"` // the primary must be up this long before traffic returns
-	// RouteMetric of the remediator's own routes; must be below the
-	// operator's routes for the prefixes.
-	RouteMetric int       `yaml:"route_metric"`
-	Margin      Margin    `yaml:"margin"`
-	Damping     Damping   `yaml:"damping"`
-	RateLimit   RateLimit `yaml:"rate_limit"`
-}
-
-// Path is one side of a failover group.
-type Path struct {
-	// Route mode: the tunnel device and the address probed through it.
-	Device string `yaml:"device"`
-	Target string `yaml:"target"`
-	// Endpoint mode: the peer's endpoint over this uplink (ip:port), and an
-	// address probed outside the tunnel (through UnderlayDevice, or where
-	// the routing table sends it) whose health is the idle path's.
-	Endpoint       string `yaml:"endpoint"`
-	UnderlayTarget string `yaml:"underlay_target"`
-	UnderlayDevice string `yaml:"underlay_device"`
-}
-
-// Margin: when the primary is down by loss ratio or RTT (degraded, not
-// dead), the backup must be better by this much, so two similar paths never
-// alternate.
-type Margin struct {
-	LossRatio float64       `yaml:"loss_ratio"` // absolute, 0.1 = 10 points
-	RTT       time.Duration `yaml:"rtt"`
-}
-
-// Damping is BGP-style flap damping (RFC 2439): every switch adds Penalty,
-// which decays with HalfLife; at Suppress the group is damped and makes no
-// voluntary switch (a return to a healthy primary) until the penalty decays
-// below Reuse. Leaving a dead path is never damped.
-type Damping struct {
-	Penalty  float64       `yaml:"penalty"`
-	Suppress float64       `yaml:"suppress"`
-	Reuse    float64       `yaml:"reuse"`
-	HalfLife time.Duration `yaml:"half_life"`
-}
-
-// RateLimit caps switches per group: a bucket of Burst switches refilled
-// evenly over Per. It applies to every switch: the last rail against a loop.
-type RateLimit struct {
-	Burst int           `yaml:"burst"`
-	Per   time.Duration `yaml:"per"`
-}
-
-// Profile is a named set of detection settings.
-type Profile struct {
-	Interval, Timeout, Suspect, Window, RTT, HoldDown time.Duration
-	Losses                                            int
-	LossRatio                                         float64
-}
-
-// Profiles are the detection presets. See the README for the arithmetic:
-// at 10% random loss each switches less than once a day (a run of Losses
-// lost probes starts with probability 0.9 x 0.1^Losses per probe: 0.078 a
-// day for both), while a dead path is found in about 2 s (default) or
-// 0.45 s (fast), thanks to the suspect probes sent once a probe is overdue.
-var Profiles = map[string]Profile{
-	"default": {Interval: time.Second, Timeout: time.Second, Suspect: 200 * time.Millisecond, Losses: 6,
-		LossRatio: 0.3, Window: time.Minute, HoldDown: 30 * time.Second},
-	"fast": {Interval: 100 * time.Millisecond, Timeout: 250 * time.Millisecond, Suspect: 25 * time.Millisecond, Losses: 7,
-		LossRatio: 0.3, Window: 10 * time.Second, HoldDown: 30 * time.Second},
-}
-
-// DefaultConfig is the section's defaults: dry-run, nothing configured.
-func DefaultConfig() Config {
-	return Config{Mode: ModeDryRun, StateFile: "/var/lib/wgpulse/remediate.json", RouteProtocol: DefaultRouteProtocol,
-		MTU: DefaultMTUConfig(), Keepalive: DefaultKeepaliveConfig()}
+	RouteProtocol int `yaml:"route_protocol"`
 }
 
 // DefaultRouteProtocol is wgpulse's route protocol number: unassigned in
 // iproute2's rt_protos and in use by no common routing daemon.
 const DefaultRouteProtocol = 117
 
-// withDefaults returns g with the profile's values where g sets none.
-func (g FailoverGroup) withDefaults() FailoverGroup {
-	if g.Profile == "" {
-		g.Profile = "default"
-	}
-	p := Profiles[g.Profile]
-	set := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	set(&g.Interval, p.Interval)
-	set(&g.Timeout, p.Timeout)
-	set(&g.Suspect, p.Suspect)
-	set(&g.Window, p.Window)
-	set(&g.HoldDown, p.HoldDown)
-	if g.Losses == 0 {
-		g.Losses = p.Losses
-	}
-	if g.LossRatio == 0 {
-		g.LossRatio = p.LossRatio
-	}
-	if g.RouteMetric == 0 {
-		g.RouteMetric = 10
-	}
-	if g.Margin == (Margin{}) {
-		g.Margin = Margin{LossRatio: 0.1, RTT: 10 * time.Millisecond}
-	}
-	if g.Damping == (Damping{}) {
-		g.Damping = Damping{Penalty: 1000, Suppress: 2000, Reuse: 750, HalfLife: 15 * time.Minute}
-	}
-	if g.RateLimit == (RateLimit{}) {
-		g.RateLimit = RateLimit{Burst: 10, Per: time.Hour}
-	}
-	return g
+// DefaultConfig is the core's defaults: dry-run.
+func DefaultConfig() Config {
+	return Config{Mode: ModeDryRun, StateFile: "/var/lib/wgpulse/remediate.json", RouteProtocol: DefaultRouteProtocol}
 }
 
-var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
-
-// Validate names the offending field ("failover[0].backup.device").
+// Validate names the offending field.
 func (c Config) Validate() error {
 	var errs []error
-	fe := func(path, format string, a ...any) {
-		errs = append(errs, &fieldError{path, fmt.Sprintf(format, a...)})
-	}
+	fe := Fields(&errs)
 	switch c.Mode {
 	case ModeOff, ModeDryRun, ModeAuto:
 	default:
@@ -203,185 +58,24 @@ func (c Config) Validate() error {
 	if c.RouteProtocol < 5 || c.RouteProtocol > 255 {
 		fe("route_protocol", "must be 5..255 (0-4 belong to the kernel), got %d", c.RouteProtocol)
 	}
-	c.MTU.validate(fe)
-	c.Keepalive.validate(fe)
-	names := map[string]bool{}
-	prefixes := map[netip.Prefix]string{}
-	targets := map[string]string{}
-	for i, g := range c.Failover {
-		f := func(s string) string { return fmt.Sprintf("failover[%d].%s", i, s) }
-		switch {
-		case !nameRE.MatchString(g.Name):
-			fe(f("name"), "must be 1-63 characters a-z, 0-9, '.', '_' or '-', got %q", g.Name)
-		case names[g.Name]:
-			fe(f("name"), "%q is used by another group", g.Name)
-		}
-		names[g.Name] = true
-		if _, ok := Profiles[g.Profile]; !ok && g.Profile != "" {
-			fe(f("profile"), `must be "default" or "fast", got %q`, g.Profile)
-		}
-		switch g.Mode {
-		case "", "route":
-			validateRouteGroup(g, f, fe, prefixes, targets)
-		case "endpoint":
-			validateEndpointGroup(g, f, fe, targets)
-		default:
-			fe(f("mode"), `must be "route" (move prefixes between two tunnels) or "endpoint" (swap one peer's endpoint), got %q`, g.Mode)
-		}
-		durations := []struct {
-			name     string
-			v        time.Duration
-			min, max time.Duration
-		}{
-			{"interval", g.Interval, 10 * time.Millisecond, time.Minute},
-			{"timeout", g.Timeout, time.Millisecond, time.Minute},
-			{"suspect", g.Suspect, 5 * time.Millisecond, time.Minute},
-			{"window", g.Window, time.Second, 24 * time.Hour},
-			{"rtt", g.RTT, 0, time.Minute},
-			{"hold_down", g.HoldDown, 0, 24 * time.Hour},
-		}
-		for _, d := range durations {
-			if d.v != 0 && (d.v < d.min || d.v > d.max) {
-				fe(f(d.name), "must be %s..%s, got %s", d.min, d.max, d.v)
-			}
-		}
-		if g.Losses < 0 || g.Losses > 100 {
-			fe(f("losses"), "must be 1..100, got %d", g.Losses)
-		}
-		if g.LossRatio < 0 || g.LossRatio >= 1 {
-			fe(f("loss_ratio"), "must be between 0 and 1 (0.3 = 30%%), got %v", g.LossRatio)
-		}
-		if g.RouteMetric < 0 {
-			fe(f("route_metric"), "must not be negative, got %d", g.RouteMetric)
-		}
-		d := g.withDefaults()
-		if d.Window < d.Interval {
-			fe(f("window"), "must be at least the probe interval %s, got %s", d.Interval, d.Window)
-		}
-		if dm := d.Damping; dm.Penalty <= 0 || dm.Reuse <= 0 || dm.Suppress <= dm.Reuse || dm.HalfLife <= 0 {
-			fe(f("damping"), "want penalty > 0, suppress > reuse > 0 and half_life > 0 (BGP: 1000, 2000, 750, 15m), got %+v", g.Damping)
-		}
-		if rl := d.RateLimit; rl.Burst < 1 || rl.Per <= 0 {
-			fe(f("rate_limit"), "want burst >= 1 and per > 0 (default 10 per 1h), got %+v", g.RateLimit)
-		}
-		if d.Margin.LossRatio < 0 || d.Margin.LossRatio >= 1 || d.Margin.RTT < 0 {
-			fe(f("margin"), "want loss_ratio in [0,1) and rtt >= 0, got %+v", g.Margin)
-		}
-	}
 	return errors.Join(errs...)
 }
 
-type fieldFunc func(path, format string, a ...any)
+// FieldFunc reports a problem at a YAML path relative to the `remediate:`
+// section ("failover[0].backup.device").
+type FieldFunc func(path, format string, a ...any)
 
-func validateRouteGroup(g FailoverGroup, f func(string) string, fe fieldFunc, prefixes map[netip.Prefix]string, targets map[string]string) {
-	if len(g.Prefixes) == 0 {
-		fe(f("prefixes"), "at least one prefix is required: what the group moves to the backup")
-	}
-	for j, s := range g.Prefixes {
-		pf := f(fmt.Sprintf("prefixes[%d]", j))
-		p, err := netip.ParsePrefix(s)
-		switch {
-		case err != nil:
-			fe(pf, "%q is not a prefix such as 10.50.0.0/16", s)
-		case p.Masked() != p:
-			fe(pf, "%q has host bits set: did you mean %s?", s, p.Masked())
-		case prefixes[p] != "":
-			fe(pf, "%s is also moved by group %q: a prefix belongs to one group", p, prefixes[p])
-		default:
-			prefixes[p] = g.Name
-		}
-	}
-	for _, x := range []struct {
-		field, value, why string
-	}{{"device", g.Device, "route mode"}, {"peer", g.Peer, "route mode"}, {"target", g.Target, "route mode"},
-		{"primary.endpoint", g.Primary.Endpoint, "route mode"}, {"backup.endpoint", g.Backup.Endpoint, "route mode"}} {
-		if x.value != "" {
-			fe(f(x.field), "is for mode: endpoint; in %s each path names its own device and target", x.why)
-		}
-	}
-	for _, side := range []struct {
-		name string
-		p    Path
-	}{{"primary", g.Primary}, {"backup", g.Backup}} {
-		switch d := side.p.Device; {
-		case d == "":
-			fe(f(side.name+".device"), "required: the WireGuard device of the %s tunnel", side.name)
-		case len(d) > 15:
-			fe(f(side.name+".device"), "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
-		}
-		checkTarget(fe, f(side.name+".target"), side.p.Device, side.p.Target, g.Name, targets)
-	}
-	if g.Primary.Device != "" && g.Primary.Device == g.Backup.Device {
-		fe(f("backup.device"), "is the primary's device %q too: failover needs a second tunnel (or mode: endpoint)", g.Primary.Device)
+// Fields returns a FieldFunc that appends to errs.
+func Fields(errs *[]error) FieldFunc {
+	return func(path, format string, a ...any) {
+		*errs = append(*errs, &FieldError{Path: path, Problem: fmt.Sprintf(format, a...)})
 	}
 }
 
-func validateEndpointGroup(g FailoverGroup, f func(string) string, fe fieldFunc, targets map[string]string) {
-	switch d := g.Device; {
-	case d == "":
-		fe(f("device"), "required in endpoint mode: the WireGuard device whose peer's endpoint is swapped")
-	case len(d) > 15:
-		fe(f("device"), "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
-	}
-	if _, err := wgtypes.ParseKey(g.Peer); err != nil {
-		fe(f("peer"), "a value of %d characters is not a base64 WireGuard public key of 44 characters", len(g.Peer)) // never echoed: it might be a private key
-	}
-	checkTarget(fe, f("target"), g.Device, g.Target, g.Name, targets)
-	if len(g.Prefixes) > 0 {
-		fe(f("prefixes"), "endpoint mode moves no prefix: the tunnel and its routes stay, only the peer's endpoint changes")
-	}
-	for _, side := range []struct {
-		name string
-		p    Path
-	}{{"primary", g.Primary}, {"backup", g.Backup}} {
-		if side.p.Device != "" || side.p.Target != "" {
-			fe(f(side.name+".device"), "is for route mode; in endpoint mode a path has endpoint, underlay_target and underlay_device")
-		}
-		if ap, err := netip.ParseAddrPort(side.p.Endpoint); err != nil || ap.Port() == 0 {
-			fe(f(side.name+".endpoint"), "%q is not an IP:port such as 198.18.1.1:51820 (names are not resolved)", side.p.Endpoint)
-		}
-		if d := side.p.UnderlayDevice; len(d) > 15 {
-			fe(f(side.name+".underlay_device"), "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
-		}
-		checkTarget(fe, f(side.name+".underlay_target"), side.p.UnderlayDevice, side.p.UnderlayTarget, g.Name, targets)
-	}
-	if g.Primary.Endpoint != "" && g.Primary.Endpoint == g.Backup.Endpoint {
-		fe(f("backup.endpoint"), "is the primary's endpoint %s too: endpoint failover needs a second uplink", g.Primary.Endpoint)
-	}
-}
-
-// checkTarget validates a probe target and that no other path probes it.
-func checkTarget(fe fieldFunc, field, device, target, group string, targets map[string]string) {
-	a, err := netip.ParseAddr(target)
-	if err != nil {
-		fe(field, "%q is not an IP address: the address probed for this path", target)
-		return
-	}
-	key := device + "|" + a.String()
-	if other, ok := targets[key]; ok {
-		fe(field, "%s (via %q) is already probed for %s: each path needs its own target", a, device, other)
-	}
-	targets[key] = fmt.Sprintf("group %q", group)
-}
-
-// Devices returns the WireGuard devices the configuration names, sorted.
-func (c Config) Devices() []string {
-	out := append(slices.Clone(c.MTU.Devices), c.Keepalive.Devices...)
-	for _, g := range c.Failover {
-		if g.Mode == "endpoint" {
-			out = append(out, g.Device)
-		} else {
-			out = append(out, g.Primary.Device, g.Backup.Device)
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
-
-// fieldError is a configuration problem at a YAML path relative to the
+// FieldError is a configuration problem at a YAML path relative to the
 // section; the agent's config loader maps it to the file's line.
-type fieldError struct{ path, problem string }
+type FieldError struct{ Path, Problem string }
 
-func (e *fieldError) Error() string        { return e.path + ": " + e.problem }
-func (e *fieldError) FieldPath() string    { return e.path }
-func (e *fieldError) FieldProblem() string { return e.problem }
+func (e *FieldError) Error() string        { return e.Path + ": " + e.Problem }
+func (e *FieldError) FieldPath() string    { return e.Path }
+func (e *FieldError) FieldProblem() string { return e.Problem }

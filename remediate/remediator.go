@@ -1,11 +1,13 @@
 package remediate
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -40,9 +42,9 @@ type Prober interface {
 type Options struct {
 	Snapshots Snapshots
 	Prober    Prober
-	// Routes is the netlink handle of the route actuator. Read in every mode
-	// (dry-run reports what auto would do from the same kernel state), written
-	// only in auto.
+	// Routes is the netlink handle of the route and link actuators. Read in
+	// every mode (dry-run reports what auto would do from the same kernel
+	// state), written only in auto.
 	Routes RouteHandle
 	// Peers is the wgctrl handle of the peer actuator (endpoints, keepalive).
 	Peers PeerHandle
@@ -53,54 +55,65 @@ type Options struct {
 // TargetOwner is the remediator's name for its probe targets.
 const TargetOwner = "remediate"
 
-const (
-	tickEvery      = 100 * time.Millisecond // hold-down ends, damping decays, backoffs expire
-	reconcileEvery = 2 * time.Second        // our changes still there and in force?
-	settleFor      = 2 * time.Second        // after an endpoint swap: roaming may pull it back once
-	perPeerEvery   = time.Second            // the per-peer policies (MTU) look at their peers
-)
+// reconcileEvery: our changes still there and in force?
+const reconcileEvery = 2 * time.Second
 
-// Remediator runs the policies. Its methods are safe for concurrent use.
+// Remediator is the core: it runs each policy on its own goroutine and
+// carries out their plans. Its methods are safe for concurrent use.
 type Remediator struct {
 	logger  *slog.Logger
 	snaps   Snapshots
 	prober  Prober
-	routes  routes
-	peers   peers
+	routesH RouteHandle
+	peersH  PeerHandle
 	metrics *metrics
 	audit   auditor
 	wake    chan struct{}
 
-	mu         sync.Mutex // guards everything below
-	cfg        Config
-	groups     []*group
-	byKey      map[string]*group   // target key -> group
-	mtus       map[string]*mtuUnit // device/public key -> the MTU policy's unit
-	kas        map[string]*kaUnit  // device/public key -> the keepalive policy's unit
-	kaByTarget map[string]*kaUnit  // probe target key -> its peer's keepalive unit
-	snap       *collector.Snapshot
-	paused     bool
-	started    bool
-	lastSave   string // last error saving state, logged once
+	reload sync.Mutex // one ApplyConfig at a time
+	saving sync.Mutex // one state file write at a time
+
+	// mu guards the fields below. It is never held while a policy runs:
+	// a policy's lock may be taken before it, never after.
+	mu        sync.Mutex
+	cfg       Config
+	workers   []*worker
+	parts     map[string]json.RawMessage // each policy's part of the state file
+	decisions map[string]DecisionStatus
+	snap      *collector.Snapshot
+	paused    bool
+	epoch     uint64 // a new episode for every unit: bumped by pause and resume
+	started   bool
+	runCtx    context.Context
+	lastSave  string // last error saving state, logged once
 }
 
-// New validates cfg and returns a remediator; Run starts it.
-func New(cfg Config, logger *slog.Logger, opts Options) (*Remediator, error) {
+// worker runs one policy. Every call into the policy is made holding mu.
+type worker struct {
+	name    string
+	mu      sync.Mutex
+	p       Policy
+	results bool // p.WantsResults(), as of the last reload
+
+	in     sync.Mutex // guards inbox and decide; never held with mu
+	inbox  []Signal
+	decide bool
+	kick   chan struct{}
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// inboxLimit bounds what a stuck policy queues; the oldest signals go first.
+const inboxLimit = 8192
+
+// New validates cfg and returns a remediator running policies; Run starts it.
+func New(cfg Config, policies []Policy, logger *slog.Logger, opts Options) (*Remediator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if opts.Snapshots == nil || opts.Prober == nil {
 		return nil, errors.New("remediate: the collector and the prober are required")
-	}
-	if cfg.Mode != ModeOff {
-		for _, g := range cfg.Failover {
-			switch {
-			case g.Mode == "endpoint" && opts.Peers == nil:
-				return nil, errors.New("remediate: no wgctrl handle: endpoint failover needs CAP_NET_ADMIN (or set remediate.mode: off)")
-			case g.Mode != "endpoint" && opts.Routes == nil:
-				return nil, errors.New("remediate: no netlink handle: route failover needs CAP_NET_ADMIN (or set remediate.mode: off)")
-			}
-		}
 	}
 	tp := opts.Tracer
 	if tp == nil {
@@ -108,49 +121,42 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Remediator, error) {
 	}
 	m := newMetrics()
 	r := &Remediator{
-		logger:  logger,
-		snaps:   opts.Snapshots,
-		prober:  opts.Prober,
-		routes:  routes{h: opts.Routes, proto: cfg.RouteProtocol},
-		peers:   peers{h: opts.Peers},
-		metrics: m,
-		audit:   auditor{logger: logger, metrics: m, tracer: tp.Tracer("github.com/wgpulse/wgpulse/remediate")},
-		wake:    make(chan struct{}, 1),
-		cfg:     cfg,
-		mtus:    map[string]*mtuUnit{},
-		kas:     map[string]*kaUnit{}, kaByTarget: map[string]*kaUnit{},
+		logger: logger, snaps: opts.Snapshots, prober: opts.Prober, routesH: opts.Routes, peersH: opts.Peers,
+		metrics: m, audit: auditor{logger: logger, metrics: m, tracer: tp.Tracer("github.com/wgpulse/wgpulse/remediate")},
+		wake: make(chan struct{}, 1), cfg: cfg, parts: map[string]json.RawMessage{}, decisions: map[string]DecisionStatus{},
 	}
-	r.setGroupsLocked(cfg)
+	seen := map[string]bool{}
+	for _, p := range policies {
+		if seen[p.Name()] {
+			return nil, fmt.Errorf("remediate: two policies named %q", p.Name())
+		}
+		seen[p.Name()] = true
+		w := newWorker(p)
+		r.workers = append(r.workers, w)
+		p.Inherit(r.envLocked(w), nil)
+	}
 	m.setMode(cfg.Mode)
 	return r, nil
 }
 
-// initPoliciesLocked creates the per-peer policies' counters at zero.
-func (r *Remediator) initPoliciesLocked() {
-	if r.cfg.MTU.Enabled {
-		for _, d := range r.cfg.MTU.Devices {
-			r.metrics.initPolicy("mtu", d, []string{ActionLowerMTU, ActionRaiseMTU}, r.cfg.Mode)
-		}
-	}
-	if r.cfg.Keepalive.Enabled {
-		for _, d := range r.cfg.Keepalive.Devices {
-			r.metrics.initPolicy("keepalive", d, []string{ActionSetKeepalive, ActionRelaxKeepalive}, r.cfg.Mode)
-		}
-	}
+func newWorker(p Policy) *worker {
+	return &worker{name: p.Name(), p: p, results: p.WantsResults(), kick: make(chan struct{}, 1)}
 }
 
-func (r *Remediator) setGroupsLocked(cfg Config) {
-	r.groups, r.byKey = nil, map[string]*group{}
-	r.metrics.policies.Reset()
-	for _, gc := range cfg.Failover {
-		g := newGroup(gc)
-		for _, t := range g.probeTargets() {
-			r.byKey[t.Key()] = g
-		}
-		r.groups = append(r.groups, g)
-		r.metrics.initGroup(g.cfg.Name, cfg.Mode)
-	}
-	r.initPoliciesLocked()
+// envLocked is what a policy knows now.
+func (r *Remediator) envLocked(w *worker) Env {
+	return Env{Now: time.Now(), Mode: r.cfg.Mode, RouteProtocol: r.cfg.RouteProtocol, Snapshot: r.snap,
+		Kernel: r.actuatorsLocked(), Prober: r.prober, Logger: r.logger, metrics: r.metrics, policy: w.name}
+}
+
+func (r *Remediator) actuatorsLocked() actuators {
+	return actuators{routes: routes{h: r.routesH, proto: r.cfg.RouteProtocol}, peers: peers{h: r.peersH}, prober: r.prober}
+}
+
+func (r *Remediator) env(w *worker) Env {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.envLocked(w)
 }
 
 // Describe implements prometheus.Collector.
@@ -158,41 +164,50 @@ func (r *Remediator) Describe(ch chan<- *prometheus.Desc) {
 	for _, c := range r.metrics.collectors() {
 		c.Describe(ch)
 	}
+	for _, w := range r.workerList() {
+		w.mu.Lock()
+		w.p.Describe(ch)
+		w.mu.Unlock()
+	}
 }
 
 // Collect implements prometheus.Collector.
 func (r *Remediator) Collect(ch chan<- prometheus.Metric) {
-	r.mu.Lock()
-	now := time.Now()
-	for _, g := range r.groups {
-		r.metrics.penalty.WithLabelValues(g.cfg.Name).Set(penalty(g.cfg.Damping, g.st.railState, now))
-		r.metrics.damped.WithLabelValues(g.cfg.Name).Set(b2f(damped(g.cfg.Damping, g.st.railState, now)))
-	}
-	r.mu.Unlock()
 	for _, c := range r.metrics.collectors() {
 		c.Collect(ch)
 	}
+	for _, w := range r.workerList() {
+		w.mu.Lock()
+		w.p.Collect(ch)
+		w.mu.Unlock()
+	}
 }
 
-// Run starts from the state file and the kernel, then decides on every
-// signal until ctx ends; on a clean end with restore_on_exit it undoes its
-// changes.
-func (r *Remediator) Run(ctx context.Context) {
+func (r *Remediator) workerList() []*worker {
 	r.mu.Lock()
-	r.startLocked(ctx)
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.workers)
+}
+
+// Run starts from the state file and the kernel, then feeds every signal
+// to the policies until ctx ends; on a clean end with restore_on_exit it
+// undoes their changes.
+func (r *Remediator) Run(ctx context.Context) {
+	r.start(ctx)
 	// Subscriptions end with their own context, after the final restore.
 	subCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	changes := r.prober.SubscribeChanges(subCtx)
 	snaps := r.snaps.Subscribe(subCtx)
-	// Only the keepalive policy reads every probe result: subscribed while
-	// it is enabled (a reload may switch it on or off).
+	// Probe results only while a policy wants them (a reload may change that).
 	var results <-chan prober.Result
 	stopResults := func() {}
-	followKeepalive := func() {
+	followResults := func() {
+		on := false
 		r.mu.Lock()
-		on := r.cfg.Keepalive.Enabled && r.cfg.Mode != ModeOff
+		for _, w := range r.workers {
+			on = on || (w.results && r.cfg.Mode != ModeOff)
+		}
 		r.mu.Unlock()
 		switch {
 		case on && results == nil:
@@ -204,135 +219,338 @@ func (r *Remediator) Run(ctx context.Context) {
 			results = nil
 		}
 	}
-	followKeepalive()
+	followResults()
 	defer func() { stopResults() }()
-	tick := time.NewTicker(tickEvery)
-	defer tick.Stop()
-	reconcile := time.NewTicker(reconcileEvery)
-	defer reconcile.Stop()
-	perPeer := time.NewTicker(perPeerEvery)
-	defer perPeer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			r.mu.Lock()
-			r.stopLocked(context.WithoutCancel(ctx))
-			r.mu.Unlock()
+			r.stop(context.WithoutCancel(ctx))
 			return
 		case c := <-changes:
-			r.mu.Lock()
-			if g := r.byKey[c.Health.Target.Key()]; g != nil {
-				r.evaluateLocked(ctx, g, time.Now())
-			}
-			r.mu.Unlock()
+			r.broadcast(Signal{Change: &c})
 		case s := <-snaps:
 			r.mu.Lock()
 			r.snap = s
-			r.observeKeepaliveLocked(s)
-			r.evaluateAllLocked(ctx)
 			r.mu.Unlock()
+			r.broadcast(Signal{Snapshot: s})
 		case res := <-results:
-			r.mu.Lock()
-			r.observeResultLocked(res)
-			r.mu.Unlock()
-		case <-tick.C:
-			r.mu.Lock()
-			r.settleLocked(ctx, time.Now())
-			r.evaluateAllLocked(ctx)
-			r.mu.Unlock()
-		case <-reconcile.C:
-			r.mu.Lock()
-			r.reconcileLocked(ctx, time.Now())
-			if r.cfg.Mode == ModeAuto {
-				r.reconcileMTULocked(time.Now())
-				r.reconcileKeepaliveLocked(time.Now())
-			}
-			r.mu.Unlock()
-		case <-perPeer.C:
-			r.mu.Lock()
-			r.evaluateMTULocked(ctx, time.Now())
-			r.evaluateKeepaliveLocked(ctx, time.Now())
-			r.mu.Unlock()
+			r.broadcast(Signal{Result: &res})
 		case <-r.wake:
-			followKeepalive()
-			r.mu.Lock()
-			r.evaluateAllLocked(ctx)
-			r.mu.Unlock()
+			followResults()
 		}
 	}
 }
 
-func (r *Remediator) poke() {
+// broadcast queues a signal for every policy (results only for those that
+// want them). It never waits for a policy.
+func (r *Remediator) broadcast(s Signal) {
+	r.mu.Lock()
+	ws := slices.Clone(r.workers)
+	r.mu.Unlock()
+	for _, w := range ws {
+		if s.Result == nil || w.results {
+			w.post(s, false)
+		}
+	}
+}
+
+func (w *worker) post(s Signal, decide bool) {
+	w.in.Lock()
+	if s != (Signal{}) {
+		w.inbox = append(w.inbox, s)
+		if len(w.inbox) > inboxLimit {
+			w.inbox = slices.Delete(w.inbox, 0, len(w.inbox)-inboxLimit)
+		}
+	}
+	w.decide = w.decide || decide
+	w.in.Unlock()
 	select {
-	case r.wake <- struct{}{}:
+	case w.kick <- struct{}{}:
 	default:
 	}
 }
 
-// startLocked reads the state file, reconciles it with the kernel, and
-// registers the policies' probe targets.
-func (r *Remediator) startLocked(ctx context.Context) {
-	r.started = true
-	mode := r.cfg.Mode
+// poke asks the policy for a decision now (pause, resume, reload).
+func (w *worker) poke() { w.post(Signal{}, true) }
+
+func (w *worker) take() ([]Signal, bool) {
+	w.in.Lock()
+	defer w.in.Unlock()
+	s, d := w.inbox, w.decide
+	w.inbox, w.decide = nil, false
+	return s, d
+}
+
+// work is one policy's goroutine.
+func (r *Remediator) work(ctx context.Context, w *worker) {
+	defer close(w.done)
+	w.mu.Lock()
+	every := w.p.Every()
+	w.mu.Unlock()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	reconcile := time.NewTicker(reconcileEvery)
+	defer reconcile.Stop()
+	for {
+		var now time.Duration
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.kick:
+			sigs, decide := w.take()
+			now = r.step(ctx, w, func(env Env) {
+				for _, s := range sigs {
+					decide = w.p.Observe(env, s) || decide
+				}
+				if decide {
+					r.run(ctx, w, env, w.p.Decide(env))
+				}
+			})
+		case <-tick.C:
+			now = r.step(ctx, w, func(env Env) { r.run(ctx, w, env, w.p.Decide(env)) })
+		case <-reconcile.C:
+			now = r.step(ctx, w, func(env Env) {
+				if env.Mode == ModeAuto {
+					r.conflicts(ctx, w, env, w.p.Reconcile(env))
+				}
+			})
+		}
+		if now > 0 && now != every { // a reload changed the policy's cadence
+			every = now
+			tick.Reset(every)
+		}
+	}
+}
+
+// step runs f with the policy's lock held, once the remediator has started
+// and while the mode is not off; it returns the policy's cadence.
+func (r *Remediator) step(_ context.Context, w *worker, f func(Env)) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	r.mu.Lock()
+	env, started := r.envLocked(w), r.started
+	r.mu.Unlock()
+	if started && env.Mode != ModeOff {
+		f(env)
+	}
+	return w.p.Every()
+}
+
+func (r *Remediator) run(ctx context.Context, w *worker, env Env, plans []Plan) {
+	for _, p := range plans {
+		_ = r.execute(ctx, w, env, p)
+	}
+}
+
+// execute carries one plan through the rails, the actuators and the audit.
+// The caller holds w.mu.
+func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) error {
+	d := p.Decision
+	d.Policy = w.name
+	r.mu.Lock()
+	paused, epoch := r.paused, r.epoch
+	act := r.actuatorsLocked()
+	r.mu.Unlock()
+	if p.Quiet {
+		if env.Mode != ModeAuto {
+			return nil
+		}
+		if err := apply(act, p.Changes); err != nil {
+			env.Logger.Warn("re-asserting a change of ours failed", "policy", w.name, "group", d.Group, "err", err)
+			return err
+		}
+		if p.Commit != nil {
+			p.Commit(env.Now)
+		}
+		env.Logger.Debug("re-asserted a change of ours", "policy", w.name, "group", d.Group, "reason", d.Reason)
+		return nil
+	}
+	if !p.Unrailed && p.Rails != nil {
+		applyRails(&d, p.Limits, *p.Rails, env.Now, paused)
+	}
+	switch {
+	case d.Action == "":
+		if p.Episode != nil {
+			*p.Episode = Episode{}
+		}
+		return nil
+	case d.Suppressed != "":
+		if p.Episode != nil {
+			if p.Episode.suppressed == d.Suppressed && p.Episode.epoch == epoch {
+				return nil // this episode is audited already
+			}
+			*p.Episode = Episode{suppressed: d.Suppressed, epoch: epoch}
+		}
+		r.record(ctx, d, env.Mode, ResultSuppressed, time.Now(), nil)
+		if p.After != nil {
+			p.After(d, ResultSuppressed)
+		}
+		return nil
+	}
+	if p.Episode != nil {
+		*p.Episode = Episode{}
+	}
+	start := time.Now()
+	var err error
+	result := ResultDryRun
+	if env.Mode == ModeAuto {
+		err = apply(act, p.Changes)
+		result = resultOf(err)
+	}
+	if err != nil {
+		if !p.Unrailed && p.Rails != nil {
+			*p.Rails = backoff(*p.Rails, "a failed "+d.Action, env.Now)
+		}
+		if p.Failed != nil {
+			p.Failed(env.Now)
+		}
+	} else {
+		if !p.Unrailed && p.Rails != nil {
+			*p.Rails = spend(p.Limits, *p.Rails, env.Now)
+		}
+		if p.Commit != nil {
+			p.Commit(env.Now)
+		}
+	}
+	r.record(ctx, d, env.Mode, result, start, err)
+	if p.After != nil {
+		p.After(d, result)
+	}
+	r.publish(w)
+	r.save()
+	return err
+}
+
+func apply(act actuators, cs []Change) error {
+	for _, c := range cs {
+		if err := c.apply(act); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// record audits a decision and keeps it for the status.
+func (r *Remediator) record(ctx context.Context, d Decision, mode Mode, result string, start time.Time, err error) {
+	r.audit.record(ctx, d, mode, result, start, err)
+	ds := DecisionStatus{Policy: d.Policy, Group: d.Group, Peer: d.Peer, At: time.Now(), Action: d.Action, From: d.From, To: d.To,
+		Reason: d.Reason, Result: result, Suppressed: d.Suppressed}
+	r.mu.Lock()
+	r.decisions[decisionKey(ds)] = ds
+	r.mu.Unlock()
+}
+
+// conflicts counts, logs and backs off from what someone else changed.
+func (r *Remediator) conflicts(ctx context.Context, w *worker, env Env, cs []Conflict) {
+	for _, c := range cs {
+		r.metrics.conflicts.WithLabelValues(c.Group).Inc()
+		if c.Rails != nil {
+			*c.Rails = backoff(*c.Rails, "a conflict with another manager", env.Now)
+		}
+		attrs := []any{"policy", w.name, "group", c.Group, "conflict", c.Problem}
+		if c.Peer != "" {
+			attrs = append(attrs, "peer", c.Peer)
+		}
+		if c.Rails != nil {
+			attrs = append(attrs, "backoff", time.Duration(c.Rails.Backoff))
+		}
+		r.logger.Log(ctx, slog.LevelWarn, "conflict: something else changed what wgpulse owns; backing off instead of fighting",
+			append(attrs, c.Attrs...)...)
+	}
+	if len(cs) > 0 {
+		r.publish(w)
+		r.save()
+	}
+}
+
+// start reads the state file, lets every policy adopt its part against the
+// kernel, registers the policies' probe targets and starts their goroutines.
+func (r *Remediator) start(ctx context.Context) {
+	r.mu.Lock()
+	r.started, r.runCtx = true, ctx
+	mode, file := r.cfg.Mode, r.cfg.StateFile
+	ws := slices.Clone(r.workers)
+	r.mu.Unlock()
+	defer func() {
+		for _, w := range ws {
+			r.launch(ctx, w)
+		}
+	}()
 	if mode == ModeOff {
-		r.logger.Info("remediation off: no failover paths probed, nothing touched")
-		r.warnLeftoversLocked()
+		r.logger.Info("remediation off: no policy targets probed, nothing touched")
+		r.warnLeftovers()
 		return
 	}
+	policies := make([]Policy, len(ws))
+	for i, w := range ws {
+		policies[i] = w.p
+	}
 	now := time.Now()
-	st, err := loadState(r.cfg.StateFile)
+	st, err := loadState(file, policies)
 	if errors.Is(err, errCorrupt) {
 		r.metrics.stateErrs.Inc()
-		aside, aerr := setAside(r.cfg.StateFile, now)
+		aside, aerr := setAside(file, now)
 		r.logger.Error("state file unusable: kept aside, starting from what the kernel shows", "err", err, "kept_as", aside, "rename_err", aerr)
 	} else if err != nil {
 		r.metrics.stateErrs.Inc()
 		r.logger.Error("cannot read the state file: starting from what the kernel shows", "err", err)
 	}
-	r.paused = st.Paused
-	r.metrics.paused.Set(b2f(r.paused))
-	if r.paused {
+	r.mu.Lock()
+	r.paused, r.parts = st.Paused, st.Policies
+	r.mu.Unlock()
+	r.metrics.paused.Set(b2f(st.Paused))
+	if st.Paused {
 		r.logger.Warn("remediation is paused (from the state file): POST /-/remediate/resume or SIGUSR1 resumes it")
 	}
-	for _, g := range r.groups {
-		if saved, ok := st.Groups[g.cfg.Name]; ok {
-			g.st = saved
+	for _, w := range ws {
+		w.mu.Lock()
+		env := r.env(w)
+		plans, err := w.p.Start(env, st.Policies[w.name])
+		if err != nil {
+			r.metrics.stateErrs.Inc()
+			r.logger.Error("the policy's part of the state file is unusable: it starts from what the kernel shows", "policy", w.name, "err", err)
 		}
-		r.adoptLocked(ctx, g, mode, now)
-		r.exportActiveLocked(g)
+		if mode == ModeAuto {
+			r.run(ctx, w, env, plans)
+		}
+		r.publish(w)
+		w.mu.Unlock()
 	}
-	if mode == ModeAuto {
-		r.adoptMTULocked(st.MTU)
-		r.adoptKeepaliveLocked(st.Keepalive)
-	}
-	r.warnLeftoversLocked()
-	r.registerTargetsLocked()
-	r.saveLocked()
-	r.logger.Info("remediation started", "mode", string(mode), "groups", len(r.groups), "state_file", r.cfg.StateFile,
-		"route_protocol", r.cfg.RouteProtocol)
+	r.warnLeftovers()
+	r.registerTargets()
+	r.save()
+	r.mu.Lock()
+	proto := r.cfg.RouteProtocol
+	r.mu.Unlock()
+	r.logger.Info("remediation started", "mode", string(mode), "policies", len(ws), "state_file", file, "route_protocol", proto)
 }
 
-// warnLeftoversLocked logs routes of our protocol that no route group
-// owns: they are not touched (the remediator acts only on what its config
-// names) and the log says how to remove them.
-func (r *Remediator) warnLeftoversLocked() {
-	if r.routes.h == nil {
+func (r *Remediator) launch(ctx context.Context, w *worker) {
+	wctx, cancel := context.WithCancel(ctx)
+	w.cancel, w.done = cancel, make(chan struct{})
+	go r.work(wctx, w)
+}
+
+// warnLeftovers logs routes of our protocol that no policy owns: they are
+// not touched (the remediator acts only on what its config names) and the
+// log says how to remove them.
+func (r *Remediator) warnLeftovers() {
+	r.mu.Lock()
+	act := r.actuatorsLocked()
+	r.mu.Unlock()
+	if act.routes.h == nil {
 		return
 	}
 	known := map[Route]bool{}
-	for _, g := range r.groups {
-		if g.endpoint() {
-			continue
-		}
-		for _, rt := range r.ownRoutes(g) {
+	for _, w := range r.workerList() {
+		w.mu.Lock()
+		for _, rt := range w.p.Owned() {
 			known[rt] = true
 		}
-	}
-	for _, rt := range mtuRoutesOf(r.mtus) {
-		known[rt] = true
+		w.mu.Unlock()
 	}
 	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
-		rs, err := r.routes.listProto(fam)
+		rs, err := act.routes.listProto(fam)
 		if err != nil {
 			return
 		}
@@ -345,143 +563,85 @@ func (r *Remediator) warnLeftoversLocked() {
 	}
 }
 
-func (r *Remediator) registerTargetsLocked() {
+func (r *Remediator) registerTargets() {
 	var ts []prober.Target
-	if r.cfg.Mode != ModeOff {
-		for _, g := range r.groups {
-			ts = append(ts, g.probeTargets()...)
+	if r.Mode() != ModeOff {
+		for _, w := range r.workerList() {
+			w.mu.Lock()
+			ts = append(ts, w.p.Targets()...)
+			w.mu.Unlock()
 		}
 	}
 	r.prober.SetTargets(TargetOwner, ts)
 }
 
-// stopLocked undoes every change when restore_on_exit asks for it, then
-// saves the state.
-func (r *Remediator) stopLocked(ctx context.Context) {
-	if r.cfg.Mode == ModeAuto && r.cfg.RestoreOnExit {
-		for _, g := range r.groups {
-			r.restoreLocked(ctx, g, "restore_on_exit: undoing every change on a clean exit")
+// stop ends the policies' goroutines, undoes every change when
+// restore_on_exit asks for it, then saves the state.
+func (r *Remediator) stop(ctx context.Context) {
+	ws := r.workerList()
+	for _, w := range ws {
+		if w.cancel != nil {
+			w.cancel()
+			<-w.done
 		}
-		r.restoreMTULocked(ctx, "restore_on_exit: undoing every change on a clean exit", nil)
-		r.restoreKeepaliveLocked(ctx, "restore_on_exit: undoing every change on a clean exit", nil)
 	}
-	r.saveLocked()
+	r.mu.Lock()
+	restore := r.cfg.Mode == ModeAuto && r.cfg.RestoreOnExit
+	r.mu.Unlock()
+	for _, w := range ws {
+		w.mu.Lock()
+		if restore {
+			_ = r.undo(ctx, w, "restore_on_exit: undoing every change on a clean exit", nil)
+		}
+		r.publish(w)
+		w.mu.Unlock()
+	}
+	r.save()
 }
 
-func (r *Remediator) evaluateAllLocked(ctx context.Context) {
-	now := time.Now()
-	for _, g := range r.groups {
-		r.evaluateLocked(ctx, g, now)
-	}
-}
-
-// plan is a decision with what carrying it out means. The executor is the
-// same for every policy: rails, then the action in auto (nothing in dry-run),
-// then the audit.
-type plan struct {
-	d       decision
-	rails   *railState
-	limits  limits
-	audited *string                         // the unit's last audited suppression
-	act     func() error                    // auto only
-	commit  func(now time.Time)             // after success in auto, and in dry-run
-	failed  func(now time.Time)             // after a failure (auto)
-	after   func(d decision, result string) // status and metrics, whatever the result
-	ctx     context.Context
-	now     time.Time
-	mode    Mode
-	paused  bool
-	save    func()
-	auditor auditor
-}
-
-// execute runs a plan through the rails and carries it out.
-func execute(p plan) {
-	applyRails(&p.d, p.limits, *p.rails, p.now, p.paused)
-	switch {
-	case p.d.Action == "":
-		*p.audited = ""
-		return
-	case p.d.Suppressed != "":
-		if *p.audited == p.d.Suppressed {
-			return // this episode is audited already
-		}
-		*p.audited = p.d.Suppressed
-		p.auditor.record(p.ctx, p.d, p.mode, ResultSuppressed, time.Now(), nil)
-		if p.after != nil {
-			p.after(p.d, ResultSuppressed)
-		}
-		return
-	}
-	*p.audited = ""
-	start := time.Now()
-	var err error
-	result := ResultDryRun
-	if p.mode == ModeAuto {
-		err = p.act()
-		result = resultOf(err)
-	}
+// publish takes the policy's part of the state file. The caller holds w.mu.
+func (r *Remediator) publish(w *worker) {
+	b, err := json.Marshal(w.p.State())
 	if err != nil {
-		*p.rails = backoff(*p.rails, "a failed "+p.d.Action, p.now)
-		if p.failed != nil {
-			p.failed(p.now)
-		}
-	} else {
-		*p.rails = spend(p.limits, *p.rails, p.now)
-		p.commit(p.now)
-	}
-	p.auditor.record(p.ctx, p.d, p.mode, result, start, err)
-	if p.after != nil {
-		p.after(p.d, result)
-	}
-	p.save()
-}
-
-func (r *Remediator) newPlan(ctx context.Context, d decision, rs *railState, l limits, audited *string, now time.Time) plan {
-	return plan{d: d, rails: rs, limits: l, audited: audited, ctx: ctx, now: now, mode: r.cfg.Mode, paused: r.paused,
-		save: r.saveLocked, auditor: r.audit}
-}
-
-// saveLocked writes the state file (not in dry-run or off: they touch
-// nothing, their own file included).
-func (r *Remediator) saveLocked() {
-	if r.cfg.Mode != ModeAuto {
+		r.logger.Error("cannot encode the policy's state", "policy", w.name, "err", err)
 		return
 	}
-	st := persisted{Written: time.Now().UTC(), Paused: r.paused, Groups: map[string]groupState{}, MTU: map[string]mtuState{}}
-	for k, u := range r.mtus {
-		if u.st.Applied > 0 || u.st.Switches > 0 {
-			st.MTU[k] = u.st
-		}
+	r.mu.Lock()
+	r.parts[w.name] = b
+	r.mu.Unlock()
+}
+
+// save writes the state file (not in dry-run or off: they touch nothing,
+// their own file included) from the parts the policies published; a part
+// whose policy is not running is kept as it is.
+func (r *Remediator) save() {
+	r.saving.Lock()
+	defer r.saving.Unlock()
+	r.mu.Lock()
+	if r.cfg.Mode != ModeAuto || !r.started {
+		r.mu.Unlock()
+		return
 	}
-	st.Keepalive = map[string]kaState{}
-	for k, u := range r.kas {
-		if u.st.Applied > 0 || u.st.Switches > 0 {
-			st.Keepalive[k] = u.st
-		}
-	}
-	for _, g := range r.groups {
-		st.Groups[g.cfg.Name] = g.st
-		if g.st.Active == Backup && !g.endpoint() {
-			for _, rt := range r.ownRoutes(g) {
-				st.Routes = append(st.Routes, ownedRoute{Group: g.cfg.Name, Route: rt})
-			}
-		}
-	}
-	err := saveState(r.cfg.StateFile, st)
+	st := persisted{Written: time.Now().UTC(), Paused: r.paused, Policies: maps.Clone(r.parts)}
+	file := r.cfg.StateFile
+	r.mu.Unlock()
+	err := saveState(file, st)
 	msg := ""
 	if err != nil {
 		msg = err.Error()
 		r.metrics.stateErrs.Inc()
 	}
-	if msg != r.lastSave {
+	r.mu.Lock()
+	last := r.lastSave
+	r.lastSave = msg
+	r.mu.Unlock()
+	if msg != last {
 		if err != nil {
 			r.logger.Error("cannot write the state file: a restart may not remember damping or pause (routes are found in the kernel anyway)", "err", err)
-		} else if r.lastSave != "" {
-			r.logger.Info("state file writable again", "file", r.cfg.StateFile)
+		} else if last != "" {
+			r.logger.Info("state file writable again", "file", file)
 		}
 	}
-	r.lastSave = msg
 }
 
 // Pause stops every action (decisions are still made, audited as
@@ -492,34 +652,25 @@ func (r *Remediator) Pause(who string) { r.setPaused(true, who) }
 func (r *Remediator) Resume(who string) { r.setPaused(false, who) }
 
 // TogglePause pauses a running remediator and resumes a paused one (SIGUSR1).
-func (r *Remediator) TogglePause(who string) {
-	r.mu.Lock()
-	p := r.paused
-	r.mu.Unlock()
-	r.setPaused(!p, who)
-}
+func (r *Remediator) TogglePause(who string) { r.setPaused(!r.Paused(), who) }
 
 func (r *Remediator) setPaused(p bool, who string) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.paused == p {
+		r.mu.Unlock()
 		return
 	}
 	r.paused = p
+	r.epoch++ // a new episode: a still-wanted action is audited again
+	ws := slices.Clone(r.workers)
+	r.mu.Unlock()
 	r.metrics.paused.Set(b2f(p))
 	verb := map[bool]string{true: "paused", false: "resumed"}[p]
 	r.logger.Warn("remediation "+verb, "by", who)
-	for _, g := range r.groups {
-		g.audited = "" // a new episode: a still-wanted action is audited again
+	r.save()
+	for _, w := range ws {
+		w.poke()
 	}
-	for _, u := range r.mtus {
-		u.audited = ""
-	}
-	for _, u := range r.kas {
-		u.audited = ""
-	}
-	r.saveLocked()
-	r.poke()
 }
 
 // Paused reports whether remediation is paused.
@@ -536,63 +687,153 @@ func (r *Remediator) Mode() Mode {
 	return r.cfg.Mode
 }
 
-// ApplyConfig takes a reloaded configuration. Groups keep their state by
-// name; a group removed, or whose paths changed, while on the backup first
-// returns to the primary (its changes are ours to undo).
-func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config) error {
+// Status returns the current state.
+func (r *Remediator) Status() Status {
+	now := time.Now()
+	r.mu.Lock()
+	s := Status{Mode: r.cfg.Mode, Paused: r.paused, RouteProtocol: r.cfg.RouteProtocol,
+		Decisions: slices.Collect(maps.Values(r.decisions)), Policies: map[string]any{}}
+	ws := slices.Clone(r.workers)
+	r.mu.Unlock()
+	slices.SortFunc(s.Decisions, func(a, b DecisionStatus) int { return cmp.Compare(decisionKey(a), decisionKey(b)) })
+	if s.Decisions == nil {
+		s.Decisions = []DecisionStatus{}
+	}
+	for _, w := range ws {
+		w.mu.Lock()
+		s.Policies[w.name] = w.p.Status(now)
+		w.mu.Unlock()
+	}
+	return s
+}
+
+// ApplyConfig takes a reloaded configuration and the policies built from
+// it. In auto, each running policy first undoes the changes its successor
+// will not own (all of them when the route protocol changes); a failure
+// keeps the running configuration. Then each successor inherits its
+// predecessor's state by name. No policy decides while this runs.
+func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Policy) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	next := map[string]FailoverGroup{}
-	for _, g := range cfg.Failover {
-		next[g.Name] = g
+	next := map[string]Policy{}
+	for _, p := range policies {
+		if next[p.Name()] != nil {
+			return fmt.Errorf("remediate: two policies named %q", p.Name())
+		}
+		next[p.Name()] = p
 	}
-	old := map[string]groupState{}
-	for _, g := range r.groups {
-		ng, kept := next[g.cfg.Name]
-		same := kept && g.sameChanges(ng.withDefaults()) && cfg.RouteProtocol == r.cfg.RouteProtocol
-		if !same && r.cfg.Mode == ModeAuto {
-			if err := r.restoreLocked(ctx, g, "the group was removed or its paths changed on reload: undoing its change"); err != nil {
-				return fmt.Errorf("undoing the change of group %q before the reload: %w (the running configuration stays)", g.cfg.Name, err)
+	r.reload.Lock()
+	defer r.reload.Unlock()
+	old := r.workerList()
+	for _, w := range old { // in list order, the only place that holds two
+		w.mu.Lock()
+	}
+	unlock := func() {
+		for _, w := range old {
+			w.mu.Unlock()
+		}
+	}
+	r.mu.Lock()
+	prev := r.cfg
+	r.mu.Unlock()
+	if prev.Mode == ModeAuto {
+		for _, w := range old {
+			successor := next[w.name]
+			if cfg.RouteProtocol != prev.RouteProtocol {
+				successor = nil // every route of ours changes owner
+			}
+			if err := r.undo(ctx, w, "", successor); err != nil {
+				unlock()
+				return fmt.Errorf("undoing the changes of policy %s before the reload: %w (the running configuration stays)", w.name, err)
 			}
 		}
-		if kept {
-			old[g.cfg.Name] = g.st
-		} else {
-			r.metrics.deleteGroup(g.cfg.Name)
-		}
 	}
-	if r.cfg.Mode == ModeAuto {
-		inScope := func(u *mtuUnit) bool { return cfg.MTU.Enabled && slices.Contains(cfg.MTU.Devices, u.st.Device) }
-		if err := r.restoreMTULocked(ctx, "the MTU policy no longer covers this device after a reload: undoing its change", inScope); err != nil {
-			return fmt.Errorf("undoing MTU changes before the reload: %w (the running configuration stays)", err)
-		}
-		kaInScope := func(u *kaUnit) bool {
-			return cfg.Keepalive.Enabled && slices.Contains(cfg.Keepalive.Devices, u.st.Device)
-		}
-		r.restoreKeepaliveLocked(ctx, "the keepalive policy no longer covers this device after a reload: undoing its change", kaInScope)
+	if cfg.Mode != prev.Mode {
+		r.logger.Warn("remediation mode changed", "from", string(prev.Mode), "to", string(cfg.Mode))
 	}
-	if cfg.Mode != r.cfg.Mode {
-		r.logger.Warn("remediation mode changed", "from", string(r.cfg.Mode), "to", string(cfg.Mode))
-	}
+	r.mu.Lock()
 	r.cfg = cfg
-	r.routes.proto = cfg.RouteProtocol
+	started, runCtx := r.started, r.runCtx
+	r.mu.Unlock()
 	r.metrics.setMode(cfg.Mode)
-	r.setGroupsLocked(cfg)
-	for _, g := range r.groups {
-		if st, ok := old[g.cfg.Name]; ok {
-			g.st = st
+	byName := map[string]*worker{}
+	for _, w := range old {
+		byName[w.name] = w
+	}
+	var ws, added []*worker
+	for _, p := range policies {
+		if w := byName[p.Name()]; w != nil {
+			p.Inherit(r.env(w), w.p)
+			w.p, w.results = p, p.WantsResults()
+			delete(byName, p.Name())
+			ws = append(ws, w)
+			continue
 		}
-		r.exportActiveLocked(g)
+		w := newWorker(p) // new to this run: nothing to inherit, its saved part to adopt
+		p.Inherit(r.env(w), nil)
+		ws, added = append(ws, w), append(added, w)
 	}
-	if r.started {
-		r.registerTargetsLocked()
-		r.saveLocked()
+	unlock()
+	for _, w := range byName { // removed: their part stays unless auto undid every change
+		if w.cancel != nil {
+			w.cancel()
+			<-w.done
+		}
+		if prev.Mode == ModeAuto {
+			r.mu.Lock()
+			delete(r.parts, w.name)
+			r.mu.Unlock()
+		}
 	}
-	r.poke()
+	r.mu.Lock()
+	r.workers = ws
+	r.mu.Unlock()
+	if started {
+		for _, w := range added {
+			w.mu.Lock()
+			r.mu.Lock()
+			saved := r.parts[w.name]
+			r.mu.Unlock()
+			env := r.env(w)
+			plans, err := w.p.Start(env, saved)
+			if err != nil {
+				r.logger.Error("the policy's part of the state file is unusable: it starts from what the kernel shows", "policy", w.name, "err", err)
+			}
+			if env.Mode == ModeAuto {
+				r.run(ctx, w, env, plans)
+			}
+			w.mu.Unlock()
+			r.launch(runCtx, w)
+		}
+		r.registerTargets()
+		for _, w := range ws {
+			w.mu.Lock()
+			r.publish(w)
+			w.mu.Unlock()
+		}
+		r.save()
+	}
+	for _, w := range ws {
+		w.poke()
+	}
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 	return nil
+}
+
+// undo runs the plans that undo what successor will not own (nil: every
+// change). The caller holds w.mu.
+func (r *Remediator) undo(ctx context.Context, w *worker, why string, successor Policy) error {
+	env := r.env(w)
+	var errs []error
+	for _, p := range w.p.Undo(env, why, successor) {
+		p.Unrailed = true
+		errs = append(errs, r.execute(ctx, w, env, p))
+	}
+	return errors.Join(errs...)
 }
 
 func resultOf(err error) string {
@@ -608,6 +849,3 @@ func b2f(b bool) float64 {
 	}
 	return 0
 }
-
-// mustPrefix parses a validated prefix.
-func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

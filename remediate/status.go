@@ -1,50 +1,33 @@
 package remediate
 
-import "time"
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
 
 // Status is the remediator's state for humans and tools (GET /-/remediate,
-// and later `wgpulse status`). The JSON field names are stable.
+// `wgpulse status`). The JSON field names are stable; each policy's status
+// object is merged into the top level (the failover policy's "groups").
 type Status struct {
-	Mode          Mode          `json:"mode"`
-	Paused        bool          `json:"paused"`
-	RouteProtocol int           `json:"route_protocol"`
-	Groups        []GroupStatus `json:"groups"`
+	Mode          Mode `json:"mode"`
+	Paused        bool `json:"paused"`
+	RouteProtocol int  `json:"route_protocol"`
+	// Decisions are the last audited decision of every unit (and peer), by
+	// policy, group and peer.
+	Decisions []DecisionStatus `json:"decisions"`
+	// Policies are the policies' own status objects, by policy name.
+	Policies map[string]any `json:"-"`
 }
 
-// GroupStatus is one failover group.
-type GroupStatus struct {
-	Name         string                `json:"name"`
-	Mode         string                `json:"mode"` // route or endpoint
-	Profile      string                `json:"profile"`
-	Prefixes     []string              `json:"prefixes,omitempty"`
-	Device       string                `json:"device,omitempty"` // endpoint mode
-	Peer         string                `json:"peer,omitempty"`   // endpoint mode: public key
-	Active       string                `json:"active"`
-	ActiveSince  time.Time             `json:"active_since"`
-	Paths        map[string]PathStatus `json:"paths"`
-	Switches     int                   `json:"switches"`
-	Penalty      float64               `json:"damping_penalty"`
-	Damped       bool                  `json:"damped"`
-	SwitchesLeft float64               `json:"rate_limit_switches_left"`
-	BackoffUntil *time.Time            `json:"backoff_until,omitempty"`
-	Conflicts    int                   `json:"conflicts_in_a_row"`
-	Last         *DecisionStatus       `json:"last_decision,omitempty"`
-}
-
-// PathStatus is one path of a group.
-type PathStatus struct {
-	Device   string    `json:"device,omitempty"` // route mode: the tunnel; endpoint mode: the uplink probed, if named
-	Target   string    `json:"target"`           // route mode: through the tunnel; endpoint mode: the underlay target
-	Endpoint string    `json:"endpoint,omitempty"`
-	State    string    `json:"state"` // unknown, up, down
-	Since    time.Time `json:"since,omitzero"`
-	Reason   string    `json:"reason,omitempty"`
-	Loss     float64   `json:"loss_ratio"`
-	RTT      float64   `json:"median_rtt_seconds"`
-}
-
-// DecisionStatus is the last decision of a group that was audited.
+// DecisionStatus is an audited decision.
 type DecisionStatus struct {
+	Policy     string    `json:"policy,omitempty"`
+	Group      string    `json:"group,omitempty"`
+	Peer       string    `json:"peer,omitempty"`
 	At         time.Time `json:"at"`
 	Action     string    `json:"action"`
 	From       string    `json:"from"`
@@ -54,40 +37,40 @@ type DecisionStatus struct {
 	Suppressed string    `json:"suppressed,omitempty"`
 }
 
-// Status returns the current state.
-func (r *Remediator) Status() Status {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	now := time.Now()
-	s := Status{Mode: r.cfg.Mode, Paused: r.paused, RouteProtocol: r.cfg.RouteProtocol, Groups: []GroupStatus{}}
-	for _, g := range r.groups {
-		mode := g.cfg.Mode
-		if mode == "" {
-			mode = "route"
-		}
-		gs := GroupStatus{
-			Name: g.cfg.Name, Mode: mode, Profile: g.cfg.Profile, Device: g.cfg.Device, Peer: g.cfg.Peer, Prefixes: g.cfg.Prefixes, Active: g.st.Active, ActiveSince: g.st.Since,
-			Paths: map[string]PathStatus{}, Switches: g.st.Switches, Penalty: penalty(g.cfg.Damping, g.st.railState, now),
-			Damped: damped(g.cfg.Damping, g.st.railState, now), SwitchesLeft: tokens(g.cfg.RateLimit, g.st.railState, now), Conflicts: g.conflicts,
-		}
-		if now.Before(g.st.BackoffUntil) {
-			until := g.st.BackoffUntil
-			gs.BackoffUntil = &until
-		}
-		for i, p := range []Path{g.cfg.Primary, g.cfg.Backup} {
-			h := g.health[i]
-			ps := PathStatus{Device: p.Device, Target: p.Target, State: h.State.String(), Since: h.Since,
-				Reason: h.Reason, Loss: h.Loss, RTT: h.RTT.Seconds()}
-			if g.endpoint() {
-				ps.Device, ps.Target, ps.Endpoint = p.UnderlayDevice, p.UnderlayTarget, p.Endpoint
-			}
-			gs.Paths[paths[i]] = ps
-		}
-		if g.last.Policy != "" {
-			gs.Last = &DecisionStatus{At: g.lastAt, Action: g.last.Action, From: g.last.From, To: g.last.To,
-				Reason: g.last.Reason, Result: g.lastRes, Suppressed: g.last.Suppressed}
-		}
-		s.Groups = append(s.Groups, gs)
+// MarshalJSON writes the core's fields and every policy's keys at the top
+// level; a policy key that collides with another is an error.
+func (s Status) MarshalJSON() ([]byte, error) {
+	type core Status
+	b, err := json.Marshal(core(s))
+	if err != nil {
+		return nil, err
 	}
-	return s
+	top := map[string]json.RawMessage{}
+	if err := json.Unmarshal(b, &top); err != nil {
+		return nil, err
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.Policies)) {
+		if s.Policies[name] == nil {
+			continue
+		}
+		pb, err := json.Marshal(s.Policies[name])
+		if err != nil {
+			return nil, fmt.Errorf("status of policy %s: %w", name, err)
+		}
+		var part map[string]json.RawMessage
+		if err := json.Unmarshal(pb, &part); err != nil {
+			return nil, fmt.Errorf("status of policy %s is not a JSON object: %w", name, err)
+		}
+		for k, v := range part {
+			if _, dup := top[k]; dup {
+				return nil, fmt.Errorf("status of policy %s: key %q is taken", name, k)
+			}
+			top[k] = v
+		}
+	}
+	return json.Marshal(top)
+}
+
+func decisionKey(d DecisionStatus) string {
+	return strings.Join([]string{d.Policy, d.Group, d.Peer}, "\x00")
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
-	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
 )
 
 type demoCommand struct {
@@ -448,8 +448,8 @@ func (vw *view) onBackup() bool {
 	return false
 }
 
-func (a *demoAgent) status() (remediate.Status, error) {
-	var st remediate.Status
+func (a *demoAgent) status() (failover.Report, error) {
+	var st failover.Report
 	code, body, err := a.Get("/-/remediate")
 	if err == nil && code != http.StatusOK {
 		err = fmt.Errorf("HTTP %d", code)

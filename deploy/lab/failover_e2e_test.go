@@ -16,7 +16,7 @@ import (
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
-	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
 )
 
 const agentAddr = "127.0.0.1:9586"
@@ -52,13 +52,13 @@ func nsOf(t *testing.T, l *lab.Lab, node string) string {
 	return s.Namespace
 }
 
-func status(t *testing.T, a *lab.Agent) remediate.Status {
+func status(t *testing.T, a *lab.Agent) failover.Report {
 	t.Helper()
 	code, body, err := a.Get("/-/remediate")
 	if err != nil || code != 200 {
 		t.Fatalf("GET /-/remediate in %s: %d %v %s", a.NS, code, err, body)
 	}
-	var s remediate.Status
+	var s failover.Report
 	if err := json.Unmarshal([]byte(body), &s); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func status(t *testing.T, a *lab.Agent) remediate.Status {
 }
 
 // waitGroups waits until every group of every agent satisfies cond.
-func waitGroups(t *testing.T, agents map[string]*lab.Agent, limit time.Duration, what string, cond func(remediate.GroupStatus) bool) {
+func waitGroups(t *testing.T, agents map[string]*lab.Agent, limit time.Duration, what string, cond func(failover.GroupStatus) bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
@@ -91,12 +91,12 @@ func waitGroups(t *testing.T, agents map[string]*lab.Agent, limit time.Duration,
 	}
 }
 
-func bothUp(g remediate.GroupStatus) bool {
+func bothUp(g failover.GroupStatus) bool {
 	return g.Paths["primary"].State == "up" && g.Paths["backup"].State == "up"
 }
 
-func active(path string) func(remediate.GroupStatus) bool {
-	return func(g remediate.GroupStatus) bool { return g.Active == path }
+func active(path string) func(failover.GroupStatus) bool {
+	return func(g failover.GroupStatus) bool { return g.Active == path }
 }
 
 // ownedRoutes are the routes of wgpulse's protocol in a namespace.
@@ -405,13 +405,13 @@ func BenchmarkFailoverOutage(b *testing.B) {
 			}
 			agents[n] = labtest.StartAgent(b, bin, ns, agentAddr, "--config.file="+cfg, "--log.level=info")
 		}
-		wait := func(what string, cond func(remediate.GroupStatus) bool) {
+		wait := func(what string, cond func(failover.GroupStatus) bool) {
 			deadline := time.Now().Add(30 * time.Second)
 			for {
 				ok := true
 				for _, a := range agents {
 					code, body, err := a.Get("/-/remediate")
-					var s remediate.Status
+					var s failover.Report
 					if err != nil || code != 200 || json.Unmarshal([]byte(body), &s) != nil {
 						ok = false
 						break

@@ -14,7 +14,7 @@ import (
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
-	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
 )
 
 // ourMTURoute is the MTU policy's route for the hub LAN in the site, if any.
@@ -285,9 +285,9 @@ func BenchmarkEndpointOutage(b *testing.B) {
 		}
 		s, _ := l.Site("dc1")
 		a := labtest.StartAgent(b, bin, s.Namespace, agentAddr, "--config.file="+cfg, "--log.level=info")
-		wait := func(cond func(remediate.GroupStatus) bool) {
+		wait := func(cond func(failover.GroupStatus) bool) {
 			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-				var st remediate.Status
+				var st failover.Report
 				if code, body, err := a.Get("/-/remediate"); err == nil && code == 200 && json.Unmarshal([]byte(body), &st) == nil && len(st.Groups) == 1 && cond(st.Groups[0]) {
 					return
 				}

@@ -29,6 +29,7 @@ import (
 	"github.com/wgpulse/wgpulse/collector/expo"
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 // Options are the agent's command-line settings.
@@ -119,7 +120,7 @@ func New(opts Options) (*Agent, error) {
 	if ph, ok := a.opts.Collector.Client.(remediate.PeerHandle); ok && peersHandle == nil {
 		peersHandle = ph
 	}
-	a.remediator, err = remediate.New(cfg.Remediate, opts.Logger.With("component", "remediate"), remediate.Options{
+	a.remediator, err = policies.New(cfg.Remediate, opts.Logger.With("component", "remediate"), remediate.Options{
 		Snapshots: a.collector, Prober: a.prober, Routes: a.opts.Routes, Peers: peersHandle, Tracer: tp,
 	})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 // component is one part of the agent. The agent runs every component until
@@ -96,7 +97,7 @@ type remediateComponent struct {
 func (c remediateComponent) Run(ctx context.Context) { c.r.Run(ctx) }
 
 func (c remediateComponent) ApplyConfig(ctx context.Context, cfg Config) error {
-	return c.r.ApplyConfig(ctx, cfg.Remediate)
+	return policies.Apply(ctx, c.r, cfg.Remediate)
 }
 
 func (c remediateComponent) Register(r *registrar) {

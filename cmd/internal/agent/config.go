@@ -20,6 +20,8 @@ import (
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
+	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 // Config is the whole configuration file. Every section is optional.
@@ -31,13 +33,13 @@ type Config struct {
 	Alerts alerts.Config    `yaml:"alerts"`
 	SLO    alerts.SLOConfig `yaml:"slo"`
 	// Remediate is the remediator: failover between tunnels.
-	Remediate remediate.Config `yaml:"remediate"`
+	Remediate policies.Config `yaml:"remediate"`
 }
 
 // DefaultConfig is what the agent runs with when there is no config file.
 func DefaultConfig() Config {
 	return Config{Collector: collector.DefaultConfig(), Prober: prober.DefaultConfig(), Alerts: alerts.DefaultConfig(),
-		SLO: alerts.DefaultSLOConfig(), Remediate: remediate.DefaultConfig()}
+		SLO: alerts.DefaultSLOConfig(), Remediate: policies.DefaultConfig()}
 }
 
 // section is a validated part of the file, at a YAML key.
@@ -87,7 +89,7 @@ func (c *Config) crossCheck() error {
 		for i, g := range c.Remediate.Failover {
 			for _, side := range []struct {
 				name string
-				p    remediate.Path
+				p    failover.Path
 			}{{"primary", g.Primary}, {"backup", g.Backup}} {
 				if side.p.Device != "" && !slices.Contains(watched, side.p.Device) {
 					errs = append(errs, &crossError{fmt.Sprintf("failover[%d].%s.device", i, side.name),

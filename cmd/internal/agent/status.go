@@ -20,6 +20,7 @@ import (
 	"github.com/wgpulse/wgpulse/collector/diagnose"
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
 )
 
 // StatusPath serves the agent's view as JSON (`wgpulse status`).
@@ -308,9 +309,11 @@ func (c *statusComponent) Status(now time.Time) Status {
 	if last == nil {
 		return st
 	}
-	var groups []remediate.GroupStatus
+	var groups []failover.GroupStatus
 	if c.remediator != nil {
-		groups = c.remediator.Status().Groups
+		if st, err := failover.StatusOf(c.remediator.Status()); err == nil {
+			groups = st.Groups
+		}
 	}
 	health := map[string]prober.Health{}
 	for _, h := range c.prober.Health() {
@@ -370,7 +373,7 @@ func (c *statusComponent) Status(now time.Time) Status {
 // failoverOf finds the group whose path runs through this peer: a route
 // group's path on its device with a target the peer allows, or an
 // endpoint group on its device and peer.
-func failoverOf(groups []remediate.GroupStatus, device string, p collector.Peer) *FailoverStatus {
+func failoverOf(groups []failover.GroupStatus, device string, p collector.Peer) *FailoverStatus {
 	for _, g := range groups {
 		if g.Mode == "endpoint" {
 			if g.Device == device && g.Peer == p.PublicKey {

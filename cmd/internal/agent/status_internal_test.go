@@ -22,6 +22,7 @@ import (
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/prober/probertest"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
 )
 
 type wgFunc func(string) (*wgtypes.Device, error)
@@ -217,8 +218,8 @@ type noRoutes struct{ remediate.RouteHandle }
 // and a target the peer allows; an endpoint group names device and peer.
 // A primary whose traffic is on the backup is degraded.
 func TestFailoverOfAPeer(t *testing.T) {
-	groups := []remediate.GroupStatus{
-		{Name: "dc1", Mode: "route", Active: "backup", Paths: map[string]remediate.PathStatus{
+	groups := []failover.GroupStatus{
+		{Name: "dc1", Mode: "route", Active: "backup", Paths: map[string]failover.PathStatus{
 			"primary": {Device: "wg-p", Target: "10.200.1.2"}, "backup": {Device: "wg-b", Target: "10.200.2.2"}}},
 		{Name: "wan", Mode: "endpoint", Device: "wg0", Peer: "peer-key", Active: "primary"},
 	}

@@ -1,4 +1,4 @@
-package remediate_test
+package policies_test
 
 import (
 	"errors"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/wgpulse/wgpulse/prober/probertest"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
 )
 
 func synctestWait() { synctest.Wait() }
@@ -110,7 +111,7 @@ func TestFailoverAndReturnAfterHoldDown(t *testing.T) {
 func TestThresholds(t *testing.T) {
 	tests := []struct {
 		name    string
-		mod     func(*remediate.FailoverGroup)
+		mod     func(*failover.Group)
 		fault   func(n int) probertest.Reply
 		stale   bool // the primary's handshake is older than 180 s
 		switch_ bool
@@ -121,7 +122,7 @@ func TestThresholds(t *testing.T) {
 				return probertest.Reply{Delay: time.Millisecond}
 			}
 			return probertest.Reply{Drop: true}
-		}, mod: func(g *remediate.FailoverGroup) { g.LossRatio = 0.99 }},
+		}, mod: func(g *failover.Group) { g.LossRatio = 0.99 }},
 		{name: "6 losses in a row", fault: dead, switch_: true, reason: "6 probes lost in a row"},
 		{name: "loss ratio", fault: func(n int) probertest.Reply {
 			if n%2 == 0 {
@@ -129,10 +130,10 @@ func TestThresholds(t *testing.T) {
 			}
 			return probertest.Reply{Delay: time.Millisecond}
 		}, switch_: true, reason: "of probes lost over 1m0s (rule: above 30%)"},
-		{name: "median RTT", mod: func(g *remediate.FailoverGroup) { g.RTT = 100 * time.Millisecond },
+		{name: "median RTT", mod: func(g *failover.Group) { g.RTT = 100 * time.Millisecond },
 			fault: func(int) probertest.Reply { return probertest.Reply{Delay: 300 * time.Millisecond} }, switch_: true, reason: "median RTT 300ms"},
 		{name: "stale handshake while the probes have no verdict", stale: true, switch_: true, reason: "no handshake for over 3m0s",
-			mod:   func(g *remediate.FailoverGroup) { g.Timeout = time.Minute },
+			mod:   func(g *failover.Group) { g.Timeout = time.Minute },
 			fault: func(int) probertest.Reply { return probertest.Reply{Delay: 2 * time.Minute} }},
 	}
 	for _, tt := range tests {
@@ -309,7 +310,7 @@ func TestRestartKeepsTheBackupAndItsState(t *testing.T) {
 		if r.metric("wgpulse_failover_active_path", map[string]string{"path": "backup"}) != 1 {
 			t.Error("active path metric lost across the restart")
 		}
-		st := r.rem.Status()
+		st := r.status()
 		if st.Groups[0].Switches != 1 || st.Groups[0].Penalty < 900 {
 			t.Errorf("damping state lost across the restart: %+v", st.Groups[0])
 		}
@@ -337,7 +338,7 @@ func TestCorruptStateFile(t *testing.T) {
 		if len(aside) != 1 {
 			t.Errorf("corrupt file not kept aside: %v", aside)
 		}
-		if st := r.rem.Status(); st.Groups[0].Active != "backup" || len(r.routes.writes()) != 0 {
+		if st := r.status(); st.Groups[0].Active != "backup" || len(r.routes.writes()) != 0 {
 			t.Errorf("active %s with writes %v; want the backup, as the kernel shows, untouched", st.Groups[0].Active, r.routes.writes())
 		}
 		if r.metric("wgpulse_remediation_state_file_errors_total", nil) != 1 || !strings.Contains(r.logs.String(), "state file unusable") {

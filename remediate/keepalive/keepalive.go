@@ -1,20 +1,4 @@
-package remediate
-
-import (
-	"context"
-	"fmt"
-	"math"
-	"slices"
-	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
-	"github.com/wgpulse/wgpulse/collector"
-	"github.com/wgpulse/wgpulse/prober"
-)
-
-// The keepalive policy finds NAT mappings that expire between packets and
+// Package keepalive is the keepalive policy: it finds NAT mappings that expire between packets and
 // sets PersistentKeepalive below their lifetime.
 //
 // Which side must act: a NAT creates and refreshes a mapping on outbound
@@ -30,9 +14,25 @@ import (
 // the symptoms go on, this side cannot fix it, and it says so (metric
 // wgpulse_keepalive_nat_unfixable and a log line naming the keepalive the
 // peer behind the NAT needs).
+package keepalive
 
-// KeepaliveConfig is the `remediate.keepalive:` section.
-type KeepaliveConfig struct {
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/remediate"
+)
+
+// Config is the `remediate.keepalive:` section.
+type Config struct {
 	Enabled bool `yaml:"enabled"`
 	// Devices are the WireGuard devices whose peers the policy may tune.
 	Devices []string `yaml:"devices"`
@@ -44,16 +44,17 @@ type KeepaliveConfig struct {
 	Symptoms int `yaml:"symptoms"`
 	// RelaxAfter: this long without symptoms, the original keepalive comes
 	// back (0 = never, the default).
-	RelaxAfter time.Duration `yaml:"relax_after"`
-	RateLimit  RateLimit     `yaml:"rate_limit"`
+	RelaxAfter time.Duration       `yaml:"relax_after"`
+	RateLimit  remediate.RateLimit `yaml:"rate_limit"`
 }
 
-// DefaultKeepaliveConfig is the section's defaults: off.
-func DefaultKeepaliveConfig() KeepaliveConfig {
-	return KeepaliveConfig{Min: 10 * time.Second, Max: 25 * time.Second, Symptoms: 3, RateLimit: RateLimit{Burst: 6, Per: time.Hour}}
+// DefaultConfig is the section's defaults: off.
+func DefaultConfig() Config {
+	return Config{Min: 10 * time.Second, Max: 25 * time.Second, Symptoms: 3, RateLimit: remediate.RateLimit{Burst: 6, Per: time.Hour}}
 }
 
-func (c KeepaliveConfig) validate(fe fieldFunc) {
+// Validate names the offending field ("keepalive.min").
+func (c Config) Validate(fe remediate.FieldFunc) {
 	if c.Enabled && len(c.Devices) == 0 {
 		fe("keepalive.devices", "required when keepalive.enabled: the WireGuard devices whose peers the policy may tune")
 	}
@@ -91,7 +92,7 @@ type kaState struct {
 	Since     time.Time     `json:"since"`
 	Estimate  time.Duration `json:"estimate,omitempty"`
 	Unfixable bool          `json:"unfixable,omitempty"`
-	railState
+	remediate.Rails
 }
 
 // natEstimate brackets a NAT mapping's lifetime from idle gaps: a packet
@@ -132,7 +133,7 @@ type kaUnit struct {
 	name    string
 	key     wgtypes.Key
 	targets []string // the peer's probe target keys
-	audited string
+	episode remediate.Episode
 
 	est            natEstimate
 	alive          []time.Time // recent times traffic is known to have crossed the mapping
@@ -244,8 +245,8 @@ func (u *kaUnit) observeSnapshot(p collector.Peer, at time.Time) {
 
 // decideKeepalive is the keepalive policy: (config, unit, now) -> decision
 // and the keepalive wanted. It touches nothing.
-func decideKeepalive(c KeepaliveConfig, u *kaUnit, now time.Time) (decision, time.Duration) {
-	d := decision{Policy: "keepalive", Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name)}
+func decideKeepalive(c Config, u *kaUnit, now time.Time) (remediate.Decision, time.Duration) {
+	d := remediate.Decision{Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name)}
 	est := u.est.lifetime()
 	current := u.current
 	quietSince := u.st.Since
@@ -272,11 +273,11 @@ func decideKeepalive(c KeepaliveConfig, u *kaUnit, now time.Time) (decision, tim
 		est.Round(100*time.Millisecond), u.est.lower.Round(100*time.Millisecond), u.est.upper.Round(100*time.Millisecond), u.symptoms, u.reasonsSampled[len(u.reasonsSampled)-1])
 	switch {
 	case want < c.Min:
-		d.Action, d.Suppressed, d.To = ActionSetKeepalive, SuppressBelowFloor, want.String()
+		d.Action, d.Suppressed, d.To = ActionSetKeepalive, remediate.SuppressBelowFloor, want.String()
 		d.Reason = fmt.Sprintf("%s needs a keepalive of %s, below keepalive.min %s: lower it, or set PersistentKeepalive = %d on the peer behind the NAT", bracket, want, c.Min, int(want.Seconds()))
 		return d, 0
 	case current > 0 && current <= want:
-		return decision{Policy: "keepalive", Group: u.st.Device, Peer: d.Peer}, 0 // already below it: symptoms there are not ours to fix
+		return remediate.Decision{Group: u.st.Device, Peer: d.Peer}, 0 // already below it: symptoms there are not ours to fix
 	}
 	want = min(want, c.Max)
 	d.Action, d.To, d.Escape = ActionSetKeepalive, want.String(), true
@@ -290,74 +291,134 @@ func keepaliveFor(lifetime time.Duration) time.Duration {
 	return time.Duration(math.Floor(0.8*lifetime.Seconds())) * time.Second
 }
 
-// observeKeepaliveLocked feeds the policy a snapshot.
-func (r *Remediator) observeKeepaliveLocked(s *collector.Snapshot) {
-	c := r.cfg.Keepalive
-	if !c.Enabled || r.cfg.Mode == ModeOff {
-		return
+// Name is the policy's name in audit lines, metrics and the state file.
+const Name = "keepalive"
+
+var (
+	actions = []string{ActionSetKeepalive, ActionRelaxKeepalive}
+	reasons = []string{remediate.SuppressBelowFloor}
+)
+
+// Policy is the keepalive policy over the peers of its devices.
+type Policy struct {
+	c        Config
+	units    map[string]*kaUnit // device/public key -> unit
+	byTarget map[string]*kaUnit // probe target key -> its peer's unit
+	m        *metrics
+}
+
+var (
+	_ remediate.Policy     = (*Policy)(nil)
+	_ remediate.V1Migrator = (*Policy)(nil)
+)
+
+// New returns the policy for its section.
+func New(c Config) *Policy {
+	return &Policy{c: c, units: map[string]*kaUnit{}, byTarget: map[string]*kaUnit{}, m: newMetrics()}
+}
+
+// peerKey is a unit's key: device/public key.
+func peerKey(device, peer string) string { return device + "/" + peer }
+
+// peerLabel names a peer in audit lines: its friendly name and key.
+func peerLabel(key, name string) string {
+	if name == "" {
+		return key
 	}
+	return name + " (" + key + ")"
+}
+
+// Name implements remediate.Policy.
+func (p *Policy) Name() string { return Name }
+
+// Every implements remediate.Policy: the peers are looked at every second.
+func (p *Policy) Every() time.Duration { return time.Second }
+
+// Targets implements remediate.Policy: the prober's own targets (a peer's
+// tunnel address) carry the idle gaps.
+func (p *Policy) Targets() []prober.Target { return nil }
+
+// WantsResults implements remediate.Policy: every probe of a watched peer
+// is a sample of its NAT mapping.
+func (p *Policy) WantsResults() bool { return p.c.Enabled }
+
+func (p *Policy) inScope(device string) bool {
+	return p.c.Enabled && slices.Contains(p.c.Devices, device)
+}
+
+// Observe implements remediate.Policy: snapshots and probe results feed
+// the NAT estimate; the policy decides on its tick.
+func (p *Policy) Observe(_ remediate.Env, s remediate.Signal) bool {
+	if !p.c.Enabled {
+		return false
+	}
+	switch {
+	case s.Snapshot != nil:
+		p.observeSnapshot(s.Snapshot)
+	case s.Result != nil:
+		if u := p.byTarget[s.Result.Target.Key()]; u != nil {
+			u.observeResult(*s.Result)
+		}
+	}
+	return false
+}
+
+func (p *Policy) observeSnapshot(s *collector.Snapshot) {
 	seen := map[string]bool{}
-	for _, dev := range c.Devices {
+	for _, dev := range p.c.Devices {
 		d, ok := s.Device(dev)
 		if !ok || d.Stale {
 			continue
 		}
-		for _, p := range d.Peers {
-			u := r.kaUnitLocked(d, p)
-			seen[peerKey(d.Name, p.PublicKey)] = true
-			u.observeSnapshot(p, s.Time)
+		for _, pr := range d.Peers {
+			u := p.unit(d, pr)
+			seen[peerKey(d.Name, pr.PublicKey)] = true
+			u.observeSnapshot(pr, s.Time)
 		}
 	}
-	for k, u := range r.kas { // peers gone from read devices, with no change of ours left
+	for k, u := range p.units { // peers gone from read devices, with no change of ours left
 		if d, ok := s.Device(u.st.Device); ok && !d.Stale && !seen[k] && u.st.Applied == 0 {
 			for _, t := range u.targets {
-				delete(r.kaByTarget, t)
+				delete(p.byTarget, t)
 			}
-			delete(r.kas, k)
+			delete(p.units, k)
 		}
 	}
 }
 
-func (r *Remediator) kaUnitLocked(d *collector.Device, p collector.Peer) *kaUnit {
-	key := peerKey(d.Name, p.PublicKey)
-	u := r.kas[key]
+func (p *Policy) unit(d *collector.Device, pr collector.Peer) *kaUnit {
+	key := peerKey(d.Name, pr.PublicKey)
+	u := p.units[key]
 	if u == nil {
-		k, _ := wgtypes.ParseKey(p.PublicKey)
-		u = &kaUnit{st: kaState{Device: d.Name, Peer: p.PublicKey, Original: p.PersistentKeepalive}, key: k}
-		r.kas[key] = u
+		k, _ := wgtypes.ParseKey(pr.PublicKey)
+		u = &kaUnit{st: kaState{Device: d.Name, Peer: pr.PublicKey, Original: pr.PersistentKeepalive}, key: k}
+		p.units[key] = u
 	}
-	u.name = p.Name
+	u.name = pr.Name
 	if u.targets == nil { // new, or adopted from the state file
-		for _, a := range p.AllowedIPs {
+		for _, a := range pr.AllowedIPs {
 			if a.IsSingleIP() {
 				t := prober.Target{Device: d.Name, Address: a.Addr()}.Key()
 				u.targets = append(u.targets, t)
-				r.kaByTarget[t] = u
+				p.byTarget[t] = u
 			}
 		}
 	}
 	return u
 }
 
-// observeResultLocked feeds the policy a probe result.
-func (r *Remediator) observeResultLocked(res prober.Result) {
-	if u := r.kaByTarget[res.Target.Key()]; u != nil {
-		u.observeResult(res)
+// Decide implements remediate.Policy: every peer the policy watches.
+func (p *Policy) Decide(env remediate.Env) []remediate.Plan {
+	if !p.c.Enabled {
+		return nil
 	}
-}
-
-// evaluateKeepaliveLocked runs the policy for every peer it watches.
-func (r *Remediator) evaluateKeepaliveLocked(ctx context.Context, now time.Time) {
-	c := r.cfg.Keepalive
-	if !c.Enabled || r.cfg.Mode == ModeOff || !r.started {
-		return
-	}
-	for _, u := range r.kas {
-		r.checkFixedLocked(u)
-		d, want := decideKeepalive(c, u, now)
-		p := r.newPlan(ctx, d, &u.st.railState, limits{rate: c.RateLimit}, &u.audited, now)
-		p.act = func() error { return r.peers.setKeepalive(u.st.Device, u.key, want) }
-		p.commit = func(now time.Time) {
+	var plans []remediate.Plan
+	for _, u := range p.units {
+		p.checkFixed(env, u)
+		d, want := decideKeepalive(p.c, u, env.Now)
+		plan := remediate.Plan{Decision: d, Rails: &u.st.Rails, Limits: remediate.Limits{Rate: p.c.RateLimit}, Episode: &u.episode,
+			Changes: []remediate.Change{remediate.SetKeepalive{Device: u.st.Device, Peer: u.key, Keepalive: want}}}
+		plan.Commit = func(now time.Time) {
 			if d.Action == ActionRelaxKeepalive {
 				u.st.Applied = 0
 			} else {
@@ -366,69 +427,84 @@ func (r *Remediator) evaluateKeepaliveLocked(ctx context.Context, now time.Time)
 			u.st.Since, u.st.Estimate = now, u.est.lifetime()
 			u.current = want
 			u.symptomsAtSet, u.symptoms = u.symptoms, 0
-			r.exportKeepaliveLocked(u)
+			p.export(u)
 		}
-		execute(p)
+		plans = append(plans, plan)
 	}
+	return plans
 }
 
-// checkFixedLocked: symptoms that go on with our keepalive in force mean
-// this side cannot fix the NAT (it does not refresh mappings on inbound
+// checkFixed: symptoms that go on with our keepalive in force mean this
+// side cannot fix the NAT (it does not refresh mappings on inbound
 // packets); say so once, with what the peer behind the NAT needs.
-func (r *Remediator) checkFixedLocked(u *kaUnit) {
-	fixable := !(u.st.Applied > 0 && u.symptoms >= r.cfg.Keepalive.Symptoms && u.current == u.st.Applied)
+func (p *Policy) checkFixed(env remediate.Env, u *kaUnit) {
+	fixable := !(u.st.Applied > 0 && u.symptoms >= p.c.Symptoms && u.current == u.st.Applied)
 	if fixable == !u.st.Unfixable {
 		return
 	}
 	u.st.Unfixable = !fixable
-	r.exportKeepaliveLocked(u)
+	p.export(u)
 	if u.st.Unfixable && !u.unfixableSaid {
 		u.unfixableSaid = true
 		need := max(keepaliveFor(u.est.lifetime()), time.Second)
-		r.logger.Warn("NAT mapping expiry goes on with PersistentKeepalive set on this side: this NAT does not refresh mappings on inbound packets, so only the peer behind it can keep them alive",
+		env.Logger.Warn("NAT mapping expiry goes on with PersistentKeepalive set on this side: this NAT does not refresh mappings on inbound packets, so only the peer behind it can keep them alive",
 			"device", u.st.Device, "peer", peerLabel(u.st.Peer, u.name), "keepalive_here", u.st.Applied, "nat_lifetime_estimate", u.est.lifetime(),
 			"fix", fmt.Sprintf("set PersistentKeepalive = %d on the peer behind the NAT", int(need.Seconds())))
 	}
 }
 
-// reconcileKeepaliveLocked: a keepalive of ours that someone changed is a
-// conflict, backed off from.
-func (r *Remediator) reconcileKeepaliveLocked(now time.Time) {
-	for _, u := range r.kas {
+// Reconcile implements remediate.Policy: a keepalive of ours that someone
+// changed is a conflict.
+func (p *Policy) Reconcile(remediate.Env) []remediate.Conflict {
+	var out []remediate.Conflict
+	for _, u := range p.units {
 		if u.st.Applied == 0 || !u.seen || u.current == u.st.Applied {
 			continue
 		}
-		r.metrics.conflicts.WithLabelValues(u.st.Device).Inc()
-		r.logger.Warn("conflict: something else changed a PersistentKeepalive wgpulse set; backing off instead of fighting",
-			"policy", "keepalive", "device", u.st.Device, "peer", peerLabel(u.st.Peer, u.name), "set", u.st.Applied, "now", u.current)
-		u.st.railState = backoff(u.st.railState, "a conflict with another manager", now)
+		out = append(out, remediate.Conflict{Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name), Rails: &u.st.Rails,
+			Problem: fmt.Sprintf("PersistentKeepalive is %s, not the %s we set", u.current, u.st.Applied)})
 		u.st.Applied = 0
-		r.exportKeepaliveLocked(u)
-		r.saveLocked()
+		p.export(u)
 	}
+	return out
 }
 
-// restoreKeepaliveLocked sets every changed peer's original keepalive back.
-func (r *Remediator) restoreKeepaliveLocked(ctx context.Context, why string, keep func(*kaUnit) bool) {
-	for _, u := range r.kas {
-		if u.st.Applied == 0 || (keep != nil && keep(u)) {
+// Undo implements remediate.Policy: every changed peer on a device next
+// does not cover gets its original keepalive back.
+func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []remediate.Plan {
+	n, _ := next.(*Policy)
+	if why == "" {
+		why = "the keepalive policy no longer covers this device after a reload: undoing its change"
+	}
+	var plans []remediate.Plan
+	for _, u := range p.units {
+		if u.st.Applied == 0 || (n != nil && n.inScope(u.st.Device)) {
 			continue
 		}
-		start := time.Now()
-		err := r.peers.setKeepalive(u.st.Device, u.key, u.st.Original)
-		d := decision{Policy: "keepalive", Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name), Action: ActionRelaxKeepalive,
-			From: u.st.Applied.String(), To: u.st.Original.String(), Reason: why}
-		r.audit.record(ctx, d, r.cfg.Mode, resultOf(err), start, err)
-		if err == nil {
-			u.st.Applied = 0
-			r.exportKeepaliveLocked(u)
-		}
+		plans = append(plans, remediate.Plan{
+			Decision: remediate.Decision{Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name), Action: ActionRelaxKeepalive,
+				From: u.st.Applied.String(), To: u.st.Original.String(), Reason: why},
+			Unrailed: true, Changes: []remediate.Change{remediate.SetKeepalive{Device: u.st.Device, Peer: u.key, Keepalive: u.st.Original}},
+			Commit: func(time.Time) {
+				u.st.Applied = 0
+				p.export(u)
+			},
+		})
 	}
+	return plans
 }
 
-// adoptKeepaliveLocked keeps the saved changes still in force.
-func (r *Remediator) adoptKeepaliveLocked(saved map[string]kaState) {
-	for key, st := range saved {
+// Start implements remediate.Policy (auto only): the saved changes still
+// in force are kept.
+func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Plan, error) {
+	if env.Mode != remediate.ModeAuto || saved == nil {
+		return nil, nil
+	}
+	var units map[string]kaState
+	if err := json.Unmarshal(saved, &units); err != nil {
+		return nil, err
+	}
+	for key, st := range units {
 		if st.Applied == 0 {
 			continue
 		}
@@ -436,25 +512,112 @@ func (r *Remediator) adoptKeepaliveLocked(saved map[string]kaState) {
 		if err != nil {
 			continue
 		}
-		_, cur, err := r.peers.peer(st.Device, k)
-		if err != nil || cur != st.Applied || !r.cfg.Keepalive.Enabled || !slices.Contains(r.cfg.Keepalive.Devices, st.Device) {
-			r.logger.Warn("a keepalive change in the state file is not in force or not in scope any more: forgotten",
+		_, cur, err := env.Kernel.Peer(st.Device, k)
+		if err != nil || cur != st.Applied || !p.inScope(st.Device) {
+			env.Logger.Warn("a keepalive change in the state file is not in force or not in scope any more: forgotten",
 				"device", st.Device, "peer", st.Peer, "set", st.Applied, "original", st.Original)
 			continue
 		}
-		r.kas[key] = &kaUnit{st: st, key: k}
+		p.units[key] = &kaUnit{st: st, key: k}
+	}
+	return nil, nil
+}
+
+// Inherit implements remediate.Policy: the peers keep their state and
+// estimates.
+func (p *Policy) Inherit(env remediate.Env, prev remediate.Policy) {
+	if old, ok := prev.(*Policy); ok {
+		p.units, p.byTarget, p.m = old.units, old.byTarget, old.m
+		if old.c.Enabled {
+			for _, d := range old.c.Devices {
+				if !p.inScope(d) {
+					env.DropUnit(d)
+				}
+			}
+		}
+	}
+	if p.c.Enabled {
+		for _, d := range p.c.Devices {
+			env.InitUnit(d, actions, reasons)
+		}
 	}
 }
 
-func (r *Remediator) exportKeepaliveLocked(u *kaUnit) {
+// State implements remediate.Policy: the peers with a change or a history.
+func (p *Policy) State() any {
+	st := map[string]kaState{}
+	for k, u := range p.units {
+		if u.st.Applied > 0 || u.st.Switches > 0 {
+			st[k] = u.st
+		}
+	}
+	return st
+}
+
+// MigrateV1 implements remediate.V1Migrator: version 1 kept the peers
+// under "keepalive".
+func (p *Policy) MigrateV1(v1 map[string]json.RawMessage) (json.RawMessage, error) {
+	return v1["keepalive"], nil
+}
+
+// Owned implements remediate.Policy: the policy owns no route.
+func (p *Policy) Owned() []remediate.Route { return nil }
+
+// Status implements remediate.Policy: the keepalive in force and the NAT
+// estimates are in the metrics.
+func (p *Policy) Status(time.Time) any { return nil }
+
+type metrics struct {
+	keepalive, natEstimate, natUnfixable *prometheus.GaugeVec
+}
+
+func newMetrics() *metrics {
+	return &metrics{
+		keepalive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_keepalive_seconds",
+			Help: "The PersistentKeepalive the keepalive policy set for a peer; absent when none.",
+		}, []string{"device", "public_key", "name"}),
+		natEstimate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_keepalive_nat_timeout_estimate_seconds",
+			Help: "Estimated lifetime of the NAT mapping between this node and the peer, from idle gaps (present once a mapping was seen expiring).",
+		}, []string{"device", "public_key", "name"}),
+		natUnfixable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_keepalive_nat_unfixable",
+			Help: "1 when NAT mapping expiry goes on with PersistentKeepalive set on this side: the peer behind the NAT must set it.",
+		}, []string{"device", "public_key", "name"}),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (p *Policy) Describe(ch chan<- *prometheus.Desc) {
+	for _, v := range []*prometheus.GaugeVec{p.m.keepalive, p.m.natEstimate, p.m.natUnfixable} {
+		v.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (p *Policy) Collect(ch chan<- prometheus.Metric) {
+	for _, v := range []*prometheus.GaugeVec{p.m.keepalive, p.m.natEstimate, p.m.natUnfixable} {
+		v.Collect(ch)
+	}
+}
+
+func (p *Policy) export(u *kaUnit) {
 	l := prometheus.Labels{"device": u.st.Device, "public_key": u.st.Peer, "name": u.name}
 	if u.st.Applied > 0 {
-		r.metrics.keepalive.With(l).Set(u.st.Applied.Seconds())
+		p.m.keepalive.With(l).Set(u.st.Applied.Seconds())
 	} else {
-		r.metrics.keepalive.Delete(l)
+		p.m.keepalive.Delete(l)
 	}
 	if est := u.est.lifetime(); est > 0 {
-		r.metrics.natEstimate.With(l).Set(est.Seconds())
-		r.metrics.natUnfixable.With(l).Set(b2f(u.st.Unfixable))
+		p.m.natEstimate.With(l).Set(est.Seconds())
+		p.m.natUnfixable.With(l).Set(b2f(u.st.Unfixable))
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -1,4 +1,4 @@
-package remediate
+package keepalive
 
 import (
 	"testing"
@@ -11,7 +11,7 @@ import (
 // 5 s -> 80% of 6.3 s is 5 s, too long; 4 s is safe), nor, when that gap
 // is shorter than keepalive.min, above the floor.
 func TestKeepaliveNeverAboveAKeptGap(t *testing.T) {
-	c := DefaultKeepaliveConfig()
+	c := DefaultConfig()
 	c.Min = 2 * time.Second
 	for _, tc := range []struct {
 		lower, upper, want time.Duration

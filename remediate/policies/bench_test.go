@@ -1,4 +1,4 @@
-package remediate_test
+package policies_test
 
 import (
 	"context"
@@ -21,6 +21,8 @@ import (
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/prober/probertest"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
+	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 // BenchmarkDecisionToRoute measures, with the real netlink in a network
@@ -86,9 +88,9 @@ func BenchmarkDecisionToRoute(b *testing.B) {
 	g.LossRatio = 0.99
 	g.Damping = remediate.Damping{Penalty: 1, Suppress: 1e9, Reuse: 1e8, HalfLife: time.Minute}
 	g.RateLimit = remediate.RateLimit{Burst: 1000, Per: time.Hour}
-	cfg := remediate.DefaultConfig()
-	cfg.Mode, cfg.StateFile, cfg.Failover = remediate.ModeAuto, b.TempDir()+"/state.json", []remediate.FailoverGroup{g}
-	rem, err := remediate.New(cfg, slog.New(slog.DiscardHandler), remediate.Options{Snapshots: col, Prober: p, Routes: h})
+	cfg := policies.DefaultConfig()
+	cfg.Mode, cfg.StateFile, cfg.Failover = remediate.ModeAuto, b.TempDir()+"/state.json", []failover.Group{g}
+	rem, err := policies.New(cfg, slog.New(slog.DiscardHandler), remediate.Options{Snapshots: col, Prober: p, Routes: h})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -158,17 +160,17 @@ func BenchmarkDecisionToRoute(b *testing.B) {
 // real time; routes on a fake table.
 func BenchmarkHundredGroupsCPU(b *testing.B) {
 	const groups = 100
-	var cfgGroups []remediate.FailoverGroup
+	var cfgGroups []failover.Group
 	var targets []prober.Target
 	devices := []string{}
 	for i := range groups {
 		p, bk := fmt.Sprintf("wgp%d", i), fmt.Sprintf("wgb%d", i)
 		devices = append(devices, p, bk)
-		cfgGroups = append(cfgGroups, remediate.FailoverGroup{Name: fmt.Sprintf("g%d", i), Profile: "fast",
+		cfgGroups = append(cfgGroups, failover.Group{Name: fmt.Sprintf("g%d", i), Profile: "fast",
 			Prefixes: []string{fmt.Sprintf("10.%d.%d.0/24", 100+i/250, i%250)},
-			Primary:  remediate.Path{Device: p, Target: fmt.Sprintf("10.200.%d.1", i)},
-			Backup:   remediate.Path{Device: bk, Target: fmt.Sprintf("10.201.%d.1", i)}})
-		prof := remediate.Profiles["fast"]
+			Primary:  failover.Path{Device: p, Target: fmt.Sprintf("10.200.%d.1", i)},
+			Backup:   failover.Path{Device: bk, Target: fmt.Sprintf("10.201.%d.1", i)}})
+		prof := failover.Profiles["fast"]
 		for _, pt := range []struct{ dev, addr string }{{p, fmt.Sprintf("10.200.%d.1", i)}, {bk, fmt.Sprintf("10.201.%d.1", i)}} {
 			targets = append(targets, prober.Target{Device: pt.dev, Address: netip.MustParseAddr(pt.addr), Interval: prof.Interval,
 				Timeout: prof.Timeout, Suspect: prof.Suspect, Window: prof.Window, Rule: prober.Rule{Losses: prof.Losses, LossRatio: prof.LossRatio}})
@@ -192,9 +194,9 @@ func BenchmarkHundredGroupsCPU(b *testing.B) {
 		wg.Go(func() { p.Run(ctx) })
 		wg.Go(func() { col.Run(ctx) })
 		if withRemediator {
-			cfg := remediate.DefaultConfig()
+			cfg := policies.DefaultConfig()
 			cfg.Mode, cfg.StateFile, cfg.Failover = remediate.ModeAuto, b.TempDir()+"/state.json", cfgGroups
-			rem, err := remediate.New(cfg, slog.New(slog.DiscardHandler), remediate.Options{Snapshots: col, Prober: p, Routes: newFakeRoutes(devices...)})
+			rem, err := policies.New(cfg, slog.New(slog.DiscardHandler), remediate.Options{Snapshots: col, Prober: p, Routes: newFakeRoutes(devices...)})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package remediate_test
+package policies_test
 
 import (
 	"slices"
@@ -8,10 +8,11 @@ import (
 	"time"
 
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 // mtuConfig is the MTU policy on the rig's primary device.
-func mtuConfig(t *testing.T, mode remediate.Mode) remediate.Config {
+func mtuConfig(t *testing.T, mode remediate.Mode) policies.Config {
 	cfg := config(t, mode)
 	cfg.MTU.Enabled, cfg.MTU.Devices, cfg.MTU.HoldDown = true, []string{primaryDev}, time.Minute
 	cfg.MTU.Min = 1200 // an IPv4 site behind a path below 1280

@@ -1,4 +1,4 @@
-package remediate_test
+package policies_test
 
 import (
 	"bufio"
@@ -27,6 +27,8 @@ import (
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/prober/probertest"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
+	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 // fakeRoutes is a fake of the netlink transport: links and a main routing
@@ -309,7 +311,7 @@ func (noLinks) LinkList() ([]netlink.Link, error) { return nil, nil }
 // with a fake routing table.
 type rig struct {
 	t       *testing.T
-	cfg     remediate.Config
+	cfg     policies.Config
 	net     *probertest.Net
 	wg      *fakeWG
 	routes  *fakeRoutes
@@ -358,11 +360,11 @@ const (
 )
 
 // group is a failover group of the rig's two paths with the given profile.
-func group(profile string) remediate.FailoverGroup {
-	return remediate.FailoverGroup{
+func group(profile string) failover.Group {
+	return failover.Group{
 		Name: "dc1-to-aws", Profile: profile, Prefixes: []string{lan},
-		Primary: remediate.Path{Device: primaryDev, Target: primaryTarget},
-		Backup:  remediate.Path{Device: backupDev, Target: backupTarget},
+		Primary: failover.Path{Device: primaryDev, Target: primaryTarget},
+		Backup:  failover.Path{Device: backupDev, Target: backupTarget},
 	}
 }
 
@@ -380,11 +382,11 @@ var (
 )
 
 // dualWAN is an endpoint-mode group for the rig's tunnel device.
-func dualWAN(r *rig, profile string) remediate.FailoverGroup {
-	return remediate.FailoverGroup{
+func dualWAN(r *rig, profile string) failover.Group {
+	return failover.Group{
 		Name: "dc1-dual-wan", Mode: "endpoint", Profile: profile, Device: tunnelDev, Peer: r.wg.key(tunnelDev).String(), Target: tunnelTarget,
-		Primary: remediate.Path{Endpoint: uplink1.String(), UnderlayTarget: underlay1, UnderlayDevice: uplink1Dev},
-		Backup:  remediate.Path{Endpoint: uplink2.String(), UnderlayTarget: underlay2, UnderlayDevice: uplink2Dev},
+		Primary: failover.Path{Endpoint: uplink1.String(), UnderlayTarget: underlay1, UnderlayDevice: uplink1Dev},
+		Backup:  failover.Path{Endpoint: uplink2.String(), UnderlayTarget: underlay2, UnderlayDevice: uplink2Dev},
 	}
 }
 
@@ -413,8 +415,8 @@ func (r *rig) wan(down1, down2 *atomic.Bool) {
 	})
 }
 
-func config(t *testing.T, mode remediate.Mode, groups ...remediate.FailoverGroup) remediate.Config {
-	cfg := remediate.DefaultConfig()
+func config(t *testing.T, mode remediate.Mode, groups ...failover.Group) policies.Config {
+	cfg := policies.DefaultConfig()
 	cfg.Mode = mode
 	cfg.StateFile = t.TempDir() + "/remediate.json"
 	cfg.Failover = groups
@@ -423,7 +425,7 @@ func config(t *testing.T, mode remediate.Mode, groups ...remediate.FailoverGroup
 
 // newRig builds a node with the operator's routes (primary metric 100,
 // backup metric 200) and both paths answering in 1 ms.
-func newRig(t *testing.T, cfg remediate.Config) *rig {
+func newRig(t *testing.T, cfg policies.Config) *rig {
 	t.Helper()
 	r := &rig{t: t, cfg: cfg, routes: newFakeRoutes(primaryDev, backupDev), faults: map[string]func(int) probertest.Reply{}, logs: &syncBuffer{},
 		sim: make(chan struct{})}
@@ -468,7 +470,7 @@ func (r *rig) start() {
 		r.t.Fatal(err)
 	}
 	r.spans = tracetest.NewSpanRecorder()
-	r.rem, err = remediate.New(r.cfg, logger, remediate.Options{Snapshots: r.col, Prober: r.prober, Routes: r.routes,
+	r.rem, err = policies.New(r.cfg, logger, remediate.Options{Snapshots: r.col, Prober: r.prober, Routes: r.routes,
 		Peers: r.wg, Tracer: newTracerProvider(r.spans)})
 	if err != nil {
 		r.t.Fatal(err)
@@ -611,3 +613,13 @@ func (s *syncBuffer) String() string {
 }
 
 func fmtSscanf(s, format string, a ...any) (int, error) { return fmt.Sscanf(s, format, a...) }
+
+// status is the failover policy's part of the remediator's status.
+func (r *rig) status() failover.Status {
+	r.t.Helper()
+	st, err := failover.StatusOf(r.rem.Status())
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return st
+}

@@ -1,4 +1,4 @@
-package remediate_test
+package policies_test
 
 import (
 	"net/netip"

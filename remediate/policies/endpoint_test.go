@@ -1,4 +1,4 @@
-package remediate_test
+package policies_test
 
 import (
 	"strings"
@@ -9,6 +9,8 @@ import (
 
 	"github.com/wgpulse/wgpulse/prober/probertest"
 	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/failover"
+	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 // The primary uplink dies: the peer's endpoint moves to the second uplink
@@ -16,7 +18,7 @@ import (
 // for hold_down it moves back, and the tunnel confirms the return.
 func TestEndpointFailoverAndReturn(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, remediate.Config{})
+		r := newRig(t, policies.Config{})
 		var down1, down2 atomic.Bool
 		r.wan(&down1, &down2)
 		g := dualWAN(r, "fast")
@@ -37,7 +39,7 @@ func TestEndpointFailoverAndReturn(t *testing.T) {
 			t.Fatalf("audits %+v", a)
 		}
 		r.run(2 * time.Second)
-		st := r.rem.Status().Groups[0]
+		st := r.status().Groups[0]
 		if st.Paths["backup"].State != "up" || st.Active != "backup" {
 			t.Fatalf("after the swap the tunnel must be up through uplink 2: %+v", st)
 		}
@@ -51,7 +53,7 @@ func TestEndpointFailoverAndReturn(t *testing.T) {
 		}
 		waitFor(t, 10*time.Second, "return to uplink 1", func() bool { return r.wg.endpointOf(tunnelDev) == uplink1 })
 		r.run(2 * time.Second)
-		if st := r.rem.Status().Groups[0]; st.Active != "primary" || st.Paths["primary"].State != "up" {
+		if st := r.status().Groups[0]; st.Active != "primary" || st.Paths["primary"].State != "up" {
 			t.Errorf("the tunnel did not confirm the return: %+v", st)
 		}
 		if f := r.metric("wgpulse_failover_flaps_total", nil); f != 0 {
@@ -64,7 +66,7 @@ func TestEndpointFailoverAndReturn(t *testing.T) {
 // tunnel over it does not work) goes back to the backup, counted as a flap.
 func TestEndpointUnconfirmedReturnIsAFlap(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, remediate.Config{})
+		r := newRig(t, policies.Config{})
 		var down1, down2, tunnelBroken atomic.Bool
 		r.wan(&down1, &down2)
 		wan := r.faults[tunnelTarget]
@@ -96,7 +98,7 @@ func TestEndpointUnconfirmedReturnIsAFlap(t *testing.T) {
 // a conflict. Later, something else moving the endpoint is one.
 func TestEndpointRoamBackAndConflict(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, remediate.Config{})
+		r := newRig(t, policies.Config{})
 		var down1, down2 atomic.Bool
 		r.wan(&down1, &down2)
 		r.cfg = config(t, remediate.ModeAuto, dualWAN(r, "fast"))
@@ -115,7 +117,7 @@ func TestEndpointRoamBackAndConflict(t *testing.T) {
 		if c := r.metric("wgpulse_remediation_conflicts_total", nil); c != 1 || !strings.Contains(r.logs.String(), "the peer's endpoint is 198.18.1.1:51821, not 198.19.1.1:51821") {
 			t.Fatalf("conflicts %v; want one, logged with both endpoints", c)
 		}
-		if st := r.rem.Status().Groups[0]; st.Active != "primary" || st.BackoffUntil == nil {
+		if st := r.status().Groups[0]; st.Active != "primary" || st.BackoffUntil == nil {
 			t.Errorf("after the conflict: active %s, backoff %v; want the kernel's primary, backing off", st.Active, st.BackoffUntil)
 		}
 	})
@@ -123,7 +125,7 @@ func TestEndpointRoamBackAndConflict(t *testing.T) {
 
 func TestEndpointRestoreOnExit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, remediate.Config{})
+		r := newRig(t, policies.Config{})
 		var down1, down2 atomic.Bool
 		r.wan(&down1, &down2)
 		r.cfg = config(t, remediate.ModeAuto, dualWAN(r, "fast"))
@@ -141,30 +143,30 @@ func TestEndpointRestoreOnExit(t *testing.T) {
 
 func TestConfigValidate(t *testing.T) {
 	key := "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="
-	endpoint := func(mod func(*remediate.FailoverGroup)) remediate.Config {
-		g := remediate.FailoverGroup{Name: "wan", Mode: "endpoint", Device: "wg0", Peer: key, Target: "10.200.1.1",
-			Primary: remediate.Path{Endpoint: "198.18.1.1:51821", UnderlayTarget: "198.18.1.1"},
-			Backup:  remediate.Path{Endpoint: "198.19.1.1:51821", UnderlayTarget: "198.19.1.1"}}
+	endpoint := func(mod func(*failover.Group)) policies.Config {
+		g := failover.Group{Name: "wan", Mode: "endpoint", Device: "wg0", Peer: key, Target: "10.200.1.1",
+			Primary: failover.Path{Endpoint: "198.18.1.1:51821", UnderlayTarget: "198.18.1.1"},
+			Backup:  failover.Path{Endpoint: "198.19.1.1:51821", UnderlayTarget: "198.19.1.1"}}
 		mod(&g)
-		c := remediate.DefaultConfig()
-		c.Failover = []remediate.FailoverGroup{g}
+		c := policies.DefaultConfig()
+		c.Failover = []failover.Group{g}
 		return c
 	}
 	for _, tc := range []struct {
 		name string
-		cfg  remediate.Config
+		cfg  policies.Config
 		want string
 	}{
-		{"endpoint ok", endpoint(func(*remediate.FailoverGroup) {}), ""},
-		{"endpoint: a private key is never echoed", endpoint(func(g *remediate.FailoverGroup) { g.Peer = "c2VjcmV0c2VjcmV0" }), "failover[0].peer: a value of 16 characters"},
-		{"endpoint: a name, not an address", endpoint(func(g *remediate.FailoverGroup) { g.Backup.Endpoint = "isp2.example:51821" }), `failover[0].backup.endpoint: "isp2.example:51821" is not an IP:port`},
-		{"endpoint: the same uplink twice", endpoint(func(g *remediate.FailoverGroup) { g.Backup.Endpoint = g.Primary.Endpoint }), "failover[0].backup.endpoint: is the primary's endpoint"},
-		{"endpoint: prefixes", endpoint(func(g *remediate.FailoverGroup) { g.Prefixes = []string{"10.0.0.0/8"} }), "failover[0].prefixes: endpoint mode moves no prefix"},
-		{"endpoint: no underlay target", endpoint(func(g *remediate.FailoverGroup) { g.Backup.UnderlayTarget = "" }), "failover[0].backup.underlay_target"},
-		{"route: endpoint fields", remediate.Config{Mode: remediate.ModeAuto, StateFile: "/x", RouteProtocol: 117, Failover: []remediate.FailoverGroup{{Name: "g",
-			Prefixes: []string{"10.0.0.0/8"}, Device: "wg0", Primary: remediate.Path{Device: "a", Target: "10.1.1.1"}, Backup: remediate.Path{Device: "b", Target: "10.1.1.2"}}}},
+		{"endpoint ok", endpoint(func(*failover.Group) {}), ""},
+		{"endpoint: a private key is never echoed", endpoint(func(g *failover.Group) { g.Peer = "c2VjcmV0c2VjcmV0" }), "failover[0].peer: a value of 16 characters"},
+		{"endpoint: a name, not an address", endpoint(func(g *failover.Group) { g.Backup.Endpoint = "isp2.example:51821" }), `failover[0].backup.endpoint: "isp2.example:51821" is not an IP:port`},
+		{"endpoint: the same uplink twice", endpoint(func(g *failover.Group) { g.Backup.Endpoint = g.Primary.Endpoint }), "failover[0].backup.endpoint: is the primary's endpoint"},
+		{"endpoint: prefixes", endpoint(func(g *failover.Group) { g.Prefixes = []string{"10.0.0.0/8"} }), "failover[0].prefixes: endpoint mode moves no prefix"},
+		{"endpoint: no underlay target", endpoint(func(g *failover.Group) { g.Backup.UnderlayTarget = "" }), "failover[0].backup.underlay_target"},
+		{"route: endpoint fields", policies.Config{Config: remediate.Config{Mode: remediate.ModeAuto, StateFile: "/x", RouteProtocol: 117}, Failover: []failover.Group{{Name: "g",
+			Prefixes: []string{"10.0.0.0/8"}, Device: "wg0", Primary: failover.Path{Device: "a", Target: "10.1.1.1"}, Backup: failover.Path{Device: "b", Target: "10.1.1.2"}}}},
 			"failover[0].device: is for mode: endpoint"},
-		{"unknown mode", endpoint(func(g *remediate.FailoverGroup) { g.Mode = "bgp" }), `failover[0].mode: must be "route"`},
+		{"unknown mode", endpoint(func(g *failover.Group) { g.Mode = "bgp" }), `failover[0].mode: must be "route"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
@@ -183,7 +185,7 @@ func TestConfigValidate(t *testing.T) {
 // not count toward hold_down. No return while the uplink is down, no flap.
 func TestEndpointHoldDownCountsFromTheSwitch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, remediate.Config{})
+		r := newRig(t, policies.Config{})
 		var down1, down2, underlayDown atomic.Bool
 		r.wan(&underlayDown, &down2)
 		tunnel := r.faults[tunnelTarget]

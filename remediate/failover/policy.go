@@ -1,0 +1,696 @@
+// Package failover is the failover policy: each group moves traffic from a
+// primary to a backup path while the primary is down, and back once it has
+// been up for hold_down. Route mode adds wgpulse's own routes for the
+// group's prefixes via the backup device (and deletes them to return);
+// endpoint mode swaps one peer's endpoint between two uplinks.
+package failover
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
+	"github.com/wgpulse/wgpulse/remediate"
+)
+
+// Name is the policy's name in audit lines, metrics and the state file.
+const Name = "failover"
+
+const (
+	tickEvery = 100 * time.Millisecond // hold-down ends, damping decays, backoffs expire
+	settleFor = 2 * time.Second        // after an endpoint swap: roaming may pull it back once
+)
+
+var actions = []string{ActionSwitchToBackup, ActionReturnToPrimary}
+
+// Policy is the failover policy over its groups.
+type Policy struct {
+	groups []*group
+	byKey  map[string]*group // probe target key -> group
+	proto  int               // wgpulse's route protocol
+	m      *metrics
+}
+
+var (
+	_ remediate.Policy     = (*Policy)(nil)
+	_ remediate.V1Migrator = (*Policy)(nil)
+)
+
+// New returns the policy for the configured groups.
+func New(gs Groups) *Policy {
+	p := &Policy{byKey: map[string]*group{}, m: newMetrics()}
+	for _, gc := range gs {
+		g := newGroup(gc)
+		for _, t := range g.probeTargets() {
+			p.byKey[t.Key()] = g
+		}
+		p.groups = append(p.groups, g)
+	}
+	return p
+}
+
+// group is one failover group at run time.
+type group struct {
+	cfg      Group // with defaults
+	prefixes []netip.Prefix
+	// targets are the paths' probe targets: route mode, each path's tunnel
+	// target; endpoint mode, each path's underlay target.
+	targets [2]prober.Target
+	tunnel  prober.Target // endpoint mode: the target through the tunnel
+	peer    wgtypes.Key   // endpoint mode
+	eps     [2]netip.AddrPort
+	st      groupState
+	episode remediate.Episode
+	health  [2]pathHealth // last exported
+	last    remediate.Decision
+	lastAt  time.Time
+	lastRes string
+	// conflicts in a row; settleUntil: after an endpoint swap, a roam back to
+	// the old endpoint is re-asserted, not a conflict.
+	conflicts   int
+	settleUntil time.Time
+}
+
+func newGroup(gc Group) *group {
+	g := &group{cfg: gc.withDefaults(), st: groupState{Active: Primary}}
+	d := g.cfg
+	probe := func(device, addr string) prober.Target {
+		return prober.Target{Device: device, Address: netip.MustParseAddr(addr), Interval: d.Interval,
+			Timeout: d.Timeout, Window: d.Window, Suspect: d.Suspect,
+			Rule: prober.Rule{Losses: d.Losses, LossRatio: d.LossRatio, RTT: d.RTT}}
+	}
+	if g.endpoint() {
+		g.peer, _ = wgtypes.ParseKey(gc.Peer)
+		g.tunnel = probe(gc.Device, gc.Target)
+		for i, p := range []Path{gc.Primary, gc.Backup} {
+			g.targets[i] = probe(p.UnderlayDevice, p.UnderlayTarget)
+			g.eps[i] = netip.MustParseAddrPort(p.Endpoint)
+		}
+		return g
+	}
+	for _, s := range gc.Prefixes {
+		g.prefixes = append(g.prefixes, netip.MustParsePrefix(s))
+	}
+	for i, p := range []Path{gc.Primary, gc.Backup} {
+		g.targets[i] = probe(p.Device, p.Target)
+	}
+	return g
+}
+
+func (g *group) endpoint() bool { return g.cfg.Mode == "endpoint" }
+
+func (g *group) probeTargets() []prober.Target {
+	if g.endpoint() {
+		return []prober.Target{g.tunnel, g.targets[0], g.targets[1]}
+	}
+	return []prober.Target{g.targets[0], g.targets[1]}
+}
+
+func pathIndex(name string) int {
+	if name == Backup {
+		return 1
+	}
+	return 0
+}
+
+func other(path string) string { return map[string]string{Primary: Backup, Backup: Primary}[path] }
+
+// sameChanges says whether a reloaded config of the group would own the
+// same changes (routes, or the peer's endpoints).
+func (g *group) sameChanges(ng Group) bool {
+	return ng.Mode == g.cfg.Mode && slices.Equal(ng.Prefixes, g.cfg.Prefixes) && ng.Backup == g.cfg.Backup &&
+		ng.Primary == g.cfg.Primary && ng.Device == g.cfg.Device && ng.Peer == g.cfg.Peer && ng.RouteMetric == g.cfg.RouteMetric
+}
+
+// Name implements remediate.Policy.
+func (p *Policy) Name() string { return Name }
+
+// Every implements remediate.Policy.
+func (p *Policy) Every() time.Duration { return tickEvery }
+
+// WantsResults implements remediate.Policy: the prober's verdicts do.
+func (p *Policy) WantsResults() bool { return false }
+
+// Targets implements remediate.Policy.
+func (p *Policy) Targets() []prober.Target {
+	var ts []prober.Target
+	for _, g := range p.groups {
+		ts = append(ts, g.probeTargets()...)
+	}
+	return ts
+}
+
+// Observe implements remediate.Policy: a snapshot (handshakes) or a change
+// of one of the groups' targets asks for a decision.
+func (p *Policy) Observe(_ remediate.Env, s remediate.Signal) bool {
+	switch {
+	case s.Snapshot != nil:
+		return true
+	case s.Change != nil:
+		return p.byKey[s.Change.Health.Target.Key()] != nil
+	}
+	return false
+}
+
+// Decide implements remediate.Policy: the endpoint groups' re-assertions
+// after a roam back, then every group's decision.
+func (p *Policy) Decide(env remediate.Env) []remediate.Plan {
+	var plans []remediate.Plan
+	if env.Mode == remediate.ModeAuto {
+		for _, g := range p.groups {
+			if pl, ok := p.settle(env, g); ok {
+				plans = append(plans, pl)
+			}
+		}
+	}
+	for _, g := range p.groups {
+		plans = append(plans, p.evaluate(env, g))
+	}
+	return plans
+}
+
+// signals is both paths as the policy sees them. Route mode: each path's
+// tunnel target. Endpoint mode: the path in use is the tunnel target (a
+// fresh verdict since the last swap), the idle one its underlay target; a
+// degraded tunnel is compared by its uplinks' underlay loss and RTT.
+func (p *Policy) signals(env remediate.Env, g *group) groupSignals {
+	if !g.endpoint() {
+		return groupSignals{primary: targetHealth(env, g.targets[0], nil), backup: targetHealth(env, g.targets[1], nil)}
+	}
+	active := pathIndex(g.st.Active)
+	var paths [2]pathHealth
+	paths[1-active] = targetHealth(env, g.targets[1-active], nil)
+	tunnel := targetHealth(env, g.tunnel, &g.peer)
+	if tunnel.DownBy == prober.DownByLossRatio || tunnel.DownBy == prober.DownByRTT {
+		under := targetHealth(env, g.targets[active], nil)
+		tunnel.Loss, tunnel.RTT = under.Loss, under.RTT
+	}
+	paths[active] = tunnel
+	return groupSignals{primary: paths[0], backup: paths[1]}
+}
+
+// targetHealth is a target as the policy sees it: the prober's verdict;
+// with no verdict yet, a stale handshake of the target's peer on a fresh
+// device read makes it down (the session cannot carry data).
+func targetHealth(env remediate.Env, t prober.Target, peer *wgtypes.Key) pathHealth {
+	var ph pathHealth
+	if h, ok := env.Prober.HealthOf(t.Key()); ok {
+		ph = pathHealth{State: h.State, Since: h.Since, Reason: h.Reason, DownBy: h.DownBy, Loss: h.LossRatio, RTT: h.MedianRTT}
+	}
+	if ph.State != prober.StateUnknown || env.Snapshot == nil || t.Device == "" {
+		return ph
+	}
+	d, ok := env.Snapshot.Device(t.Device)
+	if !ok || d.Stale {
+		return ph // a failed read is unknown, never down
+	}
+	for _, p := range d.Peers {
+		mine := peer != nil && p.PublicKey == peer.String()
+		for _, a := range p.AllowedIPs {
+			mine = mine || (peer == nil && a.Contains(t.Address))
+		}
+		if mine && p.Handshake == collector.HandshakeStale {
+			return pathHealth{State: prober.StateDown, Since: p.HandshakeSince, DownBy: "handshake",
+				Reason: fmt.Sprintf("no handshake for over %s: the session cannot carry data", collector.RejectAfterTime)}
+		}
+	}
+	return ph
+}
+
+// evaluate is the plan of one group's decision.
+func (p *Policy) evaluate(env remediate.Env, g *group) remediate.Plan {
+	sig := p.signals(env, g)
+	p.exportHealth(env, g, sig)
+	d := decideFailover(g.cfg, g.st, sig, env.Now)
+	plan := remediate.Plan{Decision: d, Rails: &g.st.Rails, Limits: remediate.Limits{Damping: g.cfg.Damping, Rate: g.cfg.RateLimit},
+		Episode: &g.episode}
+	if d.Action == "" || d.Suppressed != "" {
+		plan.After = p.after(g, env.Now)
+		return plan
+	}
+	p.preflight(env, g, &plan.Decision)
+	var original string
+	plan.Changes, original = p.switchChanges(env, g, d.To)
+	plan.Commit = func(now time.Time) {
+		if !g.st.Arrived.IsZero() && now.Sub(g.st.Arrived) < g.cfg.HoldDown { // left a path it switched to less than hold_down ago
+			p.m.flaps.WithLabelValues(g.cfg.Name).Inc()
+		}
+		g.st.Active, g.st.Since, g.st.Arrived = d.To, now, now
+		g.conflicts = 0
+		if g.endpoint() {
+			if original != "" && env.Mode == remediate.ModeAuto {
+				g.st.Original = original
+			}
+			g.settleUntil = now.Add(settleFor)
+			env.Prober.ResetState(g.tunnel.Key()) // the old verdict is about the old path
+		}
+	}
+	plan.After = p.after(g, env.Now)
+	return plan
+}
+
+func (p *Policy) after(g *group, at time.Time) func(remediate.Decision, string) {
+	return func(d remediate.Decision, result string) {
+		g.last, g.lastAt, g.lastRes = d, at, result
+		p.exportActive(g)
+	}
+}
+
+// preflight suppresses an action that cannot work: a device or peer of the
+// group missing, or (switching a route group to the backup) an operator
+// route our route's metric would not beat. It only reads, in dry-run too.
+func (p *Policy) preflight(env remediate.Env, g *group, d *remediate.Decision) {
+	if g.endpoint() {
+		if _, _, err := env.Kernel.Peer(g.cfg.Device, g.peer); err != nil {
+			d.Suppressed = SuppressDeviceMissing
+			d.Reason = fmt.Sprintf("%v (check remediate.failover %q): %s", err, g.cfg.Name, d.Reason)
+		}
+		return
+	}
+	dev := g.cfg.Backup.Device
+	if d.To == Primary {
+		dev = g.cfg.Primary.Device
+	}
+	if !env.Kernel.LinkExists(dev) {
+		d.Suppressed = SuppressDeviceMissing
+		d.Reason = fmt.Sprintf("device %s does not exist (check remediate.failover %q): %s", dev, g.cfg.Name, d.Reason)
+		return
+	}
+	if d.To != Backup {
+		return
+	}
+	for _, pf := range g.prefixes {
+		rs, err := env.Kernel.Routes(pf)
+		if err != nil {
+			continue // the add will say what is wrong
+		}
+		for _, rt := range rs {
+			if rt.Protocol != env.RouteProtocol && rt.Metric <= g.cfg.RouteMetric {
+				d.Suppressed = SuppressMetricTooHigh
+				d.Reason = fmt.Sprintf("route %s has a metric <= route_metric %d, so ours would not carry the traffic: lower route_metric: %s",
+					rt, g.cfg.RouteMetric, d.Reason)
+				return
+			}
+		}
+	}
+}
+
+// switchChanges is what a switch to path `to` writes: our routes added
+// (all or none) or deleted, or the peer's endpoint set. In auto, an endpoint
+// group's first switch also reads the endpoint it replaces (restored on exit).
+func (p *Policy) switchChanges(env remediate.Env, g *group, to string) ([]remediate.Change, string) {
+	if g.endpoint() {
+		original := ""
+		if g.st.Original == "" && env.Mode == remediate.ModeAuto {
+			if ep, _, err := env.Kernel.Peer(g.cfg.Device, g.peer); err == nil && ep.IsValid() {
+				original = ep.String()
+			}
+		}
+		return []remediate.Change{remediate.SetEndpoint{Device: g.cfg.Device, Peer: g.peer, Endpoint: g.eps[pathIndex(to)]}}, original
+	}
+	if to == Backup {
+		return []remediate.Change{remediate.AddRoutes(p.ownRoutes(g))}, ""
+	}
+	return []remediate.Change{remediate.DelRoutes(p.ownRoutes(g))}, ""
+}
+
+// settle re-asserts a swapped endpoint that roaming pulled back to the old
+// one: packets of the far side still on their way over the old uplink make
+// WireGuard roam back once; the far side follows our next packet.
+func (p *Policy) settle(env remediate.Env, g *group) (remediate.Plan, bool) {
+	if !g.endpoint() || env.Now.After(g.settleUntil) {
+		return remediate.Plan{}, false
+	}
+	active := pathIndex(g.st.Active)
+	ep, _, err := env.Kernel.Peer(g.cfg.Device, g.peer)
+	if err != nil || ep != g.eps[1-active] {
+		return remediate.Plan{}, false
+	}
+	return remediate.Plan{
+		Decision: remediate.Decision{Group: g.cfg.Name, Action: "reassert_endpoint", To: g.eps[active].String(),
+			Reason: "the far side's packets on the old uplink roamed the peer back: endpoint set again"},
+		Quiet:   true,
+		Changes: []remediate.Change{remediate.SetEndpoint{Device: g.cfg.Device, Peer: g.peer, Endpoint: g.eps[active]}},
+		Commit:  func(time.Time) { env.Prober.ResetState(g.tunnel.Key()) },
+	}, true
+}
+
+// Reconcile implements remediate.Policy: what we own is there and in
+// force. Something else deleting or overriding it is a conflict.
+func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
+	var out []remediate.Conflict
+	for _, g := range p.groups {
+		var problems []string
+		var nowActive string
+		switch {
+		case g.endpoint():
+			if env.Now.Before(g.settleUntil) {
+				continue
+			}
+			ep, _, err := env.Kernel.Peer(g.cfg.Device, g.peer)
+			if err != nil {
+				continue // device or peer gone: the next decision's preflight says so
+			}
+			if want := g.eps[pathIndex(g.st.Active)]; ep != want && g.st.Switches > 0 {
+				problems = append(problems, fmt.Sprintf("the peer's endpoint is %s, not %s", ep, want))
+				if ep == g.eps[1-pathIndex(g.st.Active)] {
+					nowActive = other(g.st.Active)
+				}
+			}
+		case g.st.Active == Backup:
+			gone := 0
+			for _, pf := range g.prefixes {
+				want := p.ownRoute(g, pf)
+				rs, err := env.Kernel.Routes(pf)
+				if err != nil {
+					env.Logger.Warn("cannot read routes to check ours", "group", g.cfg.Name, "err", err)
+					return out
+				}
+				if !slices.Contains(rs, want) {
+					gone++
+					problems = append(problems, fmt.Sprintf("our route %s was deleted or replaced", want))
+				}
+				for _, rt := range rs {
+					if rt != want && rt.Protocol != env.RouteProtocol && rt.Metric <= want.Metric {
+						problems = append(problems, fmt.Sprintf("route %s overrides ours", rt))
+					}
+				}
+			}
+			if gone == len(g.prefixes) { // the kernel routes the group via the primary again
+				nowActive = Primary
+			}
+		}
+		if len(problems) == 0 {
+			continue
+		}
+		g.conflicts++
+		if nowActive != "" {
+			g.st.Active, g.st.Since, g.st.Arrived = nowActive, env.Now, time.Time{}
+			p.exportActive(g)
+		}
+		out = append(out, remediate.Conflict{Group: g.cfg.Name, Problem: strings.Join(problems, "; "), Rails: &g.st.Rails,
+			Attrs: []any{"active", g.st.Active,
+				"hint", "another manager (systemd-networkd without ManageForeignRoutes=no, NetworkManager, a routing daemon, wg set) may change what it did not make"}})
+	}
+	return out
+}
+
+// Undo implements remediate.Policy: the groups on the backup that next does
+// not configure the same way return to the primary (the original endpoint,
+// for endpoint groups).
+func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []remediate.Plan {
+	keep := map[string]Group{}
+	if n, ok := next.(*Policy); ok {
+		for _, g := range n.groups {
+			keep[g.cfg.Name] = g.cfg
+		}
+	}
+	if why == "" {
+		why = "the group was removed or its paths changed on reload: undoing its change"
+	}
+	var plans []remediate.Plan
+	for _, g := range p.groups {
+		if ng, kept := keep[g.cfg.Name]; g.st.Active != Backup || (kept && g.sameChanges(ng)) {
+			continue
+		}
+		var c remediate.Change = remediate.DelRoutes(p.ownRoutes(g))
+		if g.endpoint() {
+			ep := g.eps[0]
+			if orig, err := netip.ParseAddrPort(g.st.Original); err == nil {
+				ep = orig
+			}
+			c = remediate.SetEndpoint{Device: g.cfg.Device, Peer: g.peer, Endpoint: ep}
+		}
+		plans = append(plans, remediate.Plan{
+			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary, Reason: why},
+			Unrailed: true, Changes: []remediate.Change{c},
+			Commit: func(now time.Time) {
+				g.st.Active, g.st.Since, g.st.Arrived = Primary, now, time.Time{}
+				p.exportActive(g)
+			},
+		})
+	}
+	return plans
+}
+
+// Inherit implements remediate.Policy: groups keep their state by name.
+func (p *Policy) Inherit(env remediate.Env, prev remediate.Policy) {
+	p.proto = env.RouteProtocol
+	if old, ok := prev.(*Policy); ok {
+		p.m = old.m
+		states := map[string]groupState{}
+		for _, g := range old.groups {
+			states[g.cfg.Name] = g.st
+		}
+		for _, g := range p.groups {
+			if st, ok := states[g.cfg.Name]; ok {
+				g.st = st
+				delete(states, g.cfg.Name)
+			}
+		}
+		for name := range states {
+			p.m.deleteGroup(name)
+			env.DropUnit(name)
+		}
+	}
+	for _, g := range p.groups {
+		env.InitUnit(g.cfg.Name, actions, suppressReasons)
+		p.m.initGroup(g.cfg.Name)
+		p.exportActive(g)
+	}
+}
+
+// state is the policy's part of the state file.
+type state struct {
+	Groups map[string]groupState `json:"groups"`
+	// Routes are the routes the groups on the backup own, for a human
+	// reading the file: `ip route del PREFIX dev DEVICE metric METRIC proto
+	// PROTOCOL` undoes one.
+	Routes []ownedRoute `json:"owned_routes"`
+}
+
+type ownedRoute struct {
+	Group string `json:"group"`
+	remediate.Route
+}
+
+// State implements remediate.Policy.
+func (p *Policy) State() any {
+	st := state{Groups: map[string]groupState{}, Routes: []ownedRoute{}}
+	for _, g := range p.groups {
+		st.Groups[g.cfg.Name] = g.st
+		if g.st.Active == Backup && !g.endpoint() {
+			for _, rt := range p.ownRoutes(g) {
+				st.Routes = append(st.Routes, ownedRoute{Group: g.cfg.Name, Route: rt})
+			}
+		}
+	}
+	return st
+}
+
+// MigrateV1 implements remediate.V1Migrator: version 1 kept the groups and
+// owned routes at the top level.
+func (p *Policy) MigrateV1(v1 map[string]json.RawMessage) (json.RawMessage, error) {
+	var st state
+	if raw, ok := v1["groups"]; ok {
+		if err := json.Unmarshal(raw, &st.Groups); err != nil {
+			return nil, fmt.Errorf("groups: %w", err)
+		}
+	}
+	if raw, ok := v1["owned_routes"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &st.Routes); err != nil {
+			return nil, fmt.Errorf("owned_routes: %w", err)
+		}
+	}
+	if st.Groups == nil {
+		return nil, nil
+	}
+	return json.Marshal(st)
+}
+
+// Start implements remediate.Policy: each group's active path comes from
+// what the kernel shows; the state file only says what we believed.
+func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Plan, error) {
+	var st state
+	var err error
+	if saved != nil {
+		if err = json.Unmarshal(saved, &st); err == nil {
+			for name, g := range st.Groups {
+				if g.Active != Primary && g.Active != Backup {
+					err = fmt.Errorf("group %q has active path %q", name, g.Active)
+				}
+			}
+		}
+		if err != nil {
+			st = state{}
+		}
+	}
+	var plans []remediate.Plan
+	for _, g := range p.groups {
+		if s, ok := st.Groups[g.cfg.Name]; ok {
+			g.st = s
+		}
+		plans = append(plans, p.adopt(env, g)...)
+		p.exportActive(g)
+	}
+	return plans, err
+}
+
+func (p *Policy) adopt(env remediate.Env, g *group) []remediate.Plan {
+	believed := g.st.Active
+	var plans []remediate.Plan
+	if g.endpoint() {
+		ep, _, err := env.Kernel.Peer(g.cfg.Device, g.peer)
+		switch {
+		case err != nil:
+			env.Logger.Warn("cannot read the group's peer at start: assuming the primary", "group", g.cfg.Name, "err", err)
+			g.st.Active = Primary
+		case ep == g.eps[1]:
+			g.st.Active = Backup
+		case ep == g.eps[0]:
+			g.st.Active = Primary
+		default:
+			g.st.Active = Primary
+			env.Logger.Warn("the peer's endpoint is neither the primary's nor the backup's: left alone until a decision", "group", g.cfg.Name,
+				"endpoint", ep.String(), "primary", g.eps[0].String(), "backup", g.eps[1].String())
+		}
+	} else {
+		plans = p.adoptRoutes(env, g)
+	}
+	if believed != g.st.Active && believed != "" {
+		env.Logger.Warn("the kernel disagrees with the state file; following the kernel", "group", g.cfg.Name,
+			"state_file_active", believed, "kernel_active", g.st.Active)
+	}
+	if believed != g.st.Active || g.st.Since.IsZero() {
+		g.st.Since, g.st.Arrived = env.Now, time.Time{}
+	}
+	return plans
+}
+
+// adoptRoutes: our routes for all the group's prefixes mean the backup; for
+// some of them, a switch a crash interrupted, finished so the group is in
+// one state.
+func (p *Policy) adoptRoutes(env remediate.Env, g *group) []remediate.Plan {
+	var have, missing []remediate.Route
+	for _, pf := range g.prefixes {
+		want := p.ownRoute(g, pf)
+		rs, err := env.Kernel.Routes(pf)
+		if err != nil {
+			env.Logger.Error("cannot read routes at start: assuming the primary carries the group", "group", g.cfg.Name, "err", err)
+			g.st.Active = Primary
+			return nil
+		}
+		if slices.Contains(rs, want) {
+			have = append(have, want)
+		} else {
+			missing = append(missing, want)
+		}
+	}
+	switch {
+	case len(have) == 0:
+		g.st.Active = Primary
+	case len(missing) == 0:
+		g.st.Active = Backup
+	default:
+		g.st.Active = Backup
+		return []remediate.Plan{{
+			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionSwitchToBackup, From: Backup, To: Backup,
+				Reason: fmt.Sprintf("completing a switch interrupted before this start: %d of %d prefixes were on the backup", len(have), len(g.prefixes))},
+			Unrailed: true, Changes: []remediate.Change{remediate.AddRoutes(missing)},
+		}}
+	}
+	return nil
+}
+
+// Owned implements remediate.Policy: every route group's routes, in force
+// or not.
+func (p *Policy) Owned() []remediate.Route {
+	var out []remediate.Route
+	for _, g := range p.groups {
+		if !g.endpoint() {
+			out = append(out, p.ownRoutes(g)...)
+		}
+	}
+	return out
+}
+
+func (p *Policy) ownRoute(g *group, pf netip.Prefix) remediate.Route {
+	return remediate.Route{Prefix: pf, Device: g.cfg.Backup.Device, Metric: g.cfg.RouteMetric, Protocol: p.proto}
+}
+
+func (p *Policy) ownRoutes(g *group) []remediate.Route {
+	out := make([]remediate.Route, len(g.prefixes))
+	for i, pf := range g.prefixes {
+		out[i] = p.ownRoute(g, pf)
+	}
+	return out
+}
+
+// Describe implements prometheus.Collector.
+func (p *Policy) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range p.m.collectors() {
+		c.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (p *Policy) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	for _, g := range p.groups {
+		p.m.penalty.WithLabelValues(g.cfg.Name).Set(remediate.Penalty(g.cfg.Damping, g.st.Rails, now))
+		p.m.damped.WithLabelValues(g.cfg.Name).Set(b2f(remediate.Damped(g.cfg.Damping, g.st.Rails, now)))
+	}
+	for _, c := range p.m.collectors() {
+		c.Collect(ch)
+	}
+}
+
+func (p *Policy) exportHealth(env remediate.Env, g *group, sig groupSignals) {
+	for i, ph := range []pathHealth{sig.primary, sig.backup} {
+		if ph.State == g.health[i].State && ph.Reason == g.health[i].Reason {
+			continue
+		}
+		if ph.State != g.health[i].State {
+			env.Logger.Info("failover path health changed", "group", g.cfg.Name, "path", paths[i],
+				"from", g.health[i].State.String(), "to", ph.State.String(), "reason", ph.Reason)
+		}
+		g.health[i] = ph
+		p.m.healthy.WithLabelValues(g.cfg.Name, paths[i]).Set(b2f(ph.State == prober.StateUp))
+		for _, s := range states {
+			p.m.pathState.WithLabelValues(g.cfg.Name, paths[i], s).Set(b2f(s == ph.State.String()))
+		}
+	}
+}
+
+func (p *Policy) exportActive(g *group) {
+	for _, path := range paths {
+		p.m.active.WithLabelValues(g.cfg.Name, path).Set(b2f(g.st.Active == path))
+	}
+}
+
+var errNotFailover = errors.New("not the failover policy")
+
+// StatusOf returns the failover part of a remediator's status.
+func StatusOf(s remediate.Status) (Status, error) {
+	st, ok := s.Policies[Name].(Status)
+	if !ok {
+		return Status{}, errNotFailover
+	}
+	return st, nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
