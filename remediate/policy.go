@@ -12,8 +12,10 @@ import (
 )
 
 // Policy is one remediation policy. The core calls its methods from the
-// policy's own goroutine, or under that goroutine's lock (Status, Collect):
-// never two at once, so a policy needs no lock of its own. A policy reads
+// policy's own goroutine, or under that goroutine's lock (Status): never two
+// at once, so a policy needs no lock of its own. Describe and Collect are
+// the exception: called from a scrape without the lock, they may only read
+// the policy's metric vectors (safe for concurrent use), never its state. A policy reads
 // through Env and writes nothing: what it wants done, it returns as Plans.
 type Policy interface {
 	// Name labels the policy's audit lines, metrics and state file part.

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -88,12 +89,15 @@ type Remediator struct {
 	lastSave  string // last error saving state, logged once
 }
 
-// worker runs one policy. Every call into the policy is made holding mu.
+// worker runs one policy. Every call into the policy is made holding mu
+// (but Describe and Collect: see Policy).
 type worker struct {
 	name    string
 	mu      sync.Mutex
 	p       Policy
-	results bool // p.WantsResults(), as of the last reload
+	results bool                   // p.WantsResults(), as of the last reload
+	current atomic.Pointer[Policy] // p, for a scrape
+	status  atomic.Pointer[any]    // the last Status, for when the policy is busy
 
 	in     sync.Mutex // guards inbox and decide; never held with mu
 	inbox  []Signal
@@ -140,7 +144,33 @@ func New(cfg Config, policies []Policy, logger *slog.Logger, opts Options) (*Rem
 }
 
 func newWorker(p Policy) *worker {
-	return &worker{name: p.Name(), p: p, results: p.WantsResults(), kick: make(chan struct{}, 1)}
+	w := &worker{name: p.Name(), kick: make(chan struct{}, 1)}
+	w.set(p)
+	return w
+}
+
+// set makes p the worker's policy. The caller holds w.mu (or owns w).
+func (w *worker) set(p Policy) {
+	w.p, w.results = p, p.WantsResults()
+	w.current.Store(&p)
+}
+
+func (w *worker) policy() Policy { return *w.current.Load() }
+
+// statusWait bounds how long GET /-/remediate waits for a busy policy (a
+// step normally takes microseconds; a stuck kernel call may take forever).
+const statusWait = time.Second
+
+// lockStatus takes w.mu within statusWait.
+func (w *worker) lockStatus() bool {
+	for deadline := time.Now().Add(statusWait); ; time.Sleep(time.Millisecond) {
+		if w.mu.TryLock() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
 }
 
 // envLocked is what a policy knows now.
@@ -165,9 +195,7 @@ func (r *Remediator) Describe(ch chan<- *prometheus.Desc) {
 		c.Describe(ch)
 	}
 	for _, w := range r.workerList() {
-		w.mu.Lock()
-		w.p.Describe(ch)
-		w.mu.Unlock()
+		w.policy().Describe(ch)
 	}
 }
 
@@ -176,10 +204,8 @@ func (r *Remediator) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range r.metrics.collectors() {
 		c.Collect(ch)
 	}
-	for _, w := range r.workerList() {
-		w.mu.Lock()
-		w.p.Collect(ch)
-		w.mu.Unlock()
+	for _, w := range r.workerList() { // without the policy's lock: a scrape never waits for a slow kernel call
+		w.policy().Collect(ch)
 	}
 }
 
@@ -700,9 +726,17 @@ func (r *Remediator) Status() Status {
 		s.Decisions = []DecisionStatus{}
 	}
 	for _, w := range ws {
-		w.mu.Lock()
-		s.Policies[w.name] = w.p.Status(now)
+		if !w.lockStatus() { // its last status, and say so
+			if last := w.status.Load(); last != nil {
+				s.Policies[w.name] = *last
+			}
+			s.Busy = append(s.Busy, w.name)
+			continue
+		}
+		st := w.p.Status(now)
+		w.status.Store(&st)
 		w.mu.Unlock()
+		s.Policies[w.name] = st
 	}
 	return s
 }
@@ -765,7 +799,7 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Pol
 	for _, p := range policies {
 		if w := byName[p.Name()]; w != nil {
 			p.Inherit(r.env(w), w.p)
-			w.p, w.results = p, p.WantsResults()
+			w.set(p)
 			delete(byName, p.Name())
 			ws = append(ws, w)
 			continue

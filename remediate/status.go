@@ -19,6 +19,9 @@ type Status struct {
 	// Decisions are the last audited decision of every unit (and peer), by
 	// policy, group and peer.
 	Decisions []DecisionStatus `json:"decisions"`
+	// Busy are the policies that did not answer within a second (a kernel
+	// call that hangs): their part is the last one they gave.
+	Busy []string `json:"busy,omitempty"`
 	// Policies are the policies' own status objects, by policy name.
 	Policies map[string]any `json:"-"`
 }

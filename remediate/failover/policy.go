@@ -173,6 +173,7 @@ func (p *Policy) Decide(env remediate.Env) []remediate.Plan {
 		}
 	}
 	for _, g := range p.groups {
+		p.exportDamping(g, env.Now)
 		plans = append(plans, p.evaluate(env, g))
 	}
 	return plans
@@ -262,6 +263,7 @@ func (p *Policy) after(g *group, at time.Time) func(remediate.Decision, string) 
 	return func(d remediate.Decision, result string) {
 		g.last, g.lastAt, g.lastRes = d, at, result
 		p.exportActive(g)
+		p.exportDamping(g, at)
 	}
 }
 
@@ -466,6 +468,7 @@ func (p *Policy) Inherit(env remediate.Env, prev remediate.Policy) {
 		env.InitUnit(g.cfg.Name, actions, suppressReasons)
 		p.m.initGroup(g.cfg.Name)
 		p.exportActive(g)
+		p.exportDamping(g, env.Now)
 	}
 }
 
@@ -541,6 +544,7 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 		}
 		plans = append(plans, p.adopt(env, g)...)
 		p.exportActive(g)
+		p.exportDamping(g, env.Now)
 	}
 	return plans, err
 }
@@ -642,16 +646,18 @@ func (p *Policy) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector: the vectors only (the damping
+// gauges follow the decay on every decision tick).
 func (p *Policy) Collect(ch chan<- prometheus.Metric) {
-	now := time.Now()
-	for _, g := range p.groups {
-		p.m.penalty.WithLabelValues(g.cfg.Name).Set(remediate.Penalty(g.cfg.Damping, g.st.Rails, now))
-		p.m.damped.WithLabelValues(g.cfg.Name).Set(b2f(remediate.Damped(g.cfg.Damping, g.st.Rails, now)))
-	}
 	for _, c := range p.m.collectors() {
 		c.Collect(ch)
 	}
+}
+
+// exportDamping sets the damping gauges to the penalty decayed to now.
+func (p *Policy) exportDamping(g *group, now time.Time) {
+	p.m.penalty.WithLabelValues(g.cfg.Name).Set(remediate.Penalty(g.cfg.Damping, g.st.Rails, now))
+	p.m.damped.WithLabelValues(g.cfg.Name).Set(b2f(remediate.Damped(g.cfg.Damping, g.st.Rails, now)))
 }
 
 func (p *Policy) exportHealth(env remediate.Env, g *group, sig groupSignals) {

@@ -41,6 +41,10 @@ type fakeRoutes struct {
 	table   []netlink.Route
 	calls   []string // every add and del, in order
 	failAdd error
+	// hang makes a route dump for a destination wait until the channel is
+	// closed (a netlink dump on a busy table); hung says one is waiting.
+	hang map[string]chan struct{}
+	hung chan string
 }
 
 func newFakeRoutes(links ...string) *fakeRoutes {
@@ -102,6 +106,16 @@ func (f *fakeRoutes) LinkByIndex(index int) (netlink.Link, error) {
 
 func (f *fakeRoutes) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
 	f.mu.Lock()
+	if filter.Dst != nil && f.hang[filter.Dst.String()] != nil {
+		release := f.hang[filter.Dst.String()]
+		f.mu.Unlock()
+		select {
+		case f.hung <- filter.Dst.String():
+		default:
+		}
+		<-release
+		f.mu.Lock()
+	}
 	defer f.mu.Unlock()
 	var out []netlink.Route
 	for _, r := range f.table {
