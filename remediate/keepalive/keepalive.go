@@ -394,7 +394,11 @@ func (p *Policy) unit(d *collector.Device, pr collector.Peer) *kaUnit {
 		u = &kaUnit{st: kaState{Device: d.Name, Peer: pr.PublicKey, Original: pr.PersistentKeepalive}, key: k}
 		p.units[key] = u
 	}
-	u.name = pr.Name
+	if u.name != pr.Name { // named by the snapshot (an adopted unit has no name yet)
+		p.unexport(u)
+		u.name = pr.Name
+		p.export(u)
+	}
 	if u.targets == nil { // new, or adopted from the state file
 		for _, a := range pr.AllowedIPs {
 			if a.IsSingleIP() {
@@ -518,7 +522,9 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 				"device", st.Device, "peer", st.Peer, "set", st.Applied, "original", st.Original)
 			continue
 		}
-		p.units[key] = &kaUnit{st: st, key: k}
+		u := &kaUnit{st: st, key: k, current: cur} // as read now: a poll older than st.Since would not say
+		p.units[key] = u
+		p.export(u)
 	}
 	return nil, nil
 }
@@ -612,6 +618,13 @@ func (p *Policy) export(u *kaUnit) {
 	if est := u.est.lifetime(); est > 0 {
 		p.m.natEstimate.With(l).Set(est.Seconds())
 		p.m.natUnfixable.With(l).Set(b2f(u.st.Unfixable))
+	}
+}
+
+func (p *Policy) unexport(u *kaUnit) {
+	l := prometheus.Labels{"device": u.st.Device, "public_key": u.st.Peer, "name": u.name}
+	for _, v := range []*prometheus.GaugeVec{p.m.keepalive, p.m.natEstimate, p.m.natUnfixable} {
+		v.Delete(l)
 	}
 }
 
