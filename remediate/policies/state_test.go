@@ -80,7 +80,7 @@ func TestStateFileVersion1IsMigrated(t *testing.T) {
 						Original string `json:"original_endpoint"`
 					} `json:"groups"`
 				} `json:"failover"`
-				MTU       map[string]struct{ Applied int }    `json:"mtu"`
+				MTU       map[string]struct{ Applied int }   `json:"mtu"`
 				Keepalive map[string]struct{ Applied int64 } `json:"keepalive"`
 			}
 		}
