@@ -145,3 +145,14 @@ type Conflict struct {
 	Rails   *Rails
 	Attrs   []any // more for the log line
 }
+
+// PeerKey is a per-peer policy's unit key: device/public key.
+func PeerKey(device, peer string) string { return device + "/" + peer }
+
+// PeerLabel names a peer in audit lines: its friendly name and key.
+func PeerLabel(key, name string) string {
+	if name == "" {
+		return key
+	}
+	return name + " (" + key + ")"
+}

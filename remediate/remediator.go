@@ -85,7 +85,6 @@ type Remediator struct {
 	paused    bool
 	epoch     uint64 // a new episode for every unit: bumped by pause and resume
 	started   bool
-	runCtx    context.Context
 	lastSave  string // last error saving state, logged once
 }
 
@@ -95,7 +94,7 @@ type worker struct {
 	name    string
 	mu      sync.Mutex
 	p       Policy
-	results bool                   // p.WantsResults(), as of the last reload
+	results atomic.Bool            // p.WantsResults(), as of the last reload
 	current atomic.Pointer[Policy] // p, for a scrape
 	status  atomic.Pointer[any]    // the last Status, for when the policy is busy
 
@@ -151,7 +150,8 @@ func newWorker(p Policy) *worker {
 
 // set makes p the worker's policy. The caller holds w.mu (or owns w).
 func (w *worker) set(p Policy) {
-	w.p, w.results = p, p.WantsResults()
+	w.p = p
+	w.results.Store(p.WantsResults())
 	w.current.Store(&p)
 }
 
@@ -232,7 +232,7 @@ func (r *Remediator) Run(ctx context.Context) {
 		on := false
 		r.mu.Lock()
 		for _, w := range r.workers {
-			on = on || (w.results && r.cfg.Mode != ModeOff)
+			on = on || (w.results.Load() && r.cfg.Mode != ModeOff)
 		}
 		r.mu.Unlock()
 		switch {
@@ -274,7 +274,7 @@ func (r *Remediator) broadcast(s Signal) {
 	ws := slices.Clone(r.workers)
 	r.mu.Unlock()
 	for _, w := range ws {
-		if s.Result == nil || w.results {
+		if s.Result == nil || w.results.Load() {
 			w.post(s, false)
 		}
 	}
@@ -324,7 +324,7 @@ func (r *Remediator) work(ctx context.Context, w *worker) {
 			return
 		case <-w.kick:
 			sigs, decide := w.take()
-			now = r.step(ctx, w, func(env Env) {
+			now = r.step(w, func(env Env) {
 				for _, s := range sigs {
 					decide = w.p.Observe(env, s) || decide
 				}
@@ -333,9 +333,9 @@ func (r *Remediator) work(ctx context.Context, w *worker) {
 				}
 			})
 		case <-tick.C:
-			now = r.step(ctx, w, func(env Env) { r.run(ctx, w, env, w.p.Decide(env)) })
+			now = r.step(w, func(env Env) { r.run(ctx, w, env, w.p.Decide(env)) })
 		case <-reconcile.C:
-			now = r.step(ctx, w, func(env Env) {
+			now = r.step(w, func(env Env) {
 				if env.Mode == ModeAuto {
 					r.conflicts(ctx, w, env, w.p.Reconcile(env))
 				}
@@ -350,7 +350,7 @@ func (r *Remediator) work(ctx context.Context, w *worker) {
 
 // step runs f with the policy's lock held, once the remediator has started
 // and while the mode is not off; it returns the policy's cadence.
-func (r *Remediator) step(_ context.Context, w *worker, f func(Env)) time.Duration {
+func (r *Remediator) step(w *worker, f func(Env)) time.Duration {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	r.mu.Lock()
@@ -493,7 +493,7 @@ func (r *Remediator) conflicts(ctx context.Context, w *worker, env Env, cs []Con
 // kernel, registers the policies' probe targets and starts their goroutines.
 func (r *Remediator) start(ctx context.Context) {
 	r.mu.Lock()
-	r.started, r.runCtx = true, ctx
+	r.started = true
 	mode, file := r.cfg.Mode, r.cfg.StateFile
 	ws := slices.Clone(r.workers)
 	r.mu.Unlock()
@@ -742,43 +742,44 @@ func (r *Remediator) Status() Status {
 }
 
 // ApplyConfig takes a reloaded configuration and the policies built from
-// it. In auto, each running policy first undoes the changes its successor
-// will not own (all of them when the route protocol changes); a failure
-// keeps the running configuration. Then each successor inherits its
-// predecessor's state by name. No policy decides while this runs.
+// it: the same policies by name (a reload changes their configs, not which
+// exist). In auto, each running policy first undoes the changes its
+// successor will not own (all of them when the route protocol changes); a
+// failure keeps the running configuration. Then each successor inherits its
+// predecessor's state. No policy decides while this runs.
 func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Policy) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	next := map[string]Policy{}
-	for _, p := range policies {
-		if next[p.Name()] != nil {
-			return fmt.Errorf("remediate: two policies named %q", p.Name())
-		}
-		next[p.Name()] = p
-	}
 	r.reload.Lock()
 	defer r.reload.Unlock()
-	old := r.workerList()
-	for _, w := range old { // in list order, the only place that holds two
-		w.mu.Lock()
+	ws := r.workerList()
+	if len(policies) != len(ws) {
+		return fmt.Errorf("remediate: a reload brings %d policies, %d run", len(policies), len(ws))
 	}
-	unlock := func() {
-		for _, w := range old {
-			w.mu.Unlock()
+	for i, p := range policies {
+		if p.Name() != ws[i].name {
+			return fmt.Errorf("remediate: a reload brings policy %q where %q runs", p.Name(), ws[i].name)
 		}
 	}
+	for _, w := range ws { // in list order: the only place that holds two
+		w.mu.Lock()
+	}
+	defer func() {
+		for _, w := range ws {
+			w.mu.Unlock()
+		}
+	}()
 	r.mu.Lock()
 	prev := r.cfg
 	r.mu.Unlock()
 	if prev.Mode == ModeAuto {
-		for _, w := range old {
-			successor := next[w.name]
+		for i, w := range ws {
+			successor := policies[i]
 			if cfg.RouteProtocol != prev.RouteProtocol {
 				successor = nil // every route of ours changes owner
 			}
 			if err := r.undo(ctx, w, "", successor); err != nil {
-				unlock()
 				return fmt.Errorf("undoing the changes of policy %s before the reload: %w (the running configuration stays)", w.name, err)
 			}
 		}
@@ -788,64 +789,21 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Pol
 	}
 	r.mu.Lock()
 	r.cfg = cfg
-	started, runCtx := r.started, r.runCtx
+	started := r.started
 	r.mu.Unlock()
 	r.metrics.setMode(cfg.Mode)
-	byName := map[string]*worker{}
-	for _, w := range old {
-		byName[w.name] = w
+	var targets []prober.Target
+	for i, w := range ws {
+		policies[i].Inherit(r.env(w), w.p)
+		w.set(policies[i])
+		targets = append(targets, w.p.Targets()...)
+		r.publish(w)
 	}
-	var ws, added []*worker
-	for _, p := range policies {
-		if w := byName[p.Name()]; w != nil {
-			p.Inherit(r.env(w), w.p)
-			w.set(p)
-			delete(byName, p.Name())
-			ws = append(ws, w)
-			continue
-		}
-		w := newWorker(p) // new to this run: nothing to inherit, its saved part to adopt
-		p.Inherit(r.env(w), nil)
-		ws, added = append(ws, w), append(added, w)
-	}
-	unlock()
-	for _, w := range byName { // removed: their part stays unless auto undid every change
-		if w.cancel != nil {
-			w.cancel()
-			<-w.done
-		}
-		if prev.Mode == ModeAuto {
-			r.mu.Lock()
-			delete(r.parts, w.name)
-			r.mu.Unlock()
-		}
-	}
-	r.mu.Lock()
-	r.workers = ws
-	r.mu.Unlock()
 	if started {
-		for _, w := range added {
-			w.mu.Lock()
-			r.mu.Lock()
-			saved := r.parts[w.name]
-			r.mu.Unlock()
-			env := r.env(w)
-			plans, err := w.p.Start(env, saved)
-			if err != nil {
-				r.logger.Error("the policy's part of the state file is unusable: it starts from what the kernel shows", "policy", w.name, "err", err)
-			}
-			if env.Mode == ModeAuto {
-				r.run(ctx, w, env, plans)
-			}
-			w.mu.Unlock()
-			r.launch(runCtx, w)
+		if cfg.Mode == ModeOff {
+			targets = nil
 		}
-		r.registerTargets()
-		for _, w := range ws {
-			w.mu.Lock()
-			r.publish(w)
-			w.mu.Unlock()
-		}
+		r.prober.SetTargets(TargetOwner, targets)
 		r.save()
 	}
 	for _, w := range ws {

@@ -246,7 +246,7 @@ func (u *kaUnit) observeSnapshot(p collector.Peer, at time.Time) {
 // decideKeepalive is the keepalive policy: (config, unit, now) -> decision
 // and the keepalive wanted. It touches nothing.
 func decideKeepalive(c Config, u *kaUnit, now time.Time) (remediate.Decision, time.Duration) {
-	d := remediate.Decision{Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name)}
+	d := remediate.Decision{Group: u.st.Device, Peer: remediate.PeerLabel(u.st.Peer, u.name)}
 	est := u.est.lifetime()
 	current := u.current
 	quietSince := u.st.Since
@@ -317,17 +317,6 @@ func New(c Config) *Policy {
 	return &Policy{c: c, units: map[string]*kaUnit{}, byTarget: map[string]*kaUnit{}, m: newMetrics()}
 }
 
-// peerKey is a unit's key: device/public key.
-func peerKey(device, peer string) string { return device + "/" + peer }
-
-// peerLabel names a peer in audit lines: its friendly name and key.
-func peerLabel(key, name string) string {
-	if name == "" {
-		return key
-	}
-	return name + " (" + key + ")"
-}
-
 // Name implements remediate.Policy.
 func (p *Policy) Name() string { return Name }
 
@@ -372,7 +361,7 @@ func (p *Policy) observeSnapshot(s *collector.Snapshot) {
 		}
 		for _, pr := range d.Peers {
 			u := p.unit(d, pr)
-			seen[peerKey(d.Name, pr.PublicKey)] = true
+			seen[remediate.PeerKey(d.Name, pr.PublicKey)] = true
 			u.observeSnapshot(pr, s.Time)
 		}
 	}
@@ -387,7 +376,7 @@ func (p *Policy) observeSnapshot(s *collector.Snapshot) {
 }
 
 func (p *Policy) unit(d *collector.Device, pr collector.Peer) *kaUnit {
-	key := peerKey(d.Name, pr.PublicKey)
+	key := remediate.PeerKey(d.Name, pr.PublicKey)
 	u := p.units[key]
 	if u == nil {
 		k, _ := wgtypes.ParseKey(pr.PublicKey)
@@ -452,7 +441,7 @@ func (p *Policy) checkFixed(env remediate.Env, u *kaUnit) {
 		u.unfixableSaid = true
 		need := max(keepaliveFor(u.est.lifetime()), time.Second)
 		env.Logger.Warn("NAT mapping expiry goes on with PersistentKeepalive set on this side: this NAT does not refresh mappings on inbound packets, so only the peer behind it can keep them alive",
-			"device", u.st.Device, "peer", peerLabel(u.st.Peer, u.name), "keepalive_here", u.st.Applied, "nat_lifetime_estimate", u.est.lifetime(),
+			"device", u.st.Device, "peer", remediate.PeerLabel(u.st.Peer, u.name), "keepalive_here", u.st.Applied, "nat_lifetime_estimate", u.est.lifetime(),
 			"fix", fmt.Sprintf("set PersistentKeepalive = %d on the peer behind the NAT", int(need.Seconds())))
 	}
 }
@@ -465,7 +454,7 @@ func (p *Policy) Reconcile(remediate.Env) []remediate.Conflict {
 		if u.st.Applied == 0 || !u.seen || u.current == u.st.Applied {
 			continue
 		}
-		out = append(out, remediate.Conflict{Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name), Rails: &u.st.Rails,
+		out = append(out, remediate.Conflict{Group: u.st.Device, Peer: remediate.PeerLabel(u.st.Peer, u.name), Rails: &u.st.Rails,
 			Problem: fmt.Sprintf("PersistentKeepalive is %s, not the %s we set", u.current, u.st.Applied)})
 		u.st.Applied = 0
 		p.export(u)
@@ -486,7 +475,7 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 			continue
 		}
 		plans = append(plans, remediate.Plan{
-			Decision: remediate.Decision{Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name), Action: ActionRelaxKeepalive,
+			Decision: remediate.Decision{Group: u.st.Device, Peer: remediate.PeerLabel(u.st.Peer, u.name), Action: ActionRelaxKeepalive,
 				From: u.st.Applied.String(), To: u.st.Original.String(), Reason: why},
 			Unrailed: true, Changes: []remediate.Change{remediate.SetKeepalive{Device: u.st.Device, Peer: u.key, Keepalive: u.st.Original}},
 			Commit: func(time.Time) {

@@ -110,9 +110,6 @@ type mtuUnit struct {
 	v6      bool     // a prefix of the peer is IPv6: never below 1280
 }
 
-// peerKey is a per-peer policy's unit key: device/public key.
-func peerKey(device, peer string) string { return device + "/" + peer }
-
 // mtuMeasure is what the prober says of a peer's path MTU.
 type mtuMeasure struct {
 	known bool
@@ -246,7 +243,7 @@ func (p *Policy) Decide(env remediate.Env) []remediate.Plan {
 		}
 		for _, pr := range d.Peers {
 			u := p.unit(d, pr)
-			seen[peerKey(d.Name, pr.PublicKey)] = true
+			seen[remediate.PeerKey(d.Name, pr.PublicKey)] = true
 			if u.st.Max == 0 {
 				continue // the device's MTU is not known (another namespace): nothing to fit against
 			}
@@ -262,7 +259,7 @@ func (p *Policy) Decide(env remediate.Env) []remediate.Plan {
 }
 
 func (p *Policy) unit(d *collector.Device, pr collector.Peer) *mtuUnit {
-	key := peerKey(d.Name, pr.PublicKey)
+	key := remediate.PeerKey(d.Name, pr.PublicKey)
 	u := p.units[key]
 	if u == nil {
 		u = &mtuUnit{st: mtuState{Device: d.Name, Peer: pr.PublicKey, Max: p.c.Max}}
@@ -305,7 +302,7 @@ func (p *Policy) measure(env remediate.Env, u *mtuUnit) mtuMeasure {
 func (p *Policy) evaluate(env remediate.Env, u *mtuUnit) remediate.Plan {
 	d, want, raiseSince := decideMTU(p.c, u.st, p.measure(env, u), u.v6, env.Now)
 	u.st.RaiseSince = raiseSince
-	d.Peer = peerLabel(u.st.Peer, u.name)
+	d.Peer = remediate.PeerLabel(u.st.Peer, u.name)
 	plan := remediate.Plan{Decision: d, Rails: &u.st.Rails, Limits: remediate.Limits{Rate: p.c.RateLimit}, Episode: &u.episode}
 	if d.Action == "" || d.Suppressed != "" {
 		return plan
@@ -470,7 +467,7 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 		}
 		u.st.Applied, u.st.Mechanism, u.st.Routes = 0, "", nil // not ours any more
 		p.export(u)
-		out = append(out, remediate.Conflict{Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name), Problem: problem, Rails: &u.st.Rails})
+		out = append(out, remediate.Conflict{Group: u.st.Device, Peer: remediate.PeerLabel(u.st.Peer, u.name), Problem: problem, Rails: &u.st.Rails})
 	}
 	return out
 }
@@ -531,7 +528,7 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 		}
 		cs, st := p.undoChanges(u)
 		plans = append(plans, remediate.Plan{
-			Decision: remediate.Decision{Group: u.st.Device, Peer: peerLabel(u.st.Peer, u.name), Action: ActionRaiseMTU,
+			Decision: remediate.Decision{Group: u.st.Device, Peer: remediate.PeerLabel(u.st.Peer, u.name), Action: ActionRaiseMTU,
 				From: fmt.Sprint(u.st.Applied), To: fmt.Sprint(u.st.Max), Reason: why},
 			Unrailed: true, Changes: cs,
 			Commit: func(time.Time) {
@@ -612,12 +609,4 @@ func (p *Policy) export(u *mtuUnit) {
 		l["mechanism"] = u.st.Mechanism
 		p.m.With(l).Set(float64(u.st.Applied))
 	}
-}
-
-// peerLabel names a peer in audit lines: its friendly name and key.
-func peerLabel(key, name string) string {
-	if name == "" {
-		return key
-	}
-	return name + " (" + key + ")"
 }

@@ -581,6 +581,22 @@ func (r *rig) suppressed(reason string) []auditLine {
 // metric returns the value of one series of the remediator's metrics.
 func (r *rig) metric(name string, labels map[string]string) float64 {
 	r.t.Helper()
+	v, ok := r.lookup(name, labels)
+	if !ok {
+		r.t.Fatalf("no series %s%v", name, labels)
+	}
+	return v
+}
+
+// has says whether the remediator exports a series of name with labels.
+func (r *rig) has(name string, labels map[string]string) bool {
+	r.t.Helper()
+	_, ok := r.lookup(name, labels)
+	return ok
+}
+
+func (r *rig) lookup(name string, labels map[string]string) (float64, bool) {
+	r.t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(r.rem)
 	mfs, err := reg.Gather()
@@ -602,11 +618,10 @@ func (r *rig) metric(name string, labels map[string]string) float64 {
 					continue next
 				}
 			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue(), true
 		}
 	}
-	r.t.Fatalf("no series %s%v", name, labels)
-	return 0
+	return 0, false
 }
 
 type syncBuffer struct {

@@ -1,0 +1,55 @@
+package policies_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/wgpulse/wgpulse/remediate"
+	"github.com/wgpulse/wgpulse/remediate/policies"
+)
+
+// A reload that removes a group on the backup undoes its change first,
+// audited; the policies keep running on the new config while they decide
+// (the race detector watches), and the group's series go with it.
+func TestReloadRemovesAGroupOnTheBackup(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
+		r.fault(primaryTarget, dead)
+		r.start()
+		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		next := r.cfg
+		next.Failover = nil
+		next.Keepalive.Enabled, next.Keepalive.Devices = true, []string{primaryDev}
+		if err := policies.Apply(context.Background(), r.rem, next); err != nil {
+			t.Fatal(err)
+		}
+		r.run(3 * time.Second)
+		if diff := cmp.Diff(operatorRoutes, r.routes.show()); diff != "" {
+			t.Errorf("after the reload the routes are not the operator's (-want +got)\n%s", diff)
+		}
+		a := r.taken()
+		if len(a) != 2 || a[1].Action != "return_to_primary" || !strings.Contains(a[1].Reason, "removed or its paths changed on reload") {
+			t.Errorf("audit %+v, want the removed group's return", a)
+		}
+		if got := r.status().Groups; len(got) != 0 {
+			t.Errorf("groups after the reload: %+v", got)
+		}
+		for _, name := range []string{"wgpulse_failover_active_path", "wgpulse_remediation_actions_total", "wgpulse_remediation_policy_info"} {
+			if r.has(name, map[string]string{"group": "dc1-to-aws"}) {
+				t.Errorf("the removed group's %s is still exported", name)
+			}
+		}
+		if r.metric("wgpulse_remediation_policy_info", map[string]string{"policy": "keepalive", "group": primaryDev}) != 1 {
+			t.Error("the keepalive policy switched on by the reload is not running")
+		}
+		// Policies are fixed at build time: a reload cannot bring others.
+		if err := r.rem.ApplyConfig(context.Background(), next.Config, nil); err == nil {
+			t.Error("a reload without the running policies was accepted")
+		}
+	})
+}
