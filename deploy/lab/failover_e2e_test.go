@@ -339,17 +339,22 @@ func TestCrashRestartAndRestoreOnExit(t *testing.T) {
 	if strings.Contains(b.Logs(), "remediation decision") {
 		t.Errorf("the restarted agent decided something:\n%s", b.Logs())
 	}
-	var st struct {
-		Groups map[string]struct{ Active string } `json:"groups"`
-		Routes []struct {
-			Prefix, Device string
-			Metric         int
-		} `json:"owned_routes"`
+	var file struct {
+		Policies struct {
+			Failover struct {
+				Groups map[string]struct{ Active string } `json:"groups"`
+				Routes []struct {
+					Prefix, Device string
+					Metric         int
+				} `json:"owned_routes"`
+			} `json:"failover"`
+		} `json:"policies"`
 	}
 	raw, err := os.ReadFile(filepath.Join(stateDir, "dc1.json"))
 	if err == nil {
-		err = json.Unmarshal(raw, &st)
+		err = json.Unmarshal(raw, &file)
 	}
+	st := file.Policies.Failover
 	if err != nil || st.Groups["hub"].Active != "backup" || len(st.Routes) != 1 ||
 		st.Routes[0].Prefix != owned[0].Dst || st.Routes[0].Device != owned[0].Dev || st.Routes[0].Metric != owned[0].Metric {
 		t.Errorf("state file (%v) disagrees with the kernel %v:\n%s", err, owned, raw)
