@@ -269,7 +269,7 @@ func RemediationRules(c Config) RuleFile {
 			For:    forDur(c.PausedFor),
 			Labels: map[string]string{"severity": "warning"},
 			Annotations: c.annotate("WireGuardRemediationPaused", "Remediation has been paused for a long time.",
-				fmt.Sprintf("Remediation on {{ $labels.instance }} has been paused for more than %s: no failover, MTU or keepalive change happens. Resume with POST /-/remediate/resume or SIGUSR1.", promDuration(c.PausedFor))),
+				fmt.Sprintf("Remediation on {{ $labels.instance }} has been paused for more than %s: no failover, MTU or keepalive change happens. Resume with SIGUSR1 (it toggles), or POST /-/remediate/resume where --web.enable-remediation-api is set.", promDuration(c.PausedFor))),
 		},
 		{
 			Alert:  "WireGuardNATUnfixable",

@@ -33,6 +33,8 @@ func run(args []string) int {
 	configFile := runCmd.Flag("config.file", "YAML configuration file; without one every default applies.").Default("").String()
 	telemetryPath := runCmd.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
 	remediateMode := runCmd.Flag("remediate.mode", "Override remediate.mode from the config file: off, dry-run or auto.").Default("").Enum("", "off", "dry-run", "auto")
+	remediationAPI := runCmd.Flag("web.enable-remediation-api", "Enable POST /-/remediate/pause and /-/remediate/resume (off: they answer 403, "+
+		"like Prometheus's --web.enable-lifecycle); protect them with --web.config.file. SIGUSR1 toggles the pause either way.").Bool()
 	webFlags := kingpinflag.AddFlags(runCmd, ":9586")
 	logConfig := &promslog.Config{}
 	flag.AddFlags(app, logConfig)
@@ -135,11 +137,12 @@ func run(args []string) int {
 	logger := promslog.New(logConfig)
 	logger.Info("starting wgpulse", "version", version.Info(), "config_file", *configFile)
 	a, err := agent.New(agent.Options{
-		ConfigFile:    *configFile,
-		RemediateMode: *remediateMode,
-		TelemetryPath: *telemetryPath,
-		Web:           webFlags,
-		Logger:        logger,
+		ConfigFile:     *configFile,
+		RemediateMode:  *remediateMode,
+		RemediationAPI: *remediationAPI,
+		TelemetryPath:  *telemetryPath,
+		Web:            webFlags,
+		Logger:         logger,
 	})
 	if err != nil {
 		logger.Error("cannot start", "err", err)

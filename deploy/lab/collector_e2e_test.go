@@ -362,7 +362,7 @@ func TestAgentTLSAndBasicAuth(t *testing.T) {
 	webCfg := writeFile(t, dir, "web.yml", fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  prom: %s\n",
 		writeFile(t, dir, "cert.pem", string(certPEM)), writeFile(t, dir, "key.pem", string(keyPEM)), hash))
 	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
-	a := labtest.StartAgent(t, bin, ns, "127.0.0.1:9586", "--web.config.file="+webCfg)
+	a := labtest.StartAgent(t, bin, ns, "127.0.0.1:9586", "--web.config.file="+webCfg, "--web.enable-remediation-api")
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(certPEM)
 	a.Scheme = "https"
@@ -411,6 +411,18 @@ func TestAgentTLSAndBasicAuth(t *testing.T) {
 	}
 	if out, err := status("--agent.username", "prom", "--agent.password-file", writeFile(t, dir, "pw", "s3cret\n")); err != nil || !strings.Contains(out, `"version": 1`) {
 		t.Errorf("wgpulse status with credentials: %v %s", err, out)
+	}
+
+	// The remediation API, switched on, is behind the same TLS and auth.
+	if code, _, _ := a.Do("POST", "/-/remediate/pause"); code != http.StatusUnauthorized {
+		t.Errorf("POST /-/remediate/pause without credentials: %d, want 401", code)
+	}
+	req, _ = http.NewRequest("POST", "https://"+a.Addr+"/-/remediate/pause", nil)
+	req.SetBasicAuth("prom", "s3cret")
+	if resp, err := a.Client.Do(req); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("POST /-/remediate/pause with credentials: %v %v, want 200", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }
 

@@ -40,6 +40,9 @@ type Options struct {
 	Logger        *slog.Logger
 	// RemediateMode overrides remediate.mode from the file (--remediate.mode).
 	RemediateMode string
+	// RemediationAPI enables POST /-/remediate/pause and /-/remediate/resume
+	// (--web.enable-remediation-api); off, they answer 403.
+	RemediationAPI bool
 	// Transports for the collector; zero values use wgctrl and netlink.
 	Collector collector.Options
 	// Transports for the prober; zero values use ICMP sockets and pro-bing.
@@ -129,7 +132,7 @@ func New(opts Options) (*Agent, error) {
 	a.components = []component{
 		collectorComponent{a.collector},
 		proberComponent{a.prober, a.collector},
-		remediateComponent{a.remediator, opts.RemediateMode},
+		remediateComponent{a.remediator, opts.RemediateMode, opts.RemediationAPI},
 		newStatusComponent(a, cfg),
 		newEventsComponent(a, cfg),
 	}

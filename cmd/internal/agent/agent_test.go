@@ -34,13 +34,17 @@ func (fakeClient) Device(name string) (*wgtypes.Device, error) {
 	return &wgtypes.Device{Name: name, Type: wgtypes.Userspace}, nil
 }
 
-func newAgent(t *testing.T, cfgFile string, logs *bytes.Buffer) *agent.Agent {
+func newAgent(t *testing.T, cfgFile string, logs *bytes.Buffer, mod ...func(*agent.Options)) *agent.Agent {
 	t.Helper()
-	a, err := agent.New(agent.Options{
+	opts := agent.Options{
 		ConfigFile: cfgFile,
 		Logger:     slog.New(slog.NewTextHandler(logs, nil)),
 		Collector:  collector.Options{Client: fakeClient{}, ListUAPI: func() ([]string, error) { return []string{"wg0"}, nil }},
-	})
+	}
+	for _, m := range mod {
+		m(&opts)
+	}
+	a, err := agent.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,38 +147,68 @@ func TestReloadKeepsRunningConfigOnError(t *testing.T) {
 	}
 }
 
-// The remediation controls: status JSON, pause and resume by POST only,
-// the paused state on the landing page and in the metrics.
+// The remediation controls: status JSON, pause and resume by POST only and
+// only with --web.enable-remediation-api, never from another site; the
+// paused state on the landing page and in the metrics.
 func TestRemediationControls(t *testing.T) {
-	a := newAgent(t, "", new(bytes.Buffer))
-	h, err := a.Handler()
+	do := func(h http.Handler, method, path string, hdr map[string]string) (int, string) {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(method, path, nil)
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		h.ServeHTTP(rec, req)
+		return rec.Code, rec.Body.String()
+	}
+	off := newAgent(t, "", new(bytes.Buffer))
+	h, err := off.Handler()
 	if err != nil {
 		t.Fatal(err)
 	}
-	do := func(method, path string) (int, string) {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
-		return rec.Code, rec.Body.String()
+	if code, body := do(h, "POST", "/-/remediate/pause", nil); code != http.StatusForbidden || off.Remediator().Paused() ||
+		!strings.Contains(body, "--web.enable-remediation-api") {
+		t.Errorf("POST pause without the flag: %d %q, paused %v; want 403 naming the flag", code, body, off.Remediator().Paused())
 	}
-	if code, body := do("GET", "/-/remediate"); code != http.StatusOK || !strings.Contains(body, `"mode": "dry-run"`) || !strings.Contains(body, `"paused": false`) {
+	off.Remediator().TogglePause("SIGUSR1") // the signal works without the flag
+	if !off.Remediator().Paused() {
+		t.Error("SIGUSR1's toggle did not pause")
+	}
+
+	a := newAgent(t, "", new(bytes.Buffer), func(o *agent.Options) { o.RemediationAPI = true })
+	h, err = a.Handler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := do(h, "GET", "/-/remediate", nil); code != http.StatusOK || !strings.Contains(body, `"mode": "dry-run"`) || !strings.Contains(body, `"paused": false`) {
 		t.Fatalf("status: %d %s", code, body)
 	}
-	if code, _ := do("GET", "/-/remediate/pause"); code != http.StatusMethodNotAllowed {
+	if code, _ := do(h, "GET", "/-/remediate/pause", nil); code != http.StatusMethodNotAllowed {
 		t.Errorf("GET pause: %d, want 405 (a crawler must not pause remediation)", code)
 	}
-	if code, _ := do("POST", "/-/remediate/pause"); code != http.StatusOK || !a.Remediator().Paused() {
+	for _, hdr := range []map[string]string{
+		{"Content-Type": "application/x-www-form-urlencoded"}, // an HTML form on any site
+		{"Content-Type": "text/plain; charset=utf-8"},
+		{"Content-Type": "multipart/form-data; boundary=x"},
+		{"Sec-Fetch-Site": "cross-site"}, // a browser says where the request comes from
+		{"Origin": "https://evil.example"},
+	} {
+		if code, _ := do(h, "POST", "/-/remediate/pause", hdr); code < 400 || a.Remediator().Paused() {
+			t.Errorf("POST pause with %v: %d, paused %v; want refused", hdr, code, a.Remediator().Paused())
+		}
+	}
+	if code, _ := do(h, "POST", "/-/remediate/pause", nil); code != http.StatusOK || !a.Remediator().Paused() {
 		t.Fatalf("POST pause: %d, paused %v", code, a.Remediator().Paused())
 	}
-	if _, body := do("GET", "/"); !strings.Contains(body, "Remediation: mode dry-run, PAUSED") {
+	if _, body := do(h, "GET", "/", nil); !strings.Contains(body, "Remediation: mode dry-run, PAUSED") {
 		t.Errorf("landing page does not show the pause:\n%s", body)
 	}
-	if _, body := do("GET", "/metrics"); !strings.Contains(body, "wgpulse_remediation_paused 1") {
+	if _, body := do(h, "GET", "/metrics", nil); !strings.Contains(body, "wgpulse_remediation_paused 1") {
 		t.Errorf("metrics do not show the pause")
 	}
-	if code, _ := do("POST", "/-/remediate/resume"); code != http.StatusOK || a.Remediator().Paused() {
+	if code, _ := do(h, "POST", "/-/remediate/resume", map[string]string{"Content-Type": "application/json"}); code != http.StatusOK || a.Remediator().Paused() {
 		t.Fatalf("POST resume: %d, paused %v", code, a.Remediator().Paused())
 	}
-	if _, body := do("GET", "/"); !strings.Contains(body, "Remediation: mode dry-run, running") {
+	if _, body := do(h, "GET", "/", nil); !strings.Contains(body, "Remediation: mode dry-run, running") {
 		t.Errorf("landing page after resume:\n%s", body)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"mime"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -92,6 +93,21 @@ func (c proberComponent) Register(r *registrar) {
 type remediateComponent struct {
 	r            *remediate.Remediator
 	modeOverride string
+	api          bool // --web.enable-remediation-api: POST pause and resume
+}
+
+// simpleContentType says whether a request body has a type browsers send
+// cross-origin without a CORS preflight.
+func simpleContentType(v string) bool {
+	mt, _, err := mime.ParseMediaType(v)
+	if err != nil {
+		return v != ""
+	}
+	switch mt {
+	case "application/x-www-form-urlencoded", "multipart/form-data", "text/plain":
+		return true
+	}
+	return false
 }
 
 func (c remediateComponent) Run(ctx context.Context) { c.r.Run(ctx) }
@@ -115,6 +131,17 @@ func (c remediateComponent) Register(r *registrar) {
 				http.Error(w, "use POST", http.StatusMethodNotAllowed)
 				return
 			}
+			if !c.api {
+				http.Error(w, "the remediation API is off: start wgpulse with --web.enable-remediation-api (and protect it with "+
+					"--web.config.file), or send SIGUSR1 to toggle the pause", http.StatusForbidden)
+				return
+			}
+			if simpleContentType(req.Header.Get("Content-Type")) {
+				// A browser sends these cross-site without asking first: a
+				// page on another site must not pause remediation.
+				http.Error(w, "refused: a form or text/plain body may come from another site; send no body (curl -X POST)", http.StatusUnsupportedMediaType)
+				return
+			}
 			who := "HTTP " + req.RemoteAddr
 			if pause {
 				c.r.Pause(who)
@@ -124,8 +151,9 @@ func (c remediateComponent) Register(r *registrar) {
 			fmt.Fprintf(w, "remediation %s\n", map[bool]string{true: "paused", false: "running"}[pause])
 		}
 	}
-	r.route("/-/remediate/pause", control(true))
-	r.route("/-/remediate/resume", control(false))
+	protect := func(h http.HandlerFunc) http.HandlerFunc { return http.NewCrossOriginProtection().Handler(h).ServeHTTP }
+	r.route("/-/remediate/pause", protect(control(true)))
+	r.route("/-/remediate/resume", protect(control(false)))
 	r.links = append(r.links, web.LandingLinks{Address: "/-/remediate", Text: "Remediation", Description: "failover groups, paths and decisions (JSON)"})
 	r.status = append(r.status, func() string {
 		state := "running"
