@@ -272,6 +272,13 @@ func RemediationRules(c Config) RuleFile {
 				fmt.Sprintf("Remediation on {{ $labels.instance }} has been paused for more than %s: no failover, MTU or keepalive change happens. Resume with SIGUSR1 (it toggles), or POST /-/remediate/resume where --web.enable-remediation-api is set.", promDuration(c.PausedFor))),
 		},
 		{
+			Alert:  "WireGuardRemediationStateFileUnusable",
+			Expr:   "wgpulse_remediation_state_file_unusable == 1",
+			Labels: map[string]string{"severity": "warning"},
+			Annotations: c.annotate("WireGuardRemediationStateFileUnusable", "Remediation started paused: its state file was unusable.",
+				"The remediator on {{ $labels.instance }} could not read its state file at start (corrupt, or unreadable) and started paused: no failover, MTU or keepalive change happens until someone checks the kernel and resumes it (SIGUSR1)."),
+		},
+		{
 			Alert:  "WireGuardNATUnfixable",
 			Expr:   "wgpulse_keepalive_nat_timeout_estimate_seconds and on (instance, job, device, public_key) (wgpulse_keepalive_nat_unfixable == 1)",
 			For:    forDur(c.NATUnfixableFor),

@@ -30,6 +30,8 @@ type metrics struct {
 	paused       prometheus.Gauge
 	mode         *prometheus.GaugeVec
 	stateErrs    prometheus.Counter
+	// stateUnusable: started paused because the state file was unusable.
+	stateUnusable prometheus.Gauge
 }
 
 var results = []string{ResultOK, ResultError, ResultDryRun}
@@ -68,11 +70,15 @@ func newMetrics() *metrics {
 			Name: "wgpulse_remediation_state_file_errors_total",
 			Help: "Failures to read (corrupt, set aside) or write the state file.",
 		}),
+		stateUnusable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_state_file_unusable",
+			Help: "1 while remediation is paused because its state file was unusable at start (in auto); resuming clears it.",
+		}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.actions, m.suppressed, m.conflicts, m.policies, m.lastDecision, m.paused, m.mode, m.stateErrs}
+	return []prometheus.Collector{m.actions, m.suppressed, m.conflicts, m.policies, m.lastDecision, m.paused, m.mode, m.stateErrs, m.stateUnusable}
 }
 
 // initUnit creates a unit's series at zero, so dashboards and alerts see

@@ -83,7 +83,9 @@ type Remediator struct {
 	decisions map[string]DecisionStatus
 	snap      *collector.Snapshot
 	paused    bool
-	epoch     uint64 // a new episode for every unit: bumped by pause and resume
+	pausedWhy string     // why it started paused (an unusable state file); "" once resumed
+	epoch     uint64     // a new episode for every unit: bumped by pause and resume
+	lock      *stateLock // held in auto
 	started   bool
 	lastSave  string // last error saving state, logged once
 }
@@ -139,6 +141,13 @@ func New(cfg Config, policies []Policy, logger *slog.Logger, opts Options) (*Rem
 		p.Inherit(r.envLocked(w), nil)
 	}
 	m.setMode(cfg.Mode)
+	if cfg.Mode == ModeAuto {
+		l, err := lockState(cfg.StateFile)
+		if err != nil {
+			return nil, fmt.Errorf("remediate: %w", err)
+		}
+		r.lock = l
+	}
 	return r, nil
 }
 
@@ -513,20 +522,30 @@ func (r *Remediator) start(ctx context.Context) {
 	}
 	now := time.Now()
 	st, err := loadState(file, policies)
-	if errors.Is(err, errCorrupt) {
+	why := ""
+	if err != nil {
 		r.metrics.stateErrs.Inc()
-		aside, aerr := setAside(file, now)
-		r.logger.Error("state file unusable: kept aside, starting from what the kernel shows", "err", err, "kept_as", aside, "rename_err", aerr)
-	} else if err != nil {
-		r.metrics.stateErrs.Inc()
-		r.logger.Error("cannot read the state file: starting from what the kernel shows", "err", err)
+		kept := ""
+		if errors.Is(err, errCorrupt) {
+			kept = fmt.Sprintf(" (kept aside as %s)", setAside(file, now))
+		}
+		why = fmt.Sprintf("the state file was unusable at start: %v%s", err, kept)
+		if mode == ModeAuto { // what it said (a pause, a change in force) is lost: a human looks first
+			st.Paused = true
+			r.metrics.stateUnusable.Set(1)
+			r.logger.Error("starting paused: "+why+"; the kernel is the truth for what wgpulse changed, but a pause or a change "+
+				"it recorded may be lost. Check `ip route show proto N` and the audit log, then resume (SIGUSR1)", "err", err)
+		} else {
+			r.logger.Error(why+"; starting from what the kernel shows", "err", err)
+			why = ""
+		}
 	}
 	r.mu.Lock()
-	r.paused, r.parts = st.Paused, st.Policies
+	r.paused, r.pausedWhy, r.parts = st.Paused, why, st.Policies
 	r.mu.Unlock()
 	r.metrics.paused.Set(b2f(st.Paused))
-	if st.Paused {
-		r.logger.Warn("remediation is paused (from the state file): POST /-/remediate/resume or SIGUSR1 resumes it")
+	if st.Paused && why == "" {
+		r.logger.Warn("remediation is paused (from the state file): SIGUSR1 (or POST /-/remediate/resume) resumes it")
 	}
 	for _, w := range ws {
 		w.mu.Lock()
@@ -623,6 +642,7 @@ func (r *Remediator) stop(ctx context.Context) {
 		w.mu.Unlock()
 	}
 	r.save()
+	r.Close()
 }
 
 // publish takes the policy's part of the state file. The caller holds w.mu.
@@ -670,6 +690,15 @@ func (r *Remediator) save() {
 	}
 }
 
+// Close releases the state file's lock of a remediator that is not
+// running (Run releases it when it ends). Idempotent.
+func (r *Remediator) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lock.release()
+	r.lock = nil
+}
+
 // Pause stops every action (decisions are still made, audited as
 // suppressed); Resume lets them through again. who says who asked.
 func (r *Remediator) Pause(who string) { r.setPaused(true, who) }
@@ -687,6 +716,10 @@ func (r *Remediator) setPaused(p bool, who string) {
 		return
 	}
 	r.paused = p
+	if !p {
+		r.pausedWhy = ""
+		r.metrics.stateUnusable.Set(0)
+	}
 	r.epoch++ // a new episode: a still-wanted action is audited again
 	ws := slices.Clone(r.workers)
 	r.mu.Unlock()
@@ -717,7 +750,7 @@ func (r *Remediator) Mode() Mode {
 func (r *Remediator) Status() Status {
 	now := time.Now()
 	r.mu.Lock()
-	s := Status{Mode: r.cfg.Mode, Paused: r.paused, RouteProtocol: r.cfg.RouteProtocol,
+	s := Status{Mode: r.cfg.Mode, Paused: r.paused, PausedReason: r.pausedWhy, RouteProtocol: r.cfg.RouteProtocol,
 		Decisions: slices.Collect(maps.Values(r.decisions)), Policies: map[string]any{}}
 	ws := slices.Clone(r.workers)
 	r.mu.Unlock()
@@ -773,6 +806,14 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Pol
 	r.mu.Lock()
 	prev := r.cfg
 	r.mu.Unlock()
+	var lock *stateLock // a new lock this reload takes: the state file changed, or auto begins
+	if cfg.Mode == ModeAuto && (prev.Mode != ModeAuto || cfg.StateFile != prev.StateFile) {
+		l, err := lockState(cfg.StateFile)
+		if err != nil {
+			return fmt.Errorf("remediate: %w (the running configuration stays)", err)
+		}
+		lock = l
+	}
 	if prev.Mode == ModeAuto {
 		for i, w := range ws {
 			successor := policies[i]
@@ -780,6 +821,7 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Pol
 				successor = nil // every route of ours changes owner
 			}
 			if err := r.undo(ctx, w, "", successor); err != nil {
+				lock.release()
 				return fmt.Errorf("undoing the changes of policy %s before the reload: %w (the running configuration stays)", w.name, err)
 			}
 		}
@@ -790,6 +832,14 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Pol
 	r.mu.Lock()
 	r.cfg = cfg
 	started := r.started
+	switch {
+	case lock != nil:
+		r.lock.release()
+		r.lock = lock
+	case cfg.Mode != ModeAuto:
+		r.lock.release()
+		r.lock = nil
+	}
 	r.mu.Unlock()
 	r.metrics.setMode(cfg.Mode)
 	var targets []prober.Target

@@ -97,13 +97,13 @@ func migrateV1(path string, b []byte, policies []Policy) (persisted, error) {
 }
 
 // setAside renames a corrupt state file out of the way, keeping it for a
-// human, and returns its new name.
-func setAside(path string, now time.Time) (string, error) {
+// human, and says where it is.
+func setAside(path string, now time.Time) string {
 	aside := fmt.Sprintf("%s.corrupt-%s", path, now.UTC().Format("20060102T150405Z"))
 	if err := os.Rename(path, aside); err != nil {
-		return "", err
+		return fmt.Sprintf("nothing: it could not be renamed: %v", err)
 	}
-	return aside, nil
+	return aside
 }
 
 // saveState writes the state file atomically: a temporary file in the same

@@ -13,9 +13,11 @@ import (
 // `wgpulse status`). The JSON field names are stable; each policy's status
 // object is merged into the top level (the failover policy's "groups").
 type Status struct {
-	Mode          Mode `json:"mode"`
-	Paused        bool `json:"paused"`
-	RouteProtocol int  `json:"route_protocol"`
+	Mode   Mode `json:"mode"`
+	Paused bool `json:"paused"`
+	// PausedReason says why it started paused (an unusable state file).
+	PausedReason  string `json:"paused_reason,omitempty"`
+	RouteProtocol int    `json:"route_protocol"`
 	// Decisions are the last audited decision of every unit (and peer), by
 	// policy, group and peer.
 	Decisions []DecisionStatus `json:"decisions"`

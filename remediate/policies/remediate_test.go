@@ -1,7 +1,10 @@
 package policies_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,9 +18,12 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/wgpulse/wgpulse/collector"
+	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/prober/probertest"
 	"github.com/wgpulse/wgpulse/remediate"
 	"github.com/wgpulse/wgpulse/remediate/failover"
+	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 func synctestWait() { synctest.Wait() }
@@ -321,7 +327,10 @@ func TestRestartKeepsTheBackupAndItsState(t *testing.T) {
 	})
 }
 
-// A corrupt state file is kept aside and the kernel decides.
+// A corrupt state file is kept aside and, in auto, remediation starts
+// paused (the pause or a change it recorded may be lost): the kernel is
+// followed, nothing is written, the reason is in the log, the status and a
+// metric, until an operator resumes.
 func TestCorruptStateFile(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := config(t, remediate.ModeAuto, group("fast"))
@@ -331,7 +340,6 @@ func TestCorruptStateFile(t *testing.T) {
 		if err := os.WriteFile(cfg.StateFile, []byte(`{"version": 1, "groups": {`), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		r.fault(primaryTarget, dead)
 		r.start()
 		r.run(5 * time.Second)
 		aside, _ := filepath.Glob(cfg.StateFile + ".corrupt-*")
@@ -341,14 +349,68 @@ func TestCorruptStateFile(t *testing.T) {
 		if st := r.status(); st.Groups[0].Active != "backup" || len(r.routes.writes()) != 0 {
 			t.Errorf("active %s with writes %v; want the backup, as the kernel shows, untouched", st.Groups[0].Active, r.routes.writes())
 		}
-		if r.metric("wgpulse_remediation_state_file_errors_total", nil) != 1 || !strings.Contains(r.logs.String(), "state file unusable") {
+		if r.metric("wgpulse_remediation_state_file_errors_total", nil) != 1 || !strings.Contains(r.logs.String(), "starting paused: the state file was unusable") {
 			t.Error("corrupt state file not reported")
+		}
+		if st := r.rem.Status(); !st.Paused || !strings.Contains(st.PausedReason, "unusable") ||
+			r.metric("wgpulse_remediation_state_file_unusable", nil) != 1 || r.metric("wgpulse_remediation_paused", nil) != 1 {
+			t.Fatalf("status %+v: want paused with the reason, and the unusable metric at 1", st)
 		}
 		if _, err := os.Stat(cfg.StateFile); err != nil {
 			t.Errorf("no fresh state file written: %v", err)
 		}
+		r.run(30 * time.Second) // the primary is up: a return is wanted, and held
+		if len(r.routes.writes()) != 0 || len(r.suppressed("paused")) != 1 {
+			t.Fatalf("while paused: writes %v, audits %+v; want nothing done, the return audited as paused once", r.routes.writes(), r.audits())
+		}
+		r.rem.Resume("test")
+		waitFor(t, 35*time.Second, "the return once resumed", func() bool { return !r.onBackup() })
+		if r.metric("wgpulse_remediation_state_file_unusable", nil) != 0 || r.rem.Status().PausedReason != "" {
+			t.Error("resuming did not clear the unusable state")
+		}
 	})
 }
+
+// Two agents in auto on one state file would fight: the second refuses,
+// naming the first's PID; the lock goes with the first.
+func TestStateFileLock(t *testing.T) {
+	cfg := config(t, remediate.ModeAuto, group("fast"))
+	r := newRig(t, cfg) // its fake transports only
+	first, err := policies.New(cfg, slog.New(slog.DiscardHandler), remediate.Options{Snapshots: nilSnaps{}, Prober: nilProber{}, Routes: r.routes, Peers: r.wg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = policies.New(cfg, slog.New(slog.DiscardHandler), remediate.Options{Snapshots: nilSnaps{}, Prober: nilProber{}, Routes: r.routes, Peers: r.wg})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("locked by another wgpulse (pid %d)", os.Getpid())) {
+		t.Fatalf("second agent on the state file: %v; want a refusal naming the holder's PID", err)
+	}
+	dry := cfg
+	dry.Mode = remediate.ModeDryRun // dry-run writes nothing: no lock needed
+	if _, err := policies.New(dry, slog.New(slog.DiscardHandler), remediate.Options{Snapshots: nilSnaps{}, Prober: nilProber{}, Routes: r.routes}); err != nil {
+		t.Errorf("a dry-run agent beside it: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { first.Run(ctx); close(done) }()
+	cancel()
+	<-done
+	if _, err := policies.New(cfg, slog.New(slog.DiscardHandler), remediate.Options{Snapshots: nilSnaps{}, Prober: nilProber{}, Routes: r.routes}); err != nil {
+		t.Errorf("after the first stopped: %v; want the lock free", err)
+	}
+}
+
+type nilSnaps struct{}
+
+func (nilSnaps) Subscribe(context.Context) <-chan *collector.Snapshot { return nil }
+
+type nilProber struct{}
+
+func (nilProber) SubscribeChanges(context.Context) <-chan prober.StateChange { return nil }
+func (nilProber) HealthOf(string) (prober.Health, bool)                      { return prober.Health{}, false }
+func (nilProber) SetTargets(string, []prober.Target)                         {}
+func (nilProber) ResetState(string)                                          {}
+func (nilProber) ResearchPMTU(string)                                        {}
+func (nilProber) Subscribe(context.Context) <-chan prober.Result             { return nil }
 
 // Something else deletes our route: a conflict, counted and logged; the
 // remediator backs off (10 s, then 20 s) instead of fighting.

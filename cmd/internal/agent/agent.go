@@ -129,6 +129,7 @@ func New(opts Options) (*Agent, error) {
 	if err != nil {
 		return fail("remediate", err)
 	}
+	a.closers = append(a.closers, func() error { a.remediator.Close(); return nil })
 	a.components = []component{
 		collectorComponent{a.collector},
 		proberComponent{a.prober, a.collector},

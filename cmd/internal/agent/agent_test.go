@@ -216,7 +216,7 @@ func TestRemediationControls(t *testing.T) {
 func TestRemediateModeFlagOverridesFile(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "wgpulse.yml")
-	if err := os.WriteFile(file, []byte("remediate:\n  mode: auto\n"), 0o600); err != nil {
+	if err := os.WriteFile(file, []byte("remediate:\n  mode: auto\n  state_file: "+filepath.Join(dir, "remediate.json")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ flag, want string }{{"", "auto"}, {"off", "off"}, {"dry-run", "dry-run"}} {
