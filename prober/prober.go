@@ -16,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wgpulse/wgpulse/collector/stream"
 )
 
@@ -119,6 +121,7 @@ type Prober struct {
 	engines    map[engineKey]*engine
 	sched      schedHeap
 	openErrs   map[engineKey]string // last logged open error per engine
+	staleAt    time.Time            // the last ifindex check of the bound sockets
 	stretched  float64              // last interval stretch factor logged
 	wake       chan struct{}
 	ids        sync.Map // echo IDs of this prober's engines: their replies are never stray
@@ -479,14 +482,80 @@ func (p *Prober) openEngine(ek engineKey) (*engine, error) {
 		p.logger.Info("probing through device again", "device", ek.device)
 	}
 	delete(p.openErrs, ek)
-	e := newEngine(c, p)
-	e.unbound = ek.device == ""
+	e := newEngine(c, p, ek)
 	if e.id != 0 {
 		p.ids.Store(e.id, e)
 	}
 	p.engines[ek] = e
-	go e.receive()
+	go e.receive(c)
 	return e, nil
+}
+
+// staleEvery is how often bound sockets check their device's ifindex.
+const staleEvery = time.Second
+
+// repair finds sockets whose device is gone or was recreated, makes their
+// targets unknown (never down: it is our socket, not the path), and
+// reopens them every second until the device is back. Called with p.mu held.
+func (p *Prober) repair(now time.Time) {
+	check := now.Sub(p.staleAt) >= staleEvery
+	if check {
+		p.staleAt = now
+	}
+	for ek, e := range p.engines {
+		e.mu.Lock()
+		if !e.broken && check && !e.unbound {
+			if s, ok := e.c.(staler); ok && s.Stale() {
+				e.broken = true
+				p.logger.Warn("the device of an ICMP socket was recreated (a new ifindex): reopening it; its targets are unknown meanwhile", "device", ek.device)
+			}
+		}
+		broken, fresh := e.broken, e.broken && !e.reset
+		e.reset = e.reset || fresh
+		e.mu.Unlock()
+		if !broken {
+			continue
+		}
+		targets := p.targetsOf(e)
+		if fresh {
+			for _, t := range targets {
+				e.mu.Lock()
+				t.resetState(now) // what was in flight on the old socket does not count
+				e.mu.Unlock()
+			}
+		}
+		if now.Before(e.retryAt) {
+			continue
+		}
+		c, err := p.open(ek.device, ek.v6)
+		if err != nil {
+			e.retryAt = now.Add(staleEvery)
+			if p.openErrs[ek] != err.Error() {
+				p.openErrs[ek] = err.Error()
+				p.logger.Warn("cannot reopen the ICMP socket of a device yet; retrying every second, its targets unknown", "device", ek.device, "err", err)
+			}
+			continue
+		}
+		delete(p.openErrs, ek)
+		e.swap(c)
+		p.logger.Info("probing through device again: its ICMP socket was reopened", "device", ek.device)
+		for _, t := range targets {
+			t.next = now // probe at once: a verdict within a few intervals
+			if t.heapIndex >= 0 {
+				heap.Fix(&p.sched, t.heapIndex)
+			}
+		}
+	}
+}
+
+func (p *Prober) targetsOf(e *engine) []*target {
+	var out []*target
+	for _, t := range p.targets {
+		if t.e == e {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // Run sends probes and expires unanswered ones until ctx ends, then closes
@@ -520,7 +589,11 @@ func (p *Prober) Run(ctx context.Context) {
 func (p *Prober) step(now time.Time) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.repair(now)
 	next := now.Add(time.Hour)
+	if len(p.engines) > 0 {
+		next = now.Add(staleEvery) // repair's next look
+	}
 	for _, e := range p.engines {
 		if d := e.expire(now); !d.IsZero() && d.Before(next) {
 			next = d
@@ -598,12 +671,18 @@ func (h *schedHeap) Pop() any {
 // nonce and the slot's generation, so a stray, late or foreign reply can
 // never be credited to the wrong probe or target.
 type engine struct {
-	c       Conn
+	c       Conn // guarded by mu: swapped when the device is recreated
 	p       *Prober
-	unbound bool // no device: sees every echo reply of the host
-	id      uint16
+	key     engineKey
+	unbound bool   // no device: sees every echo reply of the host
+	id      uint16 // guarded by mu, with c
 	nonce   uint64
-	targets int // guarded by Prober.mu
+	targets int       // guarded by Prober.mu
+	retryAt time.Time // guarded by Prober.mu: the next reopen of a broken socket
+	// broken: the device the socket is bound to is gone (deleted, or
+	// recreated with a new ifindex). Nothing is sent until it is reopened;
+	// its targets are unknown meanwhile, never down. reset: they were reset.
+	broken, reset bool
 
 	mu     sync.Mutex // guards the slots, seq, queues and every target's stats
 	seq    uint16
@@ -664,12 +743,37 @@ const (
 	maxRing     = 1 << 16
 )
 
-func newEngine(c Conn, p *Prober) *engine {
+func newEngine(c Conn, p *Prober, key engineKey) *engine {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &engine{c: c, p: p, id: c.EchoID(), nonce: binary.BigEndian.Uint64(b[:]), slots: make([]slot, initialRing),
-		queues: map[time.Duration]*deadlineQueue{}}
+	return &engine{c: c, p: p, key: key, unbound: key.device == "", id: c.EchoID(), nonce: binary.BigEndian.Uint64(b[:]),
+		slots: make([]slot, initialRing), queues: map[time.Duration]*deadlineQueue{}}
 }
+
+// swap puts a reopened socket in place of a broken one: same slots and
+// targets, a new receiver. Probes in flight on the old socket are void.
+func (e *engine) swap(c Conn) {
+	e.mu.Lock()
+	old, oldID := e.c, e.id
+	e.c, e.id, e.broken, e.reset = c, c.EchoID(), false, false
+	e.mu.Unlock()
+	if oldID != 0 {
+		e.p.ids.CompareAndDelete(oldID, e)
+	}
+	if c.EchoID() != 0 {
+		e.p.ids.Store(c.EchoID(), e)
+	}
+	_ = old.Close()
+	go e.receive(c)
+}
+
+// deviceGone says a send failed because the socket's device is gone: our
+// socket's fault, not the path's.
+func deviceGone(err error) bool { return errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO) }
+
+// staler is a transport that can tell its device was recreated (a new
+// ifindex under the same name) although sends still fail only later.
+type staler interface{ Stale() bool }
 
 // grow doubles the ring. The live slots span at most len(slots) consecutive
 // sequence numbers, so they land in distinct slots of the larger ring.
@@ -687,19 +791,21 @@ func (e *engine) grow() {
 func (e *engine) close() {
 	e.mu.Lock()
 	e.closed = true
+	c, id := e.c, e.id
 	e.mu.Unlock()
-	e.p.ids.CompareAndDelete(e.id, e)
-	_ = e.c.Close()
+	e.p.ids.CompareAndDelete(id, e)
+	_ = c.Close()
 }
 
 const payloadHeader = 12 // nonce (8) + slot generation (4)
 
 func (e *engine) sendProbe(t *target, now time.Time, extra bool) {
 	e.mu.Lock()
-	if e.closed {
+	if e.closed || e.broken {
 		e.mu.Unlock()
-		return
+		return // a broken socket sends nothing and counts nothing: its targets are unknown
 	}
+	c, id := e.c, e.id
 	seq := e.seq
 	e.seq++
 	s := &e.slots[int(seq)&(len(e.slots)-1)]
@@ -728,12 +834,23 @@ func (e *engine) sendProbe(t *target, now time.Time, extra bool) {
 	binary.BigEndian.PutUint64(payload[0:8], e.nonce)
 	binary.BigEndian.PutUint32(payload[8:12], gen)
 	sent := time.Now()
-	err := e.c.Send(t.spec.Address, e.id, seq, payload)
+	err := c.Send(t.spec.Address, id, seq, payload)
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	s = &e.slots[int(seq)&(len(e.slots)-1)] // the ring may have grown meanwhile
 	if s.seq != seq || s.gen != gen || s.state != slotInFlight {
+		return
+	}
+	if err != nil && deviceGone(err) && !e.unbound {
+		// The device this socket is bound to is gone: that says nothing of
+		// the path. The probe is void and the socket is reopened.
+		s.state = slotLost
+		if !e.broken {
+			e.broken = true
+			e.p.logger.Warn("the device of an ICMP socket is gone (deleted, or recreated with a new ifindex): reopening it; its targets are unknown meanwhile",
+				"device", t.spec.Device, "err", err)
+		}
 		return
 	}
 	if err != nil {
@@ -777,17 +894,18 @@ func (e *engine) expire(now time.Time) time.Time {
 	return next
 }
 
-// receive reads replies until the socket closes.
-func (e *engine) receive() {
+// receive reads replies from c until it closes or is swapped out.
+func (e *engine) receive(c Conn) {
 	buf := make([]byte, 65536)
+	id := c.EchoID()
 	var lastErr string
 	for {
-		r, err := e.c.Recv(buf)
+		r, err := c.Recv(buf)
 		if err != nil {
 			e.mu.Lock()
-			closed := e.closed
+			gone := e.closed || e.c != c
 			e.mu.Unlock()
-			if closed || errors.Is(err, ErrClosed) {
+			if gone || errors.Is(err, ErrClosed) {
 				return
 			}
 			if err.Error() != lastErr { // once per kind of error, not per read
@@ -798,20 +916,21 @@ func (e *engine) receive() {
 			continue
 		}
 		lastErr = ""
-		e.handle(r)
+		e.handle(r, id)
 	}
 }
 
 // ErrClosed is what a closed transport's Recv returns.
 var ErrClosed = errors.New("transport closed")
 
-func (e *engine) handle(r Reply) {
-	if e.id != 0 && r.ID != e.id {
+// handle credits a reply that arrived on a socket whose echo ID is id.
+func (e *engine) handle(r Reply, id uint16) {
+	if id != 0 && r.ID != id {
 		if _, sibling := e.p.ids.Load(r.ID); sibling || e.unbound {
 			return // another engine's reply (an unbound socket sees every one of the host): not ours, not stray
 		}
 	}
-	if (e.id != 0 && r.ID != e.id) || len(r.Payload) < payloadHeader || binary.BigEndian.Uint64(r.Payload[0:8]) != e.nonce {
+	if (id != 0 && r.ID != id) || len(r.Payload) < payloadHeader || binary.BigEndian.Uint64(r.Payload[0:8]) != e.nonce {
 		e.p.metrics.stray.Inc()
 		return // someone else's echo reply
 	}

@@ -44,12 +44,14 @@ type Reply struct {
 var ErrNoICMPSocket = errors.New("cannot open an ICMP socket: grant CAP_NET_RAW (systemd: AmbientCapabilities=CAP_NET_RAW) or allow unprivileged ping sockets (sysctl net.ipv4.ping_group_range=\"0 2147483647\")")
 
 type sockConn struct {
-	f   *os.File
-	rc  syscall.RawConn
-	v6  bool
-	raw bool
-	id  uint16
-	oob []byte
+	f       *os.File
+	rc      syscall.RawConn
+	v6      bool
+	raw     bool
+	id      uint16
+	oob     []byte
+	device  string
+	ifindex int // of device when the socket was bound to it (0: unbound)
 }
 
 // openSocket opens an ICMP socket bound to device: raw when the process has
@@ -77,12 +79,18 @@ func openSocket(device string, v6 bool) (Conn, error) {
 	}
 	// An empty device is an underlay target: the routing table picks the
 	// interface, as it would for any other traffic.
+	ifindex := 0
 	if device != "" {
 		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, device); err != nil {
 			if errors.Is(err, unix.ENODEV) {
 				return fail(fmt.Sprintf("binding ICMP socket to device %q (no such device in this network namespace)", device), err)
 			}
 			return fail(fmt.Sprintf("binding ICMP socket to device %q", device), err)
+		}
+		// SO_BINDTODEVICE binds to the index: a device recreated under the
+		// same name (wg-quick down/up) gets another, and the socket is dead.
+		if ifindex, err = ifIndex(fd, device); err != nil {
+			return fail(fmt.Sprintf("reading the index of device %q", device), err)
 		}
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
@@ -109,13 +117,38 @@ func openSocket(device string, v6 bool) (Conn, error) {
 		f.Close()
 		return nil, err
 	}
-	c := &sockConn{f: f, rc: rc, v6: v6, raw: raw, oob: make([]byte, 128)}
+	c := &sockConn{f: f, rc: rc, v6: v6, raw: raw, oob: make([]byte, 128), device: device, ifindex: ifindex}
 	if raw {
 		var b [2]byte
 		_, _ = rand.Read(b[:])
 		c.id = binary.BigEndian.Uint16(b[:]) | 1 // never 0: 0 means "kernel chooses"
 	}
 	return c, nil
+}
+
+// ifIndex is a device's index by name (SIOCGIFINDEX: one ioctl, no dump).
+func ifIndex(fd int, name string) (int, error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, err
+	}
+	return int(ifr.Uint32()), nil
+}
+
+// Stale says the device the socket is bound to is gone or was recreated.
+func (c *sockConn) Stale() bool {
+	if c.ifindex == 0 {
+		return false
+	}
+	stale := false
+	_ = c.rc.Control(func(fd uintptr) {
+		idx, err := ifIndex(int(fd), c.device)
+		stale = (err != nil && errors.Is(err, unix.ENODEV)) || (err == nil && idx != c.ifindex)
+	})
+	return stale
 }
 
 func (c *sockConn) EchoID() uint16   { return c.id }

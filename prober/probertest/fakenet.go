@@ -5,8 +5,10 @@
 package probertest
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wgpulse/wgpulse/prober"
@@ -35,6 +37,7 @@ type Net struct {
 	sent    map[netip.Addr]int
 	conns   []*conn
 	openErr map[string]error
+	gen     map[string]int // a device's incarnation: bumped when it is deleted
 }
 
 // New returns a network that answers as behave says.
@@ -60,6 +63,30 @@ func (f *Net) SetOpenError(device string, err error) {
 	f.openErr[device] = err
 }
 
+// DeleteDevice deletes device as `ip link del` or a stopped wireguard-go
+// does: transports bound to it fail every send with ENODEV from now on, and
+// opening one fails until RecreateDevice.
+func (f *Net) DeleteDevice(device string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.gen == nil {
+		f.gen = map[string]int{}
+	}
+	f.gen[device]++
+	if f.openErr == nil {
+		f.openErr = map[string]error{}
+	}
+	f.openErr[device] = fmt.Errorf("binding ICMP socket to device %q (no such device in this network namespace): %w", device, syscall.ENODEV)
+}
+
+// RecreateDevice brings device back under the same name (a new ifindex):
+// new transports work, the old ones stay dead.
+func (f *Net) RecreateDevice(device string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.openErr, device)
+}
+
 // Open is the prober's Options.Open.
 func (f *Net) Open(device string, v6 bool) (prober.Conn, error) {
 	c := &conn{net: f, device: device, replies: make(chan prober.Reply, 1024), done: make(chan struct{})}
@@ -68,6 +95,7 @@ func (f *Net) Open(device string, v6 bool) (prober.Conn, error) {
 	if err := f.openErr[device]; err != nil {
 		return nil, err
 	}
+	c.gen = f.gen[device]
 	f.conns = append(f.conns, c)
 	return c, nil
 }
@@ -82,6 +110,7 @@ func (f *Net) Sent(a netip.Addr) int {
 type conn struct {
 	net     *Net
 	device  string
+	gen     int // the device's incarnation it is bound to
 	replies chan prober.Reply
 	done    chan struct{}
 	once    sync.Once
@@ -89,6 +118,10 @@ type conn struct {
 
 func (c *conn) Send(dst netip.Addr, id, seq uint16, payload []byte) error {
 	c.net.mu.Lock()
+	if c.gen != c.net.gen[c.device] {
+		c.net.mu.Unlock()
+		return fmt.Errorf("sendto: %w", syscall.ENODEV) // the device it was bound to is gone
+	}
 	n := c.net.sent[dst]
 	c.net.sent[dst]++
 	behave := c.net.behave
