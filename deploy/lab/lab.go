@@ -886,3 +886,52 @@ func kernelWireGuardAvailable(prefix string) error {
 	}
 	return nil
 }
+
+// Recreate restarts the site's end of a tunnel as `systemctl restart
+// wg-quick@<dev>` does: the device is deleted and created again under the
+// same name (a new ifindex), with the same keys, listen port and peer, and
+// its address and route added again. Only for a lab this process started.
+func (l *Lab) Recreate(tunnel string) error {
+	t, err := l.Tunnel(tunnel)
+	if err != nil {
+		return err
+	}
+	var dev *wgtypes.Device
+	if err := withWG(t.Namespace, func(c *wgctrl.Client) (err error) { dev, err = c.Device(t.Device); return err }); err != nil {
+		return fmt.Errorf("reading %s before recreating it: %w", t.Device, err)
+	}
+	i := slices.IndexFunc(l.procs, func(p *Proc) bool { return p.Name == t.Device })
+	if i < 0 {
+		return fmt.Errorf("%s was not started by this process (a detached lab): cannot recreate it", t.Device)
+	}
+	p := l.procs[i]
+	p.Stop()
+	l.procs = slices.Delete(l.procs, i, i+1)
+	l.Pids = slices.DeleteFunc(l.Pids, func(pid int) bool { return pid == p.Pid() })
+	for deadline := time.Now().Add(5 * time.Second); IP("-n", t.Namespace, "link", "show", t.Device) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s still exists 5s after its wireguard-go stopped", t.Device)
+		}
+	}
+	if err := l.startDevice(t.Namespace, t.Device, false); err != nil {
+		return err
+	}
+	cfg := wgtypes.Config{PrivateKey: &dev.PrivateKey, ListenPort: &dev.ListenPort, ReplacePeers: true}
+	for _, pr := range dev.Peers {
+		ka := pr.PersistentKeepaliveInterval
+		cfg.Peers = append(cfg.Peers, wgtypes.PeerConfig{PublicKey: pr.PublicKey, Endpoint: pr.Endpoint, ReplaceAllowedIPs: true,
+			AllowedIPs: pr.AllowedIPs, PersistentKeepaliveInterval: &ka})
+	}
+	if err := configure(t.Namespace, t.Device, cfg); err != nil {
+		return err
+	}
+	for _, s := range [][]string{
+		{"-n", t.Namespace, "addr", "add", t.LocalAddress + "/24", "dev", t.Device},
+		{"-n", t.Namespace, "route", "add", l.HubLAN, "dev", t.Device, "metric", strconv.Itoa(t.RouteMetric)},
+	} {
+		if err := IP(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
