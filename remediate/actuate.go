@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -443,3 +444,62 @@ type Failure struct{ Err error }
 
 func (c Failure) apply(actuators) error { return c.Err }
 func (c Failure) String() string        { return "failed: " + c.Err.Error() }
+
+// routeKey is how the kernel tells routes of the main table apart.
+type routeKey struct {
+	prefix netip.Prefix
+	metric int
+}
+
+// routeOwners is the one owner of every route wgpulse holds: the policy
+// that added it. A policy can never add, replace or delete a route another
+// policy owns (see the package doc for who gives way).
+type routeOwners struct {
+	mu sync.Mutex
+	by map[routeKey]string
+}
+
+func routesOf(c Change) []Route {
+	switch c := c.(type) {
+	case AddRoutes:
+		return c
+	case DelRoutes:
+		return c
+	case ReplaceRoute:
+		return []Route{Route(c)}
+	}
+	return nil
+}
+
+// check refuses changes to routes another policy owns.
+func (o *routeOwners) check(policy string, cs []Change) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, c := range cs {
+		for _, rt := range routesOf(c) {
+			if owner := o.by[routeKey{rt.Prefix, rt.Metric}]; owner != "" && owner != policy {
+				return fmt.Errorf("route %s is policy %s's: policy %s may not change it", rt, owner, policy)
+			}
+		}
+	}
+	return nil
+}
+
+// record notes what changes that were carried out own now.
+func (o *routeOwners) record(policy string, cs []Change) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.by == nil {
+		o.by = map[routeKey]string{}
+	}
+	for _, c := range cs {
+		_, del := c.(DelRoutes)
+		for _, rt := range routesOf(c) {
+			if k := (routeKey{rt.Prefix, rt.Metric}); del {
+				delete(o.by, k)
+			} else {
+				o.by[k] = policy
+			}
+		}
+	}
+}

@@ -73,6 +73,7 @@ type Remediator struct {
 
 	reload sync.Mutex // one ApplyConfig at a time
 	saving sync.Mutex // one state file write at a time
+	owners routeOwners
 
 	// mu guards the fields below. It is never held while a policy runs:
 	// a policy's lock may be taken before it, never after.
@@ -390,7 +391,7 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 		if env.Mode != ModeAuto {
 			return nil
 		}
-		if err := apply(act, p.Changes); err != nil {
+		if err := r.apply(w.name, act, p.Changes); err != nil {
 			env.Logger.Warn("re-asserting a change of ours failed", "policy", w.name, "group", d.Group, "err", err)
 			return err
 		}
@@ -429,7 +430,7 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 	var err error
 	result := ResultDryRun
 	if env.Mode == ModeAuto {
-		err = apply(act, p.Changes)
+		err = r.apply(w.name, act, p.Changes)
 		result = resultOf(err)
 	}
 	if err != nil {
@@ -456,12 +457,19 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 	return err
 }
 
-func apply(act actuators, cs []Change) error {
-	for _, c := range cs {
+// apply carries out a plan's changes in order, refusing any to a route
+// another policy owns.
+func (r *Remediator) apply(policy string, act actuators, cs []Change) error {
+	if err := r.owners.check(policy, cs); err != nil {
+		return err
+	}
+	for i, c := range cs {
 		if err := c.apply(act); err != nil {
+			r.owners.record(policy, cs[:i])
 			return err
 		}
 	}
+	r.owners.record(policy, cs)
 	return nil
 }
 
@@ -586,11 +594,11 @@ func (r *Remediator) warnLeftovers() {
 	if act.routes.h == nil {
 		return
 	}
-	known := map[Route]bool{}
+	known := map[Route]string{} // route -> the policy that would own it
 	for _, w := range r.workerList() {
 		w.mu.Lock()
 		for _, rt := range w.p.Owned() {
-			known[rt] = true
+			known[rt] = w.name
 		}
 		w.mu.Unlock()
 	}
@@ -600,10 +608,12 @@ func (r *Remediator) warnLeftovers() {
 			return
 		}
 		for _, rt := range rs {
-			if !known[rt] {
-				r.logger.Warn("a route of wgpulse's protocol that this config does not own: left alone; remove it by hand if it is stale",
-					"route", rt.String(), "remove_with", fmt.Sprintf("ip route del %s dev %s metric %d proto %d", rt.Prefix, rt.Device, rt.Metric, rt.Protocol))
+			if owner := known[rt]; owner != "" { // in the kernel since before this start: its owner's
+				r.owners.record(owner, []Change{AddRoutes{rt}})
+				continue
 			}
+			r.logger.Warn("a route of wgpulse's protocol that this config does not own: left alone; remove it by hand if it is stale",
+				"route", rt.String(), "remove_with", fmt.Sprintf("ip route del %s dev %s metric %d proto %d", rt.Prefix, rt.Device, rt.Metric, rt.Protocol))
 		}
 	}
 }

@@ -58,6 +58,9 @@ type groupState struct {
 	// it was found active): leaving it within hold_down is a flap.
 	Arrived time.Time `json:"arrived,omitzero"`
 	remediate.Rails
+	// Routes are a route group's routes in force while on the backup (the
+	// prefixes, or their halves where another route would beat them).
+	Routes []remediate.Route `json:"routes,omitempty"`
 	// Original is the peer's endpoint before the group first changed it
 	// (endpoint mode), restored on exit.
 	Original string `json:"original_endpoint,omitempty"`

@@ -239,14 +239,31 @@ func (p *Policy) evaluate(env remediate.Env, g *group) remediate.Plan {
 		return plan
 	}
 	p.preflight(env, g, &plan.Decision)
+	var routes []remediate.Route // route mode: what the switch adds or deletes
+	switch {
+	case g.endpoint() || plan.Suppressed != "":
+	case d.To == Backup:
+		var blocked string
+		if routes, blocked = p.backupRoutes(env, g); blocked != "" {
+			plan.Suppressed, plan.Reason = SuppressMetricTooHigh, blocked+": "+plan.Reason
+		}
+	default:
+		routes = p.inForce(g)
+	}
 	var original string
-	plan.Changes, original = p.switchChanges(env, g, d.To)
+	plan.Changes, original = p.switchChanges(env, g, d.To, routes)
 	plan.Commit = func(now time.Time) {
 		if !g.st.Arrived.IsZero() && now.Sub(g.st.Arrived) < g.cfg.HoldDown { // left a path it switched to less than hold_down ago
 			p.m.flaps.WithLabelValues(g.cfg.Name).Inc()
 		}
 		g.st.Active, g.st.Since, g.st.Arrived = d.To, now, now
 		g.conflicts = 0
+		if !g.endpoint() {
+			g.st.Routes = nil
+			if d.To == Backup {
+				g.st.Routes = routes
+			}
+		}
 		if g.endpoint() {
 			if original != "" && env.Mode == remediate.ModeAuto {
 				g.st.Original = original
@@ -287,29 +304,26 @@ func (p *Policy) preflight(env remediate.Env, g *group, d *remediate.Decision) {
 		d.Reason = fmt.Sprintf("device %s does not exist (check remediate.failover %q): %s", dev, g.cfg.Name, d.Reason)
 		return
 	}
-	if d.To != Backup {
-		return
-	}
-	for _, pf := range g.prefixes {
-		rs, err := env.Kernel.Routes(pf)
-		if err != nil {
-			continue // the add will say what is wrong
-		}
-		for _, rt := range rs {
-			if rt.Protocol != env.RouteProtocol && rt.Metric <= g.cfg.RouteMetric {
-				d.Suppressed = SuppressMetricTooHigh
-				d.Reason = fmt.Sprintf("route %s has a metric <= route_metric %d, so ours would not carry the traffic: lower route_metric: %s",
-					rt, g.cfg.RouteMetric, d.Reason)
-				return
-			}
-		}
-	}
 }
 
-// switchChanges is what a switch to path `to` writes: our routes added
+// backupRoutes are the routes a switch to the backup adds, one shape per
+// prefix; blocked says why they would not carry the traffic.
+func (p *Policy) backupRoutes(env remediate.Env, g *group) ([]remediate.Route, string) {
+	var out []remediate.Route
+	for _, pf := range g.prefixes {
+		rs, blocked := p.shape(env, g, pf)
+		if blocked != "" {
+			return nil, blocked
+		}
+		out = append(out, rs...)
+	}
+	return out, ""
+}
+
+// switchChanges is what a switch to path `to` writes: routes (ours) added
 // (all or none) or deleted, or the peer's endpoint set. In auto, an endpoint
 // group's first switch also reads the endpoint it replaces (restored on exit).
-func (p *Policy) switchChanges(env remediate.Env, g *group, to string) ([]remediate.Change, string) {
+func (p *Policy) switchChanges(env remediate.Env, g *group, to string, routes []remediate.Route) ([]remediate.Change, string) {
 	if g.endpoint() {
 		original := ""
 		if g.st.Original == "" && env.Mode == remediate.ModeAuto {
@@ -320,9 +334,9 @@ func (p *Policy) switchChanges(env remediate.Env, g *group, to string) ([]remedi
 		return []remediate.Change{remediate.SetEndpoint{Device: g.cfg.Device, Peer: g.peer, Endpoint: g.eps[pathIndex(to)]}}, original
 	}
 	if to == Backup {
-		return []remediate.Change{remediate.AddRoutes(p.ownRoutes(g))}, ""
+		return []remediate.Change{remediate.AddRoutes(routes)}, ""
 	}
-	return []remediate.Change{remediate.DelRoutes(p.ownRoutes(g))}, ""
+	return []remediate.Change{remediate.DelRoutes(routes)}, ""
 }
 
 // settle re-asserts a swapped endpoint that roaming pulled back to the old
@@ -369,10 +383,10 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 				}
 			}
 		case g.st.Active == Backup:
+			ours := p.inForce(g)
 			gone := 0
-			for _, pf := range g.prefixes {
-				want := p.ownRoute(g, pf)
-				rs, err := env.Kernel.Routes(pf)
+			for _, want := range ours {
+				rs, err := env.Kernel.Routes(want.Prefix)
 				if err != nil {
 					env.Logger.Warn("cannot read routes to check ours", "group", g.cfg.Name, "err", err)
 					return out
@@ -387,7 +401,7 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 					}
 				}
 			}
-			if gone == len(g.prefixes) { // the kernel routes the group via the primary again
+			if gone == len(ours) { // the kernel routes the group via the primary again
 				nowActive = Primary
 			}
 		}
@@ -397,6 +411,9 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 		g.conflicts++
 		if nowActive != "" {
 			g.st.Active, g.st.Since, g.st.Arrived = nowActive, env.Now, time.Time{}
+			if nowActive == Primary {
+				g.st.Routes = nil
+			}
 			p.exportActive(g)
 		}
 		out = append(out, remediate.Conflict{Group: g.cfg.Name, Problem: strings.Join(problems, "; "), Rails: &g.st.Rails,
@@ -424,7 +441,7 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 		if ng, kept := keep[g.cfg.Name]; g.st.Active != Backup || (kept && g.sameChanges(ng)) {
 			continue
 		}
-		var c remediate.Change = remediate.DelRoutes(p.ownRoutes(g))
+		var c remediate.Change = remediate.DelRoutes(p.inForce(g))
 		if g.endpoint() {
 			ep := g.eps[0]
 			if orig, err := netip.ParseAddrPort(g.st.Original); err == nil {
@@ -436,7 +453,7 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary, Reason: why},
 			Unrailed: true, Changes: []remediate.Change{c},
 			Commit: func(now time.Time) {
-				g.st.Active, g.st.Since, g.st.Arrived = Primary, now, time.Time{}
+				g.st.Active, g.st.Since, g.st.Arrived, g.st.Routes = Primary, now, time.Time{}, nil
 				p.exportActive(g)
 			},
 		})
@@ -492,7 +509,7 @@ func (p *Policy) State() any {
 	for _, g := range p.groups {
 		st.Groups[g.cfg.Name] = g.st
 		if g.st.Active == Backup && !g.endpoint() {
-			for _, rt := range p.ownRoutes(g) {
+			for _, rt := range p.inForce(g) {
 				st.Routes = append(st.Routes, ownedRoute{Group: g.cfg.Name, Route: rt})
 			}
 		}
@@ -580,61 +597,53 @@ func (p *Policy) adopt(env remediate.Env, g *group) []remediate.Plan {
 	return plans
 }
 
-// adoptRoutes: our routes for all the group's prefixes mean the backup; for
-// some of them, a switch a crash interrupted, finished so the group is in
-// one state.
+// adoptRoutes: our routes (either shape) for all the group's prefixes
+// mean the backup; for some of them, a switch a crash interrupted, finished
+// so the group is in one state.
 func (p *Policy) adoptRoutes(env remediate.Env, g *group) []remediate.Plan {
 	var have, missing []remediate.Route
+	onBackup := 0
 	for _, pf := range g.prefixes {
-		want := p.ownRoute(g, pf)
-		rs, err := env.Kernel.Routes(pf)
+		h, m, err := p.adoptPrefix(env, g, pf)
 		if err != nil {
 			env.Logger.Error("cannot read routes at start: assuming the primary carries the group", "group", g.cfg.Name, "err", err)
-			g.st.Active = Primary
+			g.st.Active, g.st.Routes = Primary, nil
 			return nil
 		}
-		if slices.Contains(rs, want) {
-			have = append(have, want)
+		if len(h) == 0 {
+			if rs, blocked := p.shape(env, g, pf); blocked == "" {
+				m = rs
+			}
 		} else {
-			missing = append(missing, want)
+			onBackup++
 		}
+		have, missing = append(have, h...), append(missing, m...)
 	}
 	switch {
-	case len(have) == 0:
-		g.st.Active = Primary
+	case onBackup == 0:
+		g.st.Active, g.st.Routes = Primary, nil
 	case len(missing) == 0:
-		g.st.Active = Backup
+		g.st.Active, g.st.Routes = Backup, have
 	default:
-		g.st.Active = Backup
+		g.st.Active, g.st.Routes = Backup, have
 		return []remediate.Plan{{
 			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionSwitchToBackup, From: Backup, To: Backup,
-				Reason: fmt.Sprintf("completing a switch interrupted before this start: %d of %d prefixes were on the backup", len(have), len(g.prefixes))},
+				Reason: fmt.Sprintf("completing a switch interrupted before this start: %d of %d prefixes were on the backup", onBackup, len(g.prefixes))},
 			Unrailed: true, Changes: []remediate.Change{remediate.AddRoutes(missing)},
+			Commit: func(time.Time) { g.st.Routes = append(slices.Clone(have), missing...) },
 		}}
 	}
 	return nil
 }
 
-// Owned implements remediate.Policy: every route group's routes, in force
-// or not.
+// Owned implements remediate.Policy: every route group's routes, either
+// shape, in force or not.
 func (p *Policy) Owned() []remediate.Route {
 	var out []remediate.Route
 	for _, g := range p.groups {
-		if !g.endpoint() {
-			out = append(out, p.ownRoutes(g)...)
+		for _, pf := range g.prefixes {
+			out = append(append(out, p.exact(g, pf)...), p.halves(g, pf)...)
 		}
-	}
-	return out
-}
-
-func (p *Policy) ownRoute(g *group, pf netip.Prefix) remediate.Route {
-	return remediate.Route{Prefix: pf, Device: g.cfg.Backup.Device, Metric: g.cfg.RouteMetric, Protocol: p.proto}
-}
-
-func (p *Policy) ownRoutes(g *group) []remediate.Route {
-	out := make([]remediate.Route, len(g.prefixes))
-	for i, pf := range g.prefixes {
-		out[i] = p.ownRoute(g, pf)
 	}
 	return out
 }

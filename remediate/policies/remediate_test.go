@@ -516,15 +516,19 @@ func TestRestoreOnExit(t *testing.T) {
 	})
 }
 
-// Preflight: a missing backup device, or an operator route our metric would
-// not beat, suppress the switch with a reason saying what to fix.
+// Preflight: a missing backup device, or operator routes neither the
+// prefix's route nor its halves would beat, suppress the switch with a
+// reason saying what to fix.
 func TestPreflight(t *testing.T) {
 	for _, tc := range []struct {
 		name, reason, why string
 		mod               func(*rig)
 	}{
 		{"device missing", "device_missing", "device wg-b does not exist", func(r *rig) { delete(r.routes.links, backupDev) }},
-		{"metric too high", "metric_too_high", "lower route_metric", func(r *rig) { r.routes.operatorRoute(lan, primaryDev, 5) }},
+		{"metric too high", "metric_too_high", "lower route_metric", func(r *rig) { // neither the prefix nor its halves would win
+			r.routes.operatorRoute(lan, primaryDev, 5)
+			r.routes.operatorRoute("10.50.128.0/17", primaryDev, 5)
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {

@@ -342,7 +342,8 @@ type rig struct {
 	pmtu    sync.Map                                // target address -> largest inner packet that passes (default 1420)
 	// proberInterval of the prober's own targets (0: 1 s).
 	proberInterval time.Duration
-	sim            chan struct{} // closed at cleanup: simulations of the test end
+	sim            chan struct{}      // closed at cleanup: simulations of the test end
+	extra          []remediate.Policy // policies of the test's own, run beside failover
 	stopped        bool
 }
 
@@ -484,8 +485,12 @@ func (r *rig) start() {
 		r.t.Fatal(err)
 	}
 	r.spans = tracetest.NewSpanRecorder()
-	r.rem, err = policies.New(r.cfg, logger, remediate.Options{Snapshots: r.col, Prober: r.prober, Routes: r.routes,
-		Peers: r.wg, Tracer: newTracerProvider(r.spans)})
+	opts := remediate.Options{Snapshots: r.col, Prober: r.prober, Routes: r.routes, Peers: r.wg, Tracer: newTracerProvider(r.spans)}
+	if r.extra == nil {
+		r.rem, err = policies.New(r.cfg, logger, opts)
+	} else { // the failover policy and the test's own
+		r.rem, err = remediate.New(r.cfg.Config, append([]remediate.Policy{failover.New(r.cfg.Failover)}, r.extra...), logger, opts)
+	}
 	if err != nil {
 		r.t.Fatal(err)
 	}
