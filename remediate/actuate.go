@@ -209,6 +209,40 @@ func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
+// listVia returns every main-table route through device.
+func (r routes) listVia(device string, v6 bool) ([]Route, error) {
+	l, err := r.h.LinkByName(device)
+	if err != nil {
+		return nil, fmt.Errorf("device %s: %w", device, ErrNoDevice)
+	}
+	family := netlink.FAMILY_V4
+	if v6 {
+		family = netlink.FAMILY_V6
+	}
+	rs, err := r.h.RouteListFiltered(family, &netlink.Route{LinkIndex: l.Attrs().Index, Table: unix.RT_TABLE_MAIN},
+		netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return nil, fmt.Errorf("listing routes via %s: %w", device, err)
+	}
+	out := make([]Route, 0, len(rs))
+	for _, nr := range rs {
+		p := netip.PrefixFrom(netip.IPv4Unspecified(), 0) // the default route has no Dst
+		if v6 {
+			p = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		}
+		if nr.Dst != nil {
+			a, ok := netip.AddrFromSlice(nr.Dst.IP)
+			if !ok {
+				continue
+			}
+			ones, _ := nr.Dst.Mask.Size()
+			p = netip.PrefixFrom(a.Unmap(), ones)
+		}
+		out = append(out, Route{Prefix: p, Device: device, Metric: nr.Priority, Protocol: int(nr.Protocol), MTU: nr.MTU})
+	}
+	return out, nil
+}
+
 // listProto returns every main-table route of our protocol in a family
 // (unix.AF_INET or unix.AF_INET6).
 func (r routes) listProto(family int) ([]Route, error) {
@@ -312,6 +346,8 @@ type Kernel interface {
 	// Routes returns every main-table route whose destination is exactly p,
 	// lowest metric first.
 	Routes(p netip.Prefix) ([]Route, error)
+	// RoutesVia returns every main-table route through device in a family.
+	RoutesVia(device string, v6 bool) ([]Route, error)
 	LinkMTU(device string) (int, error)
 	LinkExists(device string) bool
 	// Peer returns a peer's endpoint and PersistentKeepalive.
@@ -331,6 +367,12 @@ func (a actuators) Routes(p netip.Prefix) ([]Route, error) {
 		return nil, errors.New("no netlink handle (CAP_NET_ADMIN)")
 	}
 	return a.routes.list(p)
+}
+func (a actuators) RoutesVia(device string, v6 bool) ([]Route, error) {
+	if a.routes.h == nil {
+		return nil, errors.New("no netlink handle (CAP_NET_ADMIN)")
+	}
+	return a.routes.listVia(device, v6)
 }
 func (a actuators) LinkMTU(device string) (int, error) {
 	if a.routes.h == nil {

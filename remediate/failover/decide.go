@@ -33,9 +33,19 @@ const (
 	SuppressHoldDown      = remediate.SuppressHoldDown
 	SuppressDeviceMissing = "device_missing"  // a device of the group does not exist
 	SuppressMetricTooHigh = "metric_too_high" // our route would not win over the operator's
+	// A return would leave a prefix with no route via the primary (its
+	// tunnel's routes gone: wg-quick down): staying on the backup.
+	SuppressNoPrimaryRoute = "no_primary_route"
+	// The backup's peers do not allow a prefix: WireGuard would drop what
+	// is routed to them.
+	SuppressBackupNotAllowed = "backup_not_allowed"
+	// A prefix holds the endpoint of the tunnel's own peer: routing it into
+	// the tunnel would send the tunnel's packets into itself.
+	SuppressEndpointInPrefix = "endpoint_in_prefix"
 )
 
-var suppressReasons = []string{SuppressBothDown, SuppressUnknown, SuppressMargin, SuppressHoldDown, SuppressDeviceMissing, SuppressMetricTooHigh}
+var suppressReasons = []string{SuppressBothDown, SuppressUnknown, SuppressMargin, SuppressHoldDown, SuppressDeviceMissing, SuppressMetricTooHigh,
+	SuppressNoPrimaryRoute, SuppressBackupNotAllowed, SuppressEndpointInPrefix}
 
 // pathHealth is one path as the policy sees it: the prober's verdict on its
 // target, made down by a handshake older than 180 s on a fresh device read.

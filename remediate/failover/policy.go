@@ -304,6 +304,92 @@ func (p *Policy) preflight(env remediate.Env, g *group, d *remediate.Decision) {
 		d.Reason = fmt.Sprintf("device %s does not exist (check remediate.failover %q): %s", dev, g.cfg.Name, d.Reason)
 		return
 	}
+	var why string
+	if d.To == Primary {
+		d.Suppressed, why = SuppressNoPrimaryRoute, p.primaryRouted(env, g)
+	} else if d.Suppressed, why = SuppressBackupNotAllowed, p.backupAllows(env, g); why == "" {
+		d.Suppressed, why = SuppressEndpointInPrefix, p.endpointInPrefix(env, g)
+	}
+	if why == "" {
+		d.Suppressed = ""
+		return
+	}
+	d.Reason = why + ": " + d.Reason
+}
+
+// primaryRouted says why a return would leave a prefix with no route via
+// the primary ("": none): no route of another manager through the primary
+// device covers it (the tunnel's own routes went with `wg-quick down`).
+func (p *Policy) primaryRouted(env remediate.Env, g *group) string {
+	var via [2][]remediate.Route // IPv4, IPv6
+	for _, pf := range g.prefixes {
+		fam := b2i(pf.Addr().Is6())
+		if via[fam] == nil {
+			rs, err := env.Kernel.RoutesVia(g.cfg.Primary.Device, pf.Addr().Is6())
+			if err != nil {
+				return fmt.Sprintf("cannot read the routes via the primary %s (%v): staying on the backup", g.cfg.Primary.Device, err)
+			}
+			via[fam] = append(rs, remediate.Route{}) // read, even if empty
+		}
+		if !slices.ContainsFunc(via[fam], func(r remediate.Route) bool {
+			return r.Prefix.IsValid() && r.Protocol != env.RouteProtocol && r.Prefix.Bits() <= pf.Bits() && r.Prefix.Contains(pf.Addr())
+		}) {
+			return fmt.Sprintf("no route via the primary %s carries %s (its tunnel's routes are gone: wg-quick down?): a return would leave it unrouted, staying on the backup",
+				g.cfg.Primary.Device, pf)
+		}
+	}
+	return ""
+}
+
+// backupAllows says why the backup's peers would drop a prefix ("": they
+// allow every one). A device the last poll did not read is not held against it.
+func (p *Policy) backupAllows(env remediate.Env, g *group) string {
+	if env.Snapshot == nil {
+		return ""
+	}
+	d, ok := env.Snapshot.Device(g.cfg.Backup.Device)
+	if !ok || d.Stale {
+		return ""
+	}
+	for _, pf := range g.prefixes {
+		allowed := false
+		for _, pr := range d.Peers {
+			allowed = allowed || slices.ContainsFunc(pr.AllowedIPs, func(a netip.Prefix) bool { return a.Bits() <= pf.Bits() && a.Contains(pf.Addr()) })
+		}
+		if !allowed {
+			return fmt.Sprintf("no peer of the backup %s allows %s in its AllowedIPs: WireGuard would drop what is routed to it (add %s to the far end's peer AllowedIPs on %s)",
+				g.cfg.Backup.Device, pf, pf, g.cfg.Backup.Device)
+		}
+	}
+	return ""
+}
+
+// endpointInPrefix says why routing the prefixes into the backup would
+// loop ("": it would not): a peer's endpoint on the backup device inside one.
+func (p *Policy) endpointInPrefix(env remediate.Env, g *group) string {
+	if env.Snapshot == nil {
+		return ""
+	}
+	d, ok := env.Snapshot.Device(g.cfg.Backup.Device)
+	if !ok {
+		return ""
+	}
+	for _, pr := range d.Peers {
+		for _, pf := range g.prefixes {
+			if pr.Endpoint.IsValid() && pf.Contains(pr.Endpoint.Addr()) {
+				return fmt.Sprintf("prefix %s of group %q holds the endpoint %s of the backup's peer %s: routing it into the tunnel would send the tunnel's own packets into itself; take the endpoint out of remediate.failover prefixes",
+					pf, g.cfg.Name, pr.Endpoint, remediate.PeerLabel(pr.PublicKey, pr.Name))
+			}
+		}
+	}
+	return ""
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // backupRoutes are the routes a switch to the backup adds, one shape per

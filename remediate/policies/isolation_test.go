@@ -20,7 +20,7 @@ func TestSlowKernelCallInOnePolicyDelaysNoOther(t *testing.T) {
 		cfg.MTU.Enabled, cfg.MTU.Devices, cfg.MTU.Min = true, []string{backupDev}, 1200
 		r := newRig(t, cfg)
 		const busy = "10.60.0.0/16"
-		r.wg.allowed[backupDev] = []string{busy}
+		r.wg.allowed[backupDev] = append(r.wg.allowed[backupDev], busy)
 		release := make(chan struct{})
 		r.routes.hang, r.routes.hung = map[string]chan struct{}{busy: release}, make(chan string, 1)
 		r.pmtu.Store(backupTarget, 1232) // the MTU policy wants a route for 10.60.0.0/16: it reads the table first

@@ -552,6 +552,7 @@ func TestFailedActionBacksOff(t *testing.T) {
 		g := group("fast")
 		g.Prefixes = []string{lan, "10.60.0.0/16"}
 		r := newRig(t, config(t, remediate.ModeAuto, g))
+		r.wg.allowed[backupDev] = append(r.wg.allowed[backupDev], "10.60.0.0/16")
 		r.routes.failAdd = syscall.EPERM
 		r.fault(primaryTarget, dead)
 		r.start()

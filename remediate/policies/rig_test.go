@@ -131,6 +131,9 @@ func (f *fakeRoutes) RouteListFiltered(family int, filter *netlink.Route, mask u
 		if mask&netlink.RT_FILTER_PROTOCOL != 0 && r.Protocol != filter.Protocol {
 			continue
 		}
+		if mask&netlink.RT_FILTER_OIF != 0 && r.LinkIndex != filter.LinkIndex {
+			continue
+		}
 		out = append(out, r)
 	}
 	return out, nil
@@ -449,7 +452,8 @@ func newRig(t *testing.T, cfg policies.Config) *rig {
 	now := time.Now()
 	r.wg = &fakeWG{peers: map[string]string{primaryDev: primaryTarget, backupDev: backupTarget, tunnelDev: tunnelTarget},
 		handshake: map[string]time.Time{primaryDev: now, backupDev: now, tunnelDev: now}, fail: map[string]bool{},
-		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}, allowed: map[string][]string{}, rx: map[string]int64{}}
+		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}, rx: map[string]int64{},
+		allowed: map[string][]string{backupDev: {lan}}} // the backup's far end allows the LAN it carries on failover
 	return r
 }
 
