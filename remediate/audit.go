@@ -56,7 +56,7 @@ func newMetrics() *metrics {
 		}, []string{"policy", "group"}),
 		lastDecision: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_last_decision_timestamp_seconds",
-			Help: "Unix time of the last audited decision of a policy for a group (or peer), with its action, result and reason; one series each.",
+			Help: "Unix time of the last audited decision of a policy for a group (or peer), with its action, result and reason code (the prose is in the log); one series each.",
 		}, []string{"policy", "group", "peer", "action", "result", "reason"}),
 		paused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_paused",
@@ -134,6 +134,7 @@ func (a auditor) record(ctx context.Context, d Decision, mode Mode, result strin
 		attribute.String("wgpulse.from", d.From),
 		attribute.String("wgpulse.to", d.To),
 		attribute.String("wgpulse.reason", d.Reason),
+		attribute.String("wgpulse.code", d.ReasonCode()),
 		attribute.String("wgpulse.mode", string(mode)),
 		attribute.String("wgpulse.result", result),
 	}
@@ -151,7 +152,7 @@ func (a auditor) record(ctx context.Context, d Decision, mode Mode, result strin
 	span.End(trace.WithTimestamp(start.Add(took)))
 
 	logAttrs := []any{"audit", true, "policy", d.Policy, "group", d.Group, "action", d.Action, "from", d.From, "to", d.To,
-		"reason", d.Reason, "mode", string(mode), "result", result, "duration", took}
+		"reason", d.Reason, "code", d.ReasonCode(), "mode", string(mode), "result", result, "duration", took}
 	if d.Peer != "" {
 		logAttrs = append(logAttrs, "peer", d.Peer)
 	}
@@ -169,5 +170,5 @@ func (a auditor) record(ctx context.Context, d Decision, mode Mode, result strin
 	}
 	a.logger.Log(ctx, level, "remediation decision", logAttrs...)
 	a.metrics.lastDecision.DeletePartialMatch(prometheus.Labels{"policy": d.Policy, "group": d.Group, "peer": d.Peer})
-	a.metrics.lastDecision.WithLabelValues(d.Policy, d.Group, d.Peer, d.Action, result, d.Reason).Set(float64(time.Now().UnixNano()) / 1e9)
+	a.metrics.lastDecision.WithLabelValues(d.Policy, d.Group, d.Peer, d.Action, result, d.ReasonCode()).Set(float64(time.Now().UnixNano()) / 1e9)
 }

@@ -98,14 +98,37 @@ func (e Env) DropUnit(unit string) { e.metrics.dropUnit(e.policy, unit) }
 // Decision is one verdict of a policy: an action to take, or one wanted
 // and suppressed (Suppressed says why), or nothing (Action empty).
 type Decision struct {
-	Policy     string // set by the core
-	Group      string // the unit: a failover group, or the device of a per-peer policy
-	Peer       string // the peer acted on, for per-peer policies
-	Action     string
-	From, To   string
-	Reason     string
+	Policy   string // set by the core
+	Group    string // the unit: a failover group, or the device of a per-peer policy
+	Peer     string // the peer acted on, for per-peer policies
+	Action   string
+	From, To string
+	Reason   string // prose, for the log line and the status
+	// Code is what made the policy decide, from a small fixed set
+	// (primary_down, path_mtu_measured, ...): the metric's reason label. A
+	// suppressed decision's code is its Suppressed reason; empty: the action.
+	Code       string
 	Suppressed string
 	Escape     bool // leaving a dead state: never damped
+}
+
+// ReasonCode is the bounded code of a decision (the metric's reason label).
+func (d Decision) ReasonCode() string {
+	switch {
+	case d.Suppressed != "":
+		return d.Suppressed
+	case d.Code != "":
+		return d.Code
+	}
+	return d.Action
+}
+
+// UndoCode is the code of an undo for why (empty: a reload).
+func UndoCode(why string) string {
+	if why == "" {
+		return "reload"
+	}
+	return "restore_on_exit"
 }
 
 // Plan is a decision with what carrying it out means. The core runs every

@@ -477,7 +477,7 @@ func (r *Remediator) apply(policy string, act actuators, cs []Change) error {
 func (r *Remediator) record(ctx context.Context, d Decision, mode Mode, result string, start time.Time, err error) {
 	r.audit.record(ctx, d, mode, result, start, err)
 	ds := DecisionStatus{Policy: d.Policy, Group: d.Group, Peer: d.Peer, At: time.Now(), Action: d.Action, From: d.From, To: d.To,
-		Reason: d.Reason, Result: result, Suppressed: d.Suppressed}
+		Reason: d.Reason, Code: d.ReasonCode(), Result: result, Suppressed: d.Suppressed}
 	r.mu.Lock()
 	r.decisions[decisionKey(ds)] = ds
 	r.mu.Unlock()

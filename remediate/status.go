@@ -38,6 +38,7 @@ type DecisionStatus struct {
 	From       string    `json:"from"`
 	To         string    `json:"to"`
 	Reason     string    `json:"reason"`
+	Code       string    `json:"code"`
 	Result     string    `json:"result"`
 	Suppressed string    `json:"suppressed,omitempty"`
 }

@@ -84,7 +84,7 @@ func decideFailover(g Group, st groupState, sig groupSignals, now time.Time) rem
 		if p.State != prober.StateDown {
 			return d // the primary is up or unknown: unknown is never a reason to act
 		}
-		d.Action, d.To, d.Escape = ActionSwitchToBackup, Backup, true
+		d.Action, d.To, d.Escape, d.Code = ActionSwitchToBackup, Backup, true, "primary_down"
 		switch {
 		case b.State == prober.StateDown:
 			d.Suppressed = SuppressBothDown
@@ -103,7 +103,7 @@ func decideFailover(g Group, st groupState, sig groupSignals, now time.Time) rem
 	}
 	switch {
 	case b.State == prober.StateDown:
-		d.Action, d.To, d.Escape = ActionReturnToPrimary, Primary, true
+		d.Action, d.To, d.Escape, d.Code = ActionReturnToPrimary, Primary, true, "backup_down"
 		switch p.State {
 		case prober.StateUp:
 			d.Reason = fmt.Sprintf("backup down (%s); primary up", b.Reason)
@@ -115,7 +115,7 @@ func decideFailover(g Group, st groupState, sig groupSignals, now time.Time) rem
 			d.Reason = fmt.Sprintf("backup down (%s) but the primary has no verdict yet", b.Reason)
 		}
 	case p.State == prober.StateUp:
-		d.Action, d.To = ActionReturnToPrimary, Primary
+		d.Action, d.To, d.Code = ActionReturnToPrimary, Primary, "primary_up"
 		// Up since we left it, at the earliest: a verdict older than the
 		// switch (an underlay target slower to notice than the tunnel) says
 		// nothing about the primary since it failed.

@@ -519,6 +519,7 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 			keep[g.cfg.Name] = g.cfg
 		}
 	}
+	code := remediate.UndoCode(why)
 	if why == "" {
 		why = "the group was removed or its paths changed on reload: undoing its change"
 	}
@@ -536,7 +537,7 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 			c = remediate.SetEndpoint{Device: g.cfg.Device, Peer: g.peer, Endpoint: ep}
 		}
 		plans = append(plans, remediate.Plan{
-			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary, Reason: why},
+			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary, Reason: why, Code: code},
 			Unrailed: true, Changes: []remediate.Change{c},
 			Commit: func(now time.Time) {
 				g.st.Active, g.st.Since, g.st.Arrived, g.st.Routes = Primary, now, time.Time{}, nil
@@ -713,7 +714,7 @@ func (p *Policy) adoptRoutes(env remediate.Env, g *group) []remediate.Plan {
 	default:
 		g.st.Active, g.st.Routes = Backup, have
 		return []remediate.Plan{{
-			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionSwitchToBackup, From: Backup, To: Backup,
+			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionSwitchToBackup, From: Backup, To: Backup, Code: "interrupted_switch",
 				Reason: fmt.Sprintf("completing a switch interrupted before this start: %d of %d prefixes were on the backup", onBackup, len(g.prefixes))},
 			Unrailed: true, Changes: []remediate.Change{remediate.AddRoutes(missing)},
 			Commit: func(time.Time) { g.st.Routes = append(slices.Clone(have), missing...) },

@@ -254,7 +254,7 @@ func decideKeepalive(c Config, u *kaUnit, now time.Time) (remediate.Decision, ti
 		quietSince = u.lastSymptom
 	}
 	if u.st.Applied > 0 && c.RelaxAfter > 0 && u.symptoms == 0 && now.Sub(quietSince) >= c.RelaxAfter {
-		d.Action, d.From, d.To = ActionRelaxKeepalive, current.String(), u.st.Original.String()
+		d.Action, d.From, d.To, d.Code = ActionRelaxKeepalive, current.String(), u.st.Original.String(), "relax_after"
 		d.Reason = fmt.Sprintf("no NAT expiry seen for %s (relax_after): back to the original keepalive", c.RelaxAfter)
 		return d, u.st.Original
 	}
@@ -280,7 +280,7 @@ func decideKeepalive(c Config, u *kaUnit, now time.Time) (remediate.Decision, ti
 		return remediate.Decision{Group: u.st.Device, Peer: d.Peer}, 0 // already below it: symptoms there are not ours to fix
 	}
 	want = min(want, c.Max)
-	d.Action, d.To, d.Escape = ActionSetKeepalive, want.String(), true
+	d.Action, d.To, d.Escape, d.Code = ActionSetKeepalive, want.String(), true, "nat_expiry"
 	d.Reason = fmt.Sprintf("%s: PersistentKeepalive %s", bracket, want)
 	return d, want
 }
@@ -466,6 +466,7 @@ func (p *Policy) Reconcile(remediate.Env) []remediate.Conflict {
 // does not cover gets its original keepalive back.
 func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []remediate.Plan {
 	n, _ := next.(*Policy)
+	code := remediate.UndoCode(why)
 	if why == "" {
 		why = "the keepalive policy no longer covers this device after a reload: undoing its change"
 	}
@@ -476,7 +477,7 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 		}
 		plans = append(plans, remediate.Plan{
 			Decision: remediate.Decision{Group: u.st.Device, Peer: remediate.PeerLabel(u.st.Peer, u.name), Action: ActionRelaxKeepalive,
-				From: u.st.Applied.String(), To: u.st.Original.String(), Reason: why},
+				From: u.st.Applied.String(), To: u.st.Original.String(), Reason: why, Code: code},
 			Unrailed: true, Changes: []remediate.Change{remediate.SetKeepalive{Device: u.st.Device, Peer: u.key, Keepalive: u.st.Original}},
 			Commit: func(time.Time) {
 				u.st.Applied = 0

@@ -157,14 +157,14 @@ func decideMTU(c Config, st mtuState, m mtuMeasure, v6 bool, now time.Time) (rem
 	d.From, d.To = fmt.Sprint(effective), fmt.Sprint(want)
 	switch {
 	case want < effective:
-		d.Action, d.Escape = ActionLowerMTU, true // packets above it vanish: never damped
+		d.Action, d.Escape, d.Code = ActionLowerMTU, true, "path_mtu_measured" // packets above it vanish: never damped
 		d.Reason = fmt.Sprintf("%s: inner packets above it are lost; MTU %d (margin %d, floor %d)", why, want, c.Margin, floor)
 		return d, want, time.Time{}
 	case want > effective && st.Applied > 0:
 		if raiseSince.IsZero() {
 			raiseSince = now
 		}
-		d.Action = ActionRaiseMTU
+		d.Action, d.Code = ActionRaiseMTU, "path_mtu_recovered"
 		if held := now.Sub(raiseSince); held < c.HoldDown {
 			d.Suppressed = remediate.SuppressHoldDown
 			d.Reason = fmt.Sprintf("%s, above the MTU in force %d: waiting for hold_down %s before raising", why, effective, c.HoldDown)
@@ -518,6 +518,7 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 // cover (every change when next is nil).
 func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []remediate.Plan {
 	n, _ := next.(*Policy)
+	code := remediate.UndoCode(why)
 	if why == "" {
 		why = "the MTU policy no longer covers this device after a reload: undoing its change"
 	}
@@ -529,7 +530,7 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 		cs, st := p.undoChanges(u)
 		plans = append(plans, remediate.Plan{
 			Decision: remediate.Decision{Group: u.st.Device, Peer: remediate.PeerLabel(u.st.Peer, u.name), Action: ActionRaiseMTU,
-				From: fmt.Sprint(u.st.Applied), To: fmt.Sprint(u.st.Max), Reason: why},
+				From: fmt.Sprint(u.st.Applied), To: fmt.Sprint(u.st.Max), Reason: why, Code: code},
 			Unrailed: true, Changes: cs,
 			Commit: func(time.Time) {
 				u.st.Applied, u.st.Mechanism, u.st.Routes, u.st.Original = st.Applied, st.Mechanism, st.Routes, st.Original

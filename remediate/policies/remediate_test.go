@@ -76,6 +76,9 @@ func TestFailoverAndReturnAfterHoldDown(t *testing.T) {
 		if len(a) != 1 || a[0].Action != "switch_to_backup" || a[0].Result != "ok" || a[0].Mode != "auto" || !strings.Contains(a[0].Reason, "7 probes lost in a row") {
 			t.Fatalf("audit %+v, want one switch_to_backup ok with the losses as reason", a)
 		}
+		if r.metric("wgpulse_remediation_last_decision_timestamp_seconds", map[string]string{"action": "switch_to_backup", "reason": "primary_down"}) == 0 {
+			t.Error("the last decision's reason code is not primary_down")
+		}
 		if r.metric("wgpulse_failover_active_path", map[string]string{"path": "backup"}) != 1 ||
 			r.metric("wgpulse_remediation_actions_total", map[string]string{"action": "switch_to_backup", "result": "ok", "mode": "auto"}) != 1 {
 			t.Error("metrics do not show the switch")

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -514,7 +515,9 @@ func (r *rig) start() {
 	r.t.Cleanup(r.stop)
 }
 
-// stop ends the node cleanly (SIGTERM) and waits for it.
+// stop ends the node cleanly (SIGTERM) and waits for it. Every test of
+// the rig checks on the way that the last decisions' reason labels are
+// codes from a small set, never prose.
 func (r *rig) stop() {
 	if r.stopped {
 		return
@@ -522,7 +525,27 @@ func (r *rig) stop() {
 	r.stopped = true
 	r.cancel()
 	<-r.done
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(r.rem)
+	mfs, err := reg.Gather()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "wgpulse_remediation_last_decision_timestamp_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && !reasonCode.MatchString(l.GetValue()) {
+					r.t.Errorf("last decision's reason label %q is not a code", l.GetValue())
+				}
+			}
+		}
+	}
 }
+
+var reasonCode = regexp.MustCompile(`^[a-z][a-z_]{0,30}$`)
 
 // fault sets how a target answers: nil restores 1 ms replies.
 func (r *rig) fault(target string, f func(n int) probertest.Reply) {
