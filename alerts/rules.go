@@ -272,6 +272,13 @@ func RemediationRules(c Config) RuleFile {
 				fmt.Sprintf("Remediation on {{ $labels.instance }} has been paused for more than %s: no failover, MTU or keepalive change happens. Resume with SIGUSR1 (it toggles), or POST /-/remediate/resume where --web.enable-remediation-api is set.", promDuration(c.PausedFor))),
 		},
 		{
+			Alert:  "WireGuardRemediationBudgetExhausted",
+			Expr:   "sum by (instance, job) (increase(wgpulse_remediation_suppressed_total{reason=\"budget\"}[15m])) > 0",
+			Labels: map[string]string{"severity": "critical"},
+			Annotations: c.annotate("WireGuardRemediationBudgetExhausted", "The node-wide remediation budget is spent.",
+				"The remediator on {{ $labels.instance }} held back {{ $value | humanize }} changes in 15m because remediate.budget was spent: far more units wanted to act at once than a real outage explains (a loop, a broken probe plane), or the node has more units than the budget allows."),
+		},
+		{
 			Alert:  "WireGuardRemediationStateFileUnusable",
 			Expr:   "wgpulse_remediation_state_file_unusable == 1",
 			Labels: map[string]string{"severity": "warning"},

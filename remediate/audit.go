@@ -32,6 +32,7 @@ type metrics struct {
 	stateErrs    prometheus.Counter
 	// stateUnusable: started paused because the state file was unusable.
 	stateUnusable prometheus.Gauge
+	budget        prometheus.Gauge
 }
 
 var results = []string{ResultOK, ResultError, ResultDryRun}
@@ -70,6 +71,10 @@ func newMetrics() *metrics {
 			Name: "wgpulse_remediation_state_file_errors_total",
 			Help: "Failures to read (corrupt, set aside) or write the state file.",
 		}),
+		budget: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_budget_remaining",
+			Help: "Changes left in the node-wide budget (remediate.budget) as of the last decision; a quarter is kept for escapes from dead paths.",
+		}),
 		stateUnusable: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_state_file_unusable",
 			Help: "1 while remediation is paused because its state file was unusable at start (in auto); resuming clears it.",
@@ -78,7 +83,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.actions, m.suppressed, m.conflicts, m.policies, m.lastDecision, m.paused, m.mode, m.stateErrs, m.stateUnusable}
+	return []prometheus.Collector{m.actions, m.suppressed, m.conflicts, m.policies, m.lastDecision, m.paused, m.mode, m.stateErrs, m.stateUnusable, m.budget}
 }
 
 // initUnit creates a unit's series at zero, so dashboards and alerts see

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"time"
 )
 
 // Mode is what the remediator may do.
@@ -32,6 +33,16 @@ type Config struct {
 	// RouteProtocol marks the routes the remediator owns (`ip route show
 	// proto 117`); no route with another protocol is ever changed.
 	RouteProtocol int `yaml:"route_protocol"`
+	// Budget caps the changes of all policies together: the last rail when
+	// something makes every unit want to act (a loop, a broken probe plane).
+	Budget Budget `yaml:"budget"`
+}
+
+// Budget is a node-wide bucket of Changes refilled evenly over Per. A
+// quarter of it is kept for escapes from dead paths: they go first.
+type Budget struct {
+	Changes int           `yaml:"changes"`
+	Per     time.Duration `yaml:"per"`
 }
 
 // DefaultRouteProtocol is wgpulse's route protocol number: unassigned in
@@ -40,7 +51,8 @@ const DefaultRouteProtocol = 117
 
 // DefaultConfig is the core's defaults: dry-run.
 func DefaultConfig() Config {
-	return Config{Mode: ModeDryRun, StateFile: "/var/lib/wgpulse/remediate.json", RouteProtocol: DefaultRouteProtocol}
+	return Config{Mode: ModeDryRun, StateFile: "/var/lib/wgpulse/remediate.json", RouteProtocol: DefaultRouteProtocol,
+		Budget: Budget{Changes: 50, Per: 10 * time.Minute}}
 }
 
 // Validate names the offending field.
@@ -57,6 +69,9 @@ func (c Config) Validate() error {
 	}
 	if c.RouteProtocol < 5 || c.RouteProtocol > 255 {
 		fe("route_protocol", "must be 5..255 (0-4 belong to the kernel), got %d", c.RouteProtocol)
+	}
+	if c.Budget.Changes < 1 || c.Budget.Changes > 100000 || c.Budget.Per <= 0 {
+		fe("budget", "want changes 1..100000 and per > 0 (default 50 per 10m), got %+v", c.Budget)
 	}
 	return errors.Join(errs...)
 }

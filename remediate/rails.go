@@ -3,6 +3,7 @@ package remediate
 import (
 	"fmt"
 	"math"
+	"sync"
 	"time"
 )
 
@@ -16,9 +17,10 @@ const (
 	SuppressRateLimited = "rate_limited" // the unit's change budget is spent
 	SuppressHoldDown    = "hold_down"    // a better state must hold this long first
 	SuppressBelowFloor  = "below_floor"  // the value wanted is below the floor the policy may set
+	SuppressBudget      = "budget"       // the node-wide budget of changes is spent
 )
 
-var railReasons = []string{SuppressPaused, SuppressBackoff, SuppressDamped, SuppressRateLimited}
+var railReasons = []string{SuppressPaused, SuppressBackoff, SuppressDamped, SuppressRateLimited, SuppressBudget}
 
 // Damping is BGP-style flap damping (RFC 2439): every change adds Penalty,
 // which decays with HalfLife; at Suppress the unit is damped and makes no
@@ -134,6 +136,45 @@ func backoff(st Rails, why string, now time.Time) Rails {
 	st.BackoffUntil = now.Add(time.Duration(st.Backoff))
 	st.BackoffWhy = why
 	return st
+}
+
+// budget is the node-wide bucket, shared by every policy's goroutine.
+type budget struct {
+	mu     sync.Mutex
+	cfg    Budget
+	tokens float64
+	at     time.Time
+}
+
+func (b *budget) level(now time.Time) float64 {
+	if b.at.IsZero() {
+		return float64(b.cfg.Changes)
+	}
+	return min(float64(b.cfg.Changes), b.tokens+float64(now.Sub(b.at))/float64(b.cfg.Per)*float64(b.cfg.Changes))
+}
+
+// take spends one change, or says why not: a voluntary change may not dip
+// into the quarter kept for escapes.
+func (b *budget) take(d *Decision, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	reserve := 0.0
+	if !d.Escape {
+		reserve = float64((b.cfg.Changes + 3) / 4)
+	}
+	if l := b.level(now); l < 1+reserve {
+		d.Suppressed = SuppressBudget
+		d.Reason = fmt.Sprintf("node-wide budget: %d changes per %s spent (the last %d are kept for escapes from dead paths; raise remediate.budget if this node has more units): %s",
+			b.cfg.Changes, b.cfg.Per, (b.cfg.Changes+3)/4, d.Reason)
+		return
+	}
+	b.tokens, b.at = b.level(now)-1, now
+}
+
+func (b *budget) remaining(now time.Time) float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.level(now)
 }
 
 // Duration is a time.Duration written as "10s" in the state file.

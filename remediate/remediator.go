@@ -74,6 +74,7 @@ type Remediator struct {
 	reload sync.Mutex // one ApplyConfig at a time
 	saving sync.Mutex // one state file write at a time
 	owners routeOwners
+	budget budget
 
 	// mu guards the fields below. It is never held while a policy runs:
 	// a policy's lock may be taken before it, never after.
@@ -130,6 +131,7 @@ func New(cfg Config, policies []Policy, logger *slog.Logger, opts Options) (*Rem
 		logger: logger, snaps: opts.Snapshots, prober: opts.Prober, routesH: opts.Routes, peersH: opts.Peers,
 		metrics: m, audit: auditor{logger: logger, metrics: m, tracer: tp.Tracer("github.com/wgpulse/wgpulse/remediate")},
 		wake: make(chan struct{}, 1), cfg: cfg, parts: map[string]json.RawMessage{}, decisions: map[string]DecisionStatus{},
+		budget: budget{cfg: cfg.Budget},
 	}
 	seen := map[string]bool{}
 	for _, p := range policies {
@@ -142,6 +144,7 @@ func New(cfg Config, policies []Policy, logger *slog.Logger, opts Options) (*Rem
 		p.Inherit(r.envLocked(w), nil)
 	}
 	m.setMode(cfg.Mode)
+	m.budget.Set(float64(cfg.Budget.Changes))
 	if cfg.Mode == ModeAuto {
 		l, err := lockState(cfg.StateFile)
 		if err != nil {
@@ -403,6 +406,10 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 	}
 	if !p.Unrailed && p.Rails != nil {
 		applyRails(&d, p.Limits, *p.Rails, env.Now, paused)
+	}
+	if !p.Unrailed && d.Action != "" && d.Suppressed == "" {
+		r.budget.take(&d, env.Now) // in dry-run too: it decides what auto would
+		r.metrics.budget.Set(r.budget.remaining(env.Now))
 	}
 	switch {
 	case d.Action == "":
@@ -839,6 +846,9 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Pol
 	if cfg.Mode != prev.Mode {
 		r.logger.Warn("remediation mode changed", "from", string(prev.Mode), "to", string(cfg.Mode))
 	}
+	r.budget.mu.Lock()
+	r.budget.cfg = cfg.Budget
+	r.budget.mu.Unlock()
 	r.mu.Lock()
 	r.cfg = cfg
 	started := r.started
