@@ -42,10 +42,14 @@ const (
 	// A prefix holds the endpoint of the tunnel's own peer: routing it into
 	// the tunnel would send the tunnel's packets into itself.
 	SuppressEndpointInPrefix = "endpoint_in_prefix"
+	// Every failover target of the node is down or losing at once, backups
+	// and underlay targets included: the probe plane broke (a host firewall
+	// dropping ICMP, a socket problem), not the paths. Unknown, node-wide.
+	SuppressProbePlaneDown = "probe_plane_down"
 )
 
 var suppressReasons = []string{SuppressBothDown, SuppressUnknown, SuppressMargin, SuppressHoldDown, SuppressDeviceMissing, SuppressMetricTooHigh,
-	SuppressNoPrimaryRoute, SuppressBackupNotAllowed, SuppressEndpointInPrefix}
+	SuppressNoPrimaryRoute, SuppressBackupNotAllowed, SuppressEndpointInPrefix, SuppressProbePlaneDown}
 
 // pathHealth is one path as the policy sees it: the prober's verdict on its
 // target, made down by a handshake older than 180 s on a fresh device read.

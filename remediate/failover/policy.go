@@ -238,6 +238,13 @@ func (p *Policy) evaluate(env remediate.Env, g *group) remediate.Plan {
 		plan.After = p.after(g, env.Now)
 		return plan
 	}
+	if d.To == Backup {
+		if why := p.planeDown(env); why != "" {
+			plan.Suppressed, plan.Reason = SuppressProbePlaneDown, why+": "+plan.Reason
+			plan.After = p.after(g, env.Now)
+			return plan
+		}
+	}
 	p.preflight(env, g, &plan.Decision)
 	var routes []remediate.Route // route mode: what the switch adds or deletes
 	switch {
@@ -282,6 +289,37 @@ func (p *Policy) after(g *group, at time.Time) func(remediate.Decision, string) 
 		p.exportActive(g)
 		p.exportDamping(g, at)
 	}
+}
+
+// planeDown says why every failover target of the node failing at once is
+// the probe plane's fault ("": it is not): at least three targets, none
+// unknown, none answering its newest probe, at least one down.
+func (p *Policy) planeDown(env remediate.Env) string {
+	keys := map[string]bool{}
+	for _, g := range p.groups {
+		for _, t := range g.probeTargets() {
+			keys[t.Key()] = true
+		}
+	}
+	if len(keys) < 3 {
+		return ""
+	}
+	down := 0
+	for k := range keys {
+		h, ok := env.Prober.HealthOf(k)
+		switch {
+		case !ok || h.State == prober.StateUnknown:
+			return ""
+		case h.State == prober.StateDown:
+			down++
+		case h.LostInARow == 0:
+			return "" // answering: the plane works
+		}
+	}
+	if down == 0 {
+		return ""
+	}
+	return fmt.Sprintf("all %d failover targets of this node, backups and underlay targets included, are down or losing at once: the probe plane is broken (ICMP dropped by a host firewall, a lost capability), not the paths; unknown, node-wide", len(keys))
 }
 
 // preflight suppresses an action that cannot work: a device or peer of the
