@@ -219,8 +219,8 @@ func (c *sockConn) parse(b []byte, from unix.Sockaddr) (Reply, bool) {
 		return r, false
 	}
 	if c.raw && !c.v6 { // raw IPv4 sockets see the IP header
-		if len(b) < 20 {
-			return r, false
+		if len(b) < 20 || len(b) < int(b[0]&0x0f)*4 {
+			return r, false // truncated, or a header length beyond the packet
 		}
 		b = b[int(b[0]&0x0f)*4:]
 	}
