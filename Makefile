@@ -13,7 +13,7 @@ DESTDIR    ?=
 SYSTEMDDIR ?= /lib/systemd/system
 SYSCONFDIR ?= /etc
 
-.PHONY: all build test unit lint generate bench deps demo clean install uninstall
+.PHONY: all build test unit lint generate bench fuzz deps demo clean install uninstall
 
 all: build
 
@@ -51,6 +51,21 @@ MEASUREMENTS := ThousandTargets|AgentProber1000|AgentProber10k|FleetPrometheus|F
 bench:
 	$(GO) test -run '^$$' -bench . -skip '$(MEASUREMENTS)' -benchmem -benchtime=60x -timeout 30m ./...
 	$(GO) test -run '^$$' -bench '$(MEASUREMENTS)' -benchtime=1x -timeout 60m ./...
+	@$(MAKE) --no-print-directory fuzz
+
+# fuzz: each parser of untrusted input for FUZZTIME; `make test` runs their
+# seed corpora (testdata/fuzz and f.Add). A crash stops with the input saved
+# under testdata/fuzz: commit it as the regression test.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := FuzzParseEchoReply:./prober FuzzParseConfig:./cmd/internal/agent FuzzParsePeerNames:./collector \
+                FuzzNftRuleset:./collector/diagnose FuzzLoadState:./remediate
+fuzz:
+	@printf '%-20s %-22s %8s %12s  %s\n' target package time execs result
+	@for t in $(FUZZ_TARGETS); do name=$${t%%:*}; pkg=$${t#*:}; start=$$(date +%s); \
+	  out=$$($(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg 2>&1); rc=$$?; \
+	  execs=$$(printf '%s\n' "$$out" | grep -o 'execs: [0-9]*' | tail -1 | cut -d' ' -f2); \
+	  printf '%-20s %-22s %7ss %12s  %s\n' $$name $$pkg $$(( $$(date +%s) - start )) "$${execs:--}" $$([ $$rc = 0 ] && echo ok || echo FAILED); \
+	  [ $$rc = 0 ] || { printf '%s\n' "$$out" | tail -30; exit 1; }; done
 
 # demo: the lab plus an agent per site, with a fault timeline (root).
 # DEMO_FLAGS=--hold keeps it up for Prometheus/Grafana.

@@ -1,0 +1,58 @@
+package collector
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// wg-quick files hold private and preshared keys. Whatever a file holds,
+// parsing it never crashes, keeps only valid public keys with one-line
+// names, and no secret of it ever reaches the names or the error.
+func FuzzParsePeerNames(f *testing.F) {
+	const pub, priv = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0cz0="
+	f.Add([]byte("[Interface]\nPrivateKey = " + priv + "\n\n[Peer]\n# Name = aws-eu\nPublicKey = " + pub + "\nPresharedKey = " + priv + "\nEndpoint = 198.51.100.1:51820\n"))
+	f.Add([]byte("[Peer]\nPublicKey = " + pub + "\n# name=dc1\n[peer]\nPublicKey = not-a-key\n"))
+	f.Add([]byte("[Peer]\r\n#Name=x\r\nPublicKey=" + pub + "\r\n"))
+	f.Add([]byte("[Peer]\nPublicKey = " + priv + "\n# Name = leaks?\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		names := map[string]string{}
+		err := parseNames(bytes.NewReader(b), names)
+		secrets := secretsOf(string(b))
+		for k, v := range names {
+			if _, perr := wgtypes.ParseKey(k); perr != nil {
+				t.Fatalf("kept %q, not a WireGuard key", k)
+			}
+			if strings.ContainsAny(v, "\r\n") {
+				t.Fatalf("name %q spans lines", v)
+			}
+			for _, s := range secrets {
+				if v == s || strings.Contains(v, s) {
+					t.Fatalf("a private or preshared key reached a name: %q", v)
+				}
+			}
+		}
+		if err != nil {
+			for _, s := range secrets {
+				if strings.Contains(err.Error(), s) {
+					t.Fatalf("a secret reached the error: %v", err)
+				}
+			}
+		}
+	})
+}
+
+// secretsOf are the values of PrivateKey and PresharedKey lines.
+func secretsOf(file string) []string {
+	var out []string
+	for _, line := range strings.Split(file, "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		k = strings.ToLower(strings.TrimSpace(k))
+		if v = strings.TrimSpace(v); ok && len(v) >= 8 && (k == "privatekey" || k == "presharedkey") {
+			out = append(out, v)
+		}
+	}
+	return out
+}
