@@ -128,6 +128,24 @@ type auditor struct {
 	tracer  trace.Tracer
 }
 
+// conflict audits something else changing what a policy owns: a log line
+// (audit=true) and a span, like a decision; the caller counts it.
+func (a auditor) conflict(ctx context.Context, policy string, c Conflict, mode Mode) {
+	attrs := []attribute.KeyValue{attribute.String("wgpulse.policy", policy), attribute.String("wgpulse.group", c.Group),
+		attribute.String("wgpulse.conflict", c.Problem), attribute.String("wgpulse.mode", string(mode))}
+	logAttrs := []any{"audit", true, "policy", policy, "group", c.Group, "conflict", c.Problem, "mode", string(mode)}
+	if c.Peer != "" {
+		attrs = append(attrs, attribute.String("wgpulse.peer", c.Peer))
+		logAttrs = append(logAttrs, "peer", c.Peer)
+	}
+	if c.Rails != nil {
+		logAttrs = append(logAttrs, "backoff", time.Duration(c.Rails.Backoff))
+	}
+	_, span := a.tracer.Start(ctx, "remediate."+policy+".conflict", trace.WithAttributes(attrs...))
+	span.End()
+	a.logger.Log(ctx, slog.LevelWarn, "conflict: something else changed what wgpulse owns; backing off instead of fighting", append(logAttrs, c.Attrs...)...)
+}
+
 // record audits one decision. result is ResultOK, ResultError, ResultDryRun
 // or ResultSuppressed; err is the failure of ResultError.
 func (a auditor) record(ctx context.Context, d Decision, mode Mode, result string, start time.Time, err error) {

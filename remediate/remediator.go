@@ -497,15 +497,7 @@ func (r *Remediator) conflicts(ctx context.Context, w *worker, env Env, cs []Con
 		if c.Rails != nil {
 			*c.Rails = backoff(*c.Rails, "a conflict with another manager", env.Now)
 		}
-		attrs := []any{"policy", w.name, "group", c.Group, "conflict", c.Problem}
-		if c.Peer != "" {
-			attrs = append(attrs, "peer", c.Peer)
-		}
-		if c.Rails != nil {
-			attrs = append(attrs, "backoff", time.Duration(c.Rails.Backoff))
-		}
-		r.logger.Log(ctx, slog.LevelWarn, "conflict: something else changed what wgpulse owns; backing off instead of fighting",
-			append(attrs, c.Attrs...)...)
+		r.audit.conflict(ctx, w.name, c, env.Mode)
 	}
 	if len(cs) > 0 {
 		r.publish(w)

@@ -77,6 +77,7 @@ type group struct {
 	// conflicts in a row; settleUntil: after an endpoint swap, a roam back to
 	// the old endpoint is re-asserted, not a conflict.
 	conflicts   int
+	conflict    string // the problems of the conflict episode in progress ("": none)
 	settleUntil time.Time
 }
 
@@ -529,7 +530,11 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 				nowActive = Primary
 			}
 		}
-		if len(problems) == 0 {
+		why := strings.Join(problems, "; ")
+		if why == g.conflict { // "" ends an episode; the same problems are the same episode
+			continue // counted, audited and backed off from once: re-arming every check would freeze the group
+		}
+		if g.conflict = why; why == "" {
 			continue
 		}
 		g.conflicts++
@@ -540,7 +545,7 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 			}
 			p.exportActive(g)
 		}
-		out = append(out, remediate.Conflict{Group: g.cfg.Name, Problem: strings.Join(problems, "; "), Rails: &g.st.Rails,
+		out = append(out, remediate.Conflict{Group: g.cfg.Name, Problem: why, Rails: &g.st.Rails,
 			Attrs: []any{"active", g.st.Active,
 				"hint", "another manager (systemd-networkd without ManageForeignRoutes=no, NetworkManager, a routing daemon, wg set) may change what it did not make"}})
 	}
