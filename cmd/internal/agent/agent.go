@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -232,7 +234,16 @@ func (a *Agent) Reload() error {
 	if err == nil {
 		err = applyModeFlag(&cfg, a.opts.RemediateMode)
 	}
-	for _, c := range a.components {
+	// The remediator first: it alone can refuse a valid file (an undo that
+	// fails, a state file another agent holds), and a refused reload must
+	// change no component. The others only take what Parse validated.
+	order := slices.Clone(a.components)
+	slices.SortStableFunc(order, func(x, y component) int {
+		_, rx := x.(remediateComponent)
+		_, ry := y.(remediateComponent)
+		return cmp.Compare(b2i(!rx), b2i(!ry))
+	})
+	for _, c := range order {
 		if err != nil {
 			break
 		}
@@ -359,4 +370,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

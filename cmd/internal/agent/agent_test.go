@@ -288,3 +288,43 @@ func TestOneFailedReadKeepsProbeTargets(t *testing.T) {
 		}
 	})
 }
+
+// A reload the remediator refuses (here: its new state file is locked by
+// another agent in auto) changes no component: the collector keeps the
+// devices it watched.
+func TestReloadRefusedByTheRemediatorChangesNothing(t *testing.T) {
+	dir := t.TempDir()
+	file, state := filepath.Join(dir, "wgpulse.yml"), filepath.Join(dir, "remediate.json")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("collector:\n  devices: [wg0]\n")
+	a := newAgent(t, file, new(bytes.Buffer))
+	other, err := agent.New(agent.Options{ConfigFile: writeTemp(t, "remediate:\n  mode: auto\n  state_file: "+state+"\n"),
+		Logger: slog.New(slog.DiscardHandler), Collector: collector.Options{Client: fakeClient{}, ListUAPI: func() ([]string, error) { return nil, nil }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close() // holds the state file's lock
+	write("collector:\n  devices: [wg1]\nremediate:\n  mode: auto\n  state_file: " + state + "\n")
+	if err := a.Reload(); err == nil || !strings.Contains(err.Error(), "locked by another wgpulse") {
+		t.Fatalf("reload = %v, want the remediator's refusal", err)
+	}
+	if got := a.Collector().Poll().Devices; len(got) != 1 || got[0].Name != "wg0" {
+		t.Errorf("after a refused reload the collector watches %+v, want wg0 still", got)
+	}
+	if m := a.Remediator().Mode(); m != "dry-run" {
+		t.Errorf("mode %s after a refused reload, want dry-run still", m)
+	}
+}
+
+func writeTemp(t *testing.T, s string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "wgpulse.yml")
+	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
