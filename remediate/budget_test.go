@@ -20,13 +20,12 @@ import (
 // crowd is a policy of this test's own with many units, each wanting one
 // change at once (a voluntary one, or an escape from a dead path).
 type crowd struct {
-	units   []string
-	escape  map[string]bool
-	done    map[string]bool
-	rails   map[string]*remediate.Rails
-	ep      map[string]*remediate.Episode
-	peer    wgtypes.Key
-	decided bool
+	units  []string
+	escape map[string]bool
+	done   map[string]bool
+	rails  map[string]*remediate.Rails
+	ep     map[string]*remediate.Episode
+	peer   wgtypes.Key
 }
 
 func newCrowd(peer wgtypes.Key, n int, escapes ...string) *crowd {
