@@ -3,6 +3,7 @@ package remediate
 import (
 	"encoding/json"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -94,6 +95,19 @@ func (e Env) InitUnit(unit string, actions, reasons []string) {
 
 // DropUnit deletes the core's series of a unit that went away.
 func (e Env) DropUnit(unit string) { e.metrics.dropUnit(e.policy, unit) }
+
+// FollowUnits moves a policy's units from was to now (a reload): the
+// series of units it no longer has go, those of now exist at zero.
+func (e Env) FollowUnits(was, now, actions, reasons []string) {
+	for _, u := range was {
+		if !slices.Contains(now, u) {
+			e.DropUnit(u)
+		}
+	}
+	for _, u := range now {
+		e.InitUnit(u, actions, reasons)
+	}
+}
 
 // Decision is one verdict of a policy: an action to take, or one wanted
 // and suppressed (Suppressed says why), or nothing (Action empty).

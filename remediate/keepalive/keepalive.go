@@ -522,21 +522,20 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 // Inherit implements remediate.Policy: the peers keep their state and
 // estimates.
 func (p *Policy) Inherit(env remediate.Env, prev remediate.Policy) {
+	var was []string
 	if old, ok := prev.(*Policy); ok {
 		p.units, p.byTarget, p.m = old.units, old.byTarget, old.m
-		if old.c.Enabled {
-			for _, d := range old.c.Devices {
-				if !p.inScope(d) {
-					env.DropUnit(d)
-				}
-			}
-		}
+		was = old.devices()
 	}
-	if p.c.Enabled {
-		for _, d := range p.c.Devices {
-			env.InitUnit(d, actions, reasons)
-		}
+	env.FollowUnits(was, p.devices(), actions, reasons)
+}
+
+// devices are the devices the policy covers (none while it is off).
+func (p *Policy) devices() []string {
+	if !p.c.Enabled {
+		return nil
 	}
+	return p.c.Devices
 }
 
 // State implements remediate.Policy: the peers with a change or a history.

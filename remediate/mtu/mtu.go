@@ -544,21 +544,20 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 // Inherit implements remediate.Policy: the peers keep their state.
 func (p *Policy) Inherit(env remediate.Env, prev remediate.Policy) {
 	p.proto = env.RouteProtocol
+	var was []string
 	if old, ok := prev.(*Policy); ok {
 		p.units, p.foreign, p.m = old.units, old.foreign, old.m
-		if old.c.Enabled {
-			for _, d := range old.c.Devices {
-				if !p.inScope(d) {
-					env.DropUnit(d)
-				}
-			}
-		}
+		was = old.devices()
 	}
-	if p.c.Enabled {
-		for _, d := range p.c.Devices {
-			env.InitUnit(d, actions, reasons)
-		}
+	env.FollowUnits(was, p.devices(), actions, reasons)
+}
+
+// devices are the devices the policy covers (none while it is off).
+func (p *Policy) devices() []string {
+	if !p.c.Enabled {
+		return nil
 	}
+	return p.c.Devices
 }
 
 // State implements remediate.Policy: the peers with a change or a history,

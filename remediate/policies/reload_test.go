@@ -47,6 +47,14 @@ func TestReloadRemovesAGroupOnTheBackup(t *testing.T) {
 		if r.metric("wgpulse_remediation_policy_info", map[string]string{"policy": "keepalive", "group": primaryDev}) != 1 {
 			t.Error("the keepalive policy switched on by the reload is not running")
 		}
+		off := next
+		off.Keepalive.Enabled = false
+		if err := policies.Apply(context.Background(), r.rem, off); err != nil {
+			t.Fatal(err)
+		}
+		if r.has("wgpulse_remediation_policy_info", map[string]string{"policy": "keepalive", "group": primaryDev}) {
+			t.Error("the keepalive policy switched off by a reload still reports its device")
+		}
 		// Policies are fixed at build time: a reload cannot bring others.
 		if err := r.rem.ApplyConfig(context.Background(), next.Config, nil); err == nil {
 			t.Error("a reload without the running policies was accepted")
