@@ -268,6 +268,13 @@ func decideKeepalive(c Config, u *kaUnit, now time.Time) (remediate.Decision, ti
 	if limit := max(u.est.lower.Truncate(time.Second), c.Min); u.est.lower > 0 && limit < want {
 		want = limit
 	}
+	// With no idle gap known to have kept the mapping, the lifetime is only
+	// known to be below the gap that expired: 80% of that was seen to land on
+	// the lifetime itself (expired after 6.3 s idle, true 5 s: 5 s set), so
+	// half of it, no lower than the floor, until a kept gap says more.
+	if half := max((u.est.upper / 2).Truncate(time.Second), c.Min); u.est.lower == 0 && half < want {
+		want = half
+	}
 	d.From = current.String()
 	bracket := fmt.Sprintf("NAT mapping lifetime ~%s (idle gaps kept up to %s, expired from %s; %d symptoms, last: %s)",
 		est.Round(100*time.Millisecond), u.est.lower.Round(100*time.Millisecond), u.est.upper.Round(100*time.Millisecond), u.symptoms, u.reasonsSampled[len(u.reasonsSampled)-1])

@@ -17,7 +17,8 @@ func TestKeepaliveNeverAboveAKeptGap(t *testing.T) {
 		lower, upper, want time.Duration
 	}{
 		{4800 * time.Millisecond, 7800 * time.Millisecond, 4 * time.Second},
-		{0, 10 * time.Second, 8 * time.Second},                 // only an upper bound: 80% of it
+		{0, 10 * time.Second, 5 * time.Second},                 // only an upper bound: half of it
+		{0, 6300 * time.Millisecond, 3 * time.Second},          // expired after 6.3 s idle (true 5 s): never the 5 s 80% gives
 		{20 * time.Second, 30 * time.Second, 20 * time.Second}, // 80% of 25 s = 20 s, the kept gap agrees
 		{3 * time.Second, 40 * time.Second, 3 * time.Second},   // a wide bracket: the kept gap decides
 		{12 * time.Second, 10 * time.Second, 8 * time.Second},  // samples disagree: the upper end, 80%
