@@ -264,6 +264,13 @@ func RemediationRules(c Config) RuleFile {
 				"On {{ $labels.instance }} another manager deleted or overrode a change wgpulse made for group or device {{ $labels.group }} (a route of protocol 117, an endpoint, an MTU or a keepalive; conflicts in 30m: {{ $value | humanize }}); wgpulse backs off instead of fighting."),
 		},
 		{
+			Alert:  "WireGuardRemediationLastingConflict",
+			Expr:   "wgpulse_remediation_conflict_lasting == 1",
+			Labels: map[string]string{"severity": "critical"},
+			Annotations: c.annotate("WireGuardRemediationLastingConflict", "wgpulse and another manager keep reverting each other.",
+				"On {{ $labels.instance }} something else reverted the {{ $labels.policy }} change of {{ $labels.group }} twice in a row: wgpulse now waits out a doubling backoff even to leave a dead path, so traffic may sit on a dead path until one manager is given the prefix, device or peer."),
+		},
+		{
 			Alert:  "WireGuardRemediationPaused",
 			Expr:   "wgpulse_remediation_paused == 1",
 			For:    forDur(c.PausedFor),

@@ -46,6 +46,7 @@ type pmtuView struct {
 	state    pmtuState
 	mtu      int
 	below    int // with pmtuBelowMin: the floor size that did not pass
+	ceiling  int // the device MTU the last full search was bounded by
 	due      time.Time
 	research time.Time // next full search
 	running  bool
@@ -170,6 +171,7 @@ func (r *pmtuRunner) step(ctx context.Context, t *target) {
 			r.p.logger.Warn("path MTU search failed", "device", spec.Device, "target", spec.Address, "err", err)
 		default:
 			next.state, next.mtu, next.below, next.due, next.research = pmtuComplete, mtu, 0, now.Add(cfg.PMTU.Confirm), now.Add(cfg.PMTU.Interval)
+			next.ceiling = spec.DeviceMTU
 		}
 	}
 	next.running = false

@@ -78,9 +78,13 @@ type Health struct {
 	Late         uint64 // replies after their probe was counted lost
 	Duplicates   uint64
 	LastSuccess  time.Time
-	PathMTU      int    // largest inner IP packet known to pass; 0 = unknown
-	PathMTUBelow int    // with PMTUState below_min: the floor size that did not pass
-	PMTUState    string // base, searching, search_complete, below_min, error, disabled
+	PathMTU      int // largest inner IP packet known to pass; 0 = unknown
+	PathMTUBelow int // with PMTUState below_min: the floor size that did not pass
+	// PathMTUCeiling is the device MTU the search was bounded by: a PathMTU
+	// equal to it passed everything the search could try, so the path MTU
+	// is that or more (a capped search is not a measurement of the path).
+	PathMTUCeiling int
+	PMTUState      string // base, searching, search_complete, below_min, error, disabled
 }
 
 // StateChange is a target entering a new state (or a down target's reason

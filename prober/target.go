@@ -428,7 +428,7 @@ func (t *target) healthLocked() Health {
 		Target: t.spec, State: t.state, Since: t.since, Reason: t.reason, DownBy: t.downKind.String(), Up: t.state == StateUp,
 		LossRatio: t.lossRatio(), RTT: t.lastRTT, MedianRTT: t.medianRTT(), Jitter: time.Duration(t.jitter * float64(time.Second)),
 		Probes: t.probes, Failures: t.failures, Late: t.lateN, Duplicates: t.dupN, LastSuccess: t.lastSuccess,
-		LostInARow: t.run, PathMTU: t.pmtu.mtu, PathMTUBelow: t.pmtu.below, PMTUState: t.pmtu.state.String(),
+		LostInARow: t.run, PathMTU: t.pmtu.mtu, PathMTUBelow: t.pmtu.below, PathMTUCeiling: t.pmtu.ceiling, PMTUState: t.pmtu.state.String(),
 	}
 }
 

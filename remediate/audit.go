@@ -33,6 +33,7 @@ type metrics struct {
 	// stateUnusable: started paused because the state file was unusable.
 	stateUnusable prometheus.Gauge
 	budget        prometheus.Gauge
+	lasting       *prometheus.GaugeVec
 }
 
 var results = []string{ResultOK, ResultError, ResultDryRun}
@@ -75,6 +76,10 @@ func newMetrics() *metrics {
 			Name: "wgpulse_remediation_budget_remaining",
 			Help: "Changes left in the node-wide budget (remediate.budget) as of the last decision; a quarter is kept for escapes from dead paths.",
 		}),
+		lasting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "wgpulse_remediation_conflict_lasting",
+			Help: "1 while a unit is in a lasting conflict: something else reverted its change twice in a row (each within 20m of the last); even escapes then wait out the backoff.",
+		}, []string{"policy", "group"}),
 		stateUnusable: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "wgpulse_remediation_state_file_unusable",
 			Help: "1 while remediation is paused because its state file was unusable at start (in auto); resuming clears it.",
@@ -83,7 +88,7 @@ func newMetrics() *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.actions, m.suppressed, m.conflicts, m.policies, m.lastDecision, m.paused, m.mode, m.stateErrs, m.stateUnusable, m.budget}
+	return []prometheus.Collector{m.actions, m.suppressed, m.conflicts, m.policies, m.lastDecision, m.paused, m.mode, m.stateErrs, m.stateUnusable, m.budget, m.lasting}
 }
 
 // initUnit creates a unit's series at zero, so dashboards and alerts see
@@ -98,13 +103,14 @@ func (m *metrics) initUnit(policy, unit string, acts, reasons []string, mode Mod
 		m.suppressed.WithLabelValues(policy, unit, r)
 	}
 	m.conflicts.WithLabelValues(unit)
+	m.lasting.WithLabelValues(policy, unit)
 	m.policies.WithLabelValues(policy, unit).Set(1)
 }
 
 // dropUnit deletes a unit's series.
 func (m *metrics) dropUnit(policy, unit string) {
 	l := prometheus.Labels{"policy": policy, "group": unit}
-	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.lastDecision, m.policies} {
+	for _, v := range []interface{ DeletePartialMatch(prometheus.Labels) int }{m.actions, m.suppressed, m.lastDecision, m.policies, m.lasting} {
 		v.DeletePartialMatch(l)
 	}
 	m.conflicts.DeleteLabelValues(unit)

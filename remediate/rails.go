@@ -20,6 +20,10 @@ const (
 	SuppressBudget      = "budget"       // the node-wide budget of changes is spent
 )
 
+// LastingFor is how close together conflicts must come to make a lasting
+// conflict: two in a row, each within LastingFor of the one before.
+const LastingFor = 20 * time.Minute
+
 var railReasons = []string{SuppressPaused, SuppressBackoff, SuppressDamped, SuppressRateLimited, SuppressBudget}
 
 // Damping is BGP-style flap damping (RFC 2439): every change adds Penalty,
@@ -60,10 +64,37 @@ type Rails struct {
 	Backoff      Duration  `json:"backoff,omitempty"` // current backoff step
 	BackoffUntil time.Time `json:"backoff_until,omitzero"`
 	BackoffWhy   string    `json:"backoff_why,omitempty"`
+	Failed       bool      `json:"backoff_failed,omitempty"` // the backoff follows a failed change of ours
+	Conflicts    int       `json:"conflicts,omitempty"`      // in a row, each within LastingFor of the one before
+	ConflictAt   time.Time `json:"conflict_at,omitzero"`
+	ConflictWhy  string    `json:"conflict_why,omitempty"` // what the last conflict found
 }
 
-// applyRails suppresses an action the rails forbid. Leaving a dead state is
-// never damped; everything else is.
+// Lasting says whether the unit is in a lasting conflict: something else
+// reverted its change twice in a row. An escape then waits out the
+// backoff like any change, so two managers cannot fight faster than it.
+func (st Rails) Lasting(now time.Time) bool {
+	return st.Conflicts >= 2 && now.Sub(st.ConflictAt) < LastingFor
+}
+
+// conflicted returns the state after a conflict at now: counted in a row
+// (or anew after a quiet LastingFor) and backed off from.
+func conflicted(st Rails, why string, now time.Time) Rails {
+	if now.Sub(st.ConflictAt) >= LastingFor {
+		st.Conflicts = 0
+	}
+	st.Conflicts++
+	st.ConflictAt, st.ConflictWhy = now, why
+	st = backoff(st, "a conflict with another manager", now)
+	st.Failed = false
+	return st
+}
+
+// applyRails suppresses an action the rails forbid. Leaving a dead state
+// (an escape) is never damped, rate limited or backed off, except from a
+// backoff after its own failure (the kernel refused: retrying at once
+// fails again) or in a lasting conflict; everything else is held by each
+// rail.
 func applyRails(d *Decision, l Limits, st Rails, now time.Time, paused bool) {
 	if d.Action == "" || d.Suppressed != "" {
 		return
@@ -71,25 +102,26 @@ func applyRails(d *Decision, l Limits, st Rails, now time.Time, paused bool) {
 	switch {
 	case paused:
 		d.Suppressed, d.Reason = SuppressPaused, "remediation paused: "+d.Reason
-	case now.Before(st.BackoffUntil):
+	case now.Before(st.BackoffUntil) && (!d.Escape || st.Failed || st.Lasting(now)):
 		d.Suppressed = SuppressBackoff
 		d.Reason = fmt.Sprintf("backing off until %s after %s: %s", st.BackoffUntil.Format(time.RFC3339), st.BackoffWhy, d.Reason)
 	case !d.Escape && Damped(l.Damping, st, now):
 		d.Suppressed = SuppressDamped
 		d.Reason = fmt.Sprintf("flap damping: penalty %.0f above reuse %.0f after %d changes: %s", Penalty(l.Damping, st, now), l.Damping.Reuse, st.Switches, d.Reason)
-	case Tokens(l.Rate, st, now) < 1:
+	case !d.Escape && Tokens(l.Rate, st, now) < 1:
 		d.Suppressed = SuppressRateLimited
 		d.Reason = fmt.Sprintf("rate limit: %d changes per %s spent: %s", l.Rate.Burst, l.Rate.Per, d.Reason)
 	}
 }
 
-// spend returns the rail state after a change at now.
+// spend returns the rail state after a change at now (an escape past an
+// empty bucket leaves it empty, not in debt).
 func spend(l Limits, st Rails, now time.Time) Rails {
 	if l.Damping.Penalty > 0 {
 		st.Penalty, st.PenaltyAt = Penalty(l.Damping, st, now)+l.Damping.Penalty, now
 		st.Damped = Damped(l.Damping, st, now)
 	}
-	st.Tokens, st.TokensAt = Tokens(l.Rate, st, now)-1, now
+	st.Tokens, st.TokensAt = max(0, Tokens(l.Rate, st, now)-1), now
 	st.Switches++
 	return st
 }

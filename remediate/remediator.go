@@ -406,6 +406,9 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 	}
 	if !p.Unrailed && p.Rails != nil {
 		applyRails(&d, p.Limits, *p.Rails, env.Now, paused)
+		if d.Group != "" {
+			r.metrics.lasting.WithLabelValues(w.name, d.Group).Set(b2f(p.Rails.Lasting(env.Now)))
+		}
 	}
 	if !p.Unrailed && d.Action != "" && d.Suppressed == "" {
 		r.budget.take(&d, env.Now) // in dry-run too: it decides what auto would
@@ -443,6 +446,7 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 	if err != nil {
 		if !p.Unrailed && p.Rails != nil {
 			*p.Rails = backoff(*p.Rails, "a failed "+d.Action, env.Now)
+			p.Rails.Failed = true
 		}
 		if p.Failed != nil {
 			p.Failed(env.Now)
@@ -495,7 +499,8 @@ func (r *Remediator) conflicts(ctx context.Context, w *worker, env Env, cs []Con
 	for _, c := range cs {
 		r.metrics.conflicts.WithLabelValues(c.Group).Inc()
 		if c.Rails != nil {
-			*c.Rails = backoff(*c.Rails, "a conflict with another manager", env.Now)
+			*c.Rails = conflicted(*c.Rails, c.Problem, env.Now)
+			r.metrics.lasting.WithLabelValues(w.name, c.Group).Set(b2f(c.Rails.Lasting(env.Now)))
 		}
 		r.audit.conflict(ctx, w.name, c, env.Mode)
 	}

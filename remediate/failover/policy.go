@@ -74,9 +74,8 @@ type group struct {
 	last    remediate.Decision
 	lastAt  time.Time
 	lastRes string
-	// conflicts in a row; settleUntil: after an endpoint swap, a roam back to
-	// the old endpoint is re-asserted, not a conflict.
-	conflicts   int
+	// settleUntil: after an endpoint swap, a roam back to the old endpoint
+	// is re-asserted, not a conflict.
 	conflict    string // the problems of the conflict episode in progress ("": none)
 	settleUntil time.Time
 }
@@ -265,7 +264,7 @@ func (p *Policy) evaluate(env remediate.Env, g *group) remediate.Plan {
 			p.m.flaps.WithLabelValues(g.cfg.Name).Inc()
 		}
 		g.st.Active, g.st.Since, g.st.Arrived = d.To, now, now
-		g.conflicts = 0
+		g.conflict = "" // a change of ours ends the episode: a revert of it is the next
 		if !g.endpoint() {
 			g.st.Routes = nil
 			if d.To == Backup {
@@ -537,7 +536,6 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 		if g.conflict = why; why == "" {
 			continue
 		}
-		g.conflicts++
 		if nowActive != "" {
 			g.st.Active, g.st.Since, g.st.Arrived = nowActive, env.Now, time.Time{}
 			if nowActive == Primary {

@@ -36,6 +36,8 @@ type GroupStatus struct {
 	SwitchesLeft float64                   `json:"rate_limit_switches_left"`
 	BackoffUntil *time.Time                `json:"backoff_until,omitempty"`
 	Conflicts    int                       `json:"conflicts_in_a_row"`
+	Conflict     string                    `json:"conflict,omitempty"` // what the last conflict (within 20m) found
+	Lasting      bool                      `json:"conflict_lasting"`   // reverted twice in a row: even escapes wait out the backoff
 	Last         *remediate.DecisionStatus `json:"last_decision,omitempty"`
 }
 
@@ -63,7 +65,10 @@ func (p *Policy) Status(now time.Time) any {
 			Name: g.cfg.Name, Mode: mode, Profile: g.cfg.Profile, Device: g.cfg.Device, Peer: g.cfg.Peer, Prefixes: g.cfg.Prefixes,
 			Active: g.st.Active, ActiveSince: g.st.Since, Paths: map[string]PathStatus{}, Switches: g.st.Switches,
 			Penalty: remediate.Penalty(g.cfg.Damping, g.st.Rails, now), Damped: remediate.Damped(g.cfg.Damping, g.st.Rails, now),
-			SwitchesLeft: remediate.Tokens(g.cfg.RateLimit, g.st.Rails, now), Conflicts: g.conflicts,
+			SwitchesLeft: remediate.Tokens(g.cfg.RateLimit, g.st.Rails, now), Lasting: g.st.Rails.Lasting(now),
+		}
+		if now.Sub(g.st.ConflictAt) < remediate.LastingFor {
+			gs.Conflicts, gs.Conflict = g.st.Rails.Conflicts, g.st.Rails.ConflictWhy
 		}
 		if now.Before(g.st.BackoffUntil) {
 			until := g.st.BackoffUntil

@@ -287,7 +287,14 @@ func (p *Policy) measure(env remediate.Env, u *mtuUnit) mtuMeasure {
 		}
 		// While the prober searches again, its last result still stands.
 		complete := h.PMTUState == "search_complete" || h.PMTUState == "searching"
+		// A search bounded by a device MTU below the full one passed all it
+		// could try: with that cap ours and in force, the decision knows
+		// (it caps the search); any other cap (ours, since raised) says
+		// nothing of the path.
+		capped := h.PathMTUCeiling > 0 && h.PathMTU >= h.PathMTUCeiling && h.PathMTUCeiling < u.st.Max
 		switch {
+		case complete && h.PathMTU > 0 && capped && (u.st.Mechanism != "device" || h.PathMTUCeiling != u.st.Applied):
+			continue
 		case complete && h.PathMTU > 0:
 			if !m.known || m.below > 0 || h.PathMTU < m.pmtu {
 				m = mtuMeasure{known: true, pmtu: h.PathMTU}

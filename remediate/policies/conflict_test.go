@@ -43,3 +43,74 @@ func TestLastingConflictIsOneEpisode(t *testing.T) {
 		waitFor(t, 45*time.Second, "the return while the conflict lasts", func() bool { return !r.onBackup() })
 	})
 }
+
+// An escape from a dead path waits for no backoff: an operator deleting
+// our route while the primary is dead is one conflict, and the group, back
+// on the (dead) primary, leaves it again at once. Reverted a second time,
+// the conflict is lasting: status, metric and even the escape waits out
+// the backoff, so two managers cannot fight faster than it doubles.
+func TestEscapeIgnoresBackoffUntilTheConflictLasts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
+		r.fault(primaryTarget, dead)
+		r.start()
+		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		lasting := map[string]string{"policy": "failover", "group": "dc1-to-aws"}
+		if v, ok := r.lookup("wgpulse_remediation_conflict_lasting", lasting); !ok || v != 0 {
+			t.Fatalf("wgpulse_remediation_conflict_lasting %v (present %v) before any conflict, want 0", v, ok)
+		}
+
+		r.routes.deleteOurs()
+		deleted := time.Now()
+		waitFor(t, 5*time.Second, "the escape after the first conflict", r.onBackup)
+		if took := time.Since(deleted); took > 4*time.Second {
+			t.Errorf("escape %s after our route was deleted: the backoff held it", took)
+		}
+		if st := r.status().Groups[0]; st.Conflicts != 1 || st.Lasting {
+			t.Errorf("after one conflict: conflicts_in_a_row %d, lasting %v; want 1, false", st.Conflicts, st.Lasting)
+		}
+
+		r.routes.deleteOurs()
+		r.run(5 * time.Second)
+		if r.onBackup() {
+			t.Fatal("re-added at once after the second revert: a lasting conflict must wait out the backoff")
+		}
+		st := r.status().Groups[0]
+		if st.Conflicts != 2 || !st.Lasting || st.BackoffUntil == nil || st.Active != "primary" || !strings.Contains(st.Conflict, "was deleted") {
+			t.Errorf("lasting conflict status: %+v", st)
+		}
+		if v := r.metric("wgpulse_remediation_conflict_lasting", lasting); v != 1 {
+			t.Errorf("wgpulse_remediation_conflict_lasting %v in a lasting conflict, want 1", v)
+		}
+		if s := r.suppressed("backoff"); len(s) != 1 {
+			t.Errorf("%d backoff audit lines for the held escape, want 1: %+v", len(s), r.audits())
+		}
+		waitFor(t, time.Minute, "the escape after the backoff", r.onBackup)
+		if left := time.Until(*st.BackoffUntil); left > time.Second {
+			t.Errorf("escaped %s before the backoff ended", left)
+		}
+		r.run(remediate.LastingFor)
+		if v := r.metric("wgpulse_remediation_conflict_lasting", lasting); v != 0 {
+			t.Errorf("wgpulse_remediation_conflict_lasting %v after %s without a conflict, want 0", v, remediate.LastingFor)
+		}
+	})
+}
+
+// The rate limit bounds voluntary changes; an escape from a dead path goes
+// through an empty bucket.
+func TestEscapeIgnoresTheRateLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := group("fast")
+		g.RateLimit = remediate.RateLimit{Burst: 1, Per: time.Hour}
+		r := newRig(t, config(t, remediate.ModeAuto, g))
+		r.fault(primaryTarget, dead)
+		r.start()
+		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r.fault(primaryTarget, nil)
+		r.fault(backupTarget, dead)
+		waitFor(t, 10*time.Second, "the escape from the dead backup with the bucket empty", func() bool { return !r.onBackup() })
+		if s := r.suppressed("rate_limited"); len(s) != 0 {
+			t.Errorf("escape audited as rate limited: %+v", s)
+		}
+	})
+}

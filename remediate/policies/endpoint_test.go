@@ -117,8 +117,10 @@ func TestEndpointRoamBackAndConflict(t *testing.T) {
 		if c := r.metric("wgpulse_remediation_conflicts_total", nil); c != 1 || !strings.Contains(r.logs.String(), "the peer's endpoint is 198.18.1.1:51821, not 198.19.1.1:51821") {
 			t.Fatalf("conflicts %v; want one, logged with both endpoints", c)
 		}
-		if st := r.status().Groups[0]; st.Active != "primary" || st.BackoffUntil == nil {
-			t.Errorf("after the conflict: active %s, backoff %v; want the kernel's primary, backing off", st.Active, st.BackoffUntil)
+		// The kernel's endpoint (uplink 1) is the dead one: the group took it
+		// as the truth, then escaped from it at once, backoff or not.
+		if st := r.status().Groups[0]; st.Active != "backup" || st.BackoffUntil == nil || st.Conflicts != 1 || r.wg.endpointOf(tunnelDev) != uplink2 {
+			t.Errorf("after the conflict: active %s, backoff %v, conflicts %d, endpoint %s; want the escape to uplink 2 at once", st.Active, st.BackoffUntil, st.Conflicts, r.wg.endpointOf(tunnelDev))
 		}
 	})
 }

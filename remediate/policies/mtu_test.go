@@ -91,7 +91,7 @@ func TestMTUDeviceFallback(t *testing.T) {
 		waitFor(t, 4*time.Minute, "back to the full MTU", func() bool { return r.routes.linkMTU(primaryDev) == 1420 })
 		r.run(3 * time.Minute)
 		if m := r.routes.linkMTU(primaryDev); m != 1420 {
-			t.Errorf("device MTU %d after the path recovered, want 1420 to stay", m)
+			t.Errorf("device MTU %d after the path recovered, want 1420 to stay: %+v", m, r.audits())
 		}
 	})
 }
@@ -164,10 +164,18 @@ func TestMTUDryRunAndConflict(t *testing.T) {
 		if c := r.metric("wgpulse_remediation_conflicts_total", map[string]string{"group": primaryDev}); c != 1 {
 			t.Fatalf("conflicts %v, want 1", c)
 		}
-		if r.ourMTURoute() != "" {
-			t.Fatal("re-added at once: that is fighting")
+		// Packets above the path MTU vanish: lowering it is an escape, which
+		// no backoff holds; reverted twice in a row, it waits the backoff out.
+		waitFor(t, 2*time.Second, "re-applied at once (an escape)", func() bool { return r.ourMTURoute() != "" })
+		r.routes.deleteOurs()
+		r.run(3 * time.Second)
+		if c := r.metric("wgpulse_remediation_conflicts_total", map[string]string{"group": primaryDev}); c != 2 || r.ourMTURoute() != "" {
+			t.Fatalf("second revert: conflicts %v, our route %q; want 2 and no route until the backoff ends", c, r.ourMTURoute())
 		}
-		waitFor(t, 15*time.Second, "re-applied after the backoff", func() bool { return r.ourMTURoute() != "" })
+		if v := r.metric("wgpulse_remediation_conflict_lasting", map[string]string{"policy": "mtu", "group": primaryDev}); v != 1 {
+			t.Errorf("wgpulse_remediation_conflict_lasting %v, want 1", v)
+		}
+		waitFor(t, 25*time.Second, "re-applied after the 20 s backoff", func() bool { return r.ourMTURoute() != "" })
 	})
 }
 
