@@ -137,12 +137,28 @@ func (d Decision) ReasonCode() string {
 	return d.Action
 }
 
-// UndoCode is the code of an undo for why (empty: a reload).
-func UndoCode(why string) string {
-	if why == "" {
-		return "reload"
+// Why an undo runs: Undo's why, and the audit's reason code.
+const (
+	UndoReload        = "reload"          // the successor does not configure the change the same way
+	UndoLeaveAuto     = "leave_auto"      // the mode leaves auto: nothing would maintain the change
+	UndoRestoreOnExit = "restore_on_exit" // a clean exit with remediate.restore_on_exit
+	UndoProtocol      = "route_protocol"  // the route protocol changed: every route of ours changes owner
+	UndoOutOfScope    = "out_of_scope"    // found at start: the config no longer covers the change
+)
+
+// UndoReason is the prose of an undo's code, for the audit line.
+func UndoReason(code string) string {
+	switch code {
+	case UndoLeaveAuto:
+		return "the mode leaves auto, so nothing would maintain the change: handing it back"
+	case UndoRestoreOnExit:
+		return "restore_on_exit: undoing every change on a clean exit"
+	case UndoProtocol:
+		return "remediate.route_protocol changed: every route of ours changes owner"
+	case UndoOutOfScope:
+		return "a change of ours in the state file that the config no longer covers: undoing it"
 	}
-	return "restore_on_exit"
+	return "the config no longer covers this change the same way after a reload: undoing it"
 }
 
 // Plan is a decision with what carrying it out means. The core runs every
@@ -157,6 +173,10 @@ type Plan struct {
 	// Unrailed plans undo or complete changes of ours (restore, reload, an
 	// interrupted switch): no rail holds them and they spend nothing.
 	Unrailed bool
+	// Handback plans undo a change of ours that nothing maintains any more
+	// (its group removed, or the mode left auto): carried out in dry-run
+	// too, since what they remove is in the kernel. Unrailed as well.
+	Handback bool
 	// Quiet plans re-assert a decision already audited (a roam pulled an
 	// endpoint back): carried out in auto, logged at debug, not audited.
 	Quiet  bool

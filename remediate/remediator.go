@@ -404,6 +404,10 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 		env.Logger.Debug("re-asserted a change of ours", "policy", w.name, "group", d.Group, "reason", d.Reason)
 		return nil
 	}
+	if p.Handback && paused && d.Suppressed == "" { // a hand-back is not the operator's: a pause holds it
+		d.Suppressed, d.Reason = SuppressPaused, "remediation paused: "+d.Reason
+	}
+	p.Unrailed = p.Unrailed || p.Handback
 	if !p.Unrailed && p.Rails != nil {
 		applyRails(&d, p.Limits, *p.Rails, env.Now, paused)
 		if d.Group != "" {
@@ -439,7 +443,7 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 	start := time.Now()
 	var err error
 	result := ResultDryRun
-	if env.Mode == ModeAuto {
+	if env.Mode == ModeAuto || p.Handback {
 		err = r.apply(w.name, act, p.Changes)
 		result = resultOf(err)
 	}
@@ -650,7 +654,7 @@ func (r *Remediator) stop(ctx context.Context) {
 	for _, w := range ws {
 		w.mu.Lock()
 		if restore {
-			_ = r.undo(ctx, w, "restore_on_exit: undoing every change on a clean exit", nil)
+			_ = r.undo(ctx, w, UndoRestoreOnExit, nil)
 		}
 		r.publish(w)
 		w.mu.Unlock()
@@ -830,11 +834,14 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Pol
 	}
 	if prev.Mode == ModeAuto {
 		for i, w := range ws {
-			successor := policies[i]
-			if cfg.RouteProtocol != prev.RouteProtocol {
-				successor = nil // every route of ours changes owner
+			why, successor := UndoReload, policies[i]
+			switch {
+			case cfg.RouteProtocol != prev.RouteProtocol:
+				why, successor = UndoProtocol, nil // every route of ours changes owner
+			case cfg.Mode != ModeAuto:
+				why, successor = UndoLeaveAuto, nil // nothing will maintain what is in force
 			}
-			if err := r.undo(ctx, w, "", successor); err != nil {
+			if err := r.undo(ctx, w, why, successor); err != nil {
 				lock.release()
 				return fmt.Errorf("undoing the changes of policy %s before the reload: %w (the running configuration stays)", w.name, err)
 			}
@@ -884,7 +891,7 @@ func (r *Remediator) ApplyConfig(ctx context.Context, cfg Config, policies []Pol
 }
 
 // undo runs the plans that undo what successor will not own (nil: every
-// change). The caller holds w.mu.
+// change), why being an Undo* code. The caller holds w.mu.
 func (r *Remediator) undo(ctx context.Context, w *worker, why string, successor Policy) error {
 	env := r.env(w)
 	var errs []error

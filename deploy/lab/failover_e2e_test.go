@@ -306,8 +306,9 @@ func TestDryRunTouchesNothing(t *testing.T) {
 
 // An agent killed (SIGKILL) on the backup and restarted while the primary
 // is still down adds no duplicate and does not flip back, and its state
-// file agrees with the kernel; with restore_on_exit, SIGTERM leaves the
-// routes exactly as they were before any agent started.
+// file agrees with the kernel; with restore_on_exit, SIGTERM keeps the
+// route while the primary is down and, once it is up, leaves the routes
+// exactly as they were before any agent started.
 func TestCrashRestartAndRestoreOnExit(t *testing.T) {
 	t.Parallel()
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1"}})
@@ -364,17 +365,38 @@ func TestCrashRestartAndRestoreOnExit(t *testing.T) {
 	if len(ownedRoutes(t, ns)) != 1 {
 		t.Fatal("SIGTERM without restore_on_exit removed the route")
 	}
+	term := func(a *lab.Agent) {
+		t.Helper()
+		if err := a.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-a.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("agent did not exit on SIGTERM")
+		}
+	}
+	// restore_on_exit with the primary still down: deleting the route would
+	// drop the traffic, so the clean exit keeps it and says so.
 	rem.RestoreOnExit = true
 	c := startAgent(t, l, bin, rem, "dc1")
 	time.Sleep(2 * time.Second)
-	if err := c.Signal(syscall.SIGTERM); err != nil {
+	term(c)
+	if len(ownedRoutes(t, ns)) != 1 || !strings.Contains(c.Logs(), "kept on the backup") {
+		t.Fatalf("restore_on_exit with the primary down: wgpulse owns %v; want the route kept, audited:\n%s", ownedRoutes(t, ns), c.Logs())
+	}
+	// The primary healed, the group still on the backup (within hold_down):
+	// a clean exit hands the traffic back.
+	if _, err := l.Fault("dc1-primary", "up"); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-c.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("agent did not exit on SIGTERM")
-	}
+	rem.HoldDown = time.Minute
+	d := startAgent(t, l, bin, rem, "dc1")
+	waitGroups(t, map[string]*lab.Agent{"dc1": d}, 20*time.Second, "the primary up, still on the backup", func(g failover.GroupStatus) bool {
+		return g.Active == "backup" && g.Paths["primary"].State == "up"
+	})
+	term(d)
+	c = d
 	after, err := lab.Routes(ns, "")
 	if err != nil {
 		t.Fatal(err)

@@ -46,10 +46,13 @@ const (
 	// and underlay targets included: the probe plane broke (a host firewall
 	// dropping ICMP, a socket problem), not the paths. Unknown, node-wide.
 	SuppressProbePlaneDown = "probe_plane_down"
+	// A group handed back (removed, or the mode left auto) keeps its
+	// routes while its primary is not up: returning would drop the traffic.
+	SuppressPrimaryNotUp = "primary_not_up"
 )
 
 var suppressReasons = []string{SuppressBothDown, SuppressUnknown, SuppressMargin, SuppressHoldDown, SuppressDeviceMissing, SuppressMetricTooHigh,
-	SuppressNoPrimaryRoute, SuppressBackupNotAllowed, SuppressEndpointInPrefix, SuppressProbePlaneDown}
+	SuppressNoPrimaryRoute, SuppressBackupNotAllowed, SuppressEndpointInPrefix, SuppressProbePlaneDown, SuppressPrimaryNotUp}
 
 // pathHealth is one path as the policy sees it: the prober's verdict on its
 // target, made down by a handshake older than 180 s on a fresh device read.
@@ -78,6 +81,13 @@ type groupState struct {
 	// Original is the peer's endpoint before the group first changed it
 	// (endpoint mode), restored on exit.
 	Original string `json:"original_endpoint,omitempty"`
+	// Handback says why nothing maintains the group's change any more (an
+	// Undo* code: removed from the config, the mode left auto): it is
+	// handed back once the primary is up and routed, kept until then.
+	Handback string `json:"handback,omitempty"`
+	// Config is the group's config while it is on the backup, so a start
+	// that no longer configures it can still hand it back.
+	Config *Group `json:"config,omitempty"`
 }
 
 // decideFailover is the failover policy.

@@ -35,9 +35,12 @@ var actions = []string{ActionSwitchToBackup, ActionReturnToPrimary}
 // Policy is the failover policy over its groups.
 type Policy struct {
 	groups []*group
-	byKey  map[string]*group // probe target key -> group
-	proto  int               // wgpulse's route protocol
-	m      *metrics
+	// retired are groups no longer configured whose routes (or endpoint)
+	// are still ours in the kernel: handed back once the primary is up.
+	retired []*group
+	byKey   map[string]*group // probe target key -> group
+	proto   int               // wgpulse's route protocol
+	m       *metrics
 }
 
 var (
@@ -143,10 +146,19 @@ func (p *Policy) WantsResults() bool { return false }
 // Targets implements remediate.Policy.
 func (p *Policy) Targets() []prober.Target {
 	var ts []prober.Target
-	for _, g := range p.groups {
+	for _, g := range p.all() {
 		ts = append(ts, g.probeTargets()...)
 	}
 	return ts
+}
+
+// all are the configured groups, then the retired ones.
+func (p *Policy) all() []*group { return append(slices.Clone(p.groups), p.retired...) }
+
+func (p *Policy) index(g *group) {
+	for _, t := range g.probeTargets() {
+		p.byKey[t.Key()] = g
+	}
 }
 
 // Observe implements remediate.Policy: a snapshot (handshakes) or a change
@@ -172,11 +184,64 @@ func (p *Policy) Decide(env remediate.Env) []remediate.Plan {
 			}
 		}
 	}
-	for _, g := range p.groups {
+	for _, g := range p.all() {
+		if g.st.Handback != "" {
+			pl := p.handback(env, g, g.st.Handback, g.cfg.HoldDown)
+			pl.Handback = true
+			plans = append(plans, pl)
+			continue
+		}
 		p.exportDamping(g, env.Now)
 		plans = append(plans, p.evaluate(env, g))
 	}
 	return plans
+}
+
+// handback is the return of a group nothing maintains any more (why: an
+// Undo* code): carried out once the primary is up (for hold, when nothing
+// would fail over again) and routed, else suppressed, and the group keeps
+// its routes, owned, until then.
+func (p *Policy) handback(env remediate.Env, g *group, why string, hold time.Duration) remediate.Plan {
+	d := remediate.Decision{Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary, Code: why,
+		Reason: remediate.UndoReason(why)}
+	switch h := p.signals(env, g).primary; {
+	case h.State != prober.StateUp:
+		d.Suppressed = SuppressPrimaryNotUp
+		d.Reason = fmt.Sprintf("%s; but the primary is %s (%s): returning would drop the traffic", d.Reason, h.State, h.Reason)
+	case env.Now.Sub(h.Since) < hold:
+		d.Suppressed = SuppressHoldDown
+		d.Reason = fmt.Sprintf("%s; the primary is up since %s, waiting for hold_down %s", d.Reason, h.Since.Format(time.RFC3339), hold)
+	default:
+		p.preflight(env, g, &d)
+	}
+	if d.Suppressed != "" {
+		d.Reason = fmt.Sprintf("kept on the backup: %s. wgpulse still owns the change (ip route show proto %d; the state file) and hands it back once the primary is up and routed", d.Reason, env.RouteProtocol)
+	}
+	var c remediate.Change = remediate.DelRoutes(p.inForce(g))
+	if g.endpoint() {
+		ep := g.eps[0]
+		if orig, err := netip.ParseAddrPort(g.st.Original); err == nil {
+			ep = orig
+		}
+		c = remediate.SetEndpoint{Device: g.cfg.Device, Peer: g.peer, Endpoint: ep}
+	}
+	return remediate.Plan{
+		Decision: d, Unrailed: true, Episode: &g.episode, Changes: []remediate.Change{c},
+		Commit: func(now time.Time) {
+			g.st.Active, g.st.Since, g.st.Arrived, g.st.Routes, g.st.Handback = Primary, now, time.Time{}, nil, ""
+			p.exportActive(g)
+			if i := slices.Index(p.retired, g); i >= 0 { // handed back: the group is gone
+				p.retired = slices.Delete(p.retired, i, i+1)
+				for _, t := range g.probeTargets() {
+					if p.byKey[t.Key()] == g {
+						delete(p.byKey, t.Key())
+					}
+				}
+				p.m.deleteGroup(g.cfg.Name)
+				env.DropUnit(g.cfg.Name)
+			}
+		},
+	}
 }
 
 // signals is both paths as the policy sees them. Route mode: each path's
@@ -551,40 +616,30 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 }
 
 // Undo implements remediate.Policy: the groups on the backup that next does
-// not configure the same way return to the primary (the original endpoint,
-// for endpoint groups).
-func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []remediate.Plan {
+// not configure the same way (all of them when next is nil) are handed
+// back: returned to the primary if it is up and routed, else kept, owned
+// and said so, and handed back later (Decide). A new route protocol
+// returns them all: the routes change owner.
+func (p *Policy) Undo(env remediate.Env, why string, next remediate.Policy) []remediate.Plan {
 	keep := map[string]Group{}
 	if n, ok := next.(*Policy); ok {
 		for _, g := range n.groups {
 			keep[g.cfg.Name] = g.cfg
 		}
 	}
-	code := remediate.UndoCode(why)
-	if why == "" {
-		why = "the group was removed or its paths changed on reload: undoing its change"
-	}
 	var plans []remediate.Plan
-	for _, g := range p.groups {
+	for _, g := range p.all() {
 		if ng, kept := keep[g.cfg.Name]; g.st.Active != Backup || (kept && g.sameChanges(ng)) {
 			continue
 		}
-		var c remediate.Change = remediate.DelRoutes(p.inForce(g))
-		if g.endpoint() {
-			ep := g.eps[0]
-			if orig, err := netip.ParseAddrPort(g.st.Original); err == nil {
-				ep = orig
-			}
-			c = remediate.SetEndpoint{Device: g.cfg.Device, Peer: g.peer, Endpoint: ep}
+		pl := p.handback(env, g, why, 0)
+		if why == remediate.UndoProtocol {
+			pl.Suppressed, pl.Reason = "", remediate.UndoReason(why)
 		}
-		plans = append(plans, remediate.Plan{
-			Decision: remediate.Decision{Group: g.cfg.Name, Action: ActionReturnToPrimary, From: Backup, To: Primary, Reason: why, Code: code},
-			Unrailed: true, Changes: []remediate.Change{c},
-			Commit: func(now time.Time) {
-				g.st.Active, g.st.Since, g.st.Arrived, g.st.Routes = Primary, now, time.Time{}, nil
-				p.exportActive(g)
-			},
-		})
+		if pl.Suppressed != "" {
+			g.st.Handback = why
+		}
+		plans = append(plans, pl)
 	}
 	return plans
 }
@@ -594,19 +649,29 @@ func (p *Policy) Inherit(env remediate.Env, prev remediate.Policy) {
 	p.proto = env.RouteProtocol
 	if old, ok := prev.(*Policy); ok {
 		p.m = old.m
-		states := map[string]groupState{}
-		for _, g := range old.groups {
-			states[g.cfg.Name] = g.st
+		prevs := map[string]*group{}
+		for _, g := range old.all() {
+			prevs[g.cfg.Name] = g
 		}
 		for _, g := range p.groups {
-			if st, ok := states[g.cfg.Name]; ok {
-				g.st = st
-				delete(states, g.cfg.Name)
+			if og, ok := prevs[g.cfg.Name]; ok {
+				g.st, g.episode = og.st, og.episode
+				delete(prevs, g.cfg.Name)
 			}
 		}
-		for name := range states {
+		for name, og := range prevs {
+			if og.st.Handback != "" { // still ours in the kernel: handed back later
+				p.retired = append(p.retired, og)
+				p.index(og)
+				continue
+			}
 			p.m.deleteGroup(name)
 			env.DropUnit(name)
+		}
+	}
+	for _, g := range p.groups {
+		if env.Mode == remediate.ModeAuto { // configured and in auto: maintained again
+			g.st.Handback = ""
 		}
 	}
 	for _, g := range p.groups {
@@ -634,8 +699,13 @@ type ownedRoute struct {
 // State implements remediate.Policy.
 func (p *Policy) State() any {
 	st := state{Groups: map[string]groupState{}, Routes: []ownedRoute{}}
-	for _, g := range p.groups {
-		st.Groups[g.cfg.Name] = g.st
+	for _, g := range p.all() {
+		gs := g.st
+		if gs.Active == Backup {
+			c := g.cfg
+			gs.Config = &c
+		}
+		st.Groups[g.cfg.Name] = gs
 		if g.st.Active == Backup && !g.endpoint() {
 			for _, rt := range p.inForce(g) {
 				st.Routes = append(st.Routes, ownedRoute{Group: g.cfg.Name, Route: rt})
@@ -686,12 +756,56 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 	for _, g := range p.groups {
 		if s, ok := st.Groups[g.cfg.Name]; ok {
 			g.st = s
+			delete(st.Groups, g.cfg.Name)
 		}
+		g.st.Config = nil
 		plans = append(plans, p.adopt(env, g)...)
+		if g.st.Handback = ""; env.Mode != remediate.ModeAuto && g.st.Active == Backup {
+			g.st.Handback = remediate.UndoLeaveAuto // our routes, and nothing maintains them
+		}
 		p.exportActive(g)
 		p.exportDamping(g, env.Now)
 	}
+	for name, s := range st.Groups { // saved, not configured: handed back if still in the kernel
+		if s.Active != Backup {
+			continue
+		}
+		g, verr := retiredGroup(name, s)
+		if verr != nil {
+			env.Logger.Warn("a group of the state file on the backup that the config no longer has, and whose saved config is unusable: "+
+				"its routes are left alone; remove them by hand (ip route show proto N)", "group", name, "err", verr)
+			continue
+		}
+		p.adopt(env, g) // what the kernel has; an interrupted switch of a group that is going is not completed
+		if g.st.Active != Backup {
+			continue // nothing of ours left in the kernel
+		}
+		if g.st.Handback == "" {
+			g.st.Handback = remediate.UndoOutOfScope
+		}
+		p.retired = append(p.retired, g)
+		p.index(g)
+		env.InitUnit(name, actions, suppressReasons)
+		p.m.initGroup(name)
+		p.exportActive(g)
+	}
 	return plans, err
+}
+
+// retiredGroup rebuilds a group the config no longer has from its saved
+// config, checked like the config was.
+func retiredGroup(name string, s groupState) (*group, error) {
+	if s.Config == nil || s.Config.Name != name {
+		return nil, errors.New("no saved config (written by an older release)")
+	}
+	var errs []error
+	Groups{*s.Config}.Validate(remediate.Fields(&errs))
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	g := newGroup(*s.Config)
+	g.st, g.st.Config = s, nil
+	return g, nil
 }
 
 func (p *Policy) adopt(env remediate.Env, g *group) []remediate.Plan {
@@ -768,7 +882,7 @@ func (p *Policy) adoptRoutes(env remediate.Env, g *group) []remediate.Plan {
 // shape, in force or not.
 func (p *Policy) Owned() []remediate.Route {
 	var out []remediate.Route
-	for _, g := range p.groups {
+	for _, g := range p.all() {
 		for _, pf := range g.prefixes {
 			out = append(append(out, p.exact(g, pf)...), p.halves(g, pf)...)
 		}

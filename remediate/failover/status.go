@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"slices"
 	"time"
 
 	"github.com/wgpulse/wgpulse/remediate"
@@ -21,24 +22,29 @@ type Report struct {
 
 // GroupStatus is one failover group. The JSON field names are stable.
 type GroupStatus struct {
-	Name         string                    `json:"name"`
-	Mode         string                    `json:"mode"` // route or endpoint
-	Profile      string                    `json:"profile"`
-	Prefixes     []string                  `json:"prefixes,omitempty"`
-	Device       string                    `json:"device,omitempty"` // endpoint mode
-	Peer         string                    `json:"peer,omitempty"`   // endpoint mode: public key
-	Active       string                    `json:"active"`
-	ActiveSince  time.Time                 `json:"active_since"`
-	Paths        map[string]PathStatus     `json:"paths"`
-	Switches     int                       `json:"switches"`
-	Penalty      float64                   `json:"damping_penalty"`
-	Damped       bool                      `json:"damped"`
-	SwitchesLeft float64                   `json:"rate_limit_switches_left"`
-	BackoffUntil *time.Time                `json:"backoff_until,omitempty"`
-	Conflicts    int                       `json:"conflicts_in_a_row"`
-	Conflict     string                    `json:"conflict,omitempty"` // what the last conflict (within 20m) found
-	Lasting      bool                      `json:"conflict_lasting"`   // reverted twice in a row: even escapes wait out the backoff
-	Last         *remediate.DecisionStatus `json:"last_decision,omitempty"`
+	Name         string                `json:"name"`
+	Mode         string                `json:"mode"` // route or endpoint
+	Profile      string                `json:"profile"`
+	Prefixes     []string              `json:"prefixes,omitempty"`
+	Device       string                `json:"device,omitempty"` // endpoint mode
+	Peer         string                `json:"peer,omitempty"`   // endpoint mode: public key
+	Active       string                `json:"active"`
+	ActiveSince  time.Time             `json:"active_since"`
+	Paths        map[string]PathStatus `json:"paths"`
+	Switches     int                   `json:"switches"`
+	Penalty      float64               `json:"damping_penalty"`
+	Damped       bool                  `json:"damped"`
+	SwitchesLeft float64               `json:"rate_limit_switches_left"`
+	BackoffUntil *time.Time            `json:"backoff_until,omitempty"`
+	Conflicts    int                   `json:"conflicts_in_a_row"`
+	Conflict     string                `json:"conflict,omitempty"` // what the last conflict (within 20m) found
+	Lasting      bool                  `json:"conflict_lasting"`   // reverted twice in a row: even escapes wait out the backoff
+	// Handback says why nothing maintains the group's change any more
+	// (removed from the config: retired; the mode left auto): it returns
+	// once its primary is up and routed.
+	Handback string                    `json:"handback,omitempty"`
+	Retired  bool                      `json:"retired,omitempty"` // no longer configured
+	Last     *remediate.DecisionStatus `json:"last_decision,omitempty"`
 }
 
 // PathStatus is one path of a group.
@@ -56,7 +62,7 @@ type PathStatus struct {
 // Status implements remediate.Policy.
 func (p *Policy) Status(now time.Time) any {
 	s := Status{Groups: []GroupStatus{}}
-	for _, g := range p.groups {
+	for _, g := range p.all() {
 		mode := g.cfg.Mode
 		if mode == "" {
 			mode = "route"
@@ -65,7 +71,7 @@ func (p *Policy) Status(now time.Time) any {
 			Name: g.cfg.Name, Mode: mode, Profile: g.cfg.Profile, Device: g.cfg.Device, Peer: g.cfg.Peer, Prefixes: g.cfg.Prefixes,
 			Active: g.st.Active, ActiveSince: g.st.Since, Paths: map[string]PathStatus{}, Switches: g.st.Switches,
 			Penalty: remediate.Penalty(g.cfg.Damping, g.st.Rails, now), Damped: remediate.Damped(g.cfg.Damping, g.st.Rails, now),
-			SwitchesLeft: remediate.Tokens(g.cfg.RateLimit, g.st.Rails, now), Lasting: g.st.Rails.Lasting(now),
+			SwitchesLeft: remediate.Tokens(g.cfg.RateLimit, g.st.Rails, now), Handback: g.st.Handback, Retired: slices.Contains(p.retired, g), Lasting: g.st.Rails.Lasting(now),
 		}
 		if now.Sub(g.st.ConflictAt) < remediate.LastingFor {
 			gs.Conflicts, gs.Conflict = g.st.Rails.Conflicts, g.st.Rails.ConflictWhy

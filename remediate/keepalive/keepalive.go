@@ -311,7 +311,10 @@ type Policy struct {
 	c        Config
 	units    map[string]*kaUnit // device/public key -> unit
 	byTarget map[string]*kaUnit // probe target key -> its peer's unit
-	m        *metrics
+	// foreign are changes of ours in the state file that the config no
+	// longer covers, until they are undone.
+	foreign map[string]kaState
+	m       *metrics
 }
 
 var (
@@ -321,7 +324,7 @@ var (
 
 // New returns the policy for its section.
 func New(c Config) *Policy {
-	return &Policy{c: c, units: map[string]*kaUnit{}, byTarget: map[string]*kaUnit{}, m: newMetrics()}
+	return &Policy{c: c, units: map[string]*kaUnit{}, byTarget: map[string]*kaUnit{}, foreign: map[string]kaState{}, m: newMetrics()}
 }
 
 // Name implements remediate.Policy.
@@ -473,10 +476,7 @@ func (p *Policy) Reconcile(remediate.Env) []remediate.Conflict {
 // does not cover gets its original keepalive back.
 func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []remediate.Plan {
 	n, _ := next.(*Policy)
-	code := remediate.UndoCode(why)
-	if why == "" {
-		why = "the keepalive policy no longer covers this device after a reload: undoing its change"
-	}
+	code, why := why, remediate.UndoReason(why)
 	var plans []remediate.Plan
 	for _, u := range p.units {
 		if u.st.Applied == 0 || (n != nil && n.inScope(u.st.Device)) {
@@ -496,7 +496,8 @@ func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []reme
 }
 
 // Start implements remediate.Policy (auto only): the saved changes still
-// in force are kept.
+// in force are kept; those the config no longer covers are undone,
+// audited, their part kept in the state file until they are.
 func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Plan, error) {
 	if env.Mode != remediate.ModeAuto || saved == nil {
 		return nil, nil
@@ -505,6 +506,7 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 	if err := json.Unmarshal(saved, &units); err != nil {
 		return nil, err
 	}
+	var plans []remediate.Plan
 	for key, st := range units {
 		if st.Applied == 0 {
 			continue
@@ -514,16 +516,26 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 			continue
 		}
 		_, cur, err := env.Kernel.Peer(st.Device, k)
-		if err != nil || cur != st.Applied || !p.inScope(st.Device) {
-			env.Logger.Warn("a keepalive change in the state file is not in force or not in scope any more: forgotten",
+		if err != nil || cur != st.Applied {
+			env.Logger.Warn("a keepalive change in the state file is not in force any more: forgotten",
 				"device", st.Device, "peer", st.Peer, "set", st.Applied, "original", st.Original)
+			continue
+		}
+		if !p.inScope(st.Device) {
+			p.foreign[key] = st
+			plans = append(plans, remediate.Plan{
+				Decision: remediate.Decision{Group: st.Device, Peer: remediate.PeerLabel(st.Peer, ""), Action: ActionRelaxKeepalive,
+					From: st.Applied.String(), To: st.Original.String(), Reason: remediate.UndoReason(remediate.UndoOutOfScope), Code: remediate.UndoOutOfScope},
+				Unrailed: true, Changes: []remediate.Change{remediate.SetKeepalive{Device: st.Device, Peer: k, Keepalive: st.Original}},
+				Commit: func(time.Time) { delete(p.foreign, key) },
+			})
 			continue
 		}
 		u := &kaUnit{st: st, key: k, current: cur} // as read now: a poll older than st.Since would not say
 		p.units[key] = u
 		p.export(u)
 	}
-	return nil, nil
+	return plans, nil
 }
 
 // Inherit implements remediate.Policy: the peers keep their state and
@@ -531,7 +543,7 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 func (p *Policy) Inherit(env remediate.Env, prev remediate.Policy) {
 	var was []string
 	if old, ok := prev.(*Policy); ok {
-		p.units, p.byTarget, p.m = old.units, old.byTarget, old.m
+		p.units, p.byTarget, p.foreign, p.m = old.units, old.byTarget, old.foreign, old.m
 		was = old.devices()
 	}
 	env.FollowUnits(was, p.devices(), actions, reasons)
@@ -552,6 +564,9 @@ func (p *Policy) State() any {
 		if u.st.Applied > 0 || u.st.Switches > 0 {
 			st[k] = u.st
 		}
+	}
+	for k, f := range p.foreign {
+		st[k] = f
 	}
 	return st
 }

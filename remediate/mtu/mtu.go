@@ -480,8 +480,8 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 }
 
 // Start implements remediate.Policy (auto only): the saved changes the
-// kernel still shows are kept; those the config no longer covers are left
-// alone and kept in the state file.
+// kernel still shows are kept; those the config no longer covers are
+// undone, audited, their part kept in the state file until they are.
 func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Plan, error) {
 	if env.Mode != remediate.ModeAuto || saved == nil {
 		return nil, nil
@@ -490,45 +490,63 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 	if err := json.Unmarshal(saved, &units); err != nil {
 		return nil, err
 	}
+	var plans []remediate.Plan
 	for key, st := range units {
+		if st.Applied > 0 && !inKernel(env, st) {
+			env.Logger.Warn("an MTU change in the state file is not in the kernel any more: forgotten", "device", st.Device, "peer", st.Peer)
+			st.Applied, st.Mechanism, st.Routes = 0, "", nil
+		}
 		if !p.inScope(st.Device) {
 			if st.Applied > 0 {
-				env.Logger.Warn("an MTU change of wgpulse outside the MTU policy's scope: left alone; remove it by hand",
-					"device", st.Device, "peer", st.Peer, "mechanism", st.Mechanism, "routes", fmt.Sprint(st.Routes), "original_device_mtu", st.Original)
 				p.foreign[key] = st
+				plans = append(plans, p.undoForeign(key, st))
 			}
 			continue
 		}
 		u := &mtuUnit{st: st}
-		ok := true
-		switch st.Mechanism {
-		case "route":
-			for _, rt := range st.Routes {
-				rs, err := env.Kernel.Routes(rt.Prefix)
-				ok = ok && err == nil && slices.Contains(rs, rt)
-			}
-		case "device":
-			cur, err := env.Kernel.LinkMTU(st.Device)
-			ok = err == nil && cur == st.Applied
-		}
-		if st.Applied > 0 && !ok {
-			env.Logger.Warn("an MTU change in the state file is not in the kernel any more: forgotten", "device", st.Device, "peer", st.Peer)
-			u.st.Applied, u.st.Mechanism, u.st.Routes = 0, "", nil
-		}
 		p.units[key] = u
 		p.export(u)
 	}
-	return nil, nil
+	return plans, nil
+}
+
+// inKernel says whether a saved change is still what the kernel has.
+func inKernel(env remediate.Env, st mtuState) bool {
+	switch st.Mechanism {
+	case "route":
+		for _, rt := range st.Routes {
+			if rs, err := env.Kernel.Routes(rt.Prefix); err != nil || !slices.Contains(rs, rt) {
+				return false
+			}
+		}
+	case "device":
+		cur, err := env.Kernel.LinkMTU(st.Device)
+		return err == nil && cur == st.Applied
+	}
+	return true
+}
+
+// undoForeign undoes a change of ours the config no longer covers; it stays
+// in the state file (and owned) until that is done.
+func (p *Policy) undoForeign(key string, st mtuState) remediate.Plan {
+	cs, _ := p.undoChanges(&mtuUnit{st: st})
+	to := "the operator's route"
+	if st.Mechanism == "device" {
+		to = fmt.Sprint(st.Original)
+	}
+	return remediate.Plan{
+		Decision: remediate.Decision{Group: st.Device, Peer: remediate.PeerLabel(st.Peer, ""), Action: ActionRaiseMTU,
+			From: fmt.Sprint(st.Applied), To: to, Reason: remediate.UndoReason(remediate.UndoOutOfScope), Code: remediate.UndoOutOfScope},
+		Unrailed: true, Changes: cs,
+		Commit: func(time.Time) { delete(p.foreign, key) },
+	}
 }
 
 // Undo implements remediate.Policy: the changes on devices next does not
 // cover (every change when next is nil).
 func (p *Policy) Undo(_ remediate.Env, why string, next remediate.Policy) []remediate.Plan {
 	n, _ := next.(*Policy)
-	code := remediate.UndoCode(why)
-	if why == "" {
-		why = "the MTU policy no longer covers this device after a reload: undoing its change"
-	}
+	code, why := why, remediate.UndoReason(why)
 	var plans []remediate.Plan
 	for _, u := range p.units {
 		if u.st.Applied == 0 || (n != nil && n.inScope(u.st.Device)) {

@@ -13,15 +13,20 @@ import (
 	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
-// A reload that removes a group on the backup undoes its change first,
-// audited; the policies keep running on the new config while they decide
-// (the race detector watches), and the group's series go with it.
+// A reload that removes a group on the backup hands its change back first,
+// audited, when its primary is up again (it is still within hold_down);
+// the policies keep running on the new config while they decide (the race
+// detector watches), and the group's series go with it.
 func TestReloadRemovesAGroupOnTheBackup(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
+		g := group("fast")
+		g.HoldDown = 10 * time.Minute
+		r := newRig(t, config(t, remediate.ModeAuto, g))
 		r.fault(primaryTarget, dead)
 		r.start()
 		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r.fault(primaryTarget, nil)
+		r.run(5 * time.Second)
 		next := r.cfg
 		next.Failover = nil
 		next.Keepalive.Enabled, next.Keepalive.Devices = true, []string{primaryDev}
@@ -33,7 +38,7 @@ func TestReloadRemovesAGroupOnTheBackup(t *testing.T) {
 			t.Errorf("after the reload the routes are not the operator's (-want +got)\n%s", diff)
 		}
 		a := r.taken()
-		if len(a) != 2 || a[1].Action != "return_to_primary" || !strings.Contains(a[1].Reason, "removed or its paths changed on reload") {
+		if len(a) != 2 || a[1].Action != "return_to_primary" || !strings.Contains(a[1].Reason, "no longer covers this change the same way after a reload") {
 			t.Errorf("audit %+v, want the removed group's return", a)
 		}
 		if got := r.status().Groups; len(got) != 0 {

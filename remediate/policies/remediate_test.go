@@ -473,7 +473,33 @@ func TestUnknownIsNotDown(t *testing.T) {
 	})
 }
 
+// restore_on_exit hands back what is safe to: a group on the backup whose
+// primary is up again (within hold_down) returns on a clean exit; one
+// whose primary is still down keeps its routes, audited, because deleting
+// them would drop the traffic.
 func TestRestoreOnExit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := group("fast")
+		g.HoldDown = 10 * time.Minute
+		cfg := config(t, remediate.ModeAuto, g)
+		cfg.RestoreOnExit = true
+		r := newRig(t, cfg)
+		r.fault(primaryTarget, dead)
+		r.start()
+		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r.fault(primaryTarget, nil)
+		r.run(5 * time.Second) // up again, still within hold_down: on the backup
+		if !r.onBackup() {
+			t.Fatal("returned within hold_down")
+		}
+		r.stop()
+		if diff := cmp.Diff(operatorRoutes, r.routes.show()); diff != "" {
+			t.Errorf("after a clean exit the routes are not as before (-want +got)\n%s", diff)
+		}
+		if a := r.taken(); a[len(a)-1].Action != "return_to_primary" || !strings.Contains(a[len(a)-1].Reason, "restore_on_exit") {
+			t.Errorf("restore not audited: %+v", a)
+		}
+	})
 	synctest.Test(t, func(t *testing.T) {
 		cfg := config(t, remediate.ModeAuto, group("fast"))
 		cfg.RestoreOnExit = true
@@ -482,11 +508,11 @@ func TestRestoreOnExit(t *testing.T) {
 		r.start()
 		waitFor(t, 5*time.Second, "switch", r.onBackup)
 		r.stop()
-		if diff := cmp.Diff(operatorRoutes, r.routes.show()); diff != "" {
-			t.Errorf("after a clean exit the routes are not as before (-want +got)\n%s", diff)
+		if !r.onBackup() {
+			t.Error("restore_on_exit deleted our route with the primary down: the traffic is dropped")
 		}
-		if a := r.taken(); a[len(a)-1].Action != "return_to_primary" || !strings.Contains(a[len(a)-1].Reason, "restore_on_exit") {
-			t.Errorf("restore not audited: %+v", a)
+		if s := r.suppressed("primary_not_up"); len(s) != 1 || !strings.Contains(s[0].Reason, "restore_on_exit") || !strings.Contains(s[0].Reason, "kept on the backup") {
+			t.Errorf("the kept route is not audited: %+v", r.audits())
 		}
 	})
 }

@@ -42,6 +42,7 @@ type fakeRoutes struct {
 	table   []netlink.Route
 	calls   []string // every add and del, in order
 	failAdd error
+	failDel error
 	// hang makes a route dump for a destination wait until the channel is
 	// closed (a netlink dump on a busy table); hung says one is waiting.
 	hang map[string]chan struct{}
@@ -185,6 +186,9 @@ func (f *fakeRoutes) RouteDel(r *netlink.Route) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, fmt.Sprintf("del %s metric %d", r.Dst, r.Priority))
+	if f.failDel != nil {
+		return f.failDel
+	}
 	for i, have := range f.table {
 		if have.Dst.String() == r.Dst.String() && have.Priority == r.Priority && have.Table == r.Table &&
 			(r.LinkIndex == 0 || r.LinkIndex == have.LinkIndex) && (r.Protocol == 0 || r.Protocol == have.Protocol) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -100,20 +101,15 @@ func TestStateFileVersion1IsMigrated(t *testing.T) {
 	})
 }
 
-// A policy no longer configured keeps its part of the state file while its
-// change is in the kernel: here the MTU policy is switched off, its route
-// stays (left alone, named in the log), and so does its part.
+// A policy no longer configured keeps its part of the state file until its
+// change is undone: here the MTU policy is switched off while the agent is
+// stopped. At start its route is undone, audited; while the kernel refuses
+// that, the route and its part stay (owned, not a stranger's leftover).
 func TestRemovedPolicyKeepsItsPart(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		r := v1Node(t, false)
-		r.start()
-		r.run(5 * time.Second)
-		if !strings.Contains(r.logs.String(), "outside the MTU policy's scope: left alone") {
-			t.Error("the MTU change outside the config's scope is not named in the log")
-		}
-		if strings.Contains(r.logs.String(), "this config does not own") {
-			t.Error("the MTU route the state file names is reported as a stranger's leftover")
-		}
+	mtuPart := func(t *testing.T, r *rig) map[string]struct {
+		Applied int
+		Routes  []remediate.Route
+	} {
 		var st struct {
 			Policies struct {
 				MTU map[string]struct {
@@ -122,17 +118,45 @@ func TestRemovedPolicyKeepsItsPart(t *testing.T) {
 				} `json:"mtu"`
 			}
 		}
-		b := readState(t, r)
-		if err := json.Unmarshal(b, &st); err != nil {
+		if err := json.Unmarshal(readState(t, r), &st); err != nil {
 			t.Fatal(err)
 		}
-		if len(st.Policies.MTU) != 1 {
-			t.Fatalf("state file:\n%s\nwant the MTU policy's part kept while its route is in the kernel", b)
+		return st.Policies.MTU
+	}
+	synctest.Test(t, func(t *testing.T) {
+		r := v1Node(t, false)
+		r.routes.failDel = syscall.EPERM
+		r.start()
+		r.run(5 * time.Second)
+		if strings.Contains(r.logs.String(), "this config does not own") {
+			t.Error("the MTU route the state file names is reported as a stranger's leftover")
 		}
-		for _, u := range st.Policies.MTU {
-			if u.Applied != 1227 || len(u.Routes) != 1 {
-				t.Errorf("mtu part %+v: want the route of 1227 kept", u)
+		a := r.audits()
+		if len(a) == 0 || a[0].Action != "raise_mtu" || a[0].Result != "error" || !strings.Contains(a[0].Reason, "no longer covers") {
+			t.Errorf("the undo of the out-of-scope MTU route is not audited as failed: %+v", a)
+		}
+		if part := mtuPart(t, r); len(part) != 1 {
+			t.Errorf("MTU part %+v: want it kept while its route is in the kernel", part)
+		} else {
+			for _, u := range part {
+				if u.Applied != 1227 || len(u.Routes) != 1 {
+					t.Errorf("mtu part %+v: want the route of 1227 kept", u)
+				}
 			}
+		}
+		r.stop()
+		r.routes.failDel = nil
+		r.start()
+		r.run(5 * time.Second)
+		a = r.taken()
+		if len(a) == 0 || a[len(a)-1].Action != "raise_mtu" || a[len(a)-1].Result != "ok" {
+			t.Errorf("the out-of-scope MTU route is not undone at the next start: %+v", r.audits())
+		}
+		if strings.Contains(strings.Join(r.routes.show(), "\n"), "metric 199 proto 117") {
+			t.Errorf("our MTU route is still there: %v", r.routes.show())
+		}
+		if part := mtuPart(t, r); len(part) != 0 {
+			t.Errorf("MTU part %+v after the undo: want it gone", part)
 		}
 	})
 }
@@ -144,4 +168,28 @@ func readState(t *testing.T, r *rig) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// A keepalive of ours on a device the config no longer covers is undone at
+// start (the original keepalive back), audited.
+func TestStartUndoesAnOutOfScopeKeepalive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := v1Node(t, true)
+		r.cfg.Keepalive.Enabled = false
+		r.start()
+		r.run(5 * time.Second)
+		r.wg.mu.Lock()
+		ka := r.wg.keepalive[primaryDev]
+		r.wg.mu.Unlock()
+		if ka != 0 {
+			t.Errorf("keepalive on %s is %s after the start: want the original 0 back", primaryDev, ka)
+		}
+		var undone bool
+		for _, a := range r.taken() {
+			undone = undone || (a.Action == "relax_keepalive" && a.Result == "ok" && strings.Contains(a.Reason, "no longer covers"))
+		}
+		if !undone {
+			t.Errorf("the undo is not audited: %+v", r.audits())
+		}
+	})
 }
