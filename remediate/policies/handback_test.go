@@ -186,3 +186,27 @@ func TestStartHandsBackAGroupNoLongerConfigured(t *testing.T) {
 		}
 	})
 }
+
+// Leaving auto undoes the MTU policy's route too: nothing would maintain it
+// (raise it when the path recovers), so it goes, audited with leave_auto.
+func TestLeavingAutoUndoesTheMTURoute(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, mtuConfig(t, remediate.ModeAuto))
+		r.wg.allowed[primaryDev] = []string{lan}
+		r.pmtu.Store(primaryTarget, 1232)
+		r.start()
+		waitFor(t, 2*time.Minute, "an MTU route", func() bool { return r.ourMTURoute() != "" })
+		next := r.cfg
+		next.Mode = remediate.ModeDryRun
+		if err := policies.Apply(context.Background(), r.rem, next); err != nil {
+			t.Fatal(err)
+		}
+		if rt := r.ourMTURoute(); rt != "" {
+			t.Errorf("our MTU route %s is still there after leaving auto", rt)
+		}
+		a := r.taken()
+		if last := a[len(a)-1]; last.Action != "raise_mtu" || last.Result != "ok" || !strings.Contains(last.Reason, "leaves auto") {
+			t.Errorf("undo audit: %+v", a)
+		}
+	})
+}
