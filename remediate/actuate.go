@@ -284,8 +284,8 @@ var _ PeerHandle = (*wgctrl.Client)(nil)
 // are never read into logs).
 type peers struct{ h PeerHandle }
 
-// errNoPeer says the configured peer is not on the device.
-var errNoPeer = errors.New("no such peer on the device")
+// ErrNoPeer says the configured peer is not on the device.
+var ErrNoPeer = errors.New("no such peer on the device")
 
 // peer returns the current endpoint and keepalive of a peer.
 func (p peers) peer(device string, key wgtypes.Key) (netip.AddrPort, time.Duration, error) {
@@ -309,7 +309,7 @@ func (p peers) peer(device string, key wgtypes.Key) (netip.AddrPort, time.Durati
 			return ep, pr.PersistentKeepaliveInterval, nil
 		}
 	}
-	return netip.AddrPort{}, 0, fmt.Errorf("peer %s on %s: %w", key, device, errNoPeer)
+	return netip.AddrPort{}, 0, fmt.Errorf("peer %s on %s: %w", key, device, ErrNoPeer)
 }
 
 // setEndpoint points the peer at ep (UpdateOnly: nothing else changes).

@@ -179,10 +179,15 @@ type Plan struct {
 	Handback bool
 	// Quiet plans re-assert a decision already audited (a roam pulled an
 	// endpoint back): carried out in auto, logged at debug, not audited.
-	Quiet  bool
-	Commit func(now time.Time)             // after success in auto, and in dry-run
-	Failed func(now time.Time)             // after a failure in auto
-	After  func(d Decision, result string) // whatever the result, once audited
+	Quiet bool
+	// Prepare, when set, runs once the rails let the decision through and
+	// before the budget is spent: the kernel reads the change needs (route
+	// dumps, preflight checks), so none runs while a rail holds the unit.
+	// It returns the Changes, or suppresses d with the policy's reason.
+	Prepare func(d *Decision) []Change
+	Commit  func(now time.Time)             // after success in auto, and in dry-run
+	Failed  func(now time.Time)             // after a failure in auto
+	After   func(d Decision, result string) // whatever the result, once audited
 }
 
 // Episode is a unit's memory of the last suppression it audited, so a

@@ -414,6 +414,9 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 			r.metrics.lasting.WithLabelValues(w.name, d.Group).Set(b2f(p.Rails.Lasting(env.Now)))
 		}
 	}
+	if p.Prepare != nil && d.Action != "" && d.Suppressed == "" {
+		p.Changes = p.Prepare(&d)
+	}
 	if !p.Unrailed && d.Action != "" && d.Suppressed == "" {
 		r.budget.take(&d, env.Now) // in dry-run too: it decides what auto would
 		r.metrics.budget.Set(r.budget.remaining(env.Now))

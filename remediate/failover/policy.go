@@ -310,20 +310,24 @@ func (p *Policy) evaluate(env remediate.Env, g *group) remediate.Plan {
 			return plan
 		}
 	}
-	p.preflight(env, g, &plan.Decision)
 	var routes []remediate.Route // route mode: what the switch adds or deletes
-	switch {
-	case g.endpoint() || plan.Suppressed != "":
-	case d.To == Backup:
-		var blocked string
-		if routes, blocked = p.backupRoutes(env, g); blocked != "" {
-			plan.Suppressed, plan.Reason = SuppressMetricTooHigh, blocked+": "+plan.Reason
-		}
-	default:
-		routes = p.inForce(g)
-	}
 	var original string
-	plan.Changes, original = p.switchChanges(env, g, d.To, routes)
+	plan.Prepare = func(d *remediate.Decision) []remediate.Change { // the kernel reads: only once the rails let it through
+		p.preflight(env, g, d)
+		switch {
+		case g.endpoint() || d.Suppressed != "":
+		case d.To == Backup:
+			var blocked string
+			if routes, blocked = p.backupRoutes(env, g); blocked != "" {
+				d.Suppressed, d.Reason = SuppressMetricTooHigh, blocked+": "+d.Reason
+			}
+		default:
+			routes = p.inForce(g)
+		}
+		var cs []remediate.Change
+		cs, original = p.switchChanges(env, g, d.To, routes)
+		return cs
+	}
 	plan.Commit = func(now time.Time) {
 		if !g.st.Arrived.IsZero() && now.Sub(g.st.Arrived) < g.cfg.HoldDown { // left a path it switched to less than hold_down ago
 			p.m.flaps.WithLabelValues(g.cfg.Name).Inc()
@@ -847,9 +851,12 @@ func (p *Policy) adoptRoutes(env remediate.Env, g *group) []remediate.Plan {
 	onBackup := 0
 	for _, pf := range g.prefixes {
 		h, m, err := p.adoptPrefix(env, g, pf)
-		if err != nil {
-			env.Logger.Error("cannot read routes at start: assuming the primary carries the group", "group", g.cfg.Name, "err", err)
-			g.st.Active, g.st.Routes = Primary, nil
+		if err != nil { // unknown is not a change: what the state file says stands until a read works
+			if g.st.Active != Backup {
+				g.st.Active, g.st.Routes = Primary, nil
+			}
+			env.Logger.Error("cannot read routes at start: keeping what the state file says; the 2 s check confirms it once reads work",
+				"group", g.cfg.Name, "active", g.st.Active, "err", err)
 			return nil
 		}
 		if len(h) == 0 {

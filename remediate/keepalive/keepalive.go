@@ -18,6 +18,7 @@ package keepalive
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -516,10 +517,14 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 			continue
 		}
 		_, cur, err := env.Kernel.Peer(st.Device, k)
-		if err != nil || cur != st.Applied {
+		switch {
+		case errors.Is(err, remediate.ErrNoDevice) || errors.Is(err, remediate.ErrNoPeer) || (err == nil && cur != st.Applied):
 			env.Logger.Warn("a keepalive change in the state file is not in force any more: forgotten",
 				"device", st.Device, "peer", st.Peer, "set", st.Applied, "original", st.Original)
 			continue
+		case err != nil: // unknown is not a change: the belief stands until a read works
+			env.Logger.Warn("cannot read the peer to check a keepalive change of the state file: kept as saved", "device", st.Device, "peer", st.Peer, "err", err)
+			cur = st.Applied
 		}
 		if !p.inScope(st.Device) {
 			p.foreign[key] = st

@@ -12,6 +12,7 @@ package mtu
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -314,11 +315,14 @@ func (p *Policy) evaluate(env remediate.Env, u *mtuUnit) remediate.Plan {
 	if d.Action == "" || d.Suppressed != "" {
 		return plan
 	}
-	changes, next, err := p.changes(env, u, want)
-	if err != nil {
-		changes = []remediate.Change{remediate.Failure{Err: err}}
+	var next mtuState
+	plan.Prepare = func(*remediate.Decision) []remediate.Change { // the route reads: only once the rails let it through
+		changes, st, err := p.changes(env, u, want)
+		if next = st; err != nil {
+			changes = []remediate.Change{remediate.Failure{Err: err}}
+		}
+		return changes
 	}
-	plan.Changes = changes
 	plan.Commit = func(now time.Time) {
 		if env.Mode == remediate.ModeAuto {
 			u.st.Applied, u.st.Mechanism, u.st.Routes, u.st.Original = next.Applied, next.Mechanism, next.Routes, next.Original
@@ -492,9 +496,14 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 	}
 	var plans []remediate.Plan
 	for key, st := range units {
-		if st.Applied > 0 && !inKernel(env, st) {
-			env.Logger.Warn("an MTU change in the state file is not in the kernel any more: forgotten", "device", st.Device, "peer", st.Peer)
-			st.Applied, st.Mechanism, st.Routes = 0, "", nil
+		if st.Applied > 0 {
+			switch in, err := inKernel(env, st); {
+			case err != nil: // unknown is not a change: the belief stands; the 2 s check confirms it
+				env.Logger.Warn("cannot read the kernel to check an MTU change of the state file: kept as saved", "device", st.Device, "peer", st.Peer, "err", err)
+			case !in:
+				env.Logger.Warn("an MTU change in the state file is not in the kernel any more: forgotten", "device", st.Device, "peer", st.Peer)
+				st.Applied, st.Mechanism, st.Routes = 0, "", nil
+			}
 		}
 		if !p.inScope(st.Device) {
 			if st.Applied > 0 {
@@ -511,19 +520,23 @@ func (p *Policy) Start(env remediate.Env, saved json.RawMessage) ([]remediate.Pl
 }
 
 // inKernel says whether a saved change is still what the kernel has.
-func inKernel(env remediate.Env, st mtuState) bool {
+func inKernel(env remediate.Env, st mtuState) (bool, error) {
 	switch st.Mechanism {
 	case "route":
 		for _, rt := range st.Routes {
-			if rs, err := env.Kernel.Routes(rt.Prefix); err != nil || !slices.Contains(rs, rt) {
-				return false
+			rs, err := env.Kernel.Routes(rt.Prefix)
+			if err != nil || !slices.Contains(rs, rt) {
+				return false, err
 			}
 		}
 	case "device":
 		cur, err := env.Kernel.LinkMTU(st.Device)
-		return err == nil && cur == st.Applied
+		if errors.Is(err, remediate.ErrNoDevice) {
+			return false, nil // the device went, and the MTU we set with it
+		}
+		return err == nil && cur == st.Applied, err
 	}
-	return true
+	return true, nil
 }
 
 // undoForeign undoes a change of ours the config no longer covers; it stays

@@ -43,6 +43,8 @@ type fakeRoutes struct {
 	calls   []string // every add and del, in order
 	failAdd error
 	failDel error
+	failGet error // every route dump fails (a netlink error)
+	dumps   int   // route dumps served
 	// hang makes a route dump for a destination wait until the channel is
 	// closed (a netlink dump on a busy table); hung says one is waiting.
 	hang map[string]chan struct{}
@@ -108,6 +110,11 @@ func (f *fakeRoutes) LinkByIndex(index int) (netlink.Link, error) {
 
 func (f *fakeRoutes) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
 	f.mu.Lock()
+	f.dumps++
+	if f.failGet != nil {
+		defer f.mu.Unlock()
+		return nil, f.failGet
+	}
 	if filter.Dst != nil && f.hang[filter.Dst.String()] != nil {
 		release := f.hang[filter.Dst.String()]
 		f.mu.Unlock()
@@ -205,6 +212,12 @@ func (f *fakeRoutes) operatorRoute(prefix, dev string, metric int) {
 	defer f.mu.Unlock()
 	_, dst, _ := net.ParseCIDR(prefix)
 	f.table = append(f.table, netlink.Route{Dst: dst, LinkIndex: f.links[dev], Priority: metric, Protocol: 4, Table: unix.RT_TABLE_MAIN})
+}
+
+func (f *fakeRoutes) dumpCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dumps
 }
 
 // deleteOurs removes our routes behind the remediator's back (a conflict).
