@@ -46,7 +46,7 @@ type pmtuView struct {
 	state    pmtuState
 	mtu      int
 	below    int // with pmtuBelowMin: the floor size that did not pass
-	ceiling  int // the device MTU the last full search was bounded by
+	ceiling  int // what bounded the last full search: the device MTU, or a size the local stack refused
 	due      time.Time
 	research time.Time // next full search
 	running  bool
@@ -153,7 +153,7 @@ func (r *pmtuRunner) step(ctx context.Context, t *target) {
 		searching := view
 		searching.state, searching.running = pmtuSearching, true // still ours: not dispatched again
 		r.publish(t, searching)
-		mtu, err := r.search(ctx, spec, cfg, loss, privileged)
+		mtu, ceiling, err := r.search(ctx, spec, cfg, loss, privileged)
 		if ctx.Err() != nil {
 			break
 		}
@@ -171,7 +171,7 @@ func (r *pmtuRunner) step(ctx context.Context, t *target) {
 			r.p.logger.Warn("path MTU search failed", "device", spec.Device, "target", spec.Address, "err", err)
 		default:
 			next.state, next.mtu, next.below, next.due, next.research = pmtuComplete, mtu, 0, now.Add(cfg.PMTU.Confirm), now.Add(cfg.PMTU.Interval)
-			next.ceiling = spec.DeviceMTU
+			next.ceiling = ceiling
 		}
 	}
 	next.running = false
@@ -194,7 +194,9 @@ func (e *belowMinError) Error() string {
 
 // search brackets the PMTU between a size known to pass (lo) and one known
 // to fail (bad), halving until they are within pmtuResolution bytes.
-func (r *pmtuRunner) search(ctx context.Context, t Target, cfg Config, loss float64, privileged bool) (int, error) {
+// The ceiling is what bounded it: the device MTU, or the size the local
+// stack refused (EMSGSIZE) just above the result.
+func (r *pmtuRunner) search(ctx context.Context, t Target, cfg Config, loss float64, privileged bool) (mtu, ceiling int, err error) {
 	lo := cfg.PMTU.Min
 	if t.Address.Is6() {
 		lo = max(lo, 1280)
@@ -207,23 +209,27 @@ func (r *pmtuRunner) search(ctx context.Context, t Target, cfg Config, loss floa
 	ok, tooBig := r.try(ctx, t, lo, loss, privileged, cfg.Timeout)
 	if !ok {
 		if tooBig {
-			return 0, errors.New("the local stack refuses DF packets of prober.pmtu.min bytes (EMSGSIZE): lower prober.pmtu.min")
+			return 0, 0, errors.New("the local stack refuses DF packets of prober.pmtu.min bytes (EMSGSIZE): lower prober.pmtu.min")
 		}
-		return 0, &belowMinError{lo}
+		return 0, 0, &belowMinError{lo}
 	}
-	if ok, _ := r.try(ctx, t, hi, loss, privileged, cfg.Timeout); ok {
-		return hi, nil
+	ok, tooBig = r.try(ctx, t, hi, loss, privileged, cfg.Timeout)
+	if ok {
+		return hi, hi, nil
 	}
-	bad := hi
+	bad, local := hi, tooBig
 	for bad-lo > pmtuResolution && ctx.Err() == nil {
 		mid := (lo + bad) / 2
-		if ok, _ := r.try(ctx, t, mid, loss, privileged, cfg.Timeout); ok {
+		if ok, tooBig = r.try(ctx, t, mid, loss, privileged, cfg.Timeout); ok {
 			lo = mid
 		} else {
-			bad = mid // EMSGSIZE caps the same way, without retries
+			bad, local = mid, tooBig // EMSGSIZE caps the same way, without retries
 		}
 	}
-	return lo, ctx.Err()
+	if local { // the local stack refused the size just above: the device's MTU bounded the search, not the path
+		return lo, lo, ctx.Err()
+	}
+	return lo, hi, ctx.Err()
 }
 
 // try probes one size up to maxProbes times; it stops at the first reply or

@@ -66,6 +66,9 @@ func TestPMTUSearchBlackHoleAndRecovery(t *testing.T) {
 		if h.PMTUState != "search_complete" || h.PathMTU > 1232 || h.PathMTU < 1232-pmtuResolution {
 			t.Fatalf("after the search: state %s PMTU %d, want search_complete within 20 bytes below 1232", h.PMTUState, h.PathMTU)
 		}
+		if h.PathMTUCeiling <= h.PathMTU { // the path lost the larger probes: a measurement, bounded by the device
+			t.Errorf("ceiling %d for a path that drops above %d, want the device MTU above it", h.PathMTUCeiling, h.PathMTU)
+		}
 		// PMTU probes are not SLI probes.
 		if sent := sli.Sent(netip.MustParseAddr("10.0.0.1")); h.Probes > uint64(sent) || h.Failures != 0 {
 			t.Errorf("SLI counts %d probes / %d failures for %d SLI sends: PMTU probes leaked into the SLI", h.Probes, h.Failures, sent)
@@ -108,6 +111,11 @@ func TestPMTUCappedByEMSGSIZE(t *testing.T) {
 		h := health(t, p, "10.0.0.1")
 		if h.PMTUState != "search_complete" || h.PathMTU > 1350 || h.PathMTU < 1350-pmtuResolution {
 			t.Fatalf("state %s PMTU %d, want within 20 bytes below the local limit 1350", h.PMTUState, h.PathMTU)
+		}
+		// The local stack bounded the search, not the path: the result is
+		// its own ceiling (the path passes that or more).
+		if h.PathMTUCeiling != h.PathMTU {
+			t.Errorf("ceiling %d for a search capped by EMSGSIZE at %d, want the result itself", h.PathMTUCeiling, h.PathMTU)
 		}
 		path.mu.Lock()
 		defer path.mu.Unlock()

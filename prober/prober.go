@@ -80,9 +80,10 @@ type Health struct {
 	LastSuccess  time.Time
 	PathMTU      int // largest inner IP packet known to pass; 0 = unknown
 	PathMTUBelow int // with PMTUState below_min: the floor size that did not pass
-	// PathMTUCeiling is the device MTU the search was bounded by: a PathMTU
-	// equal to it passed everything the search could try, so the path MTU
-	// is that or more (a capped search is not a measurement of the path).
+	// PathMTUCeiling is what bounded the search: the device MTU, or a size
+	// the local stack refused (EMSGSIZE) just above PathMTU. A PathMTU equal
+	// to it passed everything the search could try, so the path MTU is that
+	// or more (a capped search is not a measurement of the path).
 	PathMTUCeiling int
 	PMTUState      string // base, searching, search_complete, below_min, error, disabled
 }

@@ -7,7 +7,10 @@
 // affected peer's routed prefixes (an owned route, one metric below the
 // operator's, never covering the probed tunnel address) fixes exactly that
 // peer's traffic and leaves the measurement free. The device MTU is the
-// fallback when the peer has no routed prefix to carry it.
+// fallback when the peer has no routed prefix to carry it, and only on a
+// device with that one peer unless shared_device_fallback says otherwise:
+// the device MTU has one owner, and a search capped by it is not a new
+// measurement of anyone's path, so one bad path cannot cascade.
 package mtu
 
 import (
@@ -44,8 +47,12 @@ type Config struct {
 	// BelowMin is what to do when the path MTU is below the prober's search
 	// floor: "ignore" (default) or "min" (set Min, when Min is below the
 	// floor that failed).
-	BelowMin  string              `yaml:"below_min"`
-	RateLimit remediate.RateLimit `yaml:"rate_limit"`
+	BelowMin string `yaml:"below_min"`
+	// SharedDeviceFallback lets the whole-device fallback lower a device
+	// with more than one peer (every peer's MTU, for one path); off by
+	// default.
+	SharedDeviceFallback bool                `yaml:"shared_device_fallback"`
+	RateLimit            remediate.RateLimit `yaml:"rate_limit"`
 }
 
 // DefaultConfig is the section's defaults: off.
@@ -88,6 +95,20 @@ const (
 	ActionLowerMTU = "lower_mtu"
 	ActionRaiseMTU = "raise_mtu"
 )
+
+// Why a wanted MTU change was not taken, besides the core's rails.
+const (
+	// The peer has no routed prefix of its own and its device has other
+	// peers: the fallback would lower them all (shared_device_fallback).
+	SuppressSharedDevice = "shared_device"
+	// Another peer's fallback owns the device MTU.
+	SuppressDeviceOwned = "device_owned"
+)
+
+// held is a change the policy will not make, with its reason code.
+type held struct{ code, why string }
+
+func (h *held) Error() string { return h.why }
 
 // mtuState is what the policy remembers of one peer, persisted.
 type mtuState struct {
@@ -182,7 +203,7 @@ const Name = "mtu"
 
 var (
 	actions = []string{ActionLowerMTU, ActionRaiseMTU}
-	reasons = []string{remediate.SuppressBelowFloor, remediate.SuppressHoldDown}
+	reasons = []string{remediate.SuppressBelowFloor, remediate.SuppressHoldDown, SuppressSharedDevice, SuppressDeviceOwned}
 )
 
 // Policy is the MTU policy over the peers of its devices.
@@ -289,13 +310,17 @@ func (p *Policy) measure(env remediate.Env, u *mtuUnit) mtuMeasure {
 		// While the prober searches again, its last result still stands.
 		complete := h.PMTUState == "search_complete" || h.PMTUState == "searching"
 		// A search bounded by a device MTU below the full one passed all it
-		// could try: with that cap ours and in force, the decision knows
-		// (it caps the search); any other cap (ours, since raised) says
-		// nothing of the path.
-		capped := h.PathMTUCeiling > 0 && h.PathMTU >= h.PathMTUCeiling && h.PathMTUCeiling < u.st.Max
-		switch {
-		case complete && h.PathMTU > 0 && capped && (u.st.Mechanism != "device" || h.PathMTUCeiling != u.st.Applied):
+		// could try. With the cap ours (this peer's fallback), it passes what
+		// is in force, and the decision knows the cap hides the path; any
+		// other cap (another peer's fallback, ours since raised) says nothing
+		// of this path: unknown.
+		if capped := h.PathMTUCeiling > 0 && h.PathMTU >= h.PathMTUCeiling && h.PathMTUCeiling < u.st.Max; complete && capped {
+			if u.st.Mechanism == "device" && u.st.Applied > 0 && (!m.known || m.below > 0 || u.st.Applied < m.pmtu) {
+				m = mtuMeasure{known: true, pmtu: u.st.Applied}
+			}
 			continue
+		}
+		switch {
 		case complete && h.PathMTU > 0:
 			if !m.known || m.below > 0 || h.PathMTU < m.pmtu {
 				m = mtuMeasure{known: true, pmtu: h.PathMTU}
@@ -316,9 +341,14 @@ func (p *Policy) evaluate(env remediate.Env, u *mtuUnit) remediate.Plan {
 		return plan
 	}
 	var next mtuState
-	plan.Prepare = func(*remediate.Decision) []remediate.Change { // the route reads: only once the rails let it through
+	plan.Prepare = func(d *remediate.Decision) []remediate.Change { // the route reads: only once the rails let it through
 		changes, st, err := p.changes(env, u, want)
-		if next = st; err != nil {
+		var h *held
+		switch next = st; {
+		case errors.As(err, &h):
+			d.Suppressed, d.Reason = h.code, h.why+": "+d.Reason
+			return nil
+		case err != nil:
 			changes = []remediate.Change{remediate.Failure{Err: err}}
 		}
 		return changes
@@ -369,8 +399,15 @@ func (p *Policy) changes(env remediate.Env, u *mtuUnit, want int) ([]remediate.C
 			return cs, st, nil
 		}
 	}
-	// The fallback: the whole device. Routes of ours left from before (the
-	// operator's routes they sat below are gone) go first.
+	// The fallback: the whole device, with one owner, and on a shared
+	// device only when the config says so.
+	if st.Mechanism != "device" {
+		if err := p.mayOwnDevice(env, u); err != nil {
+			return nil, st, err
+		}
+	}
+	// Routes of ours left from before (the operator's routes they sat below
+	// are gone) go first.
 	var cs []remediate.Change
 	if len(st.Routes) > 0 {
 		cs = append(cs, remediate.DelRoutes(st.Routes))
@@ -386,6 +423,21 @@ func (p *Policy) changes(env remediate.Env, u *mtuUnit, want int) ([]remediate.C
 	cs = append(cs, remediate.SetLinkMTU{Device: st.Device, MTU: want}, remediate.ResearchPMTU(u.targets))
 	st.Applied, st.Mechanism, st.Routes = want, "device", nil
 	return cs, st, nil
+}
+
+// mayOwnDevice says why u may not take the device MTU (nil: it may).
+func (p *Policy) mayOwnDevice(env remediate.Env, u *mtuUnit) error {
+	for _, o := range p.units {
+		if o != u && o.st.Device == u.st.Device && o.st.Mechanism == "device" && o.st.Applied > 0 {
+			return &held{SuppressDeviceOwned, fmt.Sprintf("the MTU of %s is already lowered to %d for peer %s, its one owner", u.st.Device, o.st.Applied, remediate.PeerLabel(o.st.Peer, o.name))}
+		}
+	}
+	if d, ok := env.Snapshot.Device(u.st.Device); ok && len(d.Peers) > 1 && !p.c.SharedDeviceFallback {
+		return &held{SuppressSharedDevice, fmt.Sprintf("peer %s has no routed prefix of its own to carry a route MTU, and lowering %s would lower all its %d peers for one path: "+
+			"route the peer's prefixes via %s (a route MTU then fixes only them), set the MTU on the far side, or set remediate.mtu.shared_device_fallback: true",
+			remediate.PeerLabel(u.st.Peer, u.name), u.st.Device, len(d.Peers), u.st.Device)}
+	}
+	return nil
 }
 
 // undoChanges remove the policy's change of a peer.

@@ -194,3 +194,52 @@ func TestMTURestoreOnExit(t *testing.T) {
 		}
 	})
 }
+
+// Three peers on one device with no routed prefixes, one behind a 1300-byte
+// path. By default the whole-device fallback is off on a shared device: the
+// decision is held (shared_device), audited once, nothing changes. With
+// shared_device_fallback the bad peer's fallback owns the device MTU, and
+// the other peers' searches, capped by it, are not taken as measurements:
+// they decide nothing, and the device never goes below the bad path.
+func TestMTUOnASharedDevice(t *testing.T) {
+	shared := func(t *testing.T, fallback bool) *rig {
+		cfg := mtuConfig(t, remediate.ModeAuto)
+		cfg.MTU.SharedDeviceFallback = fallback
+		r := newRig(t, cfg)
+		r.wg.more = map[string][]string{primaryDev: {"10.200.1.2", "10.200.1.3"}}
+		r.pmtu.Store("10.200.1.3", 1300)
+		r.start()
+		return r
+	}
+	bad := remediate.PeerLabel(new(fakeWG).moreKey(primaryDev, 1).String(), "")
+	synctest.Test(t, func(t *testing.T) {
+		r := shared(t, false)
+		r.run(5 * time.Minute)
+		if m := r.routes.linkMTU(primaryDev); m != 1420 {
+			t.Errorf("device MTU %d: the fallback lowered a device of 3 peers for one path", m)
+		}
+		s := r.suppressed("shared_device")
+		if len(s) != 1 || len(r.taken()) != 0 || !strings.Contains(s[0].Reason, "all its 3 peers") {
+			t.Errorf("audits %+v; want the held fallback said once, with the peer count, and nothing done", r.audits())
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		r := shared(t, true)
+		lowest := 1420
+		for range 300 { // 10 minutes: the owner's lower, full-MTU tries and lower again
+			r.run(2 * time.Second)
+			lowest = min(lowest, r.routes.linkMTU(primaryDev))
+		}
+		if lowest > 1300 || lowest < 1280 {
+			t.Errorf("lowest device MTU %d, want within 20 bytes below the bad path's 1300 (no cascade)", lowest)
+		}
+		for _, a := range r.audits() {
+			if a.Action != "" && !strings.Contains(a.Peer, bad) {
+				t.Errorf("a peer whose path is fine decided %+v: its search was capped by the device, not a measurement", a)
+			}
+		}
+		if len(r.taken()) == 0 {
+			t.Error("the bad peer's fallback did nothing")
+		}
+	})
+}

@@ -264,7 +264,15 @@ type fakeWG struct {
 	allowed   map[string][]string       // device -> more AllowedIPs of its peer
 	rx        map[string]int64          // device -> bytes received from its peer
 	keepalive map[string]time.Duration
-	writes    []string // ConfigureDevice calls
+	more      map[string][]string // device -> the /32 of further peers (keys from moreKey)
+	writes    []string            // ConfigureDevice calls
+}
+
+// moreKey is the public key of a device's further peer i.
+func (f *fakeWG) moreKey(device string, i int) wgtypes.Key {
+	k := f.key(device)
+	k[2] = byte(i + 1)
+	return k
 }
 
 // key is the public key of the one peer of a device.
@@ -294,7 +302,12 @@ func (f *fakeWG) Device(name string) (*wgtypes.Device, error) {
 	if ep, ok := f.endpoint[name]; ok {
 		p.Endpoint = net.UDPAddrFromAddrPort(ep)
 	}
-	return &wgtypes.Device{Name: name, Type: wgtypes.Userspace, Peers: []wgtypes.Peer{p}}, nil
+	peers := []wgtypes.Peer{p}
+	for i, a := range f.more[name] {
+		_, ip, _ := net.ParseCIDR(a + "/32")
+		peers = append(peers, wgtypes.Peer{PublicKey: f.moreKey(name, i), AllowedIPs: []net.IPNet{*ip}, LastHandshakeTime: f.handshake[name]})
+	}
+	return &wgtypes.Device{Name: name, Type: wgtypes.Userspace, Peers: peers}, nil
 }
 
 func (f *fakeWG) ConfigureDevice(name string, cfg wgtypes.Config) error {
@@ -600,7 +613,7 @@ func (r *rig) onBackup() bool { return slices.Contains(r.routes.show(), ours) }
 
 // auditLine is one "remediation decision" log line.
 type auditLine struct {
-	Group, Action, From, To, Reason, Mode, Result, Suppressed string
+	Group, Peer, Action, From, To, Reason, Mode, Result, Suppressed string
 }
 
 func (r *rig) audits() []auditLine {
@@ -613,7 +626,7 @@ func (r *rig) audits() []auditLine {
 			continue
 		}
 		str := func(k string) string { v, _ := m[k].(string); return v }
-		out = append(out, auditLine{str("group"), str("action"), str("from"), str("to"), str("reason"), str("mode"), str("result"), str("suppressed")})
+		out = append(out, auditLine{str("group"), str("peer"), str("action"), str("from"), str("to"), str("reason"), str("mode"), str("result"), str("suppressed")})
 	}
 	return out
 }
