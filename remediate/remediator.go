@@ -410,7 +410,7 @@ func (r *Remediator) execute(ctx context.Context, w *worker, env Env, p Plan) er
 	p.Unrailed = p.Unrailed || p.Handback
 	if !p.Unrailed && p.Rails != nil {
 		applyRails(&d, p.Limits, *p.Rails, env.Now, paused)
-		if d.Group != "" {
+		if p.Rails.Conflicts > 0 && d.Group != "" { // a unit that had a conflict: the lasting one ends by time
 			r.metrics.lasting.WithLabelValues(w.name, d.Group).Set(b2f(p.Rails.Lasting(env.Now)))
 		}
 	}

@@ -35,6 +35,16 @@ type Node struct {
 	// first handshake before it is reported (since the agent first saw it;
 	// 0 for a one-off diagnose).
 	NeverGrace time.Duration
+	// Failover are the config's route-mode failover groups.
+	Failover []FailoverGroup
+}
+
+// FailoverGroup is a route-mode failover group: the prefixes it would route
+// into its backup device.
+type FailoverGroup struct {
+	Name     string
+	Prefixes []netip.Prefix
+	Backup   string
 }
 
 // Route is one route of the main table.
@@ -93,6 +103,9 @@ func Check(n Node) []Finding {
 		c.mtu(d)
 		c.peers(d)
 		c.firewall(d)
+	}
+	for _, g := range n.Failover {
+		c.failover(g)
 	}
 	Sort(c.out)
 	return c.out
@@ -431,6 +444,38 @@ func (c *checker) firewall(d *collector.Device) {
 			c.add(Finding{Severity: Warning, Check: CheckListenPortFiltered, Device: d.Name, PublicKey: d.PublicKey, Object: obj,
 				Evidence: fmt.Sprintf("new packets to it are dropped by %s unless an earlier rule this check cannot evaluate matches them (%s)", v.Where, v.UnlessWhere),
 				Fix:      fmt.Sprintf("accept the port explicitly, e.g. nft insert rule %s udp dport %d accept", v.Chain, d.ListenPort)})
+		}
+	}
+}
+
+// failover checks that a group's backup could carry its prefixes: a peer
+// of the backup device allows each (else WireGuard drops what failover
+// routes there), and no prefix holds the endpoint of a backup peer (the
+// tunnel's own packets would be routed into it).
+func (c *checker) failover(g FailoverGroup) {
+	d := c.byName[g.Backup]
+	if d == nil {
+		return // not read: device_unreadable says so
+	}
+	for _, pf := range g.Prefixes {
+		allowed := false
+		for i := range d.Peers {
+			allowed = allowed || slices.ContainsFunc(d.Peers[i].AllowedIPs, func(a netip.Prefix) bool { return a.Bits() <= pf.Bits() && a.Contains(pf.Addr()) })
+		}
+		if !allowed {
+			c.add(Finding{Severity: Error, Check: CheckFailoverBackupNotAllowed, Device: d.Name, PublicKey: d.PublicKey,
+				Object:   fmt.Sprintf("failover group %s, prefix %s", g.Name, pf),
+				Evidence: fmt.Sprintf("no peer of the backup %s allows %s in its AllowedIPs: WireGuard would drop what a failover routes there", d.Name, pf),
+				Fix:      fmt.Sprintf("add %s to AllowedIPs of the far end's peer on %s (wg set %s peer <key> allowed-ips ...), or take it out of the group", pf, d.Name, d.Name)})
+		}
+		for i := range d.Peers {
+			p := &d.Peers[i]
+			if p.Endpoint.IsValid() && pf.Contains(p.Endpoint.Addr()) {
+				c.add(Finding{Severity: Error, Check: CheckFailoverEndpointInPrefix, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name,
+					Object:   fmt.Sprintf("failover group %s, prefix %s", g.Name, pf),
+					Evidence: fmt.Sprintf("the prefix holds the endpoint %s of %s: routing it into the tunnel would send the tunnel's own packets into itself", p.Endpoint, peerObject(d, p)),
+					Fix:      "take the endpoint's address out of the group's prefixes (split the prefix around it), or reach the peer over another address"})
+			}
 		}
 	}
 }

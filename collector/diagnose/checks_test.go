@@ -71,6 +71,13 @@ func cleanNode(t *testing.T) diagnose.Node {
 }
 
 func TestCleanNodeHasNoFindings(t *testing.T) {
+	t.Run("with a failover group its backup can carry", func(t *testing.T) {
+		n := cleanNode(t)
+		n.Failover = []diagnose.FailoverGroup{{Name: "to-a", Prefixes: pfx("10.50.0.0/16"), Backup: "wg1"}}
+		if fs := diagnose.Check(n); len(fs) != 0 {
+			t.Errorf("findings %v", fs)
+		}
+	})
 	if fs := diagnose.Check(cleanNode(t)); len(fs) != 0 {
 		t.Fatalf("clean node: %v", fs)
 	}
@@ -130,6 +137,14 @@ func TestEachCheckFindsItsFault(t *testing.T) {
 			diagnose.CheckPeerKeyIsOwn, diagnose.Error, "peer site-b on wg0", "this device's own", 1},
 		{"device unreadable", func(n *diagnose.Node) { n.Errors = map[string]error{"wg2": errors.New("connection refused")} },
 			diagnose.CheckDeviceUnreadable, diagnose.Error, "device wg2", "connection refused", 1},
+		{"failover backup does not allow a prefix", func(n *diagnose.Node) {
+			n.Failover = []diagnose.FailoverGroup{{Name: "to-a", Prefixes: pfx("10.50.0.0/16", "10.70.0.0/16"), Backup: "wg1"}}
+		}, diagnose.CheckFailoverBackupNotAllowed, diagnose.Error, "failover group to-a, prefix 10.70.0.0/16", "no peer of the backup wg1 allows 10.70.0.0/16", 1},
+		{"failover prefix holds the backup's endpoint", func(n *diagnose.Node) {
+			peer(n, 1, 0).Endpoint = netip.MustParseAddrPort("10.50.3.3:51820") // the backup's peer lives inside the LAN it would carry
+			n.Devices[1].MTU, n.LinkMTU["wg1"] = 1360, 1360                     // (reached through wg0, so fits inside it)
+			n.Failover = []diagnose.FailoverGroup{{Name: "to-a", Prefixes: pfx("10.50.0.0/16"), Backup: "wg1"}}
+		}, diagnose.CheckFailoverEndpointInPrefix, diagnose.Error, "prefix 10.50.0.0/16", "holds the endpoint 10.50.3.3:51820 of peer site-a-backup on wg1", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := cleanNode(t)

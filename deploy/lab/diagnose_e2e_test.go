@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -118,5 +120,61 @@ func TestDiagnoseFindsEachFaultOnTheLab(t *testing.T) {
 				t.Errorf("after undoing the fault: exit %d, %v", code, rep.Findings)
 			}
 		})
+	}
+}
+
+// With the agent's config, diagnose also checks the failover groups: on a
+// site whose backup peer stops allowing the hub's LAN (the far end's
+// AllowedIPs narrowed to the tunnel address), the group's backup could not
+// carry it, and diagnose says so before any failover is tried.
+func TestDiagnoseChecksFailoverGroupsOnTheLab(t *testing.T) {
+	t.Parallel()
+	l := labtest.Start(t, lab.Config{Sites: []string{"dc1"}})
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	dc1, _ := l.Site("dc1")
+	b := mustTunnel(t, l, "dc1-backup")
+	cfg := filepath.Join(t.TempDir(), "dc1.yml")
+	if err := os.WriteFile(cfg, []byte(l.AgentConfig("dc1", lab.Remediation{Mode: "dry-run", Profiles: map[string]string{"dc1": "fast"}})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	diag := func() (diagnoseReport, int) {
+		out, err := exec.Command("ip", "netns", "exec", dc1.Namespace, bin, "diagnose", "--json", "--no-agent", "--config.file="+cfg).Output()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		var rep diagnoseReport
+		if err := json.Unmarshal(out, &rep); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return rep, code
+	}
+	if rep, code := diag(); code != 0 {
+		t.Fatalf("clean lab with the failover group: exit %d, %v", code, rep.Findings)
+	}
+	set := func(allowed string) {
+		t.Helper()
+		if out, err := exec.Command("ip", "netns", "exec", dc1.Namespace, "wg", "set", b.Device, "peer", b.HubPublicKey, "allowed-ips", allowed).CombinedOutput(); err != nil {
+			t.Fatalf("wg set: %v\n%s", err, out)
+		}
+	}
+	set(b.RemoteAddress + "/32")
+	rep, code := diag()
+	set(b.RemoteAddress + "/32," + l.HubLAN)
+	var hit *diagnose.Finding
+	for i, f := range rep.Findings {
+		if f.Check == diagnose.CheckFailoverBackupNotAllowed && f.Device == b.Device {
+			hit = &rep.Findings[i]
+		}
+	}
+	if hit == nil || code != 2 || !strings.Contains(hit.Object, "failover group hub, prefix "+l.HubLAN) {
+		t.Fatalf("exit %d; want a %s finding for group hub on %s; got %v", code, diagnose.CheckFailoverBackupNotAllowed, b.Device, rep.Findings)
+	}
+	t.Logf("exit %d: %s", code, hit)
+	if rep, code := diag(); code != 0 {
+		t.Errorf("after restoring AllowedIPs: exit %d, %v", code, rep.Findings)
 	}
 }

@@ -126,7 +126,7 @@ func Diagnose(ctx context.Context, cfg Config, opts DiagnoseOptions) (Report, er
 		return rep, err
 	}
 	snap := col.Poll()
-	n := diagnose.Node{Now: time.Now(), Errors: map[string]error{}, PathMTU: map[string]int{}}
+	n := diagnose.Node{Now: time.Now(), Errors: map[string]error{}, PathMTU: map[string]int{}, Failover: failoverGroups(cfg)}
 	var elsewhere []string
 	for _, d := range snap.Devices {
 		if d.MTU == 0 && len(cfg.Collector.Devices) == 0 {

@@ -107,6 +107,7 @@ type statusComponent struct {
 
 	mu        sync.Mutex
 	thresh    alerts.Config                               // loss and RTT thresholds of "degraded"
+	failover  []diagnose.FailoverGroup                    // the route groups the checks look at
 	exported  map[*prometheus.GaugeVec]map[[4]string]bool // label sets set to 1
 	prev      *collector.Snapshot
 	last      *collector.Snapshot
@@ -127,7 +128,7 @@ func newStatusComponent(a *Agent, cfg Config) *statusComponent {
 	}
 	return &statusComponent{
 		col: a.collector, prober: a.prober, remediator: a.remediator, routes: a.opts.Checks, firewall: fw,
-		logger: a.logger.With("component", "checks"), thresh: cfg.Alerts, held: map[string]bool{},
+		logger: a.logger.With("component", "checks"), thresh: cfg.Alerts, failover: failoverGroups(cfg), held: map[string]bool{},
 		problem: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "wgpulse", Name: "config_problem",
 			Help: "1 while a diagnose check finds a problem (warning or error) on a device or peer; check names the check (wgpulse diagnose lists them).",
@@ -151,9 +152,28 @@ func (c *statusComponent) Run(ctx context.Context) {
 
 func (c *statusComponent) ApplyConfig(_ context.Context, cfg Config) error {
 	c.mu.Lock()
-	c.thresh = cfg.Alerts
+	c.thresh, c.failover = cfg.Alerts, failoverGroups(cfg)
 	c.mu.Unlock()
 	return nil
+}
+
+// failoverGroups are the route-mode failover groups of a config, for the
+// checks (their backups must carry their prefixes).
+func failoverGroups(cfg Config) []diagnose.FailoverGroup {
+	var out []diagnose.FailoverGroup
+	for _, g := range cfg.Remediate.Failover {
+		if g.Mode == "endpoint" {
+			continue
+		}
+		fg := diagnose.FailoverGroup{Name: g.Name, Backup: g.Backup.Device}
+		for _, s := range g.Prefixes {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				fg.Prefixes = append(fg.Prefixes, p)
+			}
+		}
+		out = append(out, fg)
+	}
+	return out
 }
 
 func (c *statusComponent) Register(r *registrar) {
@@ -184,7 +204,7 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 		c.ruleset, c.fwErr = c.firewall(ctx)
 	}
 	n := diagnose.Node{Now: now, NeverGrace: neverGrace, Routes: c.kernel.Routes, LinkMTU: c.kernel.LinkMTU,
-		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: map[string]int{}, Errors: map[string]error{}}
+		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: map[string]int{}, Errors: map[string]error{}, Failover: c.failover}
 	for _, d := range s.Devices {
 		if !d.Stale {
 			n.Devices = append(n.Devices, d)
