@@ -27,6 +27,9 @@ type RouteHandle interface {
 	RouteAdd(route *netlink.Route) error
 	RouteReplace(route *netlink.Route) error
 	RouteDel(route *netlink.Route) error
+	// RouteGet is `ip route get`: where the kernel sends a packet to an
+	// address, policy rules, more specific routes and VRFs included.
+	RouteGet(destination net.IP) ([]netlink.Route, error)
 }
 
 var _ RouteHandle = (*netlink.Handle)(nil)
@@ -243,6 +246,22 @@ func (r routes) listVia(device string, v6 bool) ([]Route, error) {
 	return out, nil
 }
 
+// lookup is the output device of a route lookup for addr.
+func (r routes) lookup(addr netip.Addr) (string, error) {
+	rs, err := r.h.RouteGet(addr.AsSlice())
+	if err != nil {
+		return "", fmt.Errorf("route lookup for %s: %w", addr, err)
+	}
+	if len(rs) == 0 || rs[0].LinkIndex == 0 {
+		return "", nil // unreachable, blackhole: no device
+	}
+	l, err := r.h.LinkByIndex(rs[0].LinkIndex)
+	if err != nil {
+		return "", fmt.Errorf("route lookup for %s: link %d: %w", addr, rs[0].LinkIndex, err)
+	}
+	return l.Attrs().Name, nil
+}
+
 // listProto returns every main-table route of our protocol in a family
 // (unix.AF_INET or unix.AF_INET6).
 func (r routes) listProto(family int) ([]Route, error) {
@@ -352,6 +371,9 @@ type Kernel interface {
 	LinkExists(device string) bool
 	// Peer returns a peer's endpoint and PersistentKeepalive.
 	Peer(device string, key wgtypes.Key) (netip.AddrPort, time.Duration, error)
+	// Lookup is the device the kernel sends a packet to addr through (a
+	// route lookup: rules, more specific routes and VRFs included).
+	Lookup(addr netip.Addr) (string, error)
 }
 
 // actuators are the core's transports: the only code that writes the kernel
@@ -385,6 +407,12 @@ func (a actuators) LinkExists(device string) bool {
 }
 func (a actuators) Peer(device string, key wgtypes.Key) (netip.AddrPort, time.Duration, error) {
 	return a.peers.peer(device, key)
+}
+func (a actuators) Lookup(addr netip.Addr) (string, error) {
+	if a.routes.h == nil {
+		return "", errors.New("no netlink handle (CAP_NET_ADMIN)")
+	}
+	return a.routes.lookup(addr)
 }
 
 // A Change is one write a plan wants, carried out by the core in auto only,

@@ -8,6 +8,7 @@ import (
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
+	"github.com/wgpulse/wgpulse/remediate/failover"
 )
 
 // The site's routes as wg-quick leaves them: the primary with `Table =
@@ -15,7 +16,8 @@ import (
 // below it), the backup with `Table = off` (no route). A cut of the primary
 // still fails over within the fast bound, by the prefix's halves via the
 // backup; the heal returns after hold_down and leaves exactly wg-quick's
-// route; the agent's clean exit with restore_on_exit leaves nothing of ours.
+// route; the agent's clean exit with restore_on_exit (the primary up)
+// leaves nothing of ours.
 func TestFailoverOverWgQuickRoutes(t *testing.T) {
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1"}})
 	s, _ := l.Site("dc1")
@@ -97,10 +99,19 @@ func TestFailoverOverWgQuickRoutes(t *testing.T) {
 		t.Errorf("routes for the hub LAN after the return: %+v, want exactly wg-quick's %+v", hub, wgQuick)
 	}
 
-	if _, err := l.Fault("dc1-primary", "down"); err != nil { // on the backup again, then a clean exit
+	// On the backup again; the primary heals, and a clean exit within
+	// hold_down hands the traffic back (with the primary still down it
+	// would keep the routes: deleting them would drop the traffic).
+	if _, err := l.Fault("dc1-primary", "down"); err != nil {
 		t.Fatal(err)
 	}
 	waitGroups(t, agents, 10*time.Second, "every group on its backup", active("backup"))
+	if _, err := l.Fault("dc1-primary", "up"); err != nil {
+		t.Fatal(err)
+	}
+	waitGroups(t, agents, holdDown, "the primary up, still on the backup", func(g failover.GroupStatus) bool {
+		return g.Active == "backup" && g.Paths["primary"].State == "up"
+	})
 	for _, a := range agents {
 		a.Stop()
 	}

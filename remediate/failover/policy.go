@@ -596,6 +596,8 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 			}
 			if gone == len(ours) { // the kernel routes the group via the primary again
 				nowActive = Primary
+			} else if len(problems) == 0 {
+				problems = p.overridden(env, g, ours)
 			}
 		}
 		why := strings.Join(problems, "; ")
@@ -617,6 +619,43 @@ func (p *Policy) Reconcile(env remediate.Env) []remediate.Conflict {
 				"hint", "another manager (systemd-networkd without ManageForeignRoutes=no, NetworkManager, a routing daemon, wg set) may change what it did not make"}})
 	}
 	return out
+}
+
+// overridden says what keeps our routes, all in the table, from carrying
+// the traffic: a route lookup of a sample address (rules, VRFs and more
+// specific routes included) that leaves by another device, or a more
+// specific route of another manager via the primary inside one of ours. A
+// failed read says nothing.
+func (p *Policy) overridden(env remediate.Env, g *group, ours []remediate.Route) []string {
+	var problems []string
+	var via [2][]remediate.Route
+	for _, want := range ours {
+		sample := want.Prefix.Addr()
+		if !want.Prefix.IsSingleIP() {
+			sample = sample.Next()
+		}
+		if dev, err := env.Kernel.Lookup(sample); err == nil && dev != want.Device {
+			if dev == "" {
+				dev = "no device (unreachable, blackhole)"
+			}
+			problems = append(problems, fmt.Sprintf("the kernel sends %s (in our %s) via %s, not %s: a policy rule (ip rule), a VRF or a more specific route wins over ours",
+				sample, want.Prefix, dev, want.Device))
+		}
+		fam := b2i(sample.Is6())
+		if via[fam] == nil {
+			rs, err := env.Kernel.RoutesVia(g.cfg.Primary.Device, sample.Is6())
+			if err != nil {
+				continue
+			}
+			via[fam] = append(rs, remediate.Route{})
+		}
+		for _, rt := range via[fam] {
+			if rt.Prefix.IsValid() && rt.Protocol != env.RouteProtocol && rt.Prefix.Bits() > want.Prefix.Bits() && want.Prefix.Contains(rt.Prefix.Addr()) {
+				problems = append(problems, fmt.Sprintf("route %s is more specific than our %s: that part of the prefix stays on the primary", rt, want.Prefix))
+			}
+		}
+	}
+	return problems
 }
 
 // Undo implements remediate.Policy: the groups on the backup that next does

@@ -114,3 +114,44 @@ func TestEscapeIgnoresTheRateLimit(t *testing.T) {
 		}
 	})
 }
+
+// The in-force check looks where the kernel sends traffic, not only at the
+// exact prefix: a policy rule sending the LAN elsewhere (what wg-quick's
+// fwmark table or a VRF does) and a more specific operator route via the
+// primary inside ours are conflicts, found within a check, each once.
+func TestInForceSeesRulesAndMoreSpecificRoutes(t *testing.T) {
+	for _, tc := range []struct {
+		name, want string
+		fault      func(r *rig)
+	}{
+		{"a policy rule", "via wg-p, not wg-b: a policy rule", func(r *rig) {
+			r.routes.mu.Lock()
+			r.routes.rule = map[string]string{lan: primaryDev}
+			r.routes.mu.Unlock()
+		}},
+		{"a more specific route via the primary", "10.50.7.0/24 dev wg-p metric 100 proto 4 is more specific than our 10.50.0.0/16", func(r *rig) {
+			r.routes.operatorRoute("10.50.7.0/24", primaryDev, 100)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
+				r.fault(primaryTarget, dead)
+				r.start()
+				waitFor(t, 5*time.Second, "switch", r.onBackup)
+				r.run(5 * time.Second)
+				if c := r.metric("wgpulse_remediation_conflicts_total", nil); c != 0 {
+					t.Fatalf("%v conflicts with our route in force", c)
+				}
+				tc.fault(r)
+				r.run(20 * time.Second)
+				if c := r.metric("wgpulse_remediation_conflicts_total", nil); c != 1 || !strings.Contains(r.logs.String(), tc.want) {
+					t.Errorf("%v conflicts; want 1, logged with %q", c, tc.want)
+				}
+				if !r.onBackup() {
+					t.Error("our route went: an override is reported, not fought or given up")
+				}
+			})
+		})
+	}
+}

@@ -43,8 +43,9 @@ type fakeRoutes struct {
 	calls   []string // every add and del, in order
 	failAdd error
 	failDel error
-	failGet error // every route dump fails (a netlink error)
-	dumps   int   // route dumps served
+	failGet error             // every route dump fails (a netlink error)
+	rule    map[string]string // prefix -> device: an ip rule that sends it elsewhere (RouteGet only)
+	dumps   int               // route dumps served
 	// hang makes a route dump for a destination wait until the channel is
 	// closed (a netlink dump on a busy table); hung says one is waiting.
 	hang map[string]chan struct{}
@@ -212,6 +213,35 @@ func (f *fakeRoutes) operatorRoute(prefix, dev string, metric int) {
 	defer f.mu.Unlock()
 	_, dst, _ := net.ParseCIDR(prefix)
 	f.table = append(f.table, netlink.Route{Dst: dst, LinkIndex: f.links[dev], Priority: metric, Protocol: 4, Table: unix.RT_TABLE_MAIN})
+}
+
+// RouteGet is the main table's longest match (lowest metric among equals),
+// unless a rule sends the address elsewhere.
+func (f *fakeRoutes) RouteGet(dst net.IP) ([]netlink.Route, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	a, _ := netip.AddrFromSlice(dst)
+	a = a.Unmap()
+	for p, dev := range f.rule {
+		if netip.MustParsePrefix(p).Contains(a) {
+			return []netlink.Route{{LinkIndex: f.links[dev]}}, nil
+		}
+	}
+	var best *netlink.Route
+	bestBits := -1
+	for i, r := range f.table {
+		if r.Dst == nil || !r.Dst.Contains(dst) {
+			continue
+		}
+		bits, _ := r.Dst.Mask.Size()
+		if bits > bestBits || (bits == bestBits && r.Priority < best.Priority) {
+			best, bestBits = &f.table[i], bits
+		}
+	}
+	if best == nil {
+		return nil, syscall.ENETUNREACH
+	}
+	return []netlink.Route{*best}, nil
 }
 
 func (f *fakeRoutes) dumpCount() int {
