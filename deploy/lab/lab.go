@@ -887,22 +887,20 @@ func kernelWireGuardAvailable(prefix string) error {
 	return nil
 }
 
-// Recreate restarts the site's end of a tunnel as `systemctl restart
-// wg-quick@<dev>` does: the device is deleted and created again under the
-// same name (a new ifindex), with the same keys, listen port and peer, and
-// its address and route added again. Only for a lab this process started.
-func (l *Lab) Recreate(tunnel string) error {
+// stopSiteDevice stops the wireguard-go of a tunnel's site end (its device
+// goes, with its address and routes) and returns what it was.
+func (l *Lab) stopSiteDevice(tunnel string) (Tunnel, *wgtypes.Device, error) {
 	t, err := l.Tunnel(tunnel)
 	if err != nil {
-		return err
+		return t, nil, err
 	}
 	var dev *wgtypes.Device
 	if err := withWG(t.Namespace, func(c *wgctrl.Client) (err error) { dev, err = c.Device(t.Device); return err }); err != nil {
-		return fmt.Errorf("reading %s before recreating it: %w", t.Device, err)
+		return t, nil, fmt.Errorf("reading %s before stopping it: %w", t.Device, err)
 	}
 	i := slices.IndexFunc(l.procs, func(p *Proc) bool { return p.Name == t.Device })
 	if i < 0 {
-		return fmt.Errorf("%s was not started by this process (a detached lab): cannot recreate it", t.Device)
+		return t, nil, fmt.Errorf("%s was not started by this process (a detached lab): cannot stop it", t.Device)
 	}
 	p := l.procs[i]
 	p.Stop()
@@ -910,8 +908,49 @@ func (l *Lab) Recreate(tunnel string) error {
 	l.Pids = slices.DeleteFunc(l.Pids, func(pid int) bool { return pid == p.Pid() })
 	for deadline := time.Now().Add(5 * time.Second); IP("-n", t.Namespace, "link", "show", t.Device) == nil; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s still exists 5s after its wireguard-go stopped", t.Device)
+			return t, nil, fmt.Errorf("%s still exists 5s after its wireguard-go stopped", t.Device)
 		}
+	}
+	return t, dev, nil
+}
+
+// Release hands the site's end of a tunnel to wg-quick: the lab's device
+// stops, and the wg-quick configuration that brings it back (same keys,
+// listen port, address, MTU and peer, with the given Table: auto, off or a
+// number) is returned, for `wg-quick up <dir>/<device>.conf`. The lab no
+// longer owns the device; whoever brings it up takes it down.
+func (l *Lab) Release(tunnel, table string) (string, error) {
+	t, dev, err := l.stopSiteDevice(tunnel)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "[Interface]\nPrivateKey = %s\nListenPort = %d\nAddress = %s/24\nMTU = %d\nTable = %s\n", dev.PrivateKey, dev.ListenPort, t.LocalAddress, t.MTU, table)
+	for _, pr := range dev.Peers {
+		fmt.Fprintf(&b, "\n[Peer]\nPublicKey = %s\n", pr.PublicKey)
+		if pr.Endpoint != nil {
+			fmt.Fprintf(&b, "Endpoint = %s\n", pr.Endpoint)
+		}
+		var allowed []string
+		for _, a := range pr.AllowedIPs {
+			allowed = append(allowed, a.String())
+		}
+		fmt.Fprintf(&b, "AllowedIPs = %s\n", strings.Join(allowed, ", "))
+		if ka := pr.PersistentKeepaliveInterval; ka > 0 {
+			fmt.Fprintf(&b, "PersistentKeepalive = %d\n", int(ka.Seconds()))
+		}
+	}
+	return b.String(), nil
+}
+
+// Recreate restarts the site's end of a tunnel as `systemctl restart
+// wg-quick@<dev>` does: the device is deleted and created again under the
+// same name (a new ifindex), with the same keys, listen port and peer, and
+// its address and route added again. Only for a lab this process started.
+func (l *Lab) Recreate(tunnel string) error {
+	t, dev, err := l.stopSiteDevice(tunnel)
+	if err != nil {
+		return err
 	}
 	if err := l.startDevice(t.Namespace, t.Device, false); err != nil {
 		return err
