@@ -200,6 +200,22 @@ func (gs Groups) Validate(fe remediate.FieldFunc) {
 			fe(f("margin"), "want loss_ratio in [0,1) and rtt >= 0, got %+v", g.Margin)
 		}
 	}
+	// A prefix moved into a tunnel must not hold an endpoint the config
+	// names: the tunnel's own packets would be routed into it. (Endpoints
+	// only WireGuard knows are checked at run time and by diagnose.)
+	for p, owner := range prefixes {
+		for i, g := range gs {
+			for _, side := range []struct {
+				name string
+				p    Path
+			}{{"primary", g.Primary}, {"backup", g.Backup}} {
+				if ep, err := netip.ParseAddrPort(side.p.Endpoint); err == nil && p.Contains(ep.Addr()) {
+					fe(fmt.Sprintf("failover[%d].%s.endpoint", i, side.name), "%s lies inside prefix %s of group %q: routing that prefix into a tunnel would send the tunnel's own packets into itself; take the address out of the group's prefixes",
+						ep, p, owner)
+				}
+			}
+		}
+	}
 }
 
 func validateRouteGroup(g Group, f func(string) string, fe remediate.FieldFunc, prefixes map[netip.Prefix]string, targets map[string]string) {

@@ -169,6 +169,12 @@ func TestConfigValidate(t *testing.T) {
 			Prefixes: []string{"10.0.0.0/8"}, Device: "wg0", Primary: failover.Path{Device: "a", Target: "10.1.1.1"}, Backup: failover.Path{Device: "b", Target: "10.1.1.2"}}}},
 			"failover[0].device: is for mode: endpoint"},
 		{"unknown mode", endpoint(func(g *failover.Group) { g.Mode = "bgp" }), `failover[0].mode: must be "route"`},
+		{"a route group's prefix holds an endpoint group's endpoint", func() policies.Config {
+			c := endpoint(func(*failover.Group) {})
+			c.Failover = append(c.Failover, failover.Group{Name: "lans", Prefixes: []string{"198.19.0.0/16"},
+				Primary: failover.Path{Device: "wg-a", Target: "10.9.0.1"}, Backup: failover.Path{Device: "wg-b", Target: "10.9.0.2"}})
+			return c
+		}(), `failover[0].backup.endpoint: 198.19.1.1:51821 lies inside prefix 198.19.0.0/16 of group "lans"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
