@@ -4,8 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -66,51 +64,7 @@ func TestFailoverWithRealWgQuick(t *testing.T) {
 	rem := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast"}, HoldDown: holdDown, StateDir: t.TempDir()}
 	agents := startAgents(t, l, bin, rem, "hub", "dc1")
 	waitGroups(t, agents, 30*time.Second, "every path up (wg-quick's devices handshaked)", bothUp)
-	ping, err := lab.StartPinger(s.Namespace, strings.TrimSuffix(s.LAN, "0.0/16")+"0.1", "10.50.0.1", 10*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ping.Stop()
-	time.Sleep(time.Second)
-
-	cut := time.Now()
-	if _, err := l.Fault("dc1-primary", "down"); err != nil {
-		t.Fatal(err)
-	}
-	waitGroups(t, agents, 10*time.Second, "every group on its backup", active("backup"))
-	time.Sleep(time.Second)
-	o := ping.Longest(cut, time.Time{})
-	t.Logf("primary under wg-quick's Table = auto cut: outage %s (%d pings of 10 ms lost)", o.Took, o.Lost)
-	if o.Took > time.Second {
-		t.Errorf("outage %s, want <= 1s (fast profile)", o.Took)
-	}
-	var dsts []string
-	for _, r := range ownedRoutes(t, s.Namespace) {
-		if r.Dev != b.Device {
-			t.Errorf("route %+v of ours not via the backup", r)
-		}
-		dsts = append(dsts, r.Dst)
-	}
-	slices.Sort(dsts)
-	if want := []string{"10.50.0.0/17", "10.50.128.0/17"}; !slices.Equal(dsts, want) {
-		t.Errorf("dc1 owns %v, want the halves %v via the backup", dsts, want)
-	}
-
-	heal := time.Now()
-	if _, err := l.Fault("dc1-primary", "up"); err != nil {
-		t.Fatal(err)
-	}
-	waitGroups(t, agents, holdDown+20*time.Second, "every group back on its primary", active("primary"))
-	if since := status(t, agents["dc1"]).Groups[0].ActiveSince.Sub(heal); since < holdDown {
-		t.Errorf("returned %s after the heal, want >= hold_down %s", since, holdDown)
-	}
-	time.Sleep(time.Second)
-	if os := ping.Outages(heal, time.Time{}); len(os) != 0 {
-		t.Errorf("pings lost after the primary came back: %+v", os)
-	}
-	if rs, err := lab.Routes(s.Namespace, l.HubLAN); err != nil || len(rs) != 1 || rs[0].Dev != wgq.Dev || rs[0].Metric != 0 || len(ownedRoutes(t, s.Namespace)) != 0 {
-		t.Errorf("after the return: routes for %s %+v (%v), ours %v; want exactly wg-quick's", l.HubLAN, rs, err, ownedRoutes(t, s.Namespace))
-	}
+	cutAndHealOverWgQuick(t, l, agents, holdDown, wgq, "the primary under wg-quick's Table = auto")
 
 	// On the backup again, then the operator takes both tunnels down.
 	if _, err := l.Fault("dc1-primary", "down"); err != nil {
