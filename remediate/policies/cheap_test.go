@@ -36,10 +36,7 @@ func TestHeldDecisionReadsNoRoutes(t *testing.T) {
 // keeps it there (no write, no flip); once reads work, the kernel confirms.
 func TestFailedRouteReadKeepsBeliefs(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
-		r.fault(primaryTarget, dead)
-		r.start()
-		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r := failedOver(t, config(t, remediate.ModeAuto, group("fast")))
 		r.stop()
 		writes := len(r.routes.writes())
 		r.routes.mu.Lock()

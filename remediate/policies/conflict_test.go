@@ -15,10 +15,7 @@ import (
 // primary is back it returns after hold_down.
 func TestLastingConflictIsOneEpisode(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
-		r.fault(primaryTarget, dead)
-		r.start()
-		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r := failedOver(t, config(t, remediate.ModeAuto, group("fast")))
 		r.routes.operatorRoute(lan, backupDev, 9) // below ours, another protocol: it carries the traffic instead
 		r.run(time.Minute)
 		if n := r.metric("wgpulse_remediation_conflicts_total", map[string]string{"group": "dc1-to-aws"}); n != 1 {
@@ -51,10 +48,7 @@ func TestLastingConflictIsOneEpisode(t *testing.T) {
 // the backoff, so two managers cannot fight faster than it doubles.
 func TestEscapeIgnoresBackoffUntilTheConflictLasts(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
-		r.fault(primaryTarget, dead)
-		r.start()
-		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r := failedOver(t, config(t, remediate.ModeAuto, group("fast")))
 		lasting := map[string]string{"policy": "failover", "group": "dc1-to-aws"}
 		if v, ok := r.lookup("wgpulse_remediation_conflict_lasting", lasting); !ok || v != 0 {
 			t.Fatalf("wgpulse_remediation_conflict_lasting %v (present %v) before any conflict, want 0", v, ok)
@@ -102,10 +96,7 @@ func TestEscapeIgnoresTheRateLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		g := group("fast")
 		g.RateLimit = remediate.RateLimit{Burst: 1, Per: time.Hour}
-		r := newRig(t, config(t, remediate.ModeAuto, g))
-		r.fault(primaryTarget, dead)
-		r.start()
-		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r := failedOver(t, config(t, remediate.ModeAuto, g))
 		r.fault(primaryTarget, nil)
 		r.fault(backupTarget, dead)
 		waitFor(t, 10*time.Second, "the escape from the dead backup with the bucket empty", func() bool { return !r.onBackup() })
@@ -135,10 +126,7 @@ func TestInForceSeesRulesAndMoreSpecificRoutes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
-				r.fault(primaryTarget, dead)
-				r.start()
-				waitFor(t, 5*time.Second, "switch", r.onBackup)
+				r := failedOver(t, config(t, remediate.ModeAuto, group("fast")))
 				r.run(5 * time.Second)
 				if c := r.metric("wgpulse_remediation_conflicts_total", nil); c != 0 {
 					t.Fatalf("%v conflicts with our route in force", c)

@@ -1,7 +1,6 @@
 package policies_test
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -11,7 +10,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wgpulse/wgpulse/remediate"
-	"github.com/wgpulse/wgpulse/remediate/policies"
 )
 
 // savedGroup reads one group's part of the state file.
@@ -36,15 +34,10 @@ func savedGroup(t *testing.T, r *rig, name string) map[string]any {
 // audited, once the primary has been up for hold_down.
 func TestRemovedGroupOnADeadPrimaryIsHandedBackLater(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
-		r.fault(primaryTarget, dead)
-		r.start()
-		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r := failedOver(t, config(t, remediate.ModeAuto, group("fast")))
 		next := r.cfg
 		next.Failover = nil
-		if err := policies.Apply(context.Background(), r.rem, next); err != nil {
-			t.Fatal(err)
-		}
+		r.reload(next)
 		r.run(10 * time.Second)
 		if !r.onBackup() {
 			t.Fatal("the reload deleted the removed group's route with its primary dead")
@@ -93,17 +86,12 @@ func TestLeavingAutoOnTheBackup(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			g := group("fast")
 			g.HoldDown = 10 * time.Minute
-			r := newRig(t, config(t, remediate.ModeAuto, g))
-			r.fault(primaryTarget, dead)
-			r.start()
-			waitFor(t, 5*time.Second, "switch", r.onBackup)
+			r := failedOver(t, config(t, remediate.ModeAuto, g))
 			r.fault(primaryTarget, nil)
 			r.run(5 * time.Second)
 			next := r.cfg
 			next.Mode = remediate.ModeDryRun
-			if err := policies.Apply(context.Background(), r.rem, next); err != nil {
-				t.Fatal(err)
-			}
+			r.reload(next)
 			if diff := cmp.Diff(operatorRoutes, r.routes.show()); diff != "" {
 				t.Errorf("routes after leaving auto (-want +got)\n%s", diff)
 			}
@@ -118,15 +106,10 @@ func TestLeavingAutoOnTheBackup(t *testing.T) {
 	})
 	t.Run("primary dead", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
-			r.fault(primaryTarget, dead)
-			r.start()
-			waitFor(t, 5*time.Second, "switch", r.onBackup)
+			r := failedOver(t, config(t, remediate.ModeAuto, group("fast")))
 			next := r.cfg
 			next.Mode = remediate.ModeDryRun
-			if err := policies.Apply(context.Background(), r.rem, next); err != nil {
-				t.Fatal(err)
-			}
+			r.reload(next)
 			r.run(10 * time.Second)
 			if !r.onBackup() {
 				t.Fatal("leaving auto deleted our route with the primary dead")
@@ -158,10 +141,7 @@ func TestLeavingAutoOnTheBackup(t *testing.T) {
 // the conditions allow, audited; until then they stay ours.
 func TestStartHandsBackAGroupNoLongerConfigured(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
-		r.fault(primaryTarget, dead)
-		r.start()
-		waitFor(t, 5*time.Second, "switch", r.onBackup)
+		r := failedOver(t, config(t, remediate.ModeAuto, group("fast")))
 		r.stop() // the route stays, as after a crash
 		r.cfg.Failover = nil
 		r.start()
@@ -198,9 +178,7 @@ func TestLeavingAutoUndoesTheMTURoute(t *testing.T) {
 		waitFor(t, 2*time.Minute, "an MTU route", func() bool { return r.ourMTURoute() != "" })
 		next := r.cfg
 		next.Mode = remediate.ModeDryRun
-		if err := policies.Apply(context.Background(), r.rem, next); err != nil {
-			t.Fatal(err)
-		}
+		r.reload(next)
 		if rt := r.ourMTURoute(); rt != "" {
 			t.Errorf("our MTU route %s is still there after leaving auto", rt)
 		}

@@ -639,6 +639,25 @@ func waitIdle() { synctestWait() }
 // ours is our route for the LAN prefix via the backup, as `ip route` shows it.
 const ours = "10.50.0.0/16 dev wg-b metric 10 proto 117"
 
+// failedOver is a rig on cfg whose primary died at start, once it is on
+// the backup.
+func failedOver(t *testing.T, cfg policies.Config) *rig {
+	t.Helper()
+	r := newRig(t, cfg)
+	r.fault(primaryTarget, dead)
+	r.start()
+	waitFor(t, 5*time.Second, "switch", r.onBackup)
+	return r
+}
+
+// reload applies cfg to the running node, as SIGHUP does.
+func (r *rig) reload(cfg policies.Config) {
+	r.t.Helper()
+	if err := policies.Apply(context.Background(), r.rem, cfg); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
 func (r *rig) onBackup() bool { return slices.Contains(r.routes.show(), ours) }
 
 // auditLine is one "remediation decision" log line.
