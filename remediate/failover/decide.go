@@ -49,10 +49,13 @@ const (
 	// A group handed back (removed, or the mode left auto) keeps its
 	// routes while its primary is not up: returning would drop the traffic.
 	SuppressPrimaryNotUp = "primary_not_up"
+	// A route lookup sends the prefix by neither path's device: a route of
+	// ours would not carry it.
+	SuppressLookupElsewhere = "lookup_elsewhere"
 )
 
 var suppressReasons = []string{SuppressBothDown, SuppressUnknown, SuppressMargin, SuppressHoldDown, SuppressDeviceMissing, SuppressMetricTooHigh,
-	SuppressNoPrimaryRoute, SuppressBackupNotAllowed, SuppressEndpointInPrefix, SuppressProbePlaneDown, SuppressPrimaryNotUp}
+	SuppressNoPrimaryRoute, SuppressBackupNotAllowed, SuppressEndpointInPrefix, SuppressProbePlaneDown, SuppressPrimaryNotUp, SuppressLookupElsewhere}
 
 // pathHealth is one path as the policy sees it: the prober's verdict on its
 // target, made down by a handshake older than 180 s on a fresh device read.

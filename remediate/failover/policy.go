@@ -415,13 +415,38 @@ func (p *Policy) preflight(env remediate.Env, g *group, d *remediate.Decision) {
 	if d.To == Primary {
 		d.Suppressed, why = SuppressNoPrimaryRoute, p.primaryRouted(env, g)
 	} else if d.Suppressed, why = SuppressBackupNotAllowed, p.backupAllows(env, g); why == "" {
-		d.Suppressed, why = SuppressEndpointInPrefix, p.endpointInPrefix(env, g)
+		if d.Suppressed, why = SuppressEndpointInPrefix, p.endpointInPrefix(env, g); why == "" {
+			d.Suppressed, why = SuppressLookupElsewhere, p.lookupElsewhere(env, g)
+		}
 	}
 	if why == "" {
 		d.Suppressed = ""
 		return
 	}
 	d.Reason = why + ": " + d.Reason
+}
+
+// lookupElsewhere says why the group's prefixes are not where its config
+// says ("": they are): the main table routes them via the primary, yet a
+// route lookup of a sample address leaves by a device that is neither the
+// primary nor the backup (a policy rule, a VRF or a more specific route
+// sends it there), so a route of ours would not move that traffic. With
+// the primary's routes gone (wg-quick down: the lookup falls to a default
+// route) it is no reason to stay; a failed lookup says nothing.
+func (p *Policy) lookupElsewhere(env remediate.Env, g *group) string {
+	for _, pf := range g.prefixes {
+		sample := pf.Addr()
+		if !pf.IsSingleIP() {
+			sample = sample.Next()
+		}
+		dev, err := env.Kernel.Lookup(sample)
+		if err != nil || dev == "" || dev == g.cfg.Primary.Device || dev == g.cfg.Backup.Device || p.primaryRouted(env, g) != "" {
+			continue
+		}
+		return fmt.Sprintf("the kernel sends %s (in %s) via %s, neither the primary %s nor the backup %s: a policy rule, a VRF or a more specific route takes it elsewhere, so a route of ours would not carry it",
+			sample, pf, dev, g.cfg.Primary.Device, g.cfg.Backup.Device)
+	}
+	return ""
 }
 
 // primaryRouted says why a return would leave a prefix with no route via

@@ -41,6 +41,32 @@ func TestLookBeforeYouLeap(t *testing.T) {
 			}
 		})
 	})
+	t.Run("a policy rule sends the prefix by a third device", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
+			r.routes.links["vrf-blue"] = 9
+			r.routes.rule = map[string]string{lan: "vrf-blue"}
+			r.fault(primaryTarget, dead)
+			r.start()
+			r.run(5 * time.Second)
+			if s := r.suppressed("lookup_elsewhere"); r.onBackup() || len(s) != 1 || !strings.Contains(s[0].Reason, "via vrf-blue, neither the primary wg-p nor the backup wg-b") {
+				t.Fatalf("switch of a prefix the kernel sends elsewhere: on backup %v, audits %+v", r.onBackup(), r.audits())
+			}
+		})
+	})
+	t.Run("the primary's routes gone, the lookup falls to the default route", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
+			r.routes.links["eth0"] = 9
+			r.routes.operatorRoute("0.0.0.0/0", "eth0", 0)
+			r.routes.mu.Lock() // wg-quick down of the primary: its routes went with it
+			r.routes.table = slices.DeleteFunc(r.routes.table, func(rt netlink.Route) bool { return rt.LinkIndex == r.routes.links[primaryDev] })
+			r.routes.mu.Unlock()
+			r.fault(primaryTarget, dead)
+			r.start()
+			waitFor(t, 5*time.Second, "the switch: a lookup via the default route is no reason to stay", r.onBackup)
+		})
+	})
 	t.Run("no route via the primary to return to", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			r := newRig(t, config(t, remediate.ModeAuto, group("fast")))
