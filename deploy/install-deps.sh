@@ -17,6 +17,9 @@ declare -A pkg_for=(
   [prometheus-alertmanager]=prometheus-alertmanager
   [nft]=nftables
   [tmux]=tmux
+  [qemu-system-x86_64]=qemu-system-x86
+  [debootstrap]=debootstrap
+  [cpio]=cpio
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do

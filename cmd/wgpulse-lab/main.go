@@ -50,6 +50,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	execArgs := execCmd.Arg("cmd", "Command and arguments.").Required().Strings()
 
 	demo := addDemoCommand(app)
+	vms := addVMCommands(app)
 
 	cmd, err := app.Parse(args)
 	if err != nil {
@@ -59,6 +60,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "wgpulse-lab: %v\n", err)
 		return 1
+	}
+	if vms.handles(cmd) {
+		return vms.exec(cmd, stdout, stderr)
 	}
 	switch cmd {
 	case upCmd.FullCommand():
