@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -24,7 +26,8 @@ const GuestPort = "/dev/virtio-ports/wgpulse.ctl"
 
 type request struct {
 	ID      int      `json:"id"`
-	Op      string   `json:"op"` // ping, exec, put, poweroff
+	Op      string   `json:"op"` // ping, exec, put, get, poweroff
+	URL     string   `json:"url,omitempty"`
 	Argv    []string `json:"argv,omitempty"`
 	Timeout Duration `json:"timeout,omitempty"`
 	Path    string   `json:"path,omitempty"`
@@ -43,9 +46,44 @@ type response struct {
 // Duration is a time.Duration in JSON as nanoseconds.
 type Duration = time.Duration
 
-// ServeGuest is the guest agent: it waits for the port, then serves
-// requests until poweroff or the port closes.
+// installDir holds the boot overlay's executables until the guest agent
+// installs them: a file the kernel unpacked from the initramfs can stay
+// open for writing, and exec of it fails with ETXTBSY ("text file busy"),
+// so each is written anew in place, as a package manager would.
+const installDir = "/var/lib/wgpulse-lab/install"
+
+func installFiles() error {
+	return filepath.WalkDir(installDir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		dst := strings.TrimPrefix(p, installDir)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		st, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		tmp := dst + ".wgpulse-lab-new"
+		if err := os.WriteFile(tmp, b, st.Mode().Perm()); err != nil {
+			return err
+		}
+		return os.Rename(tmp, dst)
+	})
+}
+
+// ServeGuest is the guest agent: it installs the overlay's executables,
+// waits for the port, then serves requests until poweroff or the port
+// closes.
 func ServeGuest(port string) error {
+	if err := installFiles(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("installing the boot overlay's executables: %w", err)
+	}
 	var f *os.File
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
 		var err error
@@ -112,6 +150,18 @@ func serve(req request) response {
 			return response{Code: -1, Err: err.Error()}
 		}
 		return response{}
+	case "get": // an HTTP GET from inside the node (its agent's /metrics), with no curl in the image
+		c := http.Client{Timeout: 30 * time.Second}
+		resp, err := c.Get(req.URL)
+		if err != nil {
+			return response{Code: -1, Err: err.Error()}
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return response{Code: -1, Err: err.Error()}
+		}
+		return response{Stdout: b, Code: resp.StatusCode}
 	case "poweroff", "ping":
 		return response{}
 	}

@@ -22,8 +22,10 @@ import (
 )
 
 // Packages are the Debian packages of the node's userland (debootstrap
-// --include); changing the list rebuilds the image.
-var Packages = []string{"systemd", "systemd-sysv", "udev", "kmod", "iproute2", "wireguard-tools", "nftables", "iputils-ping"}
+// --include); changing the list rebuilds the image. procps (priority
+// important: on every standard Debian system) is the /bin/kill of the
+// shipped unit's ExecReload.
+var Packages = []string{"systemd", "systemd-sysv", "udev", "kmod", "iproute2", "wireguard-tools", "nftables", "iputils-ping", "procps"}
 
 // Suite and Mirror are the Debian release and mirror of the image.
 const (

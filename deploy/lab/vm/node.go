@@ -17,7 +17,7 @@ import (
 // Options are one node's.
 type Options struct {
 	Name   string
-	Memory int // MiB; default 1024
+	Memory int // MiB; default 1536 (the root file system lives in it)
 	CPUs   int // default 2
 	// Guest is the guest agent's binary (a wgpulse-lab); default this
 	// process's own executable.
@@ -83,7 +83,7 @@ WantedBy=multi-user.target
 // Boot starts a node from img and waits until its guest agent answers.
 func Boot(ctx context.Context, img Image, o Options) (*Node, error) {
 	if o.Memory == 0 {
-		o.Memory = 1024
+		o.Memory = 1536
 	}
 	if o.CPUs == 0 {
 		o.CPUs = 2 // multi-threaded TCG: systemd boots faster
@@ -114,7 +114,11 @@ func Boot(ctx context.Context, img Image, o Options) (*Node, error) {
 	}
 	overlay := filepath.Join(o.Dir, "overlay")
 	for p, f := range files {
-		full := filepath.Join(overlay, p)
+		dst := usrMerged(p)
+		if f.Mode&0o111 != 0 && p != "/usr/local/bin/wgpulse-lab" {
+			dst = filepath.Join(installDir, dst) // the guest agent installs it: see installFiles
+		}
+		full := filepath.Join(overlay, dst)
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 			return nil, err
 		}
@@ -230,6 +234,15 @@ func (n *Node) Put(path string, data []byte, mode os.FileMode) error {
 	return err
 }
 
+// Get fetches a URL from inside the node (say, its agent's /metrics) and
+// returns the body and the HTTP status.
+func (n *Node) Get(url string) (string, int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	r, err := n.c.call(request{Op: "get", URL: url}, time.Minute)
+	return string(r.Stdout), r.Code, err
+}
+
 // Shutdown powers the node off cleanly (systemd stops its units) and
 // returns how long that took; after a minute it is killed.
 func (n *Node) Shutdown() (time.Duration, error) {
@@ -298,6 +311,18 @@ func Accel(img Image, log *slog.Logger) string {
 		log.Info("VM acceleration: tcg (software emulation): /dev/kvm exists but did not boot the kernel within 20 s", "qemu", lastLine(string(out)))
 	})
 	return accel
+}
+
+// usrMerged is where a path lands on bookworm's merged /usr: /lib, /bin,
+// /sbin and /lib64 are symlinks into /usr, and an overlay directory of the
+// same name would replace the symlink when the kernel unpacks it.
+func usrMerged(p string) string {
+	for _, d := range []string{"/lib/", "/lib64/", "/bin/", "/sbin/"} {
+		if strings.HasPrefix(p, d) {
+			return "/usr" + p
+		}
+	}
+	return p
 }
 
 func concat(out string, parts ...string) error {
