@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -162,6 +163,7 @@ func Boot(ctx context.Context, img Image, o Options) (*Node, error) {
 	n.cmd = exec.Command("qemu-system-x86_64", args...)
 	var qerr strings.Builder
 	n.cmd.Stderr = &qerr
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // a killed test leaves no VM running
 	if err := n.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("qemu-system-x86_64: %w (install the Debian package qemu-system-x86)", err)
 	}

@@ -8,12 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
@@ -186,6 +189,7 @@ remediate:
 			t.Logf("the agent under the shipped unit: %s", l)
 		}
 	}
+	checkContract(t, site)
 	waitFor(t, 60*time.Second, "both paths up", func() bool {
 		out, _, _, _ := site.Exec(10*time.Second, "sh", "-c", "journalctl -u wgpulse --no-pager | grep -c 'failover path health changed.*to=up'")
 		return atoi(out) >= 2
@@ -301,4 +305,130 @@ func redactKeys(dump string) string {
 		out = append(out, strings.Join(f, "\t"))
 	}
 	return strings.Join(out, "\n")
+}
+
+// checkContract compares the agent's per-peer series on kernel devices with
+// `wg show all dump` and the devices' MTU in the same node: endpoint and
+// AllowedIPs exactly, keepalive exactly, the last handshake within a poll
+// (1 s) of the dump, rx and tx no more than the dump read just after and
+// within the traffic of a few seconds.
+func checkContract(t *testing.T, n *vm.Node) {
+	t.Helper()
+	var problems []string
+	for range 3 { // a rekey or a poll between the scrape and the dump: compare again
+		var peers int
+		if problems, peers = compareContract(t, n); len(problems) == 0 {
+			t.Logf("collector contract on kernel devices: %d peers compared with wg show all dump (endpoint, AllowedIPs, keepalive, handshake, rx, tx; device MTU)", peers)
+			return
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Errorf("the collector disagrees with the kernel:\n%s", strings.Join(problems, "\n"))
+}
+
+func compareContract(t *testing.T, n *vm.Node) ([]string, int) {
+	t.Helper()
+	var problems []string
+	errorf := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)) }
+	body, code, err := n.Get("http://127.0.0.1:9586/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("scraping the agent in %s: %d %v", n.Name, code, err)
+	}
+	dump, err := n.Run("wg", "show", "all", "dump")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := func(name, device, key string) (float64, bool) {
+		for _, m := range mfs[name].GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["device"] == device && (key == "" || l["public_key"] == key) {
+				switch {
+				case m.Counter != nil:
+					return m.GetCounter().GetValue(), true
+				default:
+					return m.GetGauge().GetValue(), true
+				}
+			}
+		}
+		return 0, false
+	}
+	labelsOf := func(name, device, key string) []map[string]string {
+		var out []map[string]string
+		for _, m := range mfs[name].GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["device"] == device && l["public_key"] == key {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	peers := 0
+	for _, line := range strings.Split(strings.TrimSpace(dump), "\n") {
+		f := strings.Split(line, "\t")
+		if len(f) == 5 { // a device: its MTU
+			mtu, err := n.Run("cat", "/sys/class/net/"+f[0]+"/mtu")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, ok := value("wireguard_device_mtu_bytes", f[0], ""); !ok || fmt.Sprint(v) != strings.TrimSpace(mtu) {
+				errorf("%s: wireguard_device_mtu_bytes %v (present %v), the kernel says %s", f[0], v, ok, strings.TrimSpace(mtu))
+			}
+			continue
+		}
+		if len(f) != 9 {
+			continue
+		}
+		peers++
+		dev, key, endpoint, allowed := f[0], f[1], f[3], strings.Split(f[4], ",")
+		hs, _ := strconv.ParseFloat(f[5], 64)
+		rx, _ := strconv.ParseFloat(f[6], 64)
+		tx, _ := strconv.ParseFloat(f[7], 64)
+		ka, _ := strconv.ParseFloat(f[8], 64)
+		info := labelsOf("wireguard_peer_info", dev, key)
+		if len(info) != 1 || info[0]["endpoint"] != endpoint {
+			errorf("%s peer %s: wireguard_peer_info %v, want endpoint %s", dev, key, info, endpoint)
+		}
+		var got []string
+		for _, l := range labelsOf("wireguard_peer_allowed_ips_info", dev, key) {
+			got = append(got, l["allowed_ips"])
+		}
+		if strings.Join(sorted(got), ",") != strings.Join(sorted(allowed), ",") {
+			errorf("%s peer %s: AllowedIPs %v in the metrics, %v in the kernel", dev, key, got, allowed)
+		}
+		if v, _ := value("wireguard_peer_persistent_keepalive_seconds", dev, key); v != ka {
+			errorf("%s peer %s: keepalive %v, the kernel says %v", dev, key, v, ka)
+		}
+		if v, _ := value("wireguard_peer_last_handshake_seconds", dev, key); hs == 0 || v < hs-2 || v >= hs+1 { // the dump has whole seconds
+			errorf("%s peer %s: last handshake %v, the kernel says %v", dev, key, v, hs)
+		}
+		for _, c := range []struct {
+			name string
+			dump float64
+		}{{"wireguard_peer_receive_bytes_total", rx}, {"wireguard_peer_transmit_bytes_total", tx}} {
+			if v, _ := value(c.name, dev, key); v > c.dump || c.dump-v > 256<<10 {
+				errorf("%s peer %s: %s %v, the kernel says %v just after", dev, key, c.name, v, c.dump)
+			}
+		}
+	}
+	if peers != 2 {
+		errorf("%d peers in wg show all dump, want 2:\n%s", peers, redactKeys(dump))
+	}
+	return problems, peers
+}
+
+func sorted(s []string) []string {
+	s = append([]string(nil), s...)
+	sort.Strings(s)
+	return s
 }
