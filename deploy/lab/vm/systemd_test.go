@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +18,6 @@ import (
 	"github.com/prometheus/common/model"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 	"github.com/wgpulse/wgpulse/deploy/lab/vm"
 )
 
@@ -39,27 +37,15 @@ const tcgAllowance = 2 * time.Second
 // `systemctl reload`, leaves audit lines in the journal, and on
 // `systemctl stop` with restore_on_exit leaves no route of its own.
 func TestWgpulseUnderSystemdOnKernelWireGuard(t *testing.T) {
-	labtest.Require(t)
-	if err := vm.CheckTools(); err != nil {
-		if os.Getenv(labtest.EnvRequire) == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	img, guest, log := image(t)
 	phase := time.Now()
-	img, err := vm.Build(vm.DefaultCache, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	guest := labtest.BuildBinary(t, "./cmd/wgpulse-lab")
 	stage := t.TempDir()
 	root := repoRoot(t)
 	mk := exec.Command("make", "-C", root, "install", "DESTDIR="+stage)
 	if out, err := mk.CombinedOutput(); err != nil {
 		t.Fatalf("make install DESTDIR=%s: %v\n%s", stage, err, out)
 	}
-	t.Logf("phase image and make install: %s", time.Since(phase).Round(100*time.Millisecond))
+	t.Logf("phase make install: %s", time.Since(phase).Round(100*time.Millisecond))
 
 	key := func() wgtypes.Key {
 		k, err := wgtypes.GeneratePrivateKey()
@@ -109,7 +95,7 @@ remediate:
 		"/etc/wireguard/wgsp.conf": {Data: conf(siteP, "10.200.1.2/24", 0, "", hubP, "192.168.71.1:51821", "10.200.1.1/32, 10.50.0.0/16"), Mode: 0o600},
 		"/etc/wireguard/wgsb.conf": {Data: conf(siteB, "10.200.2.2/24", 0, "off", hubB, "192.168.72.1:51822", "10.200.2.1/32, 10.50.0.0/16"), Mode: 0o600},
 	}
-	err = filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error { // what make install staged, as it is
+	err := filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error { // what make install staged, as it is
 		if err != nil || d.IsDir() {
 			return err
 		}

@@ -23,13 +23,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Two Debian nodes booted from the image (Debian's cloud kernel, systemd as
-// PID 1), wired by a qemu dgram link on loopback: each loads the kernel's
-// WireGuard module and brings up a kernel device to the other with `wg`,
-// a file copied in at boot and one put at run time are there, the tunnel
-// handshakes and carries pings (`wg show all dump` on both), and both power
-// off cleanly. Phases and their durations are in the log.
-func TestTwoKernelWireGuardNodes(t *testing.T) {
+// image is the node image and the guest agent for a VM test, which skips
+// (or fails under WGPULSE_REQUIRE_LAB=1) without root or the tools.
+func image(t *testing.T) (vm.Image, string, *slog.Logger) {
+	t.Helper()
 	labtest.Require(t)
 	if err := vm.CheckTools(); err != nil {
 		if os.Getenv(labtest.EnvRequire) == "1" {
@@ -44,7 +41,17 @@ func TestTwoKernelWireGuardNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("phase image: %s (kernel %s)", time.Since(start).Round(100*time.Millisecond), img.Release)
-	guest := labtest.BuildBinary(t, "./cmd/wgpulse-lab")
+	return img, labtest.BuildBinary(t, "./cmd/wgpulse-lab"), log
+}
+
+// Two Debian nodes booted from the image (Debian's cloud kernel, systemd as
+// PID 1), wired by a qemu dgram link on loopback: each loads the kernel's
+// WireGuard module and brings up a kernel device to the other with `wg`,
+// a file copied in at boot and one put at run time are there, the tunnel
+// handshakes and carries pings (`wg show all dump` on both), and both power
+// off cleanly. Phases and their durations are in the log.
+func TestTwoKernelWireGuardNodes(t *testing.T) {
+	img, guest, log := image(t)
 
 	a, b := vm.Wire(47000+os.Getpid()%1000*2, "52:54:00:77:00:01", "52:54:00:77:00:02")
 	type end struct {
@@ -55,7 +62,7 @@ func TestTwoKernelWireGuardNodes(t *testing.T) {
 	marker := []byte("copied in at boot\n")
 	nodes := make([]*vm.Node, len(ends))
 	errs := make([]error, len(ends))
-	start = time.Now()
+	start := time.Now()
 	var wg sync.WaitGroup
 	for i, e := range ends {
 		wg.Go(func() {
