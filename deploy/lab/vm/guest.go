@@ -25,14 +25,14 @@ import (
 const GuestPort = "/dev/virtio-ports/wgpulse.ctl"
 
 type request struct {
-	ID      int      `json:"id"`
-	Op      string   `json:"op"` // ping, exec, put, get, poweroff
-	URL     string   `json:"url,omitempty"`
-	Argv    []string `json:"argv,omitempty"`
-	Timeout Duration `json:"timeout,omitempty"`
-	Path    string   `json:"path,omitempty"`
-	Mode    uint32   `json:"mode,omitempty"`
-	Data    []byte   `json:"data,omitempty"`
+	ID      int           `json:"id"`
+	Op      string        `json:"op"` // ping, exec, put, get, poweroff
+	URL     string        `json:"url,omitempty"`
+	Argv    []string      `json:"argv,omitempty"`
+	Timeout time.Duration `json:"timeout,omitempty"`
+	Path    string        `json:"path,omitempty"`
+	Mode    uint32        `json:"mode,omitempty"`
+	Data    []byte        `json:"data,omitempty"`
 }
 
 type response struct {
@@ -42,9 +42,6 @@ type response struct {
 	Code   int    `json:"code"`
 	Err    string `json:"err,omitempty"`
 }
-
-// Duration is a time.Duration in JSON as nanoseconds.
-type Duration = time.Duration
 
 // installDir holds the boot overlay's executables until the guest agent
 // installs them: a file the kernel unpacked from the initramfs can stay

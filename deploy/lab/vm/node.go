@@ -104,11 +104,10 @@ func Boot(ctx context.Context, img Image, o Options) (*Node, error) {
 		return nil, fmt.Errorf("the guest agent %s: %w", o.Guest, err)
 	}
 	files := map[string]File{
-		"/usr/local/bin/wgpulse-lab":                  {guest, 0o755},
-		"/etc/hostname":                               {[]byte(o.Name + "\n"), 0o644},
-		"/etc/systemd/system/wgpulse-guest.service":   {[]byte(guestUnit), 0o644},
-		"/etc/modules-load.d/wgpulse-lab.conf":        {[]byte("virtio_console\nvirtio_net\nwireguard\n"), 0o644},
-		"/etc/systemd/network/.keep-wgpulse-lab-test": {nil, 0o644},
+		"/usr/local/bin/wgpulse-lab":                {guest, 0o755},
+		"/etc/hostname":                             {[]byte(o.Name + "\n"), 0o644},
+		"/etc/systemd/system/wgpulse-guest.service": {[]byte(guestUnit), 0o644},
+		"/etc/modules-load.d/wgpulse-lab.conf":      {[]byte("virtio_console\nvirtio_net\nwireguard\n"), 0o644},
 	}
 	for p, f := range o.Files {
 		files[p] = f
