@@ -105,11 +105,21 @@ func TestLabTellsTheTruth(t *testing.T) {
 		r := mustPing(t, prim.Namespace, prim.RemoteAddress, 200, 10*time.Millisecond, 56, false)
 		lo, hi := r.Quantile(0), r.Quantile(1)
 		spread := r.Quantile(0.95) - r.Quantile(0.05)
-		t.Logf("jitter=10ms: min %s max %s p5-p95 spread %s", lo, hi, spread)
-		// RTT = 20ms ± 10ms (two halves of ±5ms): all within the range, and
-		// spread over a good part of it.
-		if lo < 10*time.Millisecond-time.Millisecond || hi > 30*time.Millisecond+baseline+3*time.Millisecond {
-			t.Errorf("RTTs from %s to %s, want within 10ms..30ms", lo, hi)
+		// RTT = 20ms ± 10ms (two halves of ±5ms): within the range, and
+		// spread over a good part of it. A loaded runner delays a reply now
+		// and then (CI saw one 40ms RTT among 200, the rest within
+		// 12-31ms), so up to 2% may fall outside; a jitter that is not
+		// bounded (a normal one of the same spread) puts a quarter there.
+		low, high := 10*time.Millisecond-time.Millisecond, 30*time.Millisecond+baseline+3*time.Millisecond
+		outside := 0
+		for _, rtt := range r.RTTs {
+			if rtt < low || rtt > high {
+				outside++
+			}
+		}
+		t.Logf("jitter=10ms: min %s max %s p5-p95 spread %s, %d/%d outside %s..%s", lo, hi, spread, outside, len(r.RTTs), low, high)
+		if len(r.RTTs) < 150 || float64(outside) > 0.02*float64(len(r.RTTs)) {
+			t.Errorf("%d of %d RTTs outside %s..%s (min %s, max %s), want at most 2%% of >= 150", outside, len(r.RTTs), low, high, lo, hi)
 		}
 		if spread < 8*time.Millisecond || spread > 20*time.Millisecond {
 			t.Errorf("p5-p95 spread %s, want about 13.7ms (a triangular ±10ms)", spread)

@@ -126,21 +126,33 @@ prober:
 	time.Sleep(2 * time.Second) // let probes sent before the change finish
 	s0, _ := scrape(t, agent)
 	h0, schema := nativeBuckets(t, agent, prim.RemoteAddress)
+	b0, bschema := nativeBuckets(t, agent, backup.RemoteAddress)
 	time.Sleep(12 * time.Second)
 	s1, _ := scrape(t, agent)
 	h1, _ := nativeBuckets(t, agent, prim.RemoteAddress)
+	b1, _ := nativeBuckets(t, agent, backup.RemoteAddress)
 
 	probes := s1.mustGet(t, "wgpulse_probes_total", target) - s0.mustGet(t, "wgpulse_probes_total", target)
 	failures := s1.mustGet(t, "wgpulse_probe_failures_total", target) - s0.mustGet(t, "wgpulse_probe_failures_total", target)
 	loss := failures / probes
+	// The clean backup path, probed by the same agent over the same
+	// window, is logged for context (what userspace WireGuard and the
+	// runner's load add), not subtracted: under a saturated CPU it rose to
+	// 22ms while the delayed primary stayed at 32ms.
+	control := nativeMedian(b0, b1, bschema)
 	median := nativeMedian(h0, h1, schema)
 	jitter := time.Duration(s1.mustGet(t, "wgpulse_probe_jitter_seconds", target) * float64(time.Second))
-	t.Logf("under loss=20 delay=30ms jitter=10ms: %v probes, loss %.1f%%, RTT median %v (native histogram), jitter %v", probes, 100*loss, median, jitter)
+	t.Logf("under loss=20 delay=30ms jitter=10ms: %v probes, loss %.1f%%, RTT median %v (native histogram; the clean backup's %v), jitter %v", probes, 100*loss, median, control, jitter)
 	if probes < 400 || loss < 0.15 || loss > 0.25 {
 		t.Errorf("loss from the counters %.1f%% over %v probes, want 15-25%% over >= 400", 100*loss, probes)
 	}
-	if median < 27*time.Millisecond || median > 33*time.Millisecond {
-		t.Errorf("RTT median %v, want 30ms ± 10%%", median)
+	// 30ms -10%/+15%: the relay's timers add 0.6-0.7ms to every delayed
+	// round trip (TestLabTellsTheTruth/delay measures it), and a median
+	// read from a native histogram of factor 1.1 is interpolated inside a
+	// bucket 9% wide. Measured: 31.5ms idle, 32.0ms with both cores
+	// saturated, 33.0ms once in CI.
+	if median < 27*time.Millisecond || median > 34500*time.Microsecond {
+		t.Errorf("RTT median %v (clean backup %v), want 30ms -10%%/+15%%", median, control)
 	}
 	if jitter <= time.Millisecond || jitter > 10*time.Millisecond {
 		t.Errorf("jitter %v, want within the injected ±10ms range (and above 1ms)", jitter)
