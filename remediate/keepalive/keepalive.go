@@ -98,15 +98,27 @@ type kaState struct {
 
 // natEstimate brackets a NAT mapping's lifetime from idle gaps: a packet
 // that got through after gap g proves the lifetime is longer than g; a
-// mapping found expired after gap g proves it is shorter.
+// mapping found expired after gap g proves it is shorter. When the two
+// disagree (a kept gap at or above an expired one), the expiry wins: it is
+// seen (the endpoint changed), while a kept gap can be traffic of the peer
+// we did not see in time, and a keepalive too short costs packets where one
+// too long costs the tunnel.
 type natEstimate struct {
-	lower, upper time.Duration // 0 = no sample
+	lower, upper time.Duration   // 0 = no sample; lower < upper
+	keptGaps     []time.Duration // the recent gaps that kept the mapping
 	samples      int
 }
 
+// maxKeptGaps bounds the kept gaps remembered for the bracket's lower end.
+const maxKeptGaps = 32
+
 func (e *natEstimate) kept(gap time.Duration) {
-	e.lower = max(e.lower, gap)
+	e.keptGaps = append(e.keptGaps, gap)
+	if len(e.keptGaps) > maxKeptGaps {
+		e.keptGaps = append(e.keptGaps[:0], e.keptGaps[1:]...)
+	}
 	e.samples++
+	e.bound()
 }
 
 func (e *natEstimate) expired(gap time.Duration) {
@@ -114,6 +126,17 @@ func (e *natEstimate) expired(gap time.Duration) {
 		e.upper = gap
 	}
 	e.samples++
+	e.bound()
+}
+
+// bound sets the lower end: the longest kept gap below the upper end.
+func (e *natEstimate) bound() {
+	e.lower = 0
+	for _, g := range e.keptGaps {
+		if g > e.lower && (e.upper == 0 || g < e.upper) {
+			e.lower = g
+		}
+	}
 }
 
 // lifetime is the estimate: the middle of the bracket, or its upper end
@@ -137,12 +160,15 @@ type kaUnit struct {
 	episode remediate.Episode
 
 	est            natEstimate
-	alive          []time.Time // recent times traffic is known to have crossed the mapping
+	alive          []span    // recent traffic known to have crossed the mapping
+	polled         time.Time // the previous poll
 	rx             int64
 	changes        uint64
 	seen           bool
 	failed         []idleProbe // probes lost after idle, waiting for a rebind to confirm an expiry
-	symptoms       int         // since the last change of ours (or the start)
+	pendingKept    []reply     // probes answered after idle, waiting for a poll to rule out a rebind
+	debug          func(msg string, args ...any)
+	symptoms       int // since the last change of ours (or the start)
 	lastSymptom    time.Time
 	current        time.Duration // the peer's keepalive as last read
 	unfixableSaid  bool
@@ -155,28 +181,46 @@ type idleProbe struct {
 	gap  time.Duration
 }
 
+type reply struct{ sent, at time.Time }
+
 // minIdle: a gap shorter than this says nothing about a NAT (poll jitter,
 // a lost packet).
 const minIdle = 2 * time.Second
 
+// span is when traffic crossed the mapping, as well as it is known: a
+// reply to our probe exactly; received bytes only to within the poll that
+// saw them (after the previous poll, by this one).
+type span struct{ from, to time.Time }
+
 // lastAliveBefore is the newest traffic known to have crossed the mapping
-// before t.
-func (u *kaUnit) lastAliveBefore(t time.Time) (time.Time, bool) {
+// before t. A gap that kept the mapping is measured from its end (the
+// shortest the gap can have been), one that expired it from its start (the
+// longest): each claim holds whenever in the span the traffic was.
+func (u *kaUnit) lastAliveBefore(t time.Time) (span, bool) {
 	for i := len(u.alive) - 1; i >= 0; i-- {
-		if u.alive[i].Before(t) {
+		if u.alive[i].to.Before(t) {
 			return u.alive[i], true
 		}
 	}
-	return time.Time{}, false
+	return span{}, false
 }
 
-func (u *kaUnit) sawAlive(t time.Time) {
-	i, _ := slices.BinarySearchFunc(u.alive, t, func(a, b time.Time) int { return a.Compare(b) })
-	u.alive = slices.Insert(u.alive, i, t)
+func (u *kaUnit) sawAlive(from, to time.Time) {
+	sp := span{from, to}
+	i, _ := slices.BinarySearchFunc(u.alive, sp, func(a, b span) int { return a.to.Compare(b.to) })
+	u.alive = slices.Insert(u.alive, i, sp)
 	// Only the newest traffic before a probe matters, and results come at
 	// most a timeout out of order: a few entries do.
 	if len(u.alive) > 16 {
 		u.alive = append(u.alive[:0], u.alive[len(u.alive)-16:]...)
+	}
+}
+
+// note logs one piece of NAT evidence at debug level: what the estimate
+// is made of.
+func (u *kaUnit) note(kind string, gap time.Duration, args ...any) {
+	if u.debug != nil {
+		u.debug("keepalive: NAT evidence", append([]any{"device", u.st.Device, "peer", remediate.PeerLabel(u.st.Peer, u.name), "kind", kind, "gap", gap.Round(time.Millisecond)}, args...)...)
 	}
 }
 
@@ -194,17 +238,23 @@ func (u *kaUnit) symptom(at time.Time, why string) {
 // (a following rebind confirms it).
 func (u *kaUnit) observeResult(res prober.Result) {
 	last, ok := u.lastAliveBefore(res.Sent)
-	gap := res.Sent.Sub(last)
+	gap := res.Sent.Sub(last.to)
 	if res.Success {
-		if ok && gap >= minIdle {
-			u.est.kept(gap)
+		// After an idle gap, the peer's own packet may have made a new
+		// mapping just before our probe crossed it, and the poll that shows
+		// the rebind comes later: the reply waits for that poll
+		// (observeSnapshot) before it counts as a kept gap or as traffic.
+		if ok && gap >= minIdle && len(u.pendingKept) < maxKeptGaps {
+			u.pendingKept = append(u.pendingKept, reply{res.Sent, res.Sent.Add(res.RTT)})
+			return
 		}
-		u.sawAlive(res.Sent.Add(res.RTT))
+		u.sawAlive(res.Sent.Add(res.RTT), res.Sent.Add(res.RTT))
 		u.failed = u.failed[:0] // a loss the peer answered after is not an expiry
 		return
 	}
-	if ok && gap >= minIdle {
+	if gap := res.Sent.Sub(last.from); ok && gap >= minIdle {
 		u.failed = append(u.failed, idleProbe{res.Sent, gap})
+		u.note("lost after idle", gap, "sent", res.Sent)
 	}
 }
 
@@ -218,16 +268,50 @@ func (u *kaUnit) observeSnapshot(p collector.Peer, at time.Time) {
 		u.current = p.PersistentKeepalive
 	}
 	if !u.seen {
-		u.seen, u.rx, u.changes = true, p.ReceiveBytes, p.EndpointChanges
-		u.sawAlive(at)
+		// The first poll says nothing about when traffic last crossed,
+		// except the handshake.
+		u.seen, u.rx, u.changes, u.polled = true, p.ReceiveBytes, p.EndpointChanges, at
+		if !p.LastHandshake.IsZero() && p.LastHandshake.Before(at) {
+			u.sawAlive(p.LastHandshake, p.LastHandshake)
+		}
+		u.pendingKept = u.pendingKept[:0] // no earlier poll to rule out a rebind
 		return
 	}
-	if p.EndpointChanges > u.changes {
+	changed := p.EndpointChanges > u.changes
+	// Replies this poll can judge (it read the peer after them), oldest
+	// first: without a rebind each proves its gap; with one, it may have
+	// crossed the peer's new mapping, which says nothing about the old.
+	slices.SortFunc(u.pendingKept, func(a, b reply) int { return a.sent.Compare(b.sent) })
+	var judged []reply
+	pending := u.pendingKept[:0]
+	for _, r := range u.pendingKept {
+		if !at.After(r.at) {
+			pending = append(pending, r) // the poll may have read the peer before the reply
+			continue
+		}
+		judged = append(judged, r)
+		if changed {
+			continue
+		}
+		if last, ok := u.lastAliveBefore(r.sent); ok && r.sent.Sub(last.to) >= minIdle {
+			u.est.kept(r.sent.Sub(last.to))
+			u.note("kept", r.sent.Sub(last.to), "sent", r.sent, "last_traffic_by", last.to)
+		}
+		u.sawAlive(r.at, r.at)
+		u.failed = u.failed[:0] // a loss the peer answered after is not an expiry
+	}
+	u.pendingKept = pending
+	if changed {
 		if last, ok := u.lastAliveBefore(at); ok {
-			if gap := at.Sub(last); gap >= minIdle {
+			// The peer's packet that rebound came by this poll: the mapping
+			// expired within this poll minus the earliest the traffic before
+			// can have been.
+			if gap := at.Sub(last.from); gap >= minIdle {
 				u.est.expired(gap)
+				u.note("expired (rebind)", gap, "poll", at, "last_traffic_from", last.from)
 				for _, f := range u.failed { // the losses before it were the expired mapping
 					u.est.expired(f.gap)
+					u.note("expired (lost, then rebind)", f.gap, "sent", f.sent)
 				}
 				why := fmt.Sprintf("endpoint changed after %s idle", gap.Round(time.Second))
 				if len(u.failed) > 0 {
@@ -237,11 +321,14 @@ func (u *kaUnit) observeSnapshot(p collector.Peer, at time.Time) {
 			}
 		}
 		u.failed = u.failed[:0]
+		for _, r := range judged { // traffic, once the rebind's gap is taken from what came before it
+			u.sawAlive(r.at, r.at)
+		}
 	}
 	if p.ReceiveBytes > u.rx {
-		u.sawAlive(at)
+		u.sawAlive(u.polled, at)
 	}
-	u.rx, u.changes = p.ReceiveBytes, p.EndpointChanges
+	u.rx, u.changes, u.polled = p.ReceiveBytes, p.EndpointChanges, at
 }
 
 // decideKeepalive is the keepalive policy: (config, unit, now) -> decision
@@ -316,6 +403,7 @@ type Policy struct {
 	// longer covers, until they are undone.
 	foreign map[string]kaState
 	m       *metrics
+	debug   func(msg string, args ...any) // the logger's, once Observe has seen an Env
 }
 
 var (
@@ -348,15 +436,19 @@ func (p *Policy) inScope(device string) bool {
 
 // Observe implements remediate.Policy: snapshots and probe results feed
 // the NAT estimate; the policy decides on its tick.
-func (p *Policy) Observe(_ remediate.Env, s remediate.Signal) bool {
+func (p *Policy) Observe(env remediate.Env, s remediate.Signal) bool {
 	if !p.c.Enabled {
 		return false
+	}
+	if env.Logger != nil {
+		p.debug = env.Logger.Debug
 	}
 	switch {
 	case s.Snapshot != nil:
 		p.observeSnapshot(s.Snapshot)
 	case s.Result != nil:
 		if u := p.byTarget[s.Result.Target.Key()]; u != nil {
+			u.debug = p.debug
 			u.observeResult(*s.Result)
 		}
 	}
@@ -373,6 +465,7 @@ func (p *Policy) observeSnapshot(s *collector.Snapshot) {
 		for _, pr := range d.Peers {
 			u := p.unit(d, pr)
 			seen[remediate.PeerKey(d.Name, pr.PublicKey)] = true
+			u.debug = p.debug
 			u.observeSnapshot(pr, s.Time)
 		}
 	}
