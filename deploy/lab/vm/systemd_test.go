@@ -1,22 +1,17 @@
 package vm_test
 
 import (
-	"context"
 	"fmt"
-	"io/fs"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgpulse/wgpulse/deploy/lab/vm"
 )
@@ -25,58 +20,28 @@ import (
 // bound: every probe, timer and netlink call runs on an emulated CPU.
 const tcgAllowance = 2 * time.Second
 
-// A real node: a hub VM and a site VM over two underlay wires, kernel
-// WireGuard on both, brought up by wg-quick@ units from .conf files (the
-// site's primary with the default Table = auto, its backup Table = off),
-// and wgpulse installed on the site by `make install DESTDIR=` and started
-// by `systemctl enable --now wgpulse` under the shipped unit, unmodified,
-// in auto with one failover group. The agent finds the kernel devices
-// without collector.devices, fails over when the hub drops the primary's
-// underlay (within the fast profile's bound plus a TCG allowance), returns
-// after hold_down, keeps its state in /var/lib/wgpulse, applies a
-// `systemctl reload`, leaves audit lines in the journal, and on
-// `systemctl stop` with restore_on_exit leaves no route of its own.
+// A real node: the VM pair (pair_test.go), kernel WireGuard from wg-quick@
+// units (the site's primary with the default Table = auto, its backup
+// Table = off), and wgpulse on the site installed by `make install
+// DESTDIR=` and started by `systemctl enable --now wgpulse` under the
+// shipped unit, unmodified, in auto with one failover group. The agent
+// finds the kernel devices without collector.devices; survives
+// `systemctl restart wg-quick@wgsb` (a new device, a new ifindex: probed
+// again, the backup never believed down); fails over when the hub drops the
+// primary's underlay (within the fast profile's bound plus a TCG
+// allowance); survives `systemctl restart wg-quick@wgsp` while on the
+// backup (wg-quick puts its metric-0 route back) and returns after
+// hold_down; keeps its state in /var/lib/wgpulse; applies a `systemctl
+// reload`; leaves audit lines in the journal; on `systemctl stop` with
+// restore_on_exit leaves no route of its own, and after wg-quick down of
+// both tunnels nothing of wgpulse is left.
 func TestWgpulseUnderSystemdOnKernelWireGuard(t *testing.T) {
 	img, guest, log := image(t)
-	phase := time.Now()
-	stage := t.TempDir()
-	root := repoRoot(t)
-	mk := exec.Command("make", "-C", root, "install", "DESTDIR="+stage)
-	if out, err := mk.CombinedOutput(); err != nil {
-		t.Fatalf("make install DESTDIR=%s: %v\n%s", stage, err, out)
-	}
-	t.Logf("phase make install: %s", time.Since(phase).Round(100*time.Millisecond))
-
-	key := func() wgtypes.Key {
-		k, err := wgtypes.GeneratePrivateKey()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	hubP, hubB, siteP, siteB := key(), key(), key(), key()
-	conf := func(priv wgtypes.Key, addr string, port int, table string, peer wgtypes.Key, endpoint, allowed string) []byte {
-		var b strings.Builder
-		fmt.Fprintf(&b, "[Interface]\nPrivateKey = %s\nAddress = %s\n", priv, addr)
-		if port > 0 {
-			fmt.Fprintf(&b, "ListenPort = %d\n", port)
-		}
-		if table != "" {
-			fmt.Fprintf(&b, "Table = %s\n", table)
-		}
-		fmt.Fprintf(&b, "\n[Peer]\nPublicKey = %s\nAllowedIPs = %s\n", peer.PublicKey(), allowed)
-		if endpoint != "" {
-			fmt.Fprintf(&b, "Endpoint = %s\nPersistentKeepalive = 5\n", endpoint)
-		}
-		return []byte(b.String())
-	}
-	hubFiles := map[string]vm.File{
-		"/etc/wireguard/hubp.conf": {Data: conf(hubP, "10.200.1.1/24", 51821, "off", siteP, "", "10.200.1.2/32, 10.101.0.0/16"), Mode: 0o600},
-		"/etc/wireguard/hubb.conf": {Data: conf(hubB, "10.200.2.1/24", 51822, "off", siteB, "", "10.200.2.2/32, 10.101.0.0/16"), Mode: 0o600},
-	}
+	p := bootPair(t, img, guest, log, 0, "")
+	hub, site := p.hub, p.site
 	const holdDown = 5 * time.Second
-	agentConfig := func(holdDown time.Duration) []byte {
-		return fmt.Appendf(nil, `collector:
+	agentConfig := func(holdDown time.Duration) string { // the example config, set to auto with one group
+		return fmt.Sprintf(`collector:
   poll_interval: 1s
 remediate:
   mode: auto
@@ -85,86 +50,15 @@ remediate:
   failover:
     - name: hub
       profile: fast
-      prefixes: [10.50.0.0/16]
-      primary: {device: wgsp, target: 10.200.1.1}
-      backup: {device: wgsb, target: 10.200.2.1}
+      prefixes: [%s]
+      primary: {device: wgsp, target: %s}
+      backup: {device: wgsb, target: %s}
       hold_down: %s
-`, holdDown)
+`, hubLAN, primaryHub, backupHub, holdDown)
 	}
-	siteFiles := map[string]vm.File{
-		"/etc/wireguard/wgsp.conf": {Data: conf(siteP, "10.200.1.2/24", 0, "", hubP, "192.168.71.1:51821", "10.200.1.1/32, 10.50.0.0/16"), Mode: 0o600},
-		"/etc/wireguard/wgsb.conf": {Data: conf(siteB, "10.200.2.2/24", 0, "off", hubB, "192.168.72.1:51822", "10.200.2.1/32, 10.50.0.0/16"), Mode: 0o600},
-	}
-	err := filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error { // what make install staged, as it is
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		st, _ := d.Info()
-		siteFiles[strings.TrimPrefix(p, stage)] = vm.File{Data: b, Mode: st.Mode().Perm()}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	siteFiles["/etc/wgpulse/wgpulse.yml"] = vm.File{Data: agentConfig(holdDown), Mode: 0o644} // the example config, set to auto with one group
 
-	base := 48000 + os.Getpid()%1000*4
-	hp, sp := vm.Wire(base, "52:54:00:71:00:01", "52:54:00:71:00:02")
-	hb, sb := vm.Wire(base+2, "52:54:00:72:00:01", "52:54:00:72:00:02")
-	phase = time.Now()
-	var hub, site *vm.Node
-	var herr, serr error
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		hub, herr = vm.Boot(context.Background(), img, vm.Options{Name: "hub", Guest: guest, Dir: t.TempDir(), Log: log, Links: []vm.Link{hp, hb}, Files: hubFiles})
-	})
-	wg.Go(func() {
-		site, serr = vm.Boot(context.Background(), img, vm.Options{Name: "site", Guest: guest, Dir: t.TempDir(), Log: log, Links: []vm.Link{sp, sb}, Files: siteFiles})
-	})
-	wg.Wait()
-	if herr != nil || serr != nil {
-		t.Fatalf("booting: hub %v, site %v", herr, serr)
-	}
-	t.Cleanup(hub.Kill)
-	t.Cleanup(site.Kill)
-	t.Logf("phase boot: %s (hub %s, site %s, %s)", time.Since(phase).Round(100*time.Millisecond), hub.Booted.Round(100*time.Millisecond), site.Booted.Round(100*time.Millisecond), site.Accel)
-
-	phase = time.Now()
-	must := func(n *vm.Node, argv ...string) string {
-		t.Helper()
-		out, err := n.Run(argv...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	for _, n := range []*vm.Node{hub, site} {
-		last := "1"
-		if n == site {
-			last = "2"
-		}
-		must(n, "sh", "-c", fmt.Sprintf("ip addr add 192.168.71.%s/24 dev eth0 && ip addr add 192.168.72.%s/24 dev eth1 && ip link set eth0 up && ip link set eth1 up", last, last))
-	}
-	must(hub, "ip", "addr", "add", "10.50.0.1/16", "dev", "lo") // the hub's LAN
-	must(hub, "systemctl", "start", "wg-quick@hubp", "wg-quick@hubb")
-	must(site, "systemctl", "start", "wg-quick@wgsp", "wg-quick@wgsb")
-	if out := must(site, "ip", "route", "show", "10.50.0.0/16"); !strings.Contains(out, "dev wgsp") || strings.Contains(out, "metric") {
-		t.Fatalf("wg-quick's route for the hub LAN: %q, want 10.50.0.0/16 dev wgsp with metric 0", out)
-	}
-	for _, target := range []string{"10.200.1.1", "10.200.2.1", "10.50.0.1"} {
-		if out, err := site.Run("ping", "-c", "2", "-W", "5", target); err != nil {
-			t.Fatalf("ping %s before any agent: %v\n%s", target, err, out)
-		}
-	}
-	dump := must(site, "wg", "show", "all", "dump")
-	t.Logf("kernel devices from wg-quick@ units:\n%s", redactKeys(dump))
-
-	must(site, "systemctl", "daemon-reload")
-	must(site, "systemctl", "enable", "--now", "wgpulse")
+	phase := time.Now()
+	startAgent(t, site, agentConfig(holdDown))
 	var metrics string
 	waitFor(t, 60*time.Second, "the agent reports both tunnels as kernel devices (no collector.devices)", func() bool {
 		metrics, _, _ = site.Get("http://127.0.0.1:9586/metrics")
@@ -176,71 +70,107 @@ remediate:
 		}
 	}
 	checkContract(t, site)
-	waitFor(t, 60*time.Second, "both paths up", func() bool {
-		out, _, _, _ := site.Exec(10*time.Second, "sh", "-c", "journalctl -u wgpulse --no-pager | grep -c 'failover path health changed.*to=up'")
-		return atoi(out) >= 2
-	})
-	t.Logf("phase setup (wg-quick@ units, the agent up): %s", time.Since(phase).Round(100*time.Millisecond))
+	waitFor(t, 60*time.Second, "both paths up", func() bool { return countIn(site, "failover path health changed.*to=up") >= 2 })
+	t.Logf("phase agent up: %s", time.Since(phase).Round(100*time.Millisecond))
+
+	// Churn: wg-quick deletes the backup's device and creates a new one.
+	phase = time.Now()
+	before := strings.TrimSpace(must(t, site, "cat", "/sys/class/net/wgsb/ifindex"))
+	up := must(t, site, "sh", "-c", "systemctl restart wg-quick@wgsb && date +%s.%N")
+	after := strings.TrimSpace(must(t, site, "cat", "/sys/class/net/wgsb/ifindex"))
+	if before == after {
+		t.Fatalf("wgsb kept ifindex %s across the restart: no churn, the test proves nothing", before)
+	}
+	const reopened = "probing through device again.*device=wgsb"
+	waitFor(t, 30*time.Second, "the backup's ICMP socket reopened", func() bool { return countIn(site, reopened) >= 1 }, site)
+	at := must(t, site, "sh", "-c", "journalctl -u wgpulse --no-pager -o short-unix | grep -E '"+reopened+"' | tail -1 | cut -d' ' -f1")
+	took := time.Duration((parseFloat(at) - parseFloat(up)) * float64(time.Second))
+	// The prober checks its sockets' ifindex every second, then probes at
+	// once; two fast intervals (0.1 s) on top, and TCG.
+	churnBound := time.Second + 200*time.Millisecond + tcgAllowance
+	t.Logf("wgsb recreated (ifindex %s -> %s): probing again %s relative to the end of systemctl restart wg-quick@wgsb (negative: before it returned; bound %s)", before, after, took.Round(10*time.Millisecond), churnBound)
+	if took > churnBound {
+		t.Errorf("the backup was probed again %s after its device came back, above %s", took, churnBound)
+	}
+	waitFor(t, 10*time.Second, "the backup target up again", func() bool {
+		m, _, _ := site.Get("http://127.0.0.1:9586/metrics")
+		return strings.Contains(m, `wgpulse_probe_up{device="wgsb",`) && strings.Contains(m, `target="`+backupHub+`"} 1`)
+	}, site)
+	if n := countIn(site, "path=backup.*to=down"); n != 0 {
+		t.Errorf("the backup was believed down %d times across its own device's churn:\n%s", n, journal(t, site))
+	}
+	t.Logf("phase churn of the backup: %s", time.Since(phase).Round(100*time.Millisecond))
 
 	phase = time.Now()
 	cut := time.Now()
-	must(hub, "ip", "link", "set", "eth0", "down") // the primary's underlay
+	must(t, hub, "ip", "link", "set", "eth0", "down") // the primary's underlay
 	waitFor(t, 30*time.Second, "our halves via the backup", func() bool {
 		out, _ := site.Run("ip", "route", "show", "proto", "117")
 		return strings.Count(out, "dev wgsb") == 2
 	})
-	took := time.Since(cut)
+	took = time.Since(cut)
 	bound := time.Second + tcgAllowance
 	t.Logf("failover on kernel WireGuard under systemd: our routes in %s after the cut (bound %s: fast 1 s + TCG %s); %s",
-		took.Round(10*time.Millisecond), bound, tcgAllowance, strings.TrimSpace(must(site, "ip", "route", "show", "proto", "117")))
+		took.Round(10*time.Millisecond), bound, tcgAllowance, strings.TrimSpace(must(t, site, "ip", "route", "show", "proto", "117")))
 	if took > bound+500*time.Millisecond { // a 250 ms poll, each an exec through the guest agent
 		t.Errorf("failover took %s, above %s", took, bound)
 	}
 	if out, err := site.Run("ping", "-c", "2", "-W", "5", "10.50.0.1"); err != nil {
 		t.Errorf("the hub LAN over the backup: %v\n%s", err, out)
 	}
+	// Churn of the primary while on the backup: wg-quick puts its metric-0
+	// route back; ours, more specific, still carry the traffic.
+	must(t, site, "systemctl", "restart", "wg-quick@wgsp")
+	if out := must(t, site, "ip", "route", "show", hubLAN); !strings.Contains(out, "dev wgsp") {
+		t.Errorf("wg-quick's route after the restart: %q", out)
+	}
+	if out, err := site.Run("ping", "-c", "2", "-W", "5", "10.50.0.1"); err != nil {
+		t.Errorf("the hub LAN over the backup after wg-quick@wgsp restarted: %v\n%s", err, out)
+	}
 	heal := time.Now()
-	must(hub, "ip", "link", "set", "eth0", "up")
+	must(t, hub, "ip", "link", "set", "eth0", "up")
 	waitFor(t, holdDown+60*time.Second, "the return", func() bool {
 		out, _ := site.Run("ip", "route", "show", "proto", "117")
 		return strings.TrimSpace(out) == ""
-	})
-	if back := time.Since(heal); back < holdDown {
+	}, site)
+	back := time.Since(heal)
+	t.Logf("returned %s after the heal of the recreated primary (hold_down %s)", back.Round(100*time.Millisecond), holdDown)
+	if back < holdDown {
 		t.Errorf("returned %s after the heal, before hold_down %s", back, holdDown)
+	}
+	if out, err := site.Run("ping", "-c", "2", "-W", "5", "10.50.0.1"); err != nil {
+		t.Errorf("the hub LAN over the recreated primary: %v\n%s", err, out)
 	}
 	t.Logf("phase failover and return: %s", time.Since(phase).Round(100*time.Millisecond))
 
-	if out := must(site, "sh", "-c", "ls -l /var/lib/wgpulse/ && cat /var/lib/wgpulse/remediate.json"); !strings.Contains(out, `"version": 2`) {
+	if out := must(t, site, "sh", "-c", "ls -l /var/lib/wgpulse/ && cat /var/lib/wgpulse/remediate.json"); !strings.Contains(out, `"version": 2`) {
 		t.Errorf("the state in /var/lib/wgpulse:\n%s", out)
 	}
-	if err := site.Put("/etc/wgpulse/wgpulse.yml", agentConfig(6*time.Second), 0o644); err != nil {
+	if err := site.Put("/etc/wgpulse/wgpulse.yml", []byte(agentConfig(6*time.Second)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	must(site, "systemctl", "reload", "wgpulse")
-	waitFor(t, 20*time.Second, "the reload applied", func() bool {
-		out, _ := site.Run("sh", "-c", "journalctl -u wgpulse --no-pager | grep -c 'config reloaded' || true")
-		return strings.TrimSpace(out) != "0"
-	})
-	journal := must(site, "journalctl", "-u", "wgpulse", "--no-pager")
-	if n := strings.Count(journal, "remediation decision"); n < 2 {
-		t.Errorf("%d audit lines in the journal, want the switch and the return:\n%s", n, journal)
+	must(t, site, "systemctl", "reload", "wgpulse")
+	waitFor(t, 20*time.Second, "the reload applied", func() bool { return countIn(site, "config reloaded") > 0 })
+	if n := strings.Count(journal(t, site), "remediation decision"); n < 2 {
+		t.Errorf("%d audit lines in the journal, want the switch and the return:\n%s", n, journal(t, site))
 	}
-	security := must(site, "sh", "-c", "systemd-analyze security wgpulse --no-pager | tail -1")
+	security := must(t, site, "sh", "-c", "systemd-analyze security wgpulse --no-pager | tail -1")
 	t.Logf("inside the VM: %s", strings.TrimSpace(security))
 
-	must(hub, "ip", "link", "set", "eth0", "down")
+	must(t, hub, "ip", "link", "set", "eth0", "down")
 	waitFor(t, 30*time.Second, "on the backup again", func() bool {
 		out, _ := site.Run("ip", "route", "show", "proto", "117")
 		return strings.Count(out, "dev wgsb") == 2
 	})
-	must(hub, "ip", "link", "set", "eth0", "up")
-	waitFor(t, 30*time.Second, "the primary up again, still within hold_down", func() bool {
-		out, _ := site.Run("sh", "-c", "journalctl -u wgpulse --no-pager | grep -c 'path=primary.*to=up' || true")
-		return atoi(out) >= 2
-	})
-	must(site, "systemctl", "stop", "wgpulse")
-	if out := must(site, "ip", "route", "show", "proto", "117"); strings.TrimSpace(out) != "" {
+	must(t, hub, "ip", "link", "set", "eth0", "up")
+	waitFor(t, 30*time.Second, "the primary up again, still within hold_down", func() bool { return countIn(site, "path=primary.*to=up") >= 3 })
+	must(t, site, "systemctl", "stop", "wgpulse")
+	if out := must(t, site, "ip", "route", "show", "proto", "117"); strings.TrimSpace(out) != "" {
 		t.Errorf("after systemctl stop with restore_on_exit: %s", out)
+	}
+	must(t, site, "systemctl", "stop", "wg-quick@wgsp", "wg-quick@wgsb")
+	if out := must(t, site, "sh", "-c", "ip route show proto 117; ip -6 route show proto 117; ip rule | grep -v -E '^(0|32766|32767):' || true; nft list ruleset | grep -i wgpulse || true"); strings.TrimSpace(out) != "" {
+		t.Errorf("after wg-quick down of both tunnels, wgpulse left:\n%s", out)
 	}
 	for _, n := range []*vm.Node{site, hub} {
 		if _, err := n.Shutdown(); err != nil {
@@ -263,6 +193,11 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool, d
 			t.Fatalf("%s: not within %s%s", what, limit, info)
 		}
 	}
+}
+
+func parseFloat(s string) float64 {
+	f, _ := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	return f
 }
 
 func atoi(s string) int {
