@@ -6,6 +6,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/prober/probertest"
 )
@@ -71,4 +73,60 @@ func TestRecreatedDeviceIsProbedAgainAndNeverDown(t *testing.T) {
 			}
 		}
 	})
+}
+
+// wg-quick creates the link first and adds its address and routes after, so
+// a socket reopened on the new device sends into "network is unreachable"
+// for a moment (seen on kernel WireGuard: one such send, then 7 quick
+// losses, and the backup went down for 130 ms). Until the first send
+// succeeds (at most 5 s) such a send is void: unknown, never down. A device
+// left without its address beyond that is down as before.
+func TestRecreatedDeviceNotSetUpYetIsNotDown(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		setup    time.Duration // how long sends find no route after the device is back
+		wantDown bool
+	}{{"set up in 3 s", 3 * time.Second, false}, {"never set up", time.Minute, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var notUntil time.Time
+				fn := probertest.New(func(string, netip.Addr, int) probertest.Reply {
+					if time.Now().Before(notUntil) {
+						return probertest.Reply{Err: unix.ENETUNREACH}
+					}
+					return probertest.Reply{Delay: time.Millisecond}
+				})
+				fast := tgt("10.0.0.1")
+				fast.Interval, fast.Timeout, fast.Suspect, fast.Rule = 100*time.Millisecond, 250*time.Millisecond, 25*time.Millisecond, prober.Rule{Losses: 7, LossRatio: 0.3}
+				p, cancel := startProber(t, fn, "test", fast)
+				defer cancel()
+				time.Sleep(5 * time.Second)
+				synctest.Wait()
+				if h := health(t, p, "10.0.0.1"); h.State != prober.StateUp {
+					t.Fatalf("before the churn: %s", h.State)
+				}
+				fn.DeleteDevice("wg0")
+				time.Sleep(2 * time.Second)
+				notUntil = time.Now().Add(tc.setup)
+				fn.RecreateDevice("wg0")
+				var down bool
+				var when time.Duration
+				start := time.Now()
+				for range 120 { // 12 s, looked at every 100 ms
+					time.Sleep(100 * time.Millisecond)
+					synctest.Wait()
+					if !down && health(t, p, "10.0.0.1").State == prober.StateDown {
+						down, when = true, time.Since(start)
+					}
+				}
+				h := health(t, p, "10.0.0.1")
+				switch {
+				case !tc.wantDown && (down || h.State != prober.StateUp):
+					t.Errorf("device set up %s after its return: down %v (at %s), now %s (%s); want never down, up again", tc.setup, down, when, h.State, h.Reason)
+				case tc.wantDown && (h.State != prober.StateDown || when < 5*time.Second):
+					t.Errorf("device without its address for a minute: now %s (%s), down at %s; want down once the 5 s grace is over", h.State, h.Reason, when)
+				}
+			})
+		})
+	}
 }

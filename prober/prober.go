@@ -689,6 +689,11 @@ type engine struct {
 	// its targets are unknown meanwhile, never down. reset: they were reset.
 	broken, reset bool
 
+	// settling: until then, or the first send that succeeds, a send that
+	// finds the device not set up is void (settleGrace). Guarded by mu.
+	settling     time.Time
+	settleLogged bool
+
 	mu     sync.Mutex // guards the slots, seq, queues and every target's stats
 	seq    uint16
 	slots  []slot // len is a power of two
@@ -752,7 +757,7 @@ func newEngine(c Conn, p *Prober, key engineKey) *engine {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	return &engine{c: c, p: p, key: key, unbound: key.device == "", id: c.EchoID(), nonce: binary.BigEndian.Uint64(b[:]),
-		slots: make([]slot, initialRing), queues: map[time.Duration]*deadlineQueue{}}
+		slots: make([]slot, initialRing), queues: map[time.Duration]*deadlineQueue{}, settling: time.Now().Add(settleGrace)}
 }
 
 // swap puts a reopened socket in place of a broken one: same slots and
@@ -760,7 +765,7 @@ func newEngine(c Conn, p *Prober, key engineKey) *engine {
 func (e *engine) swap(c Conn) {
 	e.mu.Lock()
 	old, oldID := e.c, e.id
-	e.c, e.id, e.broken, e.reset = c, c.EchoID(), false, false
+	e.c, e.id, e.broken, e.reset, e.settling = c, c.EchoID(), false, false, time.Now().Add(settleGrace)
 	e.mu.Unlock()
 	if oldID != 0 {
 		e.p.ids.CompareAndDelete(oldID, e)
@@ -775,6 +780,19 @@ func (e *engine) swap(c Conn) {
 // deviceGone says a send failed because the socket's device is gone: our
 // socket's fault, not the path's.
 func deviceGone(err error) bool { return errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ENXIO) }
+
+// settleGrace is how long after a socket opens (or reopens on a recreated
+// device) a send that finds the device not set up yet is void rather than
+// a lost probe: wg-quick creates the link first and adds its address, MTU,
+// up state and routes after (under emulation, a second or more), and
+// systemd may start the agent in between. Until the first send succeeds.
+const settleGrace = 5 * time.Second
+
+// notSetUp says a send failed because this host has no address or route
+// for it on the device yet.
+func notSetUp(err error) bool {
+	return errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.ENETDOWN) || errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.EHOSTUNREACH)
+}
 
 // staler is a transport that can tell its device was recreated (a new
 // ifindex under the same name) although sends still fail only later.
@@ -857,6 +875,20 @@ func (e *engine) sendProbe(t *target, now time.Time, extra bool) {
 				"device", t.spec.Device, "err", err)
 		}
 		return
+	}
+	if err != nil && notSetUp(err) && !e.unbound && sent.Before(e.settling) {
+		// A fresh socket on a device still being set up: void, so its
+		// targets stay unknown rather than go down for our own start.
+		s.state = slotLost
+		if !e.settleLogged {
+			e.settleLogged = true
+			e.p.logger.Info("device not set up yet (no address or route): probes through it are void, its targets unknown, until a send succeeds or for 5 s",
+				"device", t.spec.Device, "err", err)
+		}
+		return
+	}
+	if err == nil {
+		e.settling, e.settleLogged = time.Time{}, false
 	}
 	if err != nil {
 		// Did not leave this host: the tunnel cannot carry it, so it counts
