@@ -250,6 +250,7 @@ func (c *Collector) track(d *wgtypes.Device, mtu int, names map[string]string, n
 		Type:          deviceType(d.Type),
 		PublicKey:     d.PublicKey.String(),
 		ListenPort:    d.ListenPort,
+		FirewallMark:  d.FirewallMark,
 		MTU:           mtu,
 		Peers:         make([]Peer, len(d.Peers)),
 		ReadAt:        now,

@@ -25,6 +25,9 @@ type Device struct {
 	Type       string // "kernel" or "userspace"
 	PublicKey  string // base64
 	ListenPort int
+	// FirewallMark is the device's fwmark (wg-quick's full tunnel sets it
+	// and routes by it); 0 when none.
+	FirewallMark int
 	// MTU is the link MTU read through netlink; 0 when the link is not visible
 	// from this network namespace.
 	MTU   int

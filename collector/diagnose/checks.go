@@ -23,6 +23,8 @@ type Node struct {
 	Routes []Route
 	// LinkMTU is every link's MTU by name (the underlay of endpoints).
 	LinkMTU map[string]int
+	// Addrs is every link's addresses by name (a LAN a gateway serves).
+	Addrs map[string][]netip.Prefix
 	// Firewall is the nftables ruleset; nil when it could not be read, and
 	// FirewallErr says why.
 	Firewall    *Ruleset
@@ -37,6 +39,9 @@ type Node struct {
 	NeverGrace time.Duration
 	// Failover are the config's route-mode failover groups.
 	Failover []FailoverGroup
+	// Host is the node's kernel settings (rp_filter, forwarding, fwmark
+	// rules, qdiscs); nil when not read, and the host checks are skipped.
+	Host *Host
 }
 
 // FailoverGroup is a route-mode failover group: the prefixes it would route
@@ -44,6 +49,7 @@ type Node struct {
 type FailoverGroup struct {
 	Name     string
 	Prefixes []netip.Prefix
+	Primary  string
 	Backup   string
 }
 
@@ -103,9 +109,11 @@ func Check(n Node) []Finding {
 		c.mtu(d)
 		c.peers(d)
 		c.firewall(d)
+		c.host(d)
 	}
 	for _, g := range n.Failover {
 		c.failover(g)
+		c.rpFilter(g)
 	}
 	Sort(c.out)
 	return c.out
@@ -478,4 +486,148 @@ func (c *checker) failover(g FailoverGroup) {
 			}
 		}
 	}
+}
+
+// rpFilter: strict reverse-path filtering on a device of a failover group.
+// While only one end of a tunnel pair has switched, replies arrive on the
+// other tunnel, where the kernel's route back to their source is not: a
+// strict filter drops them.
+func (c *checker) rpFilter(g FailoverGroup) {
+	if c.Host == nil {
+		return
+	}
+	for _, dev := range []string{g.Primary, g.Backup} {
+		v, ok := c.Host.RPFilter[dev]
+		if !ok || v != 1 {
+			continue
+		}
+		d := c.byName[dev]
+		key := ""
+		if d != nil {
+			key = d.PublicKey
+		}
+		fix := fmt.Sprintf("sysctl -w net.ipv4.conf.%s.rp_filter=2 (loose: the source must be reachable by some route)", dev)
+		if c.Host.RPFilterAll == 1 {
+			fix = fmt.Sprintf("sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.%s.rp_filter=2 (the larger of all and the device's applies; loose: the source must be reachable by some route)", dev)
+		}
+		c.add(Finding{Severity: Warning, Check: CheckRPFilterStrict, Device: dev, PublicKey: key, Object: fmt.Sprintf("failover group %s, device %s", g.Name, dev),
+			Evidence: fmt.Sprintf("reverse-path filtering on %s is strict (rp_filter 1, net.ipv4.conf.all.rp_filter %d): while only one end of the group has switched, replies come in on the other tunnel and are dropped", dev, c.Host.RPFilterAll),
+			Fix:      fix + ", and the same in /etc/sysctl.d/ to keep it"})
+	}
+}
+
+// host: the host settings that drop a tunnel's traffic silently.
+func (c *checker) host(d *collector.Device) {
+	if c.Host == nil {
+		return
+	}
+	h := c.Host
+	// Forwarding off on a gateway (a private address on a link that is
+	// neither a tunnel nor the way to a peer's endpoint: a LAN) while LAN
+	// prefixes (more than one address) are routed into the tunnel: the
+	// LAN's hosts cannot use it. A node that only uses the tunnel itself
+	// (a laptop, a one-NIC cloud VM) has no such link and needs no
+	// forwarding.
+	for _, v6 := range []bool{false, true} {
+		on := map[bool]bool{false: h.Forward4, true: h.Forward6}[v6]
+		lanLink, lan := c.lan(v6)
+		if on || !lan.IsValid() {
+			continue
+		}
+		for _, r := range c.Routes {
+			host := 32
+			if v6 {
+				host = 128
+			}
+			if r.Device != d.Name || r.Protocol == protoKernel || r.Dst.Addr().Is6() != v6 || r.Dst.Bits() == host {
+				continue
+			}
+			sysctl := map[bool]string{false: "net.ipv4.ip_forward", true: "net.ipv6.conf.all.forwarding"}[v6]
+			c.add(Finding{Severity: Warning, Check: CheckForwardingOff, Device: d.Name, PublicKey: d.PublicKey, Object: fmt.Sprintf("route %s dev %s", r.Dst, d.Name),
+				Evidence: fmt.Sprintf("%s is routed into %s and %s holds %s (a LAN this node is the gateway of), but %s is 0: packets of the LAN's hosts to %s, and from the tunnel to them, are dropped here", r.Dst, d.Name, lanLink, lan, sysctl, r.Dst),
+				Fix:      fmt.Sprintf("sysctl -w %s=1 (and in /etc/sysctl.d/) if this node routes for that LAN; nothing, if only this node itself uses the tunnel", sysctl)})
+			break
+		}
+	}
+	// wg-quick's full tunnel: rules by the device's fwmark need
+	// src_valid_mark, or reverse-path filtering checks the tunnel's replies
+	// against the main table and drops them.
+	if d.FirewallMark != 0 && !h.SrcValidMark {
+		for _, r := range h.MarkRules {
+			if r.V6 || r.Mark != uint32(d.FirewallMark) {
+				continue
+			}
+			not := ""
+			if r.Invert {
+				not = "not "
+			}
+			c.add(Finding{Severity: Warning, Check: CheckFwmarkWithoutSrcValidMark, Device: d.Name, PublicKey: d.PublicKey, Object: fmt.Sprintf("ip rule %d (%sfwmark %#x lookup %d)", r.Priority, not, r.Mark, r.Table),
+				Evidence: fmt.Sprintf("%s's fwmark %#x selects routes by an ip rule, but net.ipv4.conf.all.src_valid_mark is 0: reverse-path filtering ignores the mark, checks replies against the main table and can drop them", d.Name, r.Mark),
+				Fix:      "sysctl -w net.ipv4.conf.all.src_valid_mark=1 (wg-quick sets it when it adds the rule; something reset it, e.g. sysctl --system)"})
+			break
+		}
+	}
+	// A forward hook that drops traffic from or to the tunnel, on a node
+	// that forwards.
+	if c.Firewall != nil {
+		for _, v6 := range []bool{false, true} {
+			if on := map[bool]bool{false: h.Forward4, true: h.Forward6}[v6]; !on {
+				continue
+			}
+			family := map[bool]string{false: "IPv4", true: "IPv6"}[v6]
+			for _, from := range []bool{true, false} {
+				v := c.Firewall.Forward(d.Name, from, v6)
+				if !v.Drop || v.Unless {
+					continue // accepted, or an earlier rule this check cannot evaluate may accept it
+				}
+				dir, match := "to", "oifname"
+				if from {
+					dir, match = "from", "iifname"
+				}
+				c.add(Finding{Severity: Warning, Check: CheckForwardDropsTunnel, Device: d.Name, PublicKey: d.PublicKey, Object: fmt.Sprintf("forwarding %s %s (%s)", dir, d.Name, family),
+					Evidence: fmt.Sprintf("new forwarded packets %s %s are dropped by %s", dir, d.Name, v.Where),
+					Fix:      fmt.Sprintf("accept them before that rule if this node routes for the tunnel, e.g. nft insert rule %s %s %q accept (narrow it to the prefixes you route)", v.Chain, match, d.Name)})
+			}
+		}
+	}
+	// The article: fq_codel or cake on the tunnel for latency-sensitive
+	// flows.
+	if q, ok := h.Qdisc[d.Name]; ok && q != "fq_codel" && q != "cake" && q != "fq" {
+		c.add(Finding{Severity: Info, Check: CheckQdiscNoAQM, Device: d.Name, PublicKey: d.PublicKey, Object: "device " + d.Name,
+			Evidence: fmt.Sprintf("root qdisc %s: under load a queue builds in front of the tunnel with no fair queueing or active queue management, and latency-sensitive flows wait behind bulk ones", q),
+			Fix:      fmt.Sprintf("tc qdisc replace dev %s root fq_codel (or cake), e.g. in wg-quick's PostUp", d.Name)})
+	}
+}
+
+// lan is a private address of the family on a link that is neither a
+// WireGuard device nor the underlay to a peer's endpoint, by link name
+// order; invalid when there is none.
+func (c *checker) lan(v6 bool) (string, netip.Prefix) {
+	under := map[string]bool{}
+	for _, d := range c.Devices {
+		under[d.Name] = true
+		for _, p := range d.Peers {
+			if p.Endpoint.IsValid() {
+				if r := c.lookup(p.Endpoint.Addr().Unmap()); r != nil && r.Device != "" {
+					under[r.Device] = true
+				}
+			}
+		}
+	}
+	links := make([]string, 0, len(c.Addrs))
+	for l := range c.Addrs {
+		links = append(links, l)
+	}
+	slices.Sort(links)
+	for _, l := range links {
+		if under[l] {
+			continue
+		}
+		for _, a := range c.Addrs[l] {
+			if a.Addr().Is6() == v6 && a.Addr().IsPrivate() {
+				return l, a
+			}
+		}
+	}
+	return "", netip.Prefix{}
 }

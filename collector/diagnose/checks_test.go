@@ -66,8 +66,22 @@ func cleanNode(t *testing.T) diagnose.Node {
 			route("192.0.2.0/24", "eth0", 2), route("198.51.100.0/24", "eth0", 2), route("0.0.0.0/0", "eth0", 4),
 		},
 		LinkMTU:  map[string]int{"eth0": 1500, "wg0": 1420, "wg1": 1420},
+		Addrs:    map[string][]netip.Prefix{"eth0": pfx("192.0.2.1/24"), "eth1": pfx("10.10.0.1/24"), "wg0": pfx("10.200.0.1/24"), "lo": pfx("127.0.0.1/8")},
 		Firewall: emptyRuleset(t),
+		// A gateway: forwarding on, loose reverse-path filtering, fair
+		// queueing on the tunnels.
+		Host: &diagnose.Host{Forward4: true, RPFilter: map[string]int{"eth0": 2, "wg0": 2, "wg1": 0},
+			Qdisc: map[string]string{"eth0": "fq_codel", "wg0": "fq_codel", "wg1": "cake"}},
 	}
+}
+
+func ruleset(t *testing.T, js string) *diagnose.Ruleset {
+	t.Helper()
+	rs, err := diagnose.ParseRuleset([]byte(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
 }
 
 func TestCleanNodeHasNoFindings(t *testing.T) {
@@ -145,6 +159,24 @@ func TestEachCheckFindsItsFault(t *testing.T) {
 			n.Devices[1].MTU, n.LinkMTU["wg1"] = 1360, 1360                     // (reached through wg0, so fits inside it)
 			n.Failover = []diagnose.FailoverGroup{{Name: "to-a", Prefixes: pfx("10.50.0.0/16"), Backup: "wg1"}}
 		}, diagnose.CheckFailoverEndpointInPrefix, diagnose.Error, "prefix 10.50.0.0/16", "holds the endpoint 10.50.3.3:51820 of peer site-a-backup on wg1", 1},
+		{"strict rp_filter on a failover group's backup", func(n *diagnose.Node) {
+			n.Failover = []diagnose.FailoverGroup{{Name: "to-a", Prefixes: pfx("10.50.0.0/16"), Primary: "wg0", Backup: "wg1"}}
+			n.Host.RPFilter["wg1"] = 1
+		}, diagnose.CheckRPFilterStrict, diagnose.Warning, "failover group to-a, device wg1", "strict (rp_filter 1", 1},
+		{"forwarding off with LANs routed into a tunnel", func(n *diagnose.Node) { n.Host.Forward4 = false },
+			diagnose.CheckForwardingOff, diagnose.Warning, "dev wg0", "eth1 holds 10.10.0.1/24 (a LAN this node is the gateway of), but net.ipv4.ip_forward is 0", 1},
+		{"fwmark rules without src_valid_mark", func(n *diagnose.Node) {
+			n.Devices[0].FirewallMark = 0xca6c
+			n.Host.MarkRules = []diagnose.MarkRule{{Priority: 32764, Mark: 0xca6c, Invert: true, Table: 51820}}
+		}, diagnose.CheckFwmarkWithoutSrcValidMark, diagnose.Warning, "ip rule 32764 (not fwmark 0xca6c lookup 51820)", "src_valid_mark is 0", 1},
+		{"a forward hook that drops the tunnel's traffic", func(n *diagnose.Node) {
+			n.Firewall = ruleset(t, `{"nftables": [
+				{"chain": {"family": "inet", "table": "f", "name": "fwd", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+				{"rule": {"family": "inet", "table": "f", "chain": "fwd", "handle": 7, "expr": [
+					{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "wg0"}}, {"drop": null}]}}]}`)
+		}, diagnose.CheckForwardDropsTunnel, diagnose.Warning, "forwarding from wg0 (IPv4)", "dropped by rule handle 7 in chain inet f fwd", 1},
+		{"a tunnel without fair queueing", func(n *diagnose.Node) { n.Host.Qdisc["wg1"] = "noqueue" },
+			diagnose.CheckQdiscNoAQM, diagnose.Info, "device wg1", "root qdisc noqueue", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := cleanNode(t)
@@ -186,5 +218,17 @@ func TestMitigatedFaultsAreNotFindings(t *testing.T) {
 	p.Handshake, p.HandshakeSince = collector.HandshakeNever, now.Add(-30*time.Second)
 	if fs := diagnose.Check(n); len(fs) != 0 {
 		t.Fatalf("peer 30 s old within a 1 m grace: %v", fs)
+	}
+}
+
+// Forwarding off where there is no LAN: a node that only uses the tunnel
+// itself (a laptop on its Wi-Fi, a one-NIC cloud VM: the only private
+// address is on the way to the endpoints) is no gateway.
+func TestForwardingOffWithoutALANIsFine(t *testing.T) {
+	n := cleanNode(t)
+	n.Host.Forward4 = false
+	n.Addrs = map[string][]netip.Prefix{"eth0": pfx("192.168.1.20/24"), "lo": pfx("127.0.0.1/8"), "wg0": pfx("10.200.0.1/24")}
+	if fs := diagnose.Check(n); len(fs) != 0 {
+		t.Errorf("findings %v", fs)
 	}
 }

@@ -56,22 +56,27 @@ func (s *Severity) UnmarshalJSON(b []byte) error {
 // Check names: stable, they are the check label of wgpulse_config_problem
 // and the "check" field of `wgpulse diagnose --json`.
 const (
-	CheckAllowedIPsOverlap        = "allowed_ips_overlap"
-	CheckAllowedIPsRouted         = "allowed_ips_routed_elsewhere"
-	CheckRouteNotAllowed          = "route_not_allowed"
-	CheckNATWithoutKeepalive      = "nat_without_keepalive"
-	CheckMTUAboveUnderlay         = "mtu_above_underlay"
-	CheckPathMTUBelowDevice       = "path_mtu_below_device"
-	CheckHandshakeStale           = "handshake_stale"
-	CheckHandshakeNever           = "handshake_never"
-	CheckListenPortFiltered       = "listen_port_filtered"
-	CheckFirewallUnknown          = "firewall_unknown"
-	CheckDuplicateKey             = "duplicate_public_key"
-	CheckPeerKeyIsOwn             = "peer_key_is_own"
-	CheckDeviceUnreadable         = "device_unreadable"
-	CheckFailoverBackupNotAllowed = "failover_backup_not_allowed"
-	CheckFailoverEndpointInPrefix = "failover_endpoint_in_prefix"
-	CheckHandshakeChecksPattern   = "handshake_.*" // the checks with their own alerts
+	CheckAllowedIPsOverlap         = "allowed_ips_overlap"
+	CheckAllowedIPsRouted          = "allowed_ips_routed_elsewhere"
+	CheckRouteNotAllowed           = "route_not_allowed"
+	CheckNATWithoutKeepalive       = "nat_without_keepalive"
+	CheckMTUAboveUnderlay          = "mtu_above_underlay"
+	CheckPathMTUBelowDevice        = "path_mtu_below_device"
+	CheckHandshakeStale            = "handshake_stale"
+	CheckHandshakeNever            = "handshake_never"
+	CheckListenPortFiltered        = "listen_port_filtered"
+	CheckFirewallUnknown           = "firewall_unknown"
+	CheckDuplicateKey              = "duplicate_public_key"
+	CheckPeerKeyIsOwn              = "peer_key_is_own"
+	CheckDeviceUnreadable          = "device_unreadable"
+	CheckFailoverBackupNotAllowed  = "failover_backup_not_allowed"
+	CheckFailoverEndpointInPrefix  = "failover_endpoint_in_prefix"
+	CheckRPFilterStrict            = "rp_filter_strict"
+	CheckForwardingOff             = "forwarding_off"
+	CheckFwmarkWithoutSrcValidMark = "fwmark_without_src_valid_mark"
+	CheckForwardDropsTunnel        = "forward_drops_tunnel"
+	CheckQdiscNoAQM                = "qdisc_without_aqm"
+	CheckHandshakeChecksPattern    = "handshake_.*" // the checks with their own alerts
 )
 
 // Finding is one problem: what is wrong, where, the evidence and the fix.

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -119,4 +122,103 @@ func ReadFirewall(ctx context.Context) (*Ruleset, error) {
 		return ParseRuleset([]byte(`{"nftables": []}`))
 	}
 	return ParseRuleset(out)
+}
+
+// HostHandle is the part of a netlink handle the host checks read.
+type HostHandle interface {
+	LinkList() ([]netlink.Link, error)
+	RuleList(family int) ([]netlink.Rule, error)
+	QdiscList(link netlink.Link) ([]netlink.Qdisc, error)
+}
+
+var _ HostHandle = (*netlink.Handle)(nil)
+
+// Host is the node's settings that drop tunnel traffic silently when
+// wrong: reverse-path filtering, forwarding, src_valid_mark, the fwmark
+// rules and each link's root qdisc.
+type Host struct {
+	// RPFilter is each link's effective IPv4 rp_filter: the larger of
+	// net.ipv4.conf.all and net.ipv4.conf.<link> (0 off, 1 strict, 2 loose).
+	RPFilter map[string]int
+	// RPFilterAll is net.ipv4.conf.all.rp_filter.
+	RPFilterAll int
+	// Forward4 is net.ipv4.ip_forward; Forward6 net.ipv6.conf.all.forwarding.
+	Forward4, Forward6 bool
+	// SrcValidMark is net.ipv4.conf.all.src_valid_mark.
+	SrcValidMark bool
+	// MarkRules are the policy routing rules that match an fwmark.
+	MarkRules []MarkRule
+	// Qdisc is each link's root qdisc kind ("noqueue", "fq_codel", ...).
+	Qdisc map[string]string
+}
+
+// MarkRule is an ip rule matching an fwmark (wg-quick's full tunnel:
+// "not from all fwmark 0xca6c lookup 51820").
+type MarkRule struct {
+	Priority int
+	Mark     uint32
+	Invert   bool
+	Table    int
+	V6       bool
+}
+
+// ReadHost reads the host settings from proc (normally "/proc/sys") and
+// netlink. A setting that cannot be read is left at its zero value and
+// named in the error; the rest is still read.
+func ReadHost(h HostHandle, proc string) (Host, error) {
+	hs := Host{RPFilter: map[string]int{}, Qdisc: map[string]string{}}
+	var errs []error
+	sysctl := func(path string) int {
+		b, err := os.ReadFile(filepath.Join(proc, path))
+		if err != nil {
+			errs = append(errs, err)
+			return 0
+		}
+		v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", path, err))
+		}
+		return v
+	}
+	hs.RPFilterAll = sysctl("net/ipv4/conf/all/rp_filter")
+	hs.Forward4 = sysctl("net/ipv4/ip_forward") == 1
+	hs.Forward6 = sysctl("net/ipv6/conf/all/forwarding") == 1
+	hs.SrcValidMark = sysctl("net/ipv4/conf/all/src_valid_mark") == 1
+	links, err := h.LinkList()
+	if err != nil {
+		return hs, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		name := l.Attrs().Name
+		if b, err := os.ReadFile(filepath.Join(proc, "net/ipv4/conf", name, "rp_filter")); err == nil {
+			v, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+			hs.RPFilter[name] = max(v, hs.RPFilterAll)
+		}
+		qs, err := h.QdiscList(l)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("qdiscs of %s: %w", name, err))
+			continue
+		}
+		for _, q := range qs {
+			if a := q.Attrs(); a.Parent == netlink.HANDLE_ROOT && a.LinkIndex == l.Attrs().Index {
+				hs.Qdisc[name] = q.Type()
+			}
+		}
+		if _, ok := hs.Qdisc[name]; !ok {
+			hs.Qdisc[name] = "noqueue" // no root qdisc listed: the device queues nothing
+		}
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, err := h.RuleList(fam)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list rules: %w", err))
+			continue
+		}
+		for _, r := range rules {
+			if r.Mark != 0 {
+				hs.MarkRules = append(hs.MarkRules, MarkRule{Priority: r.Priority, Mark: r.Mark, Invert: r.Invert, Table: r.Table, V6: fam == netlink.FAMILY_V6})
+			}
+		}
+	}
+	return hs, errors.Join(errs...)
 }

@@ -9,9 +9,10 @@ import (
 )
 
 // Ruleset is the part of an nftables ruleset (`nft -j list ruleset`) that
-// decides whether a new UDP packet reaches a local port: the base chains on
-// the prerouting and input hooks of the ip, ip6 and inet families, and the
-// chains they jump to.
+// decides whether a new UDP packet reaches a local port, and whether a new
+// packet is forwarded from or to a device: the base chains on the
+// prerouting, input and forward hooks of the ip, ip6 and inet families, and
+// the chains they jump to.
 type Ruleset struct {
 	chains map[string]*nftChain // by "family table name"
 	base   []*nftChain
@@ -51,14 +52,16 @@ func ParseRuleset(b []byte) (*Ruleset, error) {
 			}
 			ch := &nftChain{family: c.Family, table: c.Table, name: c.Name, hook: c.Hook, policy: c.Policy, prio: c.Prio}
 			rs.chains[ch.id()] = ch
-			if (c.Hook == "input" || c.Hook == "prerouting") && (c.Family == "ip" || c.Family == "ip6" || c.Family == "inet") {
+			if (c.Hook == "input" || c.Hook == "prerouting" || c.Hook == "forward") && (c.Family == "ip" || c.Family == "ip6" || c.Family == "inet") {
 				rs.base = append(rs.base, ch)
 			}
 		}
 	}
-	// In the order the kernel runs them: prerouting, then input, by priority.
+	// In the order the kernel runs them: prerouting, then input (or
+	// forward), by priority.
+	order := map[string]int{"prerouting": 0, "input": 1, "forward": 1}
 	slices.SortStableFunc(rs.base, func(a, b *nftChain) int {
-		return cmp.Or(cmp.Compare(b.hook, a.hook), cmp.Compare(a.prio, b.prio))
+		return cmp.Or(cmp.Compare(order[a.hook], order[b.hook]), cmp.Compare(a.prio, b.prio))
 	})
 	for _, obj := range doc.Nftables {
 		if raw, ok := obj["rule"]; ok {
@@ -91,10 +94,13 @@ type Verdict struct {
 }
 
 // packet is what the evaluation knows of the packet: a new UDP datagram to
-// port, from a peer on the network (not loopback).
+// port, from a peer on the network (not loopback); or, forwarded, a new
+// packet of any protocol from device iif or to device oif.
 type packet struct {
-	port int
-	v6   bool
+	port     int
+	v6       bool
+	forward  bool
+	iif, oif string // "" = not known
 }
 
 type outcome int
@@ -109,9 +115,26 @@ const (
 // base chain on the prerouting and input hooks; the first that drops it
 // decides.
 func (rs *Ruleset) UDPInput(port int, v6 bool) Verdict {
-	pk := packet{port, v6}
+	return rs.verdict(packet{port: port, v6: v6}, "prerouting", "input")
+}
+
+// Forward evaluates a new packet of any protocol forwarded from device
+// (from = true) or to it, IPv4 or IPv6, through every base chain on the
+// forward hook; the first that drops it for certain decides (a drop that
+// depends on the protocol, a port or an address is not one).
+func (rs *Ruleset) Forward(device string, from, v6 bool) Verdict {
+	pk := packet{v6: v6, forward: true}
+	if from {
+		pk.iif = device
+	} else {
+		pk.oif = device
+	}
+	return rs.verdict(pk, "forward")
+}
+
+func (rs *Ruleset) verdict(pk packet, hooks ...string) Verdict {
 	for _, ch := range rs.base {
-		if (ch.family == "ip" && v6) || (ch.family == "ip6" && !v6) {
+		if (ch.family == "ip" && pk.v6) || (ch.family == "ip6" && !pk.v6) || !slices.Contains(hooks, ch.hook) {
 			continue
 		}
 		var e eval
@@ -225,10 +248,12 @@ func matchExpr(raw json.RawMessage, pk packet) tri {
 		var p struct{ Protocol, Field string }
 		_ = json.Unmarshal(mt.Left["payload"], &p)
 		switch {
-		case (p.Protocol == "udp" || p.Protocol == "th") && p.Field == "dport":
-			value = float64(pk.port)
 		case p.Protocol == "ip" && pk.v6, p.Protocol == "ip6" && !pk.v6:
 			return no // an ip match never matches an IPv6 packet
+		case pk.forward:
+			return maybe // any protocol, any port, any address
+		case (p.Protocol == "udp" || p.Protocol == "th") && p.Field == "dport":
+			value = float64(pk.port)
 		case p.Protocol == "ip" && p.Field == "protocol", p.Protocol == "ip6" && p.Field == "nexthdr":
 			value = "udp"
 		case p.Protocol == "tcp", p.Protocol == "sctp", p.Protocol == "dccp", p.Protocol == "icmp", p.Protocol == "icmpv6", p.Protocol == "udplite":
@@ -241,10 +266,20 @@ func matchExpr(raw json.RawMessage, pk packet) tri {
 		_ = json.Unmarshal(mt.Left["meta"], &k)
 		switch k.Key {
 		case "l4proto":
+			if pk.forward {
+				return maybe
+			}
 			value = "udp"
 		case "nfproto":
 			value = map[bool]string{false: "ipv4", true: "ipv6"}[pk.v6]
-		case "iif", "iifname":
+		case "iif", "iifname", "oif", "oifname":
+			if name := map[bool]string{true: pk.iif, false: pk.oif}[k.Key[0] == 'i']; name != "" {
+				value = name
+				break
+			}
+			if pk.forward || k.Key[0] == 'o' {
+				return maybe
+			}
 			// From a peer, never on loopback; any other interface: cannot tell.
 			var s string
 			if json.Unmarshal(mt.Right, &s) == nil && s == "lo" {

@@ -68,3 +68,47 @@ func TestUDPInputEmptyRuleset(t *testing.T) {
 		t.Error("garbage parsed")
 	}
 }
+
+// A gateway's forward hook: policy drop, established traffic and the LAN
+// into the tunnel accepted. New packets from the tunnel are dropped for
+// certain; those to it only unless the LAN rule (an interface the check
+// cannot know for a packet to the tunnel) accepts them; IPv6 goes through
+// the same inet chain; a drop of TCP alone is no certain drop.
+func TestForwardThroughAGatewayRuleset(t *testing.T) {
+	rs, err := diagnose.ParseRuleset([]byte(`{"nftables": [
+		{"chain": {"family": "inet", "table": "gw", "name": "forward", "type": "filter", "hook": "forward", "prio": 0, "policy": "drop"}},
+		{"rule": {"family": "inet", "table": "gw", "chain": "forward", "handle": 2, "expr": [
+			{"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}, {"accept": null}]}},
+		{"rule": {"family": "inet", "table": "gw", "chain": "forward", "handle": 3, "expr": [
+			{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "lan0"}},
+			{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "wg0"}}, {"accept": null}]}},
+		{"chain": {"family": "ip", "table": "t", "name": "fwd", "type": "filter", "hook": "forward", "prio": -5, "policy": "accept"}},
+		{"rule": {"family": "ip", "table": "t", "chain": "fwd", "handle": 9, "expr": [
+			{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "wg1"}},
+			{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 22}}, {"drop": null}]}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		dev          string
+		from, v6     bool
+		drop, unless bool
+	}{
+		{"wg0", true, false, true, false},
+		{"wg0", true, true, true, false},
+		{"wg0", false, false, true, true},
+		{"wg1", false, false, true, false}, // the tcp/22 drop is not certain; the inet policy is
+	} {
+		v := rs.Forward(tc.dev, tc.from, tc.v6)
+		if v.Drop != tc.drop || v.Unless != tc.unless {
+			t.Errorf("%s from=%v v6=%v: %+v, want drop=%v unless=%v", tc.dev, tc.from, tc.v6, v, tc.drop, tc.unless)
+		}
+		if tc.drop && !tc.unless && !strings.Contains(v.Where, "policy drop of chain inet gw forward") {
+			t.Errorf("%s from=%v: decided at %q, want the inet policy", tc.dev, tc.from, v.Where)
+		}
+	}
+	// Input evaluation does not see the forward hook.
+	if v := rs.UDPInput(51820, false); v.Drop {
+		t.Errorf("a forward chain dropped input: %+v", v)
+	}
+}

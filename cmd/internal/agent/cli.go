@@ -154,7 +154,14 @@ func Diagnose(ctx context.Context, cfg Config, opts DiagnoseOptions) (Report, er
 	if k, err := diagnose.ReadKernel(opts.Routes); err != nil {
 		rep.Notes = append(rep.Notes, "routes not checked: "+err.Error())
 	} else {
-		n.Routes, n.LinkMTU = k.Routes, k.LinkMTU
+		n.Routes, n.LinkMTU, n.Addrs = k.Routes, k.LinkMTU, k.Addrs
+	}
+	if hh, ok := opts.Routes.(diagnose.HostHandle); ok {
+		h, err := diagnose.ReadHost(hh, "/proc/sys")
+		if err != nil {
+			rep.Notes = append(rep.Notes, "host settings read in part: "+err.Error())
+		}
+		n.Host = &h
 	}
 	fw := opts.Firewall
 	if fw == nil {

@@ -116,6 +116,8 @@ type statusComponent struct {
 	routesAt  time.Time
 	kernel    diagnose.Kernel
 	routesErr error
+	host      *diagnose.Host
+	hostErr   error
 	fwAt      time.Time
 	ruleset   *diagnose.Ruleset
 	fwErr     error
@@ -165,7 +167,7 @@ func failoverGroups(cfg Config) []diagnose.FailoverGroup {
 		if g.Mode == "endpoint" {
 			continue
 		}
-		fg := diagnose.FailoverGroup{Name: g.Name, Backup: g.Backup.Device}
+		fg := diagnose.FailoverGroup{Name: g.Name, Primary: g.Primary.Device, Backup: g.Backup.Device}
 		for _, s := range g.Prefixes {
 			if p, err := netip.ParsePrefix(s); err == nil {
 				fg.Prefixes = append(fg.Prefixes, p)
@@ -198,13 +200,21 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 			c.logger.Warn("cannot read the routing table; route checks skipped", "err", c.routesErr)
 		}
 		c.exportAddresses(s)
+		if hh, ok := c.routes.(diagnose.HostHandle); ok {
+			before := c.hostErr
+			h, err := diagnose.ReadHost(hh, "/proc/sys")
+			c.host, c.hostErr = &h, err
+			if err != nil && (before == nil || before.Error() != err.Error()) {
+				c.logger.Warn("cannot read every host setting (rp_filter, forwarding, ip rules, qdiscs); those checks see zero values", "err", err)
+			}
+		}
 	}
 	if now.Sub(c.fwAt) >= firewallEvery {
 		c.fwAt = now
 		c.ruleset, c.fwErr = c.firewall(ctx)
 	}
-	n := diagnose.Node{Now: now, NeverGrace: neverGrace, Routes: c.kernel.Routes, LinkMTU: c.kernel.LinkMTU,
-		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: map[string]int{}, Errors: map[string]error{}, Failover: c.failover}
+	n := diagnose.Node{Now: now, NeverGrace: neverGrace, Routes: c.kernel.Routes, LinkMTU: c.kernel.LinkMTU, Addrs: c.kernel.Addrs,
+		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: map[string]int{}, Errors: map[string]error{}, Failover: c.failover, Host: c.host}
 	for _, d := range s.Devices {
 		if !d.Stale {
 			n.Devices = append(n.Devices, d)
