@@ -58,10 +58,21 @@ func TestDiagnoseFindsEachFaultOnTheLab(t *testing.T) {
 
 	for _, ns := range []string{l.HubNamespace, dc1.Namespace} {
 		rep, code := runDiagnose(t, bin, ns)
-		if code != 0 || len(rep.Findings) != 0 || len(rep.Devices) == 0 {
-			t.Fatalf("clean lab, %s: exit %d, devices %v, findings %v", ns, code, rep.Devices, rep.Findings)
+		// This machine's kernel has no fq_codel, cake or fq ("Specified
+		// qdisc kind is unknown"), so every tunnel keeps its default qdisc
+		// and gets the qdisc_without_aqm info; nothing else may show.
+		var others, qdisc []diagnose.Finding
+		for _, f := range rep.Findings {
+			if f.Check == diagnose.CheckQdiscNoAQM && f.Severity == diagnose.Info {
+				qdisc = append(qdisc, f)
+			} else {
+				others = append(others, f)
+			}
 		}
-		t.Logf("clean lab, %s: %d devices (%s), no findings; notes %v", ns, len(rep.Devices), strings.Join(rep.Devices, " "), rep.Notes)
+		if code != 0 || len(others) != 0 || len(rep.Devices) == 0 {
+			t.Fatalf("clean lab, %s: exit %d, devices %v, findings %v", ns, code, rep.Devices, others)
+		}
+		t.Logf("clean lab, %s: %d devices (%s), no findings but %d qdisc infos; notes %v", ns, len(rep.Devices), strings.Join(rep.Devices, " "), len(qdisc), rep.Notes)
 	}
 
 	run := func(ns string, args ...string) {
@@ -97,6 +108,23 @@ func TestDiagnoseFindsEachFaultOnTheLab(t *testing.T) {
 				{"nft", "add", "rule", "inet", "wgpulse_test", "input", "udp", "dport", fmt.Sprint(p.HubListenPort), "drop"}},
 			[][]string{{"nft", "delete", "table", "inet", "wgpulse_test"}},
 			diagnose.CheckListenPortFiltered, p.HubDevice, 2, "dropped by rule handle"},
+		{"forwarding off on a gateway", dc1.Namespace,
+			[][]string{{"sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"}}, [][]string{{"sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"}},
+			diagnose.CheckForwardingOff, p.Device, 1, "net.ipv4.ip_forward is 0"},
+		{"fwmark rules without src_valid_mark", dc1.Namespace,
+			[][]string{{"wg", "set", p.Device, "fwmark", "0xca6c"}, {"ip", "rule", "add", "not", "fwmark", "0xca6c", "table", "51820", "priority", "32000"},
+				{"sh", "-c", "echo 0 > /proc/sys/net/ipv4/conf/all/src_valid_mark"}},
+			[][]string{{"ip", "rule", "del", "priority", "32000"}, {"wg", "set", p.Device, "fwmark", "0"}},
+			diagnose.CheckFwmarkWithoutSrcValidMark, p.Device, 1, "src_valid_mark is 0"},
+		{"a forward hook that drops the tunnel's traffic", dc1.Namespace,
+			[][]string{{"nft", "add", "table", "inet", "wgpulse_test"},
+				{"nft", "add", "chain", "inet", "wgpulse_test", "forward", "{ type filter hook forward priority 0; }"},
+				{"nft", "add", "rule", "inet", "wgpulse_test", "forward", "iifname", p.Device, "drop"}},
+			[][]string{{"nft", "delete", "table", "inet", "wgpulse_test"}},
+			diagnose.CheckForwardDropsTunnel, p.Device, 1, "new forwarded packets from " + p.Device + " are dropped by rule handle"},
+		{"a FIFO qdisc on the tunnel", dc1.Namespace,
+			[][]string{{"tc", "qdisc", "replace", "dev", p.Device, "root", "pfifo"}}, [][]string{{"tc", "qdisc", "del", "dev", p.Device, "root"}},
+			diagnose.CheckQdiscNoAQM, p.Device, 0, "root qdisc pfifo:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, c := range tc.fault {
@@ -176,5 +204,28 @@ func TestDiagnoseChecksFailoverGroupsOnTheLab(t *testing.T) {
 	t.Logf("exit %d: %s", code, hit)
 	if rep, code := diag(); code != 0 {
 		t.Errorf("after restoring AllowedIPs: exit %d, %v", code, rep.Findings)
+	}
+
+	// Strict reverse-path filtering on the group's backup.
+	rpFilter := "/proc/sys/net/ipv4/conf/" + b.Device + "/rp_filter"
+	if out, err := lab.Command(dc1.Namespace, "sh", "-c", "echo 1 > "+rpFilter).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	rep, code = diag()
+	if out, err := lab.Command(dc1.Namespace, "sh", "-c", "echo 0 > "+rpFilter).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	hit = nil
+	for i, f := range rep.Findings {
+		if f.Check == diagnose.CheckRPFilterStrict && f.Device == b.Device {
+			hit = &rep.Findings[i]
+		}
+	}
+	if hit == nil || code != 1 || !strings.Contains(hit.Object, "failover group hub, device "+b.Device) || hit.Fix == "" {
+		t.Fatalf("exit %d; want a %s finding for group hub on %s; got %v", code, diagnose.CheckRPFilterStrict, b.Device, rep.Findings)
+	}
+	t.Logf("exit %d: %s", code, hit)
+	if rep, code := diag(); code != 0 {
+		t.Errorf("after loosening rp_filter: exit %d, %v", code, rep.Findings)
 	}
 }

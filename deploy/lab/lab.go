@@ -228,6 +228,14 @@ func Up(ctx context.Context, cfg Config, opts Options) (l *Lab, err error) {
 			return l, err
 		}
 	}
+	// The hub and the sites are gateways of their LANs: they forward, as
+	// wgpulse diagnose (forwarding_off) expects of a node that routes LAN
+	// prefixes into a tunnel.
+	for _, ns := range append([]string{l.HubNamespace}, prefixAll(p+"-", cfg.Sites)...) {
+		if out, err := Command(ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward").CombinedOutput(); err != nil {
+			return l, fmt.Errorf("enabling IPv4 forwarding in %s: %v: %s", ns, err, out)
+		}
+	}
 	if err := addLANAddress(l.HubNamespace, "10.50.0.1"); err != nil {
 		return l, err
 	}
