@@ -1,6 +1,7 @@
 package vm_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -55,6 +56,30 @@ remediate:
       backup: {device: wgsb, target: %s}
       hold_down: %s
 `, hubLAN, primaryHub, backupHub, holdDown)
+	}
+
+	// The qdisc check on a kernel that has fair queueing: kernel WireGuard
+	// devices come up with noqueue (info); fq_codel answers it.
+	findings := func() map[string]bool { // "check device" of wgpulse diagnose in the site
+		out, errOut, _, err := site.Exec(time.Minute, "wgpulse", "diagnose", "--json", "--no-agent")
+		var rep struct {
+			Findings []struct{ Check, Device string }
+		}
+		if err != nil || json.Unmarshal([]byte(out), &rep) != nil {
+			t.Fatalf("wgpulse diagnose in the site: %v\n%s%s", err, out, errOut)
+		}
+		m := map[string]bool{}
+		for _, f := range rep.Findings {
+			m[f.Check+" "+f.Device] = true
+		}
+		return m
+	}
+	if f := findings(); !f["qdisc_without_aqm wgsp"] || f["forwarding_off wgsp"] {
+		t.Errorf("wgpulse diagnose on the site: %v, want qdisc_without_aqm on wgsp (noqueue) and no forwarding_off (no LAN)", f)
+	}
+	must(t, site, "tc", "qdisc", "replace", "dev", "wgsp", "root", "fq_codel")
+	if f := findings(); f["qdisc_without_aqm wgsp"] || !f["qdisc_without_aqm wgsb"] {
+		t.Errorf("after tc qdisc replace dev wgsp root fq_codel: %v, want the info on wgsb only", f)
 	}
 
 	phase := time.Now()
