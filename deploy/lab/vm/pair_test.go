@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgpulse/wgpulse/deploy/lab/vm"
@@ -196,4 +199,54 @@ func journal(t *testing.T, n *vm.Node) string {
 func countIn(n *vm.Node, re string) int {
 	out, _, _, _ := n.Exec(20*time.Second, "sh", "-c", "journalctl -u wgpulse --no-pager -o cat | grep -cE '"+re+"' || true")
 	return atoi(out)
+}
+
+// scrape is one scrape of an agent, by metric family.
+type scrape map[string]*dto.MetricFamily
+
+// scrapeAgent scrapes the agent in n (false when it does not answer).
+func scrapeAgent(t *testing.T, n *vm.Node) (scrape, bool) {
+	t.Helper()
+	body, code, err := n.Get("http://127.0.0.1:9586/metrics")
+	if err != nil || code != 200 {
+		return nil, false
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("parsing the agent's metrics in %s: %v", n.Name, err)
+	}
+	return mfs, true
+}
+
+func labelMap(m *dto.Metric) map[string]string {
+	l := map[string]string{}
+	for _, lp := range m.GetLabel() {
+		l[lp.GetName()] = lp.GetValue()
+	}
+	return l
+}
+
+// value is the first series of name on device (and peer, when given).
+func (s scrape) value(name, device, peer string) (float64, bool) {
+	for _, m := range s[name].GetMetric() {
+		if l := labelMap(m); l["device"] == device && (peer == "" || l["public_key"] == peer) {
+			if m.Counter != nil {
+				return m.GetCounter().GetValue(), true
+			}
+			return m.GetGauge().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+// labels are the label sets of name's series for a peer of device.
+func (s scrape) labels(name, device, peer string) []map[string]string {
+	var out []map[string]string
+	for _, m := range s[name].GetMetric() {
+		if l := labelMap(m); l["device"] == device && l["public_key"] == peer {
+			out = append(out, l)
+		}
+	}
+	return out
 }

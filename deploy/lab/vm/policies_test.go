@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/wgpulse/wgpulse/deploy/lab/vm"
 )
 
@@ -281,55 +278,21 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 // for a peer in n.
 func peerEndpoint(t *testing.T, n *vm.Node, device, peer string) string {
 	t.Helper()
-	body, _, err := n.Get("http://127.0.0.1:9586/metrics")
-	if err != nil {
-		t.Fatal(err)
+	sc, _ := scrapeAgent(t, n)
+	ls := sc.labels("wireguard_peer_info", device, peer)
+	if len(ls) == 0 {
+		t.Fatalf("no wireguard_peer_info for %s on %s in %s", peer, device, n.Name)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range mfs["wireguard_peer_info"].GetMetric() {
-		l := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			l[lp.GetName()] = lp.GetValue()
-		}
-		if l["device"] == device && l["public_key"] == peer {
-			return l["endpoint"]
-		}
-	}
-	t.Fatalf("no wireguard_peer_info for %s on %s in %s", peer, device, n.Name)
-	return ""
+	return ls[0]["endpoint"]
 }
 
 // metric is one series of the agent in n: the first of name on device (and
 // peer, when given).
 func metric(t *testing.T, n *vm.Node, name, device, peer string) (float64, bool) {
 	t.Helper()
-	body, code, err := n.Get("http://127.0.0.1:9586/metrics")
-	if err != nil || code != 200 {
+	sc, ok := scrapeAgent(t, n)
+	if !ok {
 		return 0, false
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("parsing the agent's metrics in %s: %v", n.Name, err)
-	}
-	for _, m := range mfs[name].GetMetric() {
-		l := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			l[lp.GetName()] = lp.GetValue()
-		}
-		if l["device"] != device || (peer != "" && l["public_key"] != peer) {
-			continue
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue(), true
-		default:
-			return m.GetGauge().GetValue(), true
-		}
-	}
-	return 0, false
+	return sc.value(name, device, peer)
 }

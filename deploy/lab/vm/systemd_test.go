@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
 	"github.com/wgpulse/wgpulse/deploy/lab/vm"
 )
 
@@ -276,49 +273,15 @@ func compareContract(t *testing.T, n *vm.Node) ([]string, int) {
 	t.Helper()
 	var problems []string
 	errorf := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)) }
-	body, code, err := n.Get("http://127.0.0.1:9586/metrics")
-	if err != nil || code != 200 {
-		t.Fatalf("scraping the agent in %s: %d %v", n.Name, code, err)
+	sc, ok := scrapeAgent(t, n)
+	if !ok {
+		t.Fatalf("scraping the agent in %s failed", n.Name)
 	}
 	dump, err := n.Run("wg", "show", "all", "dump")
 	if err != nil {
 		t.Fatal(err)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	value := func(name, device, key string) (float64, bool) {
-		for _, m := range mfs[name].GetMetric() {
-			l := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
-			}
-			if l["device"] == device && (key == "" || l["public_key"] == key) {
-				switch {
-				case m.Counter != nil:
-					return m.GetCounter().GetValue(), true
-				default:
-					return m.GetGauge().GetValue(), true
-				}
-			}
-		}
-		return 0, false
-	}
-	labelsOf := func(name, device, key string) []map[string]string {
-		var out []map[string]string
-		for _, m := range mfs[name].GetMetric() {
-			l := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
-			}
-			if l["device"] == device && l["public_key"] == key {
-				out = append(out, l)
-			}
-		}
-		return out
-	}
+	value, labelsOf := sc.value, sc.labels
 	peers := 0
 	for _, line := range strings.Split(strings.TrimSpace(dump), "\n") {
 		f := strings.Split(line, "\t")
