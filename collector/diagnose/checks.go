@@ -530,8 +530,9 @@ func (c *checker) host(d *collector.Device) {
 	// forwarding.
 	for _, v6 := range []bool{false, true} {
 		on := map[bool]bool{false: h.Forward4, true: h.Forward6}[v6]
+		unread := h.Unread[map[bool]string{false: "net.ipv4.ip_forward", true: "net.ipv6.conf.all.forwarding"}[v6]]
 		lanLink, lan := c.lan(v6)
-		if on || !lan.IsValid() {
+		if on || unread || !lan.IsValid() {
 			continue
 		}
 		for _, r := range c.Routes {
@@ -552,7 +553,7 @@ func (c *checker) host(d *collector.Device) {
 	// wg-quick's full tunnel: rules by the device's fwmark need
 	// src_valid_mark, or reverse-path filtering checks the tunnel's replies
 	// against the main table and drops them.
-	if d.FirewallMark != 0 && !h.SrcValidMark {
+	if d.FirewallMark != 0 && !h.SrcValidMark && !h.Unread["net.ipv4.conf.all.src_valid_mark"] {
 		for _, r := range h.MarkRules {
 			if r.V6 || r.Mark != uint32(d.FirewallMark) {
 				continue

@@ -232,3 +232,16 @@ func TestForwardingOffWithoutALANIsFine(t *testing.T) {
 		t.Errorf("findings %v", fs)
 	}
 }
+
+// A sysctl that could not be read (IPv6 disabled, a sandbox hiding
+// /proc/sys) skips the checks that need it: no finding from a zero.
+func TestUnreadSysctlsAreNoFindings(t *testing.T) {
+	n := cleanNode(t)
+	n.Host.Forward4 = false
+	n.Devices[0].FirewallMark = 0xca6c
+	n.Host.MarkRules = []diagnose.MarkRule{{Priority: 32764, Mark: 0xca6c, Invert: true, Table: 51820}}
+	n.Host.Unread = map[string]bool{"net.ipv4.ip_forward": true, "net.ipv4.conf.all.src_valid_mark": true}
+	if fs := diagnose.Check(n); len(fs) != 0 {
+		t.Errorf("findings from unread sysctls: %v", fs)
+	}
+}

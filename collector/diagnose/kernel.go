@@ -150,6 +150,9 @@ type Host struct {
 	MarkRules []MarkRule
 	// Qdisc is each link's root qdisc kind ("noqueue", "fq_codel", ...).
 	Qdisc map[string]string
+	// Unread are the sysctls (dotted names) that could not be read: the
+	// checks that need them are skipped rather than fed a zero.
+	Unread map[string]bool
 }
 
 // MarkRule is an ip rule matching an fwmark (wg-quick's full tunnel:
@@ -166,16 +169,16 @@ type MarkRule struct {
 // netlink. A setting that cannot be read is left at its zero value and
 // named in the error; the rest is still read.
 func ReadHost(h HostHandle, proc string) (Host, error) {
-	hs := Host{RPFilter: map[string]int{}, Qdisc: map[string]string{}}
+	hs := Host{RPFilter: map[string]int{}, Qdisc: map[string]string{}, Unread: map[string]bool{}}
 	var errs []error
 	sysctl := func(path string) int {
 		b, err := os.ReadFile(filepath.Join(proc, path))
-		if err != nil {
-			errs = append(errs, err)
-			return 0
+		var v int
+		if err == nil {
+			v, err = strconv.Atoi(strings.TrimSpace(string(b)))
 		}
-		v, err := strconv.Atoi(strings.TrimSpace(string(b)))
 		if err != nil {
+			hs.Unread[strings.ReplaceAll(path, "/", ".")] = true
 			errs = append(errs, fmt.Errorf("%s: %w", path, err))
 		}
 		return v
@@ -188,23 +191,27 @@ func ReadHost(h HostHandle, proc string) (Host, error) {
 	if err != nil {
 		return hs, fmt.Errorf("list links: %w", err)
 	}
+	qs, qerr := h.QdiscList(nil) // every link's, in one dump
+	if qerr != nil {
+		errs = append(errs, fmt.Errorf("list qdiscs: %w", qerr))
+	}
+	root := map[int]string{}
+	for _, q := range qs {
+		if a := q.Attrs(); a.Parent == netlink.HANDLE_ROOT {
+			root[a.LinkIndex] = q.Type()
+		}
+	}
 	for _, l := range links {
 		name := l.Attrs().Name
 		if b, err := os.ReadFile(filepath.Join(proc, "net/ipv4/conf", name, "rp_filter")); err == nil {
 			v, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 			hs.RPFilter[name] = max(v, hs.RPFilterAll)
 		}
-		qs, err := h.QdiscList(l)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("qdiscs of %s: %w", name, err))
-			continue
-		}
-		for _, q := range qs {
-			if a := q.Attrs(); a.Parent == netlink.HANDLE_ROOT && a.LinkIndex == l.Attrs().Index {
-				hs.Qdisc[name] = q.Type()
-			}
-		}
-		if _, ok := hs.Qdisc[name]; !ok {
+		switch q, ok := root[l.Attrs().Index]; {
+		case qerr != nil:
+		case ok:
+			hs.Qdisc[name] = q
+		default:
 			hs.Qdisc[name] = "noqueue" // no root qdisc listed: the device queues nothing
 		}
 	}
