@@ -12,7 +12,8 @@ import (
 
 // BenchmarkCheck runs every check on a hub of 10,000 peers, each with a
 // tunnel address and a LAN routed into the device, as the agent does on
-// every poll.
+// every poll: a gateway (forwarding on, a LAN on eth1) with its host
+// settings read.
 func BenchmarkCheck(b *testing.B) {
 	const n = 10000
 	d := collector.Device{Name: "wg0", PublicKey: keyDev0, ListenPort: 51820, MTU: 1420}
@@ -34,7 +35,9 @@ func BenchmarkCheck(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	node := diagnose.Node{Now: time.Now(), Devices: []collector.Device{d}, Routes: routes, LinkMTU: map[string]int{"eth0": 1500, "wg0": 1420}, Firewall: rs}
+	node := diagnose.Node{Now: time.Now(), Devices: []collector.Device{d}, Routes: routes, LinkMTU: map[string]int{"eth0": 1500, "wg0": 1420}, Firewall: rs,
+		Addrs: map[string][]netip.Prefix{"eth0": {netip.MustParsePrefix("192.0.2.1/24")}, "eth1": {netip.MustParsePrefix("172.16.0.1/24")}},
+		Host:  &diagnose.Host{Forward4: true, Forward6: true, RPFilter: map[string]int{"wg0": 2}, Qdisc: map[string]string{"wg0": "fq_codel"}}}
 	var fs []diagnose.Finding
 	for b.Loop() {
 		fs = diagnose.Check(node)

@@ -124,6 +124,7 @@ type checker struct {
 	byName  map[string]*collector.Device
 	routes  *prefixIndex[*Route]                     // the main table, best route per prefix
 	allowed map[string]*prefixIndex[*collector.Peer] // AllowedIPs by device
+	lans    [2]*lanAddr                              // IPv4, IPv6: worked out on first use
 	out     []Finding
 }
 
@@ -529,23 +530,20 @@ func (c *checker) host(d *collector.Device) {
 	// (a laptop, a one-NIC cloud VM) has no such link and needs no
 	// forwarding.
 	for _, v6 := range []bool{false, true} {
-		on := map[bool]bool{false: h.Forward4, true: h.Forward6}[v6]
-		unread := h.Unread[map[bool]string{false: "net.ipv4.ip_forward", true: "net.ipv6.conf.all.forwarding"}[v6]]
-		lanLink, lan := c.lan(v6)
-		if on || unread || !lan.IsValid() {
+		on, sysctl := h.forwarding(v6)
+		if on || h.Unread[sysctl] {
+			continue
+		}
+		lan := c.lan(v6)
+		if !lan.addr.IsValid() {
 			continue
 		}
 		for _, r := range c.Routes {
-			host := 32
-			if v6 {
-				host = 128
-			}
-			if r.Device != d.Name || r.Protocol == protoKernel || r.Dst.Addr().Is6() != v6 || r.Dst.Bits() == host {
+			if r.Device != d.Name || r.Protocol == protoKernel || r.Dst.Addr().Is6() != v6 || r.Dst.IsSingleIP() {
 				continue
 			}
-			sysctl := map[bool]string{false: "net.ipv4.ip_forward", true: "net.ipv6.conf.all.forwarding"}[v6]
 			c.add(Finding{Severity: Warning, Check: CheckForwardingOff, Device: d.Name, PublicKey: d.PublicKey, Object: fmt.Sprintf("route %s dev %s", r.Dst, d.Name),
-				Evidence: fmt.Sprintf("%s is routed into %s and %s holds %s (a LAN this node is the gateway of), but %s is 0: packets of the LAN's hosts to %s, and from the tunnel to them, are dropped here", r.Dst, d.Name, lanLink, lan, sysctl, r.Dst),
+				Evidence: fmt.Sprintf("%s is routed into %s and %s holds %s (a LAN this node is the gateway of), but %s is 0: packets of the LAN's hosts to %s, and from the tunnel to them, are dropped here", r.Dst, d.Name, lan.link, lan.addr, sysctl, r.Dst),
 				Fix:      fmt.Sprintf("sysctl -w %s=1 (and in /etc/sysctl.d/) if this node routes for that LAN; nothing, if only this node itself uses the tunnel", sysctl)})
 			break
 		}
@@ -572,7 +570,7 @@ func (c *checker) host(d *collector.Device) {
 	// that forwards.
 	if c.Firewall != nil {
 		for _, v6 := range []bool{false, true} {
-			if on := map[bool]bool{false: h.Forward4, true: h.Forward6}[v6]; !on {
+			if on, _ := h.forwarding(v6); !on {
 				continue
 			}
 			family := map[bool]string{false: "IPv4", true: "IPv6"}[v6]
@@ -600,10 +598,38 @@ func (c *checker) host(d *collector.Device) {
 	}
 }
 
+// forwarding is whether the node forwards the family, and the sysctl
+// that says so.
+func (h *Host) forwarding(v6 bool) (bool, string) {
+	if v6 {
+		return h.Forward6, "net.ipv6.conf.all.forwarding"
+	}
+	return h.Forward4, "net.ipv4.ip_forward"
+}
+
+// lanAddr is a LAN of the node: a private address on a link.
+type lanAddr struct {
+	link string
+	addr netip.Prefix // invalid: none
+}
+
 // lan is a private address of the family on a link that is neither a
 // WireGuard device nor the underlay to a peer's endpoint, by link name
-// order; invalid when there is none.
-func (c *checker) lan(v6 bool) (string, netip.Prefix) {
+// order. It looks up every peer's endpoint, so it is worked out once per
+// Check, and only when a check needs it.
+func (c *checker) lan(v6 bool) lanAddr {
+	i := 0
+	if v6 {
+		i = 1
+	}
+	if c.lans[i] == nil {
+		c.lans[i] = &lanAddr{}
+		c.lans[i].link, c.lans[i].addr = c.findLAN(v6)
+	}
+	return *c.lans[i]
+}
+
+func (c *checker) findLAN(v6 bool) (string, netip.Prefix) {
 	under := map[string]bool{}
 	for _, d := range c.Devices {
 		under[d.Name] = true
