@@ -63,7 +63,7 @@ bench:
 # seed corpora (testdata/fuzz and f.Add). A crash stops with the input saved
 # under testdata/fuzz: commit it as the regression test.
 FUZZTIME ?= 60s
-FUZZ_TARGETS := FuzzParseEchoReply:./prober FuzzParseConfig:./cmd/internal/agent FuzzParsePeerNames:./collector \
+FUZZ_TARGETS := FuzzParseEchoReply:./prober FuzzParseConfig:./cmd/internal/agent FuzzParsePeerFile:./collector \
                 FuzzNftRuleset:./collector/diagnose FuzzLoadState:./remediate
 fuzz:
 	@printf '%-20s %-22s %8s %12s  %s\n' target package time execs result

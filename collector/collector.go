@@ -61,9 +61,9 @@ type Collector struct {
 	listUAPI func() ([]string, error)
 	now      func() time.Time
 
-	mu    sync.Mutex // guards cfg and names (changed by ApplyConfig)
+	mu    sync.Mutex // guards cfg and files (changed by ApplyConfig)
 	cfg   Config
-	names map[string]string
+	files PeerFiles
 
 	snap    atomic.Pointer[Snapshot]
 	snaps   *stream.Hub[*Snapshot]
@@ -100,7 +100,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Collector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	names, err := LoadPeerNames(cfg.PeerNames, cfg.PeerNamesFiles)
+	files, err := LoadPeerFiles(cfg.PeerNames, cfg.PeerNamesFiles)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Collector, error) {
 		listUAPI: opts.ListUAPI,
 		now:      opts.Now,
 		cfg:      cfg,
-		names:    names,
+		files:    files,
 		tracks:   make(map[string]*deviceTrack),
 		errKind:  make(map[string]string),
 		self:     newSelfMetrics(),
@@ -133,12 +133,12 @@ func (c *Collector) ApplyConfig(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	names, err := LoadPeerNames(cfg.PeerNames, cfg.PeerNamesFiles)
+	files, err := LoadPeerFiles(cfg.PeerNames, cfg.PeerNamesFiles)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	c.cfg, c.names = cfg, names
+	c.cfg, c.files = cfg, files
 	c.mu.Unlock()
 	return nil
 }
@@ -182,7 +182,7 @@ func (c *Collector) Run(ctx context.Context) {
 func (c *Collector) Poll() *Snapshot {
 	start := c.now()
 	c.mu.Lock()
-	cfg, names := c.cfg, c.names
+	cfg, files := c.cfg, c.files
 	c.mu.Unlock()
 
 	snap := &Snapshot{Time: start, Errors: map[string]error{}}
@@ -213,7 +213,7 @@ func (c *Collector) Poll() *Snapshot {
 			continue
 		}
 		c.noteOK(name)
-		dev := c.track(d, mtus[name], names, start, gen)
+		dev := c.track(d, mtus[name], files, start, gen)
 		c.tracks[name].last = dev
 		snap.Devices = append(snap.Devices, dev)
 	}
@@ -239,7 +239,7 @@ func (c *Collector) Poll() *Snapshot {
 }
 
 // track converts a wgctrl device into a Device, updating change detection.
-func (c *Collector) track(d *wgtypes.Device, mtu int, names map[string]string, now time.Time, gen uint64) Device {
+func (c *Collector) track(d *wgtypes.Device, mtu int, files PeerFiles, now time.Time, gen uint64) Device {
 	dt := c.tracks[d.Name]
 	if dt == nil {
 		dt = &deviceTrack{peers: make(map[wgtypes.Key]*peerTrack, len(d.Peers))}
@@ -269,7 +269,7 @@ func (c *Collector) track(d *wgtypes.Device, mtu int, names map[string]string, n
 			dt.peers[p.PublicKey] = pt
 		}
 		if state != pt.hs {
-			c.changes.Publish(Change{Time: now, Device: d.Name, PublicKey: pt.key, Name: names[pt.key], From: pt.hs, To: state})
+			c.changes.Publish(Change{Time: now, Device: d.Name, PublicKey: pt.key, Name: files.Names[pt.key], From: pt.hs, To: state})
 			pt.hs, pt.hsSince = state, now
 		}
 		pt.seen = gen
@@ -290,7 +290,8 @@ func (c *Collector) track(d *wgtypes.Device, mtu int, names map[string]string, n
 		}
 		out.Peers[i] = Peer{
 			PublicKey:           pt.key,
-			Name:                names[pt.key],
+			Name:                files.Names[pt.key],
+			EndpointHost:        files.Hosts[pt.key],
 			Endpoint:            ep,
 			LastHandshake:       hs,
 			Handshake:           pt.hs,

@@ -395,6 +395,47 @@ PublicKey = %s
 	}
 }
 
+// Endpoint lines that name a host are kept for remediate.reresolve; those
+// that hold an address, or no valid port, are not.
+func TestEndpointHostsFromFiles(t *testing.T) {
+	a, b, c, d := key(t, 1), key(t, 2), key(t, 3), key(t, 4)
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`[Interface]
+PrivateKey = %s
+ListenPort = 51820
+
+[Peer]
+Endpoint = hub.example.net:51820
+PublicKey = %s
+
+[Peer]
+PublicKey = %s
+Endpoint = 198.51.100.1:51820
+
+[Peer]
+PublicKey = %s
+endpoint=[2001:db8::1]:51820
+
+[Peer]
+PublicKey = %s
+Endpoint = hub2.example.net:0
+`, key(t, 9).String(), a.String(), b.String(), c.String(), d.String())
+	if err := os.WriteFile(filepath.Join(dir, "wg0.conf"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := collector.DefaultConfig()
+	cfg.PeerNamesFiles = filepath.Join(dir, "*.conf")
+	dev := &wgtypes.Device{Name: "wg0", Peers: []wgtypes.Peer{{PublicKey: a}, {PublicKey: b}, {PublicKey: c}, {PublicKey: d}}}
+	col := newCollector(t, cfg, &fakeClient{devices: func(string) (*wgtypes.Device, error) { return dev, nil }}, &fakeLinks{}, []string{"wg0"}, nil)
+	var got []string
+	for _, p := range col.Poll().Devices[0].Peers {
+		got = append(got, p.EndpointHost)
+	}
+	if diff := cmp.Diff([]string{"hub.example.net:51820", "", "", ""}, got); diff != "" {
+		t.Fatalf("endpoint hosts (-want +got):\n%s", diff)
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	tests := []struct {
 		name string

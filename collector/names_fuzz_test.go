@@ -11,17 +11,31 @@ import (
 // wg-quick files hold private and preshared keys. Whatever a file holds,
 // parsing it never crashes, keeps only valid public keys with one-line
 // names, and no secret of it ever reaches the names or the error.
-func FuzzParsePeerNames(f *testing.F) {
+func FuzzParsePeerFile(f *testing.F) {
 	const pub, priv = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0cz0="
 	f.Add([]byte("[Interface]\nPrivateKey = " + priv + "\n\n[Peer]\n# Name = aws-eu\nPublicKey = " + pub + "\nPresharedKey = " + priv + "\nEndpoint = 198.51.100.1:51820\n"))
 	f.Add([]byte("[Peer]\nPublicKey = " + pub + "\n# name=dc1\n[peer]\nPublicKey = not-a-key\n"))
 	f.Add([]byte("[Peer]\r\n#Name=x\r\nPublicKey=" + pub + "\r\n"))
 	f.Add([]byte("[Peer]\nPublicKey = " + priv + "\n# Name = leaks?\n"))
+	f.Add([]byte("[Peer]\nEndpoint = hub.example.net:51820\nPublicKey = " + pub + "\n[Peer]\nPublicKey = " + pub + "\nEndpoint = [2001:db8::1]:51820\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		names := map[string]string{}
-		err := parseNames(bytes.NewReader(b), names)
+		pf := PeerFiles{Names: map[string]string{}, Hosts: map[string]string{}}
+		err := parsePeerFile(bytes.NewReader(b), pf)
 		secrets := secretsOf(string(b))
-		for k, v := range names {
+		for k, h := range pf.Hosts {
+			if _, perr := wgtypes.ParseKey(k); perr != nil {
+				t.Fatalf("kept a host for %q, not a WireGuard key", k)
+			}
+			if _, ok := EndpointHost(h); !ok || strings.ContainsAny(h, "\r\n") {
+				t.Fatalf("host %q is not a host:port", h)
+			}
+			for _, s := range secrets {
+				if strings.Contains(h, s) {
+					t.Fatalf("a private or preshared key reached a host: %q", h)
+				}
+			}
+		}
+		for k, v := range pf.Names {
 			if _, perr := wgtypes.ParseKey(k); perr != nil {
 				t.Fatalf("kept %q, not a WireGuard key", k)
 			}

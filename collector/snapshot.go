@@ -49,6 +49,10 @@ type Peer struct {
 	Name string
 	// Endpoint is the peer's current UDP endpoint; invalid when unknown.
 	Endpoint netip.AddrPort
+	// EndpointHost is the host:port of the peer's `Endpoint` in a wg-quick
+	// file of collector.peer_names_files when it names a host; empty
+	// otherwise (remediate.reresolve resolves it again).
+	EndpointHost string
 	// LastHandshake is zero when the peer never completed a handshake.
 	LastHandshake time.Time
 	// Handshake is the session's state as of the poll and HandshakeSince

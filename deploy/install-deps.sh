@@ -20,6 +20,7 @@ declare -A pkg_for=(
   [qemu-system-x86_64]=qemu-system-x86
   [debootstrap]=debootstrap
   [cpio]=cpio
+  [dnsmasq]=dnsmasq-base
 )
 missing=()
 for cmd in "${!pkg_for[@]}"; do
