@@ -13,6 +13,7 @@ import (
 	"github.com/wgpulse/wgpulse/remediate/failover"
 	"github.com/wgpulse/wgpulse/remediate/keepalive"
 	"github.com/wgpulse/wgpulse/remediate/mtu"
+	"github.com/wgpulse/wgpulse/remediate/reresolve"
 )
 
 // Config is the `remediate:` section.
@@ -24,12 +25,15 @@ type Config struct {
 	MTU mtu.Config `yaml:"mtu"`
 	// Keepalive sets PersistentKeepalive below NAT mapping lifetimes.
 	Keepalive keepalive.Config `yaml:"keepalive"`
+	// Reresolve points peers at their hostname's new address when the
+	// handshake goes stale.
+	Reresolve reresolve.Config `yaml:"reresolve"`
 }
 
 // DefaultConfig is the section's defaults: dry-run, no failover group, the
 // per-peer policies off.
 func DefaultConfig() Config {
-	return Config{Config: remediate.DefaultConfig(), MTU: mtu.DefaultConfig(), Keepalive: keepalive.DefaultConfig()}
+	return Config{Config: remediate.DefaultConfig(), MTU: mtu.DefaultConfig(), Keepalive: keepalive.DefaultConfig(), Reresolve: reresolve.DefaultConfig()}
 }
 
 // section is one policy's part of the config: how to check it and what
@@ -45,7 +49,20 @@ func (c Config) registry() []section {
 		{c.Failover.Validate, func() remediate.Policy { return failover.New(c.Failover) }},
 		{c.MTU.Validate, func() remediate.Policy { return mtu.New(c.MTU) }},
 		{c.Keepalive.Validate, func() remediate.Policy { return keepalive.New(c.Keepalive) }},
+		{c.Reresolve.Validate, func() remediate.Policy { return reresolve.New(c.Reresolve, nil, c.endpointOwners()) }},
 	}
+}
+
+// endpointOwners are the peers whose endpoint an endpoint-mode failover
+// group moves (device/public key -> group): reresolve leaves them alone.
+func (c Config) endpointOwners() map[string]string {
+	out := map[string]string{}
+	for _, g := range c.Failover {
+		if g.Mode == "endpoint" {
+			out[remediate.PeerKey(g.Device, g.Peer)] = g.Name
+		}
+	}
+	return out
 }
 
 // Validate names the offending field ("failover[0].backup.device").

@@ -293,6 +293,7 @@ type fakeWG struct {
 	endpoint  map[string]netip.AddrPort // device -> the peer's endpoint
 	allowed   map[string][]string       // device -> more AllowedIPs of its peer
 	rx        map[string]int64          // device -> bytes received from its peer
+	tx        map[string]int64          // device -> bytes sent to its peer
 	keepalive map[string]time.Duration
 	more      map[string][]string // device -> the /32 of further peers (keys from moreKey)
 	writes    []string            // ConfigureDevice calls
@@ -324,7 +325,7 @@ func (f *fakeWG) Device(name string) (*wgtypes.Device, error) {
 	}
 	_, ip, _ := net.ParseCIDR(f.peers[name] + "/32")
 	p := wgtypes.Peer{PublicKey: f.key(name), AllowedIPs: []net.IPNet{*ip}, LastHandshakeTime: f.handshake[name],
-		PersistentKeepaliveInterval: f.keepalive[name], ReceiveBytes: f.rx[name]}
+		PersistentKeepaliveInterval: f.keepalive[name], ReceiveBytes: f.rx[name], TransmitBytes: f.tx[name]}
 	for _, a := range f.allowed[name] {
 		_, n, _ := net.ParseCIDR(a)
 		p.AllowedIPs = append(p.AllowedIPs, *n)
@@ -513,7 +514,7 @@ func newRig(t *testing.T, cfg policies.Config) *rig {
 	now := time.Now()
 	r.wg = &fakeWG{peers: map[string]string{primaryDev: primaryTarget, backupDev: backupTarget, tunnelDev: tunnelTarget},
 		handshake: map[string]time.Time{primaryDev: now, backupDev: now, tunnelDev: now}, fail: map[string]bool{},
-		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}, rx: map[string]int64{},
+		endpoint: map[string]netip.AddrPort{tunnelDev: uplink1}, keepalive: map[string]time.Duration{}, rx: map[string]int64{}, tx: map[string]int64{},
 		allowed: map[string][]string{backupDev: {lan}}} // the backup's far end allows the LAN it carries on failover
 	return r
 }
