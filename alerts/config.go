@@ -44,6 +44,13 @@ type Config struct {
 	// ConfigProblemFor: a problem the agent's diagnose checks find, or one
 	// end's AllowedIPs missing the other end's address, for this long.
 	ConfigProblemFor time.Duration `yaml:"config_problem_for"`
+	// NodeDownRatio: more than this share of a node's tunnels broken at
+	// once (handshake missing or every probe lost), and at least
+	// NodeDownMin of them, is one outage of the node: one page
+	// (WireGuardNodeTunnelsDown) instead of one per tunnel.
+	NodeDownRatio float64       `yaml:"node_down_ratio"`
+	NodeDownMin   int           `yaml:"node_down_min"`
+	NodeDownFor   time.Duration `yaml:"node_down_for"`
 	// KeyRotation warns when a device's public key is older than this
 	// (wireguard_device_key_first_seen_seconds), e.g. 90d; 0 = no rule.
 	KeyRotation Duration `yaml:"key_rotation"`
@@ -76,6 +83,9 @@ func DefaultConfig() Config {
 		ProberFor:           10 * time.Minute,
 		AgentDownFor:        2 * time.Minute,
 		ConfigProblemFor:    10 * time.Minute,
+		NodeDownRatio:       0.5,
+		NodeDownMin:         2,
+		NodeDownFor:         30 * time.Second,
 		FailoverActiveFor:   time.Hour,
 		PausedFor:           time.Hour,
 		DampedFor:           time.Minute,
@@ -98,6 +108,12 @@ func (c Config) Validate() error {
 	if c.EndpointChanges < 1 {
 		fe("endpoint_changes", "must be at least 1, got %d", c.EndpointChanges)
 	}
+	if c.NodeDownRatio < 0 || c.NodeDownRatio >= 1 {
+		fe("node_down_ratio", "must be 0 (any share) up to below 1: more than this share of a node's tunnels down is one outage (default 0.5), got %v", c.NodeDownRatio)
+	}
+	if c.NodeDownMin < 2 {
+		fe("node_down_min", "must be at least 2 (one broken tunnel pages on its own), got %d", c.NodeDownMin)
+	}
 	// In the file's order, so errors come in a stable order.
 	type field struct {
 		name string
@@ -106,7 +122,7 @@ func (c Config) Validate() error {
 	for _, f := range []field{
 		{"handshake_for", c.HandshakeFor}, {"never_established_for", c.NeverEstablishedFor}, {"loss_for", c.LossFor},
 		{"rtt_for", c.RTTFor}, {"jitter_for", c.JitterFor}, {"probe_down_for", c.ProbeDownFor}, {"path_mtu_for", c.PathMTUFor},
-		{"prober_for", c.ProberFor}, {"agent_down_for", c.AgentDownFor}, {"config_problem_for", c.ConfigProblemFor}, {"failover_active_for", c.FailoverActiveFor},
+		{"prober_for", c.ProberFor}, {"agent_down_for", c.AgentDownFor}, {"config_problem_for", c.ConfigProblemFor}, {"node_down_for", c.NodeDownFor}, {"failover_active_for", c.FailoverActiveFor},
 		{"paused_for", c.PausedFor}, {"damped_for", c.DampedFor}, {"nat_unfixable_for", c.NATUnfixableFor},
 	} {
 		if f.d < 0 {

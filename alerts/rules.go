@@ -86,16 +86,60 @@ func forDur(d time.Duration) string {
 	return promDuration(d)
 }
 
+// The node-wide outage's recorded series: each broken tunnel, a node's
+// tunnels, and the nodes whose tunnels are down together.
+const (
+	TunnelBroken = "wgpulse:tunnel_broken"
+	NodeTunnels  = "wgpulse:node_tunnels:count"
+	NodeDown     = "wgpulse:node_tunnels_down:count"
+)
+
+// NodeRecords are the recording rules of the node-wide outage: a tunnel
+// (instance, job, device, public_key) is broken while its handshake is
+// missing or every probe to its peer's addresses is lost; a node is down
+// when at least node_down_min of its tunnels, and more than
+// node_down_ratio of them, are broken. They come first in their group, so
+// the alerts after them read this evaluation's values.
+func NodeRecords(c Config) []Rule {
+	missing := 180*time.Second + c.HandshakeGrace
+	by := "instance, job, device, public_key"
+	return []Rule{
+		{Record: TunnelBroken, Expr: fmt.Sprintf(`count by (%[1]s) ((time() - wireguard_peer_last_handshake_seconds > %[2]s) and wireguard_peer_last_handshake_seconds > 0)
+or
+count by (%[1]s) (wgpulse_probe_up{public_key!=""} == 0)`, by, num(missing.Seconds()))},
+		{Record: NodeTunnels, Expr: "count by (instance, job) (wireguard_peer_last_handshake_seconds)"},
+		{Record: NodeDown, Expr: fmt.Sprintf(`count by (instance, job) (%[1]s) >= %[2]d
+and
+count by (instance, job) (%[1]s) / on (instance, job) %[3]s > %[4]s`, TunnelBroken, c.NodeDownMin, NodeTunnels, num(c.NodeDownRatio))},
+	}
+}
+
+// heldBy is the clause that holds back a per-tunnel alert over window w
+// while a node-wide outage of its node is in that window: the loss is the
+// outage's, paged once by WireGuardNodeTunnelsDown, and the window would
+// otherwise fire the alert for every tunnel of the node after the heal.
+func heldBy(w time.Duration) string {
+	return fmt.Sprintf("unless on (instance, job) max_over_time(%s[%s])", NodeDown, promDuration(w))
+}
+
 // TunnelRules are the tunnel and agent alerts.
 func TunnelRules(c Config) RuleFile {
 	peer := "peer {{ $labels.name }} ({{ $labels.public_key }}) on {{ $labels.instance }}, device {{ $labels.device }}"
 	target := "tunnel to {{ $labels.name }} (target {{ $labels.target }}) on {{ $labels.instance }}, device {{ $labels.device }}"
 	missing := 180*time.Second + c.HandshakeGrace
 	job := fmt.Sprintf(`job=%q`, c.Job)
-	rules := []Rule{
+	rules := append(NodeRecords(c), []Rule{
+		{
+			Alert:  "WireGuardNodeTunnelsDown",
+			Expr:   NodeDown,
+			For:    forDur(c.NodeDownFor),
+			Labels: map[string]string{"severity": "critical"},
+			Annotations: c.annotate("WireGuardNodeTunnelsDown", "Most WireGuard tunnels of one node are down at once: one outage, one page.",
+				"{{ $value }} of {{ with printf `"+NodeTunnels+"{instance=%q,job=%q}` $labels.instance $labels.job | query }}{{ . | first | value }}{{ end }} tunnels on {{ $labels.instance }} are down at once (handshake missing or every probe lost), on devices {{ range $i, $s := printf `count by (device) ("+TunnelBroken+"{instance=%q,job=%q})` $labels.instance $labels.job | query | sortByLabel `device` }}{{ if $i }}, {{ end }}{{ $s.Labels.device }}{{ end }}. One cause is likely (the node's uplink, its firewall, the WireGuard service): the per-tunnel pages of this node are held back while this fires."),
+		},
 		{
 			Alert:  "WireGuardHandshakeMissing",
-			Expr:   fmt.Sprintf("(time() - wireguard_peer_last_handshake_seconds > %s) and wireguard_peer_last_handshake_seconds > 0", num(missing.Seconds())),
+			Expr:   fmt.Sprintf("(\n  (time() - wireguard_peer_last_handshake_seconds > %s) and wireguard_peer_last_handshake_seconds > 0\n)\nunless on (instance, job) %s", num(missing.Seconds()), NodeDown),
 			For:    forDur(c.HandshakeFor),
 			Labels: map[string]string{"severity": "critical"},
 			Annotations: c.annotate("WireGuardHandshakeMissing", "WireGuard peer lost its handshake: the tunnel cannot carry data.",
@@ -111,8 +155,8 @@ func TunnelRules(c Config) RuleFile {
 		},
 		{
 			Alert: "WireGuardProbeLossHigh",
-			Expr: fmt.Sprintf("(\n  sum by (%[1]s) (rate(wgpulse_probe_failures_total[5m]))\n/\n  sum by (%[1]s) (rate(wgpulse_probes_total[5m]))\n) > %[2]s",
-				tunnel, num(c.LossRatio)),
+			Expr: fmt.Sprintf("(\n  sum by (%[1]s) (rate(wgpulse_probe_failures_total[5m]))\n/\n  sum by (%[1]s) (rate(wgpulse_probes_total[5m]))\n) > %[2]s\n%[3]s",
+				tunnel, num(c.LossRatio), heldBy(5*time.Minute)),
 			For:    forDur(c.LossFor),
 			Labels: map[string]string{"severity": "warning"},
 			Annotations: c.annotate("WireGuardProbeLossHigh", "Packet loss through a WireGuard tunnel is high.",
@@ -214,7 +258,7 @@ unless on (public_key, address)
 			Annotations: c.annotate("WireGuardAgentAbsent", "No wgpulse agent is scraped at all.",
 				"Prometheus has no target with job=\"{{ $labels.job }}\": no WireGuard tunnel is watched."),
 		},
-	}
+	}...)
 	if c.KeyRotation > 0 {
 		rules = append(rules, Rule{
 			Alert:  "WireGuardDeviceKeyOld",
@@ -391,8 +435,8 @@ func SLORules(c Config, s SLOConfig) RuleFile {
 				lw, sw := promDuration(b.long), promDuration(b.short)
 				windows = append(windows, lw+"/"+sw)
 				conds = append(conds, fmt.Sprintf(
-					"(\n    slo:sli_error:ratio_rate%[1]s{%[3]s} > %[4]s\n  and\n    slo:sli_error:ratio_rate%[2]s{%[3]s} > %[4]s\n  and on (%[5]s)\n    sum by (%[5]s) (increase(wgpulse_probes_total[%[1]s])) >= %[6]d\n)",
-					lw, sw, sel, th, tunnel, s.MinProbes))
+					"(\n    slo:sli_error:ratio_rate%[1]s{%[3]s} > %[4]s\n  and\n    slo:sli_error:ratio_rate%[2]s{%[3]s} > %[4]s\n  and on (%[5]s)\n    sum by (%[5]s) (increase(wgpulse_probes_total[%[1]s])) >= %[6]d\n  %[7]s\n)",
+					lw, sw, sel, th, tunnel, s.MinProbes, heldBy(b.short)))
 			}
 			alertLabels := map[string]string{"severity": tier.cfg.Severity, "tier": tier.name, "slo": o.Name, "sli": o.SLI}
 			speed := map[string]string{"page": "fast", "ticket": "slowly"}[tier.name]
