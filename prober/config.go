@@ -68,6 +68,10 @@ type TargetConfig struct {
 	Device   string        `yaml:"device"`
 	Size     int           `yaml:"size"`     // 0 = prober.size
 	Interval time.Duration `yaml:"interval"` // 0 = prober.interval
+	// TCPPort makes the probe a TCP connect to address:tcp_port through the
+	// device (accepted or refused: alive; the connect time is the RTT)
+	// instead of an ICMP echo: for paths that pass ICMP and drop TCP.
+	TCPPort int `yaml:"tcp_port"`
 }
 
 // PMTUConfig is the `prober.pmtu:` section (RFC 8899 style search).
@@ -118,12 +122,14 @@ func (c Config) Validate() error {
 		f := func(sub string) string { return fmt.Sprintf("targets[%d].%s", i, sub) }
 		// Duplicates by the prober's own key, so fd00:0::1 and fd00::1 are one.
 		a, err := netip.ParseAddr(t.Address)
-		key := Target{Device: t.Device, Address: a}.Key()
+		key := Target{Device: t.Device, Address: a, TCPPort: uint16(t.TCPPort)}.Key()
 		switch {
 		case err != nil:
 			fe(f("address"), "%q is not an IP address", t.Address)
+		case t.TCPPort < 0 || t.TCPPort > 65535:
+			fe(f("tcp_port"), "must be 1-65535 (0: an ICMP echo), got %d", t.TCPPort)
 		case seen[key]:
-			fe(f("address"), "%s on %s listed twice", a, t.Device)
+			fe(f("address"), "%s on %s listed twice", Target{Address: a, TCPPort: uint16(t.TCPPort)}.Label(), t.Device)
 		}
 		seen[key] = err == nil
 		if t.Device == "" {

@@ -72,6 +72,9 @@ func newPMTURunner(p *Prober, probe PMTUProbeFunc) *pmtuRunner {
 }
 
 func (r *pmtuRunner) add(t *target) {
+	if t.spec.TCPPort != 0 {
+		return // a TCP connect says nothing of packet sizes
+	}
 	t.pmtu.due = time.Now().Add(3*t.spec.Interval + phase(t.spec.Key(), 5*time.Second)) // let the SLI see the path first
 	r.mu.Lock()
 	r.set[t] = true

@@ -44,10 +44,25 @@ type Target struct {
 	Suspect time.Duration
 	// Rule decides when the target is down (zero: 3 losses in a row).
 	Rule Rule
+	// TCPPort, when set, makes the probe a TCP connect to Address:TCPPort
+	// through the device instead of an ICMP echo: a connection accepted or
+	// refused (RST) is a reply, its connect time the RTT. No path MTU search.
+	TCPPort uint16
 }
 
-// Key identifies a target: one address on one device.
-func (t Target) Key() string { return t.Device + "|" + t.Address.String() }
+// Key identifies a target: one address (and TCP port) on one device.
+func (t Target) Key() string { return t.Device + "|" + t.Label() }
+
+// Label is the target label of its series: the address, or address:port
+// for a TCP target.
+func (t Target) Label() string {
+	if t.TCPPort != 0 {
+		return netip.AddrPortFrom(t.Address, t.TCPPort).String()
+	}
+	return t.Address.String()
+}
+
+func (t Target) engineKey() engineKey { return engineKey{t.Device, t.Address.Is6(), t.TCPPort} }
 
 // Result is the end of one probe: a reply within the timeout, or lost.
 type Result struct {
@@ -99,6 +114,8 @@ type StateChange struct {
 type Options struct {
 	// Open returns an ICMP transport bound to device.
 	Open func(device string, v6 bool) (Conn, error)
+	// OpenTCP returns a TCP connect transport bound to device, to port.
+	OpenTCP func(device string, v6 bool, port uint16) (Conn, error)
 	// PMTUProbe sends one DF probe of an inner IP packet of size bytes.
 	PMTUProbe PMTUProbeFunc
 }
@@ -112,6 +129,7 @@ const OwnTargets = ""
 type Prober struct {
 	logger  *slog.Logger
 	open    func(device string, v6 bool) (Conn, error)
+	openTCP func(device string, v6 bool, port uint16) (Conn, error)
 	metrics *metrics
 	results *stream.Hub[Result]
 	changes *stream.Hub[StateChange]
@@ -135,8 +153,9 @@ type Prober struct {
 }
 
 type engineKey struct {
-	device string
-	v6     bool
+	device  string
+	v6      bool
+	tcpPort uint16 // a TCP connect transport to this port; 0 = ICMP
 }
 
 // New returns a prober; call SetTargets and Run.
@@ -148,6 +167,7 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Prober, error) {
 	p := &Prober{
 		logger:    logger,
 		open:      opts.Open,
+		openTCP:   opts.OpenTCP,
 		metrics:   m,
 		results:   stream.New[Result](stream.Policy{Limit: 4096, OnDrop: func(n int) { m.resultsDropped.Add(float64(n)) }}),
 		changes:   stream.New[StateChange](stream.Policy{Key: func(v any) string { return v.(StateChange).Health.Target.Key() }}),
@@ -162,6 +182,9 @@ func New(cfg Config, logger *slog.Logger, opts Options) (*Prober, error) {
 	}
 	if p.open == nil {
 		p.open = openSocket
+	}
+	if p.openTCP == nil {
+		p.openTCP = openTCP
 	}
 	p.pmtu = newPMTURunner(p, opts.PMTUProbe)
 	return p, nil
@@ -395,7 +418,7 @@ func (p *Prober) applyLocked() {
 		if _, ok := p.targets[k]; ok {
 			continue
 		}
-		ek := engineKey{spec.Device, spec.Address.Is6()}
+		ek := spec.engineKey()
 		e := p.engines[ek]
 		if e == nil {
 			var err error
@@ -467,14 +490,20 @@ func (p *Prober) removeLocked(t *target) {
 	p.pmtu.remove(t)
 	t.e.targets--
 	if t.e.targets == 0 {
-		ek := engineKey{t.spec.Device, t.spec.Address.Is6()}
+		ek := t.spec.engineKey()
 		delete(p.engines, ek)
 		t.e.close()
 	}
 }
 
 func (p *Prober) openEngine(ek engineKey) (*engine, error) {
-	c, err := p.open(ek.device, ek.v6)
+	var c Conn
+	var err error
+	if ek.tcpPort != 0 {
+		c, err = p.openTCP(ek.device, ek.v6, ek.tcpPort)
+	} else {
+		c, err = p.open(ek.device, ek.v6)
+	}
 	if err != nil {
 		if p.openErrs[ek] != err.Error() {
 			p.openErrs[ek] = err.Error()

@@ -76,7 +76,7 @@ type targetMetrics struct {
 }
 
 func newTargetMetrics(spec Target, m *metrics) targetMetrics {
-	labels := []string{spec.Device, spec.PublicKey, spec.Name, spec.Address.String()}
+	labels := []string{spec.Device, spec.PublicKey, spec.Name, spec.Label()}
 	return targetMetrics{labels: labels, rtt: m.rtt.WithLabelValues(labels...)}
 }
 
@@ -392,7 +392,7 @@ func (t *target) sendErr(err error) {
 		return
 	}
 	t.sendErrLogged = err.Error()
-	t.e.p.logger.Warn("probe not sent; counted as failed", "device", t.spec.Device, "target", t.spec.Address, "err", err)
+	t.e.p.logger.Warn("probe not sent; counted as failed", "device", t.spec.Device, "target", t.spec.Label(), "err", err)
 }
 
 // suspicious reports whether an extra probe is due: the newest probe is

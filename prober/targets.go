@@ -41,7 +41,7 @@ func Targets(s *collector.Snapshot, cfg Config) []Target {
 		if err != nil {
 			continue // rejected by Validate
 		}
-		t := Target{Device: tc.Device, Address: addr, Name: tc.Name, Size: tc.Size, Interval: tc.Interval}
+		t := Target{Device: tc.Device, Address: addr, Name: tc.Name, Size: tc.Size, Interval: tc.Interval, TCPPort: uint16(tc.TCPPort)}
 		if t.Size == 0 {
 			t.Size = cfg.Size
 		}

@@ -1,13 +1,18 @@
 package failover
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
+	"strconv"
 	"time"
 
+	"go.yaml.in/yaml/v3"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/wgpulse/wgpulse/prober"
 	"github.com/wgpulse/wgpulse/remediate"
 )
 
@@ -25,11 +30,11 @@ type Group struct {
 	// Device, Peer and Target (endpoint mode): the WireGuard device, the
 	// peer's public key, and the address probed through the tunnel, whose
 	// health is that of the path in use.
-	Device  string `yaml:"device"`
-	Peer    string `yaml:"peer"`
-	Target  string `yaml:"target"`
-	Primary Path   `yaml:"primary"`
-	Backup  Path   `yaml:"backup"`
+	Device  string      `yaml:"device"`
+	Peer    string      `yaml:"peer"`
+	Target  ProbeTarget `yaml:"target"`
+	Primary Path        `yaml:"primary"`
+	Backup  Path        `yaml:"backup"`
 
 	Interval  time.Duration `yaml:"interval"`   // between probes of each path
 	Timeout   time.Duration `yaml:"timeout"`    // a probe without reply after it is lost
@@ -50,8 +55,8 @@ type Group struct {
 // Path is one side of a failover group.
 type Path struct {
 	// Route mode: the tunnel device and the address probed through it.
-	Device string `yaml:"device"`
-	Target string `yaml:"target"`
+	Device string      `yaml:"device"`
+	Target ProbeTarget `yaml:"target"`
 	// Endpoint mode: the peer's endpoint over this uplink (ip:port), and an
 	// address probed outside the tunnel (through UnderlayDevice, or where
 	// the routing table sends it) whose health is the idle path's.
@@ -238,7 +243,7 @@ func validateRouteGroup(g Group, f func(string) string, fe remediate.FieldFunc, 
 	}
 	for _, x := range []struct {
 		field, value, why string
-	}{{"device", g.Device, "route mode"}, {"peer", g.Peer, "route mode"}, {"target", g.Target, "route mode"},
+	}{{"device", g.Device, "route mode"}, {"peer", g.Peer, "route mode"}, {"target", string(g.Target), "route mode"},
 		{"primary.endpoint", g.Primary.Endpoint, "route mode"}, {"backup.endpoint", g.Backup.Endpoint, "route mode"}} {
 		if x.value != "" {
 			fe(f(x.field), "is for mode: endpoint; in %s each path names its own device and target", x.why)
@@ -288,23 +293,84 @@ func validateEndpointGroup(g Group, f func(string) string, fe remediate.FieldFun
 		if d := side.p.UnderlayDevice; len(d) > 15 {
 			fe(f(side.name+".underlay_device"), "device name %q is longer than 15 bytes (IFNAMSIZ)", d)
 		}
-		checkTarget(fe, f(side.name+".underlay_target"), side.p.UnderlayDevice, side.p.UnderlayTarget, g.Name, targets)
+		if _, port, err := ProbeTarget(side.p.UnderlayTarget).Parse(); err == nil && port != 0 {
+			fe(f(side.name+".underlay_target"), "is an address probed with ICMP outside the tunnel, not a TCP target")
+			continue
+		}
+		checkTarget(fe, f(side.name+".underlay_target"), side.p.UnderlayDevice, ProbeTarget(side.p.UnderlayTarget), g.Name, targets)
 	}
 	if g.Primary.Endpoint != "" && g.Primary.Endpoint == g.Backup.Endpoint {
 		fe(f("backup.endpoint"), "is the primary's endpoint %s too: endpoint failover needs a second uplink", g.Primary.Endpoint)
 	}
 }
 
-// checkTarget validates a probe target and that no other path probes it.
-func checkTarget(fe remediate.FieldFunc, field, device, target, group string, targets map[string]string) {
-	a, err := netip.ParseAddr(target)
+// ProbeTarget is what a path probes: an address (an ICMP echo), or an
+// address and a TCP port (a TCP connect, for paths that can pass ICMP and
+// drop TCP). YAML: `target: 10.200.1.1`, or `target: {address: 10.200.1.1,
+// tcp_port: 22}` (the shorthand `10.200.1.1:22` works too). It holds the
+// address, or address:port.
+type ProbeTarget string
+
+// UnmarshalYAML implements yaml.Unmarshaler: a scalar, or a mapping of
+// address and tcp_port (any other key is an error naming it).
+func (t *ProbeTarget) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*t = ProbeTarget(n.Value)
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: a target is an address or {address, tcp_port}", n.Line)
+	}
+	var addr, port string
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		switch k, v := n.Content[i].Value, n.Content[i+1].Value; k {
+		case "address":
+			addr = v
+		case "tcp_port":
+			port = v
+		default:
+			return fmt.Errorf("line %d: unknown field %q in a target: want address and tcp_port", n.Content[i].Line, k)
+		}
+	}
+	if port == "" {
+		*t = ProbeTarget(addr)
+		return nil
+	}
+	*t = ProbeTarget(net.JoinHostPort(addr, port))
+	return nil
+}
+
+// Parse returns the address and the TCP port (0: ICMP).
+func (t ProbeTarget) Parse() (netip.Addr, uint16, error) {
+	if ap, err := netip.ParseAddrPort(string(t)); err == nil {
+		if ap.Port() == 0 {
+			return netip.Addr{}, 0, errors.New("tcp_port must be 1-65535")
+		}
+		return ap.Addr().Unmap(), ap.Port(), nil
+	}
+	if host, port, err := net.SplitHostPort(string(t)); err == nil {
+		if _, perr := strconv.ParseUint(port, 10, 16); perr != nil {
+			return netip.Addr{}, 0, fmt.Errorf("tcp_port %q must be 1-65535", port)
+		}
+		return netip.Addr{}, 0, fmt.Errorf("%q is not an IP address", host)
+	}
+	a, err := netip.ParseAddr(string(t))
 	if err != nil {
-		fe(field, "%q is not an IP address: the address probed for this path", target)
+		return netip.Addr{}, 0, fmt.Errorf("%q is not an IP address", string(t))
+	}
+	return a, 0, nil
+}
+
+// checkTarget validates a probe target and that no other path probes it.
+func checkTarget(fe remediate.FieldFunc, field, device string, target ProbeTarget, group string, targets map[string]string) {
+	a, port, err := target.Parse()
+	if err != nil {
+		fe(field, "%v: the address probed for this path (or {address, tcp_port} for a TCP connect)", err)
 		return
 	}
-	key := device + "|" + a.String()
+	key := prober.Target{Device: device, Address: a, TCPPort: port}.Key()
 	if other, ok := targets[key]; ok {
-		fe(field, "%s (via %q) is already probed for %s: each path needs its own target", a, device, other)
+		fe(field, "%s (via %q) is already probed for %s: each path needs its own target", target, device, other)
 	}
 	targets[key] = fmt.Sprintf("group %q", group)
 }

@@ -86,8 +86,9 @@ type group struct {
 func newGroup(gc Group) *group {
 	g := &group{cfg: gc.withDefaults(), st: groupState{Active: Primary}}
 	d := g.cfg
-	probe := func(device, addr string) prober.Target {
-		return prober.Target{Device: device, Address: netip.MustParseAddr(addr), Interval: d.Interval,
+	probe := func(device string, target ProbeTarget) prober.Target {
+		addr, port, _ := target.Parse() // validated
+		return prober.Target{Device: device, Address: addr, TCPPort: port, Interval: d.Interval,
 			Timeout: d.Timeout, Window: d.Window, Suspect: d.Suspect,
 			Rule: prober.Rule{Losses: d.Losses, LossRatio: d.LossRatio, RTT: d.RTT}}
 	}
@@ -95,7 +96,7 @@ func newGroup(gc Group) *group {
 		g.peer, _ = wgtypes.ParseKey(gc.Peer)
 		g.tunnel = probe(gc.Device, gc.Target)
 		for i, p := range []Path{gc.Primary, gc.Backup} {
-			g.targets[i] = probe(p.UnderlayDevice, p.UnderlayTarget)
+			g.targets[i] = probe(p.UnderlayDevice, ProbeTarget(p.UnderlayTarget))
 			g.eps[i] = netip.MustParseAddrPort(p.Endpoint)
 		}
 		return g

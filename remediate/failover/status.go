@@ -82,7 +82,7 @@ func (p *Policy) Status(now time.Time) any {
 		}
 		for i, path := range []Path{g.cfg.Primary, g.cfg.Backup} {
 			h := g.health[i]
-			ps := PathStatus{Device: path.Device, Target: path.Target, State: h.State.String(), Since: h.Since,
+			ps := PathStatus{Device: path.Device, Target: string(path.Target), State: h.State.String(), Since: h.Since,
 				Reason: h.Reason, Loss: h.Loss, RTT: h.RTT.Seconds()}
 			if g.endpoint() {
 				ps.Device, ps.Target, ps.Endpoint = path.UnderlayDevice, path.UnderlayTarget, path.Endpoint

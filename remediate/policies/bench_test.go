@@ -170,8 +170,8 @@ func BenchmarkHundredGroupsCPU(b *testing.B) {
 		devices = append(devices, p, bk)
 		cfgGroups = append(cfgGroups, failover.Group{Name: fmt.Sprintf("g%d", i), Profile: "fast",
 			Prefixes: []string{fmt.Sprintf("10.%d.%d.0/24", 100+i/250, i%250)},
-			Primary:  failover.Path{Device: p, Target: fmt.Sprintf("10.200.%d.1", i)},
-			Backup:   failover.Path{Device: bk, Target: fmt.Sprintf("10.201.%d.1", i)}})
+			Primary:  failover.Path{Device: p, Target: failover.ProbeTarget(fmt.Sprintf("10.200.%d.1", i))},
+			Backup:   failover.Path{Device: bk, Target: failover.ProbeTarget(fmt.Sprintf("10.201.%d.1", i))}})
 		prof := failover.Profiles["fast"]
 		for _, pt := range []struct{ dev, addr string }{{p, fmt.Sprintf("10.200.%d.1", i)}, {bk, fmt.Sprintf("10.201.%d.1", i)}} {
 			targets = append(targets, prober.Target{Device: pt.dev, Address: netip.MustParseAddr(pt.addr), Interval: prof.Interval,

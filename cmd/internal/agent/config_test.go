@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/wgpulse/wgpulse/cmd/internal/agent"
+	"github.com/wgpulse/wgpulse/remediate/failover"
 )
 
 func TestParseErrorsNameFileLineAndField(t *testing.T) {
@@ -35,6 +36,21 @@ func TestParseErrorsNameFileLineAndField(t *testing.T) {
 			name: "unknown key inside a list item",
 			yaml: "prober:\n  targets:\n    - {name: a, address: 10.0.0.1, device: wg0}\n    - name: b\n      adress: 10.0.0.2\n",
 			want: []string{`wgpulse.yml:5: unknown field prober.targets[1].adress;`},
+		},
+		{
+			name: "a failover target with an unknown key",
+			yaml: "remediate:\n  failover:\n    - name: g\n      prefixes: [10.50.0.0/16]\n      primary: {device: wg0, target: {address: 10.200.1.1, tcp_prot: 22}}\n      backup: {device: wg1, target: 10.201.1.1}\n",
+			want: []string{`wgpulse.yml:5: unknown field "tcp_prot" in a target: want address and tcp_port`},
+		},
+		{
+			name: "a failover target with a bad port",
+			yaml: "remediate:\n  failover:\n    - name: g\n      prefixes: [10.50.0.0/16]\n      primary: {device: wg0, target: {address: 10.200.1.1, tcp_port: 70000}}\n      backup: {device: wg1, target: 10.201.1.1}\n",
+			want: []string{`wgpulse.yml:5: remediate.failover[0].primary.target: tcp_port "70000" must be 1-65535`},
+		},
+		{
+			name: "a prober target with a bad port",
+			yaml: "prober:\n  targets:\n    - {name: a, address: 10.0.0.1, device: wg0, tcp_port: -1}\n",
+			want: []string{`wgpulse.yml:3: prober.targets[0].tcp_port: must be 1-65535`},
 		},
 		{
 			name: "bad duration",
@@ -104,6 +120,36 @@ remediate:
 				}
 			}
 		})
+	}
+}
+
+// TCP liveness targets: a failover path's {address, tcp_port} and a prober
+// target's tcp_port reach the prober as TCP targets.
+func TestTCPTargetsParse(t *testing.T) {
+	cfg, err := agent.Parse([]byte(`prober:
+  targets:
+    - {name: ssh, address: 10.50.0.1, device: wg0, tcp_port: 22}
+remediate:
+  failover:
+    - name: g
+      prefixes: [10.60.0.0/16]
+      primary: {device: wg0, target: {address: 10.200.1.1, tcp_port: 443}}
+      backup: {device: wg1, target: 10.201.1.1}
+`), "x.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Prober.Targets[0].TCPPort; got != 22 {
+		t.Errorf("prober target tcp_port %d, want 22", got)
+	}
+	g := cfg.Remediate.Failover[0]
+	for _, c := range []struct {
+		t    failover.ProbeTarget
+		port uint16
+	}{{g.Primary.Target, 443}, {g.Backup.Target, 0}} {
+		if _, port, err := c.t.Parse(); err != nil || port != c.port {
+			t.Errorf("target %q: port %d (%v), want %d", c.t, port, err, c.port)
+		}
 	}
 }
 
