@@ -49,9 +49,11 @@ const stackAlerts = `alerts:
 // `wgpulse generate` renders, Debian's prometheus-alertmanager with the
 // shipped config whose two receivers post to a webhook in this test.
 //
-//   - dc1's two tunnels cut: WireGuardHandshakeMissing pages once per group
-//     (each end of each tunnel) with instance, device, peer name and
-//     runbook_url; restored: each group's resolved notification arrives.
+//   - dc1's two tunnels cut: dc1 lost every tunnel, so WireGuardNodeTunnelsDown
+//     pages once for it and none of its tunnel ends pages; the hub lost two of
+//     eight, so WireGuardHandshakeMissing pages once for each of its ends with
+//     instance, device, peer name and runbook_url; restored: each page's
+//     resolved notification arrives.
 //   - a peer that never handshook (added to a hub device) pages nobody; it
 //     opens a ticket (WireGuardHandshakeNeverEstablished), which shows it
 //     was seen.
@@ -158,11 +160,17 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Each end of each of dc1's tunnels is one page group.
+	// dc1 lost every tunnel: one node page for dc1. The hub lost two of
+	// eight: each of its ends of dc1's tunnels is one page group.
 	type end struct{ instance, device, name string }
 	var cutEnds []end
 	for _, tn := range []lab.Tunnel{tun("dc1-primary"), tun("dc1-backup")} {
-		cutEnds = append(cutEnds, end{"hub", tn.HubDevice, tn.Name}, end{"dc1", tn.Device, "hub-" + tn.Path})
+		cutEnds = append(cutEnds, end{"hub", tn.HubDevice, tn.Name})
+	}
+	nodePage := func(status string) *notification {
+		return hook.first(func(n notification) bool {
+			return n.Receiver == "pager" && n.Status == status && n.GroupLabels["alertname"] == "WireGuardNodeTunnelsDown"
+		})
 	}
 	missing := func(e end, status string) *notification {
 		return hook.first(func(n notification) bool {
@@ -170,7 +178,7 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 				n.GroupLabels["instance"] == e.instance && n.GroupLabels["device"] == e.device
 		})
 	}
-	waitFor(t, 6*time.Minute, "a WireGuardHandshakeMissing page for each end of dc1's tunnels", func() (bool, string) {
+	waitFor(t, 6*time.Minute, "a WireGuardHandshakeMissing page for the hub's end of each of dc1's tunnels", func() (bool, string) {
 		var got []string
 		for _, e := range cutEnds {
 			if missing(e, "firing") != nil {
@@ -179,6 +187,17 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 		}
 		return len(got) == len(cutEnds), fmt.Sprintf("paged so far: %v", got)
 	})
+	if n := nodePage("firing"); n == nil || len(n.Alerts) != 1 || n.Alerts[0].Labels["instance"] != "dc1" ||
+		!strings.Contains(n.Alerts[0].Annotations["description"], "2 of 2 tunnels on dc1") {
+		t.Errorf("node page %+v, want one for dc1 naming 2 of 2 tunnels", n)
+	} else {
+		t.Logf("cut -> node page %s for dc1: %s", n.At.Sub(cut).Round(time.Second), n.Alerts[0].Annotations["description"])
+	}
+	if n := hook.first(func(n notification) bool {
+		return n.Receiver == "pager" && n.GroupLabels["alertname"] == "WireGuardHandshakeMissing" && n.GroupLabels["instance"] == "dc1"
+	}); n != nil {
+		t.Errorf("dc1's tunnels paged one by one while its node page fires: %+v", *n)
+	}
 	for _, e := range cutEnds {
 		n := missing(e, "firing")
 		t.Logf("cut -> page %s for %s %s (peer %s)", n.At.Sub(cut).Round(time.Second), e.instance, e.device, e.name)
@@ -241,12 +260,15 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 4*time.Minute, "the resolved notification of every HandshakeMissing page", func() (bool, string) {
+	waitFor(t, 4*time.Minute, "the resolved notification of every HandshakeMissing page and of the node page", func() (bool, string) {
 		var open []string
 		for _, e := range cutEnds {
 			if missing(e, "resolved") == nil {
 				open = append(open, e.instance+"/"+e.name)
 			}
+		}
+		if nodePage("resolved") == nil {
+			open = append(open, "dc1 node page")
 		}
 		return len(open) == 0, fmt.Sprintf("still open: %v", open)
 	})
