@@ -374,14 +374,17 @@ type Kernel interface {
 	// Lookup is the device the kernel sends a packet to addr through (a
 	// route lookup: rules, more specific routes and VRFs included).
 	Lookup(addr netip.Addr) (string, error)
+	// MSSClamps are the clamps in wgpulse's nftables table (nil: none).
+	MSSClamps() ([]MSSClamp, error)
 }
 
 // actuators are the core's transports: the only code that writes the kernel
 // or resets the prober's view of a target.
 type actuators struct {
-	routes routes
-	peers  peers
-	prober Prober
+	routes   routes
+	peers    peers
+	prober   Prober
+	firewall FirewallHandle
 }
 
 func (a actuators) Routes(p netip.Prefix) ([]Route, error) {
@@ -407,6 +410,12 @@ func (a actuators) LinkExists(device string) bool {
 }
 func (a actuators) Peer(device string, key wgtypes.Key) (netip.AddrPort, time.Duration, error) {
 	return a.peers.peer(device, key)
+}
+func (a actuators) MSSClamps() ([]MSSClamp, error) {
+	if a.firewall == nil {
+		return nil, errors.New("no nftables handle")
+	}
+	return a.firewall.MSSClamps()
 }
 func (a actuators) Lookup(addr netip.Addr) (string, error) {
 	if a.routes.h == nil {
@@ -494,6 +503,23 @@ func (c SetKeepalive) apply(a actuators) error {
 }
 func (c SetKeepalive) String() string {
 	return fmt.Sprintf("keepalive of %s on %s = %s", c.Peer, c.Device, c.Keepalive)
+}
+
+// SetMSSClamps makes wgpulse's nftables table hold exactly these clamps
+// (empty: the table goes), in one batch.
+type SetMSSClamps []MSSClamp
+
+func (c SetMSSClamps) apply(a actuators) error {
+	if a.firewall == nil {
+		return errors.New("no nftables handle")
+	}
+	return a.firewall.SetMSSClamps(c)
+}
+func (c SetMSSClamps) String() string {
+	if len(c) == 0 {
+		return "nft delete table inet " + MSSTable
+	}
+	return fmt.Sprintf("nft table inet %s: MSS clamps %v", MSSTable, []MSSClamp(c))
 }
 
 // ResearchPMTU asks the prober to search the path MTU of targets again (a

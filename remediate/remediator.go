@@ -49,6 +49,9 @@ type Options struct {
 	Routes RouteHandle
 	// Peers is the wgctrl handle of the peer actuator (endpoints, keepalive).
 	Peers PeerHandle
+	// Firewall is the nftables transport of the MSS clamp (nil: the
+	// kernel's, through google/nftables, opened when first used).
+	Firewall FirewallHandle
 	// Tracer makes a span of every decision; nil is a no-op.
 	Tracer trace.TracerProvider
 }
@@ -62,14 +65,15 @@ const reconcileEvery = 2 * time.Second
 // Remediator is the core: it runs each policy on its own goroutine and
 // carries out their plans. Its methods are safe for concurrent use.
 type Remediator struct {
-	logger  *slog.Logger
-	snaps   Snapshots
-	prober  Prober
-	routesH RouteHandle
-	peersH  PeerHandle
-	metrics *metrics
-	audit   auditor
-	wake    chan struct{}
+	logger   *slog.Logger
+	snaps    Snapshots
+	prober   Prober
+	routesH  RouteHandle
+	peersH   PeerHandle
+	firewall FirewallHandle
+	metrics  *metrics
+	audit    auditor
+	wake     chan struct{}
 
 	reload sync.Mutex // one ApplyConfig at a time
 	saving sync.Mutex // one state file write at a time
@@ -128,10 +132,13 @@ func New(cfg Config, policies []Policy, logger *slog.Logger, opts Options) (*Rem
 	}
 	m := newMetrics()
 	r := &Remediator{
-		logger: logger, snaps: opts.Snapshots, prober: opts.Prober, routesH: opts.Routes, peersH: opts.Peers,
+		logger: logger, snaps: opts.Snapshots, prober: opts.Prober, routesH: opts.Routes, peersH: opts.Peers, firewall: opts.Firewall,
 		metrics: m, audit: auditor{logger: logger, metrics: m, tracer: tp.Tracer("github.com/wgpulse/wgpulse/remediate")},
 		wake: make(chan struct{}, 1), cfg: cfg, parts: map[string]json.RawMessage{}, decisions: map[string]DecisionStatus{},
 		budget: budget{cfg: cfg.Budget},
+	}
+	if r.firewall == nil {
+		r.firewall = NewFirewall()
 	}
 	seen := map[string]bool{}
 	for _, p := range policies {
@@ -193,7 +200,7 @@ func (r *Remediator) envLocked(w *worker) Env {
 }
 
 func (r *Remediator) actuatorsLocked() actuators {
-	return actuators{routes: routes{h: r.routesH, proto: r.cfg.RouteProtocol}, peers: peers{h: r.peersH}, prober: r.prober}
+	return actuators{routes: routes{h: r.routesH, proto: r.cfg.RouteProtocol}, peers: peers{h: r.peersH}, prober: r.prober, firewall: r.firewall}
 }
 
 func (r *Remediator) env(w *worker) Env {

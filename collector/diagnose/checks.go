@@ -589,6 +589,23 @@ func (c *checker) host(d *collector.Device) {
 			}
 		}
 	}
+	// A gateway forwarding its LAN into the tunnel with nothing clamping
+	// the MSS: the LAN's hosts size TCP segments for their LAN and rely on
+	// PMTUD through the tunnel, which a black hole or an ICMP filter breaks.
+	if on, _ := h.forwarding(false); on && c.Firewall != nil && !c.Firewall.ClampsMSS(d.Name) && d.MTU > 0 {
+		if lan := c.lan(false); lan.addr.IsValid() {
+			for _, r := range c.Routes {
+				if r.Device != d.Name || r.Protocol == protoKernel || r.Dst.Addr().Is6() || r.Dst.IsSingleIP() {
+					continue
+				}
+				c.add(Finding{Severity: Info, Check: CheckMSSClampMissing, Device: d.Name, PublicKey: d.PublicKey, Object: "forwarding into " + d.Name,
+					Evidence: fmt.Sprintf("%s is routed into %s for the LAN on %s (%s), and no rule clamps the TCP MSS: the LAN's hosts size segments for their LAN (MSS 1460) while %s carries at most %d-byte packets, so they depend on path MTU discovery, which a black hole or filtered ICMP on the path breaks",
+						r.Dst, d.Name, lan.link, lan.addr, d.Name, d.MTU),
+					Fix: fmt.Sprintf("remediate.mss: {enabled: true, devices: [%s]} (wgpulse keeps the clamp at the MTU in force, in its own table inet wgpulse), or by hand: nft add table inet mss; nft add chain inet mss forward '{ type filter hook forward priority mangle; }'; nft add rule inet mss forward oifname %q tcp flags syn tcp option maxseg size set rt mtu", d.Name, d.Name)})
+				break
+			}
+		}
+	}
 	// The article: fq_codel or cake on the tunnel for latency-sensitive
 	// flows.
 	if q, ok := h.Qdisc[d.Name]; ok && q != "fq_codel" && q != "cake" && q != "fq" {

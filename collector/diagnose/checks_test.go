@@ -33,6 +33,18 @@ func route(dst, dev string, proto int) diagnose.Route {
 	return diagnose.Route{Dst: netip.MustParsePrefix(dst), Device: dev, Protocol: proto}
 }
 
+// clampRuleset is a gateway's forward chain that clamps the MSS of every
+// forwarded SYN to the route's MTU (nft -j list ruleset of `tcp flags syn
+// tcp option maxseg size set rt mtu`).
+func clampRuleset(t *testing.T) *diagnose.Ruleset {
+	return ruleset(t, `{"nftables": [`+clampJSON+`]}`)
+}
+
+const clampJSON = `{"chain": {"family": "inet", "table": "mss", "name": "forward", "type": "filter", "hook": "forward", "prio": -150, "policy": "accept"}},
+		{"rule": {"family": "inet", "table": "mss", "chain": "forward", "handle": 2, "expr": [
+			{"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "flags"}}, "right": "syn"}},
+			{"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": {"rt": {"key": "mtu"}}}}]}}`
+
 func emptyRuleset(t *testing.T) *diagnose.Ruleset {
 	rs, err := diagnose.ParseRuleset([]byte(`{"nftables": []}`))
 	if err != nil {
@@ -67,9 +79,9 @@ func cleanNode(t *testing.T) diagnose.Node {
 		},
 		LinkMTU:  map[string]int{"eth0": 1500, "wg0": 1420, "wg1": 1420},
 		Addrs:    map[string][]netip.Prefix{"eth0": pfx("192.0.2.1/24"), "eth1": pfx("10.10.0.1/24"), "wg0": pfx("10.200.0.1/24"), "lo": pfx("127.0.0.1/8")},
-		Firewall: emptyRuleset(t),
+		Firewall: clampRuleset(t),
 		// A gateway: forwarding on, loose reverse-path filtering, fair
-		// queueing on the tunnels.
+		// queueing on the tunnels, the MSS of forwarded TCP clamped.
 		Host: &diagnose.Host{Forward4: true, RPFilter: map[string]int{"eth0": 2, "wg0": 2, "wg1": 0},
 			Qdisc: map[string]string{"eth0": "fq_codel", "wg0": "fq_codel", "wg1": "cake"}},
 	}
@@ -137,7 +149,8 @@ func TestEachCheckFindsItsFault(t *testing.T) {
 			rs, err := diagnose.ParseRuleset([]byte(`{"nftables": [
 				{"chain": {"family": "inet", "table": "f", "name": "in", "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}},
 				{"rule": {"family": "inet", "table": "f", "chain": "in", "handle": 4, "expr": [
-					{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 51821}}, {"drop": null}]}}]}`))
+					{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 51821}}, {"drop": null}]}},
+				` + clampJSON + `]}`))
 			if err != nil {
 				panic(err)
 			}
@@ -173,10 +186,20 @@ func TestEachCheckFindsItsFault(t *testing.T) {
 			n.Firewall = ruleset(t, `{"nftables": [
 				{"chain": {"family": "inet", "table": "f", "name": "fwd", "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
 				{"rule": {"family": "inet", "table": "f", "chain": "fwd", "handle": 7, "expr": [
-					{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "wg0"}}, {"drop": null}]}}]}`)
+					{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "wg0"}}, {"drop": null}]}},
+				`+clampJSON+`]}`)
 		}, diagnose.CheckForwardDropsTunnel, diagnose.Warning, "forwarding from wg0 (IPv4)", "dropped by rule handle 7 in chain inet f fwd", 1},
 		{"a tunnel without fair queueing", func(n *diagnose.Node) { n.Host.Qdisc["wg1"] = "noqueue" },
 			diagnose.CheckQdiscNoAQM, diagnose.Info, "device wg1", "root qdisc noqueue", 1},
+		{"a gateway that does not clamp the MSS", func(n *diagnose.Node) { n.Firewall = emptyRuleset(t) },
+			diagnose.CheckMSSClampMissing, diagnose.Info, "forwarding into wg0", "10.50.0.0/16 is routed into wg0 for the LAN on eth1 (10.10.0.1/24), and no rule clamps the TCP MSS", 1},
+		{"a clamp for another device only", func(n *diagnose.Node) {
+			n.Firewall = ruleset(t, `{"nftables": [
+				{"chain": {"family": "inet", "table": "wgpulse", "name": "mss-clamp", "type": "filter", "hook": "forward", "prio": -150, "policy": "accept"}},
+				{"rule": {"family": "inet", "table": "wgpulse", "chain": "mss-clamp", "handle": 2, "expr": [
+					{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "wg1"}},
+					{"mangle": {"key": {"tcp option": {"name": "maxseg", "field": "size"}}, "value": 1380}}]}}]}`)
+		}, diagnose.CheckMSSClampMissing, diagnose.Info, "forwarding into wg0", "no rule clamps the TCP MSS", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := cleanNode(t)

@@ -76,6 +76,7 @@ const (
 	CheckFwmarkWithoutSrcValidMark = "fwmark_without_src_valid_mark"
 	CheckForwardDropsTunnel        = "forward_drops_tunnel"
 	CheckQdiscNoAQM                = "qdisc_without_aqm"
+	CheckMSSClampMissing           = "mss_clamp_missing"
 	CheckHandshakeChecksPattern    = "handshake_.*" // the checks with their own alerts
 )
 

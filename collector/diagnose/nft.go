@@ -32,6 +32,25 @@ type nftRule struct {
 	expr   []map[string]json.RawMessage
 }
 
+// ClampsMSS says whether a rule of the ruleset sets the TCP MSS (nft's
+// `tcp option maxseg size set`, or iptables-nft's TCPMSS target) for
+// packets through device: one that names no interface, or names it.
+func (rs *Ruleset) ClampsMSS(device string) bool {
+	for _, ch := range rs.chains {
+		for _, r := range ch.rules {
+			b, _ := json.Marshal(r.expr)
+			js := string(b)
+			if !(strings.Contains(js, `"maxseg"`) && strings.Contains(js, `"mangle"`)) && !strings.Contains(js, `"TCPMSS"`) {
+				continue
+			}
+			if !strings.Contains(js, `"iifname"`) && !strings.Contains(js, `"oifname"`) || strings.Contains(js, fmt.Sprintf("%q", device)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // ParseRuleset reads the JSON output of `nft -j list ruleset`.
 func ParseRuleset(b []byte) (*Ruleset, error) {
 	var doc struct {

@@ -12,6 +12,7 @@ import (
 	"github.com/wgpulse/wgpulse/remediate"
 	"github.com/wgpulse/wgpulse/remediate/failover"
 	"github.com/wgpulse/wgpulse/remediate/keepalive"
+	"github.com/wgpulse/wgpulse/remediate/mss"
 	"github.com/wgpulse/wgpulse/remediate/mtu"
 	"github.com/wgpulse/wgpulse/remediate/reresolve"
 )
@@ -28,12 +29,14 @@ type Config struct {
 	// Reresolve points peers at their hostname's new address when the
 	// handshake goes stale.
 	Reresolve reresolve.Config `yaml:"reresolve"`
+	// MSS clamps forwarded TCP to the MTU in force through a tunnel.
+	MSS mss.Config `yaml:"mss"`
 }
 
 // DefaultConfig is the section's defaults: dry-run, no failover group, the
 // per-peer policies off.
 func DefaultConfig() Config {
-	return Config{Config: remediate.DefaultConfig(), MTU: mtu.DefaultConfig(), Keepalive: keepalive.DefaultConfig(), Reresolve: reresolve.DefaultConfig()}
+	return Config{Config: remediate.DefaultConfig(), MTU: mtu.DefaultConfig(), Keepalive: keepalive.DefaultConfig(), Reresolve: reresolve.DefaultConfig(), MSS: mss.DefaultConfig()}
 }
 
 // section is one policy's part of the config: how to check it and what
@@ -50,6 +53,7 @@ func (c Config) registry() []section {
 		{c.MTU.Validate, func() remediate.Policy { return mtu.New(c.MTU) }},
 		{c.Keepalive.Validate, func() remediate.Policy { return keepalive.New(c.Keepalive) }},
 		{c.Reresolve.Validate, func() remediate.Policy { return reresolve.New(c.Reresolve, nil, c.endpointOwners()) }},
+		{c.MSS.Validate, func() remediate.Policy { return mss.New(c.MSS) }},
 	}
 }
 

@@ -381,6 +381,33 @@ func (f *fakeWG) configured() []string {
 	return slices.Clone(f.writes)
 }
 
+// fakeFirewall is a fake of the nftables transport: wgpulse's table as the
+// clamps it holds (nil: no table), and every write.
+type fakeFirewall struct {
+	mu     sync.Mutex
+	clamps []remediate.MSSClamp
+	writes int
+}
+
+func (f *fakeFirewall) SetMSSClamps(c []remediate.MSSClamp) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.writes++
+	f.clamps = slices.Clone(c)
+	return nil
+}
+
+func (f *fakeFirewall) MSSClamps() ([]remediate.MSSClamp, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.clamps), nil
+}
+
+func (f *fakeFirewall) table() []remediate.MSSClamp {
+	c, _ := f.MSSClamps()
+	return c
+}
+
 type noLinks struct{}
 
 func (noLinks) LinkList() ([]netlink.Link, error) { return nil, nil }
@@ -408,6 +435,7 @@ type rig struct {
 	// proberInterval of the prober's own targets (0: 1 s).
 	proberInterval time.Duration
 	sim            chan struct{}      // closed at cleanup: simulations of the test end
+	fw             *fakeFirewall      // nftables: wgpulse's table
 	extra          []remediate.Policy // policies of the test's own, run beside failover
 	stopped        bool
 }
@@ -551,7 +579,10 @@ func (r *rig) start() {
 		r.t.Fatal(err)
 	}
 	r.spans = tracetest.NewSpanRecorder()
-	opts := remediate.Options{Snapshots: r.col, Prober: r.prober, Routes: r.routes, Peers: r.wg, Tracer: newTracerProvider(r.spans)}
+	if r.fw == nil {
+		r.fw = &fakeFirewall{}
+	}
+	opts := remediate.Options{Snapshots: r.col, Prober: r.prober, Routes: r.routes, Peers: r.wg, Firewall: r.fw, Tracer: newTracerProvider(r.spans)}
 	if r.extra == nil {
 		r.rem, err = policies.New(r.cfg, logger, opts)
 	} else { // the failover policy and the test's own
