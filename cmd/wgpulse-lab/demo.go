@@ -46,16 +46,21 @@ func addDemoCommand(app *kingpin.Application) *demoCommand {
 type demoStep struct {
 	title  string
 	faults [][]string // each: path, key=value...
+	// dropTCP, when set, makes the hub drop TCP over these tunnels (ICMP
+	// passes); an empty, non-nil list passes it again.
+	dropTCP []string
 }
 
 var timeline = []demoStep{
-	{"clean network: every tunnel handshaked, traffic flowing", nil},
-	{"20% loss and 40ms delay on dc1-primary", [][]string{{"dc1-primary", "loss=20", "delay=40ms"}}},
-	{"jitter: 30ms ± 20ms on dc2-primary; dc1-primary clean again", [][]string{{"dc1-primary", "loss=0", "delay=0"}, {"dc2-primary", "delay=30ms", "jitter=20ms"}}},
-	{"NAT rebinds on dc2-primary: the hub sees a new endpoint", [][]string{{"dc2-primary", "delay=0", "jitter=0", "rebind"}}},
-	{"MTU black hole on dc1-primary: underlay drops packets > 1300 bytes", [][]string{{"dc1-primary", "mtu=1300"}}},
-	{"dc1-primary DOWN: the agents move dc1 <-> hub LAN traffic to the backup", [][]string{{"dc1-primary", "mtu=0", "down"}}},
-	{"dc1-primary back UP: traffic returns after hold_down", [][]string{{"dc1-primary", "up"}}},
+	{"clean network: every tunnel handshaked, traffic flowing", nil, nil},
+	{"20% loss and 40ms delay on dc1-primary", [][]string{{"dc1-primary", "loss=20", "delay=40ms"}}, nil},
+	{"jitter: 30ms ± 20ms on dc2-primary; dc1-primary clean again", [][]string{{"dc1-primary", "loss=0", "delay=0"}, {"dc2-primary", "delay=30ms", "jitter=20ms"}}, nil},
+	{"NAT rebinds on dc2-primary: the hub sees a new endpoint", [][]string{{"dc2-primary", "delay=0", "jitter=0", "rebind"}}, nil},
+	{"MTU black hole on dc1-primary: underlay drops packets > 1300 bytes", [][]string{{"dc1-primary", "mtu=1300"}}, nil},
+	{"dc1-primary DOWN: the agents move dc1 <-> hub LAN traffic to the backup", [][]string{{"dc1-primary", "mtu=0", "down"}}, nil},
+	{"dc1-primary back UP: traffic returns after hold_down", [][]string{{"dc1-primary", "up"}}, nil},
+	{"dc2-primary passes ICMP but drops TCP: dc2's groups probe with TCP connects and move to the backup", nil, []string{"dc2-primary"}},
+	{"dc2-primary carries TCP again: traffic returns after hold_down", nil, []string{}},
 }
 
 func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
@@ -88,10 +93,13 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 		}
 	}()
 
-	fmt.Fprintf(stdout, "== starting a wgpulse agent on the hub and in each site (remediate.mode auto: dc1 fast profile, dc2 default; hold_down %s)\n", *d.holdDown)
+	fmt.Fprintf(stdout, "== starting a wgpulse agent on the hub and in each site (remediate.mode auto: dc1 fast profile over ICMP, dc2 default over TCP connects; hold_down %s)\n", *d.holdDown)
 	var agents []*demoAgent
 	hub := lab.Site{Name: "hub", Namespace: l.HubNamespace, Management: l.HubManagement}
-	rem := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast", "dc2": "default"}, HoldDown: *d.holdDown, StateDir: l.Dir}
+	// dc2's groups probe with TCP connects (to a closed port: a refusal
+	// proves the path), so a path that drops TCP and passes ICMP shows.
+	rem := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast", "dc2": "default"}, HoldDown: *d.holdDown, StateDir: l.Dir,
+		TCPPorts: map[string]int{"dc2": 9}}
 	for _, s := range append([]lab.Site{hub}, l.Sites...) {
 		a, err := startDemoAgent(ctx, l, s, agentBin, rem)
 		if err != nil {
@@ -124,6 +132,11 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 		}
 		for _, f := range st.faults {
 			if _, err := l.Fault(f[0], f[1:]...); err != nil {
+				return fail(err)
+			}
+		}
+		if st.dropTCP != nil {
+			if err := l.DropTCP(len(st.dropTCP) > 0, st.dropTCP...); err != nil {
 				return fail(err)
 			}
 		}

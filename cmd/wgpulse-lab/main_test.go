@@ -136,16 +136,16 @@ func TestDemo(t *testing.T) {
 		return out[i:j]
 	}
 	// After the rebind step the hub agent counts an endpoint change for dc2-primary.
-	rebind := section("step 4/7", "step 5/7")
+	rebind := section("step 4/9", "step 5/9")
 	if !rowHas(rebind, "dc2-primary", " 1 ") {
 		t.Errorf("hub agent shows no endpoint change for dc2-primary after the rebind:\n%s", rebind)
 	}
-	if mtu := section("step 5/7", "step 6/7"); !rowHas(mtu, "dc1-primary", "LOST") || !rowHas(mtu, "dc1-backup", "passes") {
+	if mtu := section("step 5/9", "step 6/9"); !rowHas(mtu, "dc1-primary", "LOST") || !rowHas(mtu, "dc1-backup", "passes") {
 		t.Errorf("MTU step does not show the black hole on dc1-primary only:\n%s", mtu)
 	}
 	// The failover shows live: both ends move dc1's LAN traffic to the
 	// backup with the decision's reason, within a second, and come back.
-	down := section("step 6/7", "step 7/7")
+	down := section("step 6/9", "step 7/9")
 	for _, want := range []string{"dc1  agent, group hub  on BACKUP", "hub  agent, group dc1  on BACKUP", "switch_to_backup ok", "7 probes lost in a row"} {
 		if !strings.Contains(down, want) {
 			t.Errorf("the DOWN step does not show %q:\n%s", want, down)
@@ -159,7 +159,18 @@ func TestDemo(t *testing.T) {
 		t.Errorf("demo failover outage %d ms, want <= 1000 (fast profile)", ms)
 	}
 	if !strings.Contains(out, "return_to_primary ok") || !strings.Contains(out, "since then: no ping lost; TCP stream intact") {
-		t.Errorf("the return is not shown, or lost pings or broke TCP:\n%s", out[strings.Index(out, "step 7/7"):])
+		t.Errorf("the return is not shown, or lost pings or broke TCP:\n%s", out[strings.Index(out, "step 7/9"):])
+	}
+	// A path that passes ICMP and drops TCP: dc2's groups, which probe with
+	// TCP connects, move to the backup at both ends, and come back.
+	tcp := section("step 8/9", "== failover")
+	for _, want := range []string{"dc2  agent, group hub  on BACKUP", "hub  agent, group dc2  on BACKUP"} {
+		if !strings.Contains(tcp, want) {
+			t.Errorf("the TCP step does not show %q:\n%s", want, tcp)
+		}
+	}
+	if !strings.Contains(tcp, "return_to_primary ok") {
+		t.Errorf("dc2 does not return after TCP passes again:\n%s", tcp)
 	}
 	if !strings.Contains(out, "== cleaning up") {
 		t.Error("demo did not clean up")

@@ -25,6 +25,9 @@ type Remediation struct {
 	MTUYAML string
 	// ProberYAML is the node's prober section (one key per line, unindented).
 	ProberYAML string
+	// TCPPorts: site -> port: that site's groups (on the site and on the
+	// hub) probe with TCP connects to this port instead of ICMP echoes.
+	TCPPorts map[string]int
 }
 
 // AgentConfig returns the wgpulse config for the agent on node ("hub" or a
@@ -57,12 +60,18 @@ func (l *Lab) AgentConfig(node string, r Remediation) string {
 			name = "hub" // on a site: the group moving the hub's LAN
 		}
 		g := fmt.Sprintf("    - name: %s\n      profile: %s\n", name, profile)
+		target := func(addr string) string {
+			if port := r.TCPPorts[s.Name]; port != 0 {
+				return fmt.Sprintf("{address: %s, tcp_port: %d}", addr, port)
+			}
+			return addr
+		}
 		if node == "hub" {
 			g += fmt.Sprintf("      prefixes: [%s]\n      primary: {device: %s, target: %s}\n      backup: {device: %s, target: %s}\n",
-				s.LAN, p.HubDevice, p.LocalAddress, b.HubDevice, b.LocalAddress)
+				s.LAN, p.HubDevice, target(p.LocalAddress), b.HubDevice, target(b.LocalAddress))
 		} else {
 			g += fmt.Sprintf("      prefixes: [%s]\n      primary: {device: %s, target: %s}\n      backup: {device: %s, target: %s}\n",
-				l.HubLAN, p.Device, p.RemoteAddress, b.Device, b.RemoteAddress)
+				l.HubLAN, p.Device, target(p.RemoteAddress), b.Device, target(b.RemoteAddress))
 		}
 		if r.HoldDown > 0 {
 			g += fmt.Sprintf("      hold_down: %s\n", r.HoldDown)

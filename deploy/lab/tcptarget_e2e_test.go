@@ -1,10 +1,8 @@
 package lab_test
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,25 +19,14 @@ import (
 // returns after hold_down.
 func TestTCPTargetSeesWhatICMPMisses(t *testing.T) {
 	t.Parallel()
-	labtest.Tool(t, "nft", "nftables")
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2"}})
 	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
-	r := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "default", "dc2": "default"}, StateDir: t.TempDir(), HoldDown: 5 * time.Second}
+	r := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "default", "dc2": "default"}, StateDir: t.TempDir(), HoldDown: 5 * time.Second,
+		TCPPorts: map[string]int{"dc1": 9}}
 	agents := map[string]*lab.Agent{}
 	for _, site := range []string{"dc1", "dc2"} {
-		yml := l.AgentConfig(site, r)
-		if site == "dc1" {
-			for _, path := range []string{"primary", "backup"} {
-				tn := mustTunnel(t, l, "dc1-"+path)
-				old := fmt.Sprintf("{device: %s, target: %s}", tn.Device, tn.RemoteAddress)
-				if !strings.Contains(yml, old) {
-					t.Fatalf("dc1's config has no %q:\n%s", old, yml)
-				}
-				yml = strings.Replace(yml, old, fmt.Sprintf("{device: %s, target: {address: %s, tcp_port: 9}}", tn.Device, tn.RemoteAddress), 1)
-			}
-		}
 		cfg := filepath.Join(t.TempDir(), site+".yml")
-		if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+		if err := os.WriteFile(cfg, []byte(l.AgentConfig(site, r)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		agents[site] = labtest.StartAgent(t, bin, nsOf(t, l, site), agentAddr, "--config.file="+cfg)
@@ -51,16 +38,8 @@ func TestTCPTargetSeesWhatICMPMisses(t *testing.T) {
 	}
 
 	// The hub takes no TCP over the primaries; ICMP passes.
-	nft := fmt.Sprintf(`table inet tcpdrop {
-  chain in {
-    type filter hook input priority 0; policy accept;
-    iifname { %q, %q } meta l4proto tcp drop
-  }
-}`, mustTunnel(t, l, "dc1-primary").HubDevice, mustTunnel(t, l, "dc2-primary").HubDevice)
-	cmd := lab.Command(l.HubNamespace, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(nft)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
+	if err := l.DropTCP(true, "dc1-primary", "dc2-primary"); err != nil {
+		t.Fatal(err)
 	}
 	fault := time.Now()
 	waitGroups(t, map[string]*lab.Agent{"dc1": agents["dc1"]}, 10*time.Second, "dc1 (TCP target) on its backup", active(failover.Backup))
@@ -76,8 +55,8 @@ func TestTCPTargetSeesWhatICMPMisses(t *testing.T) {
 	if d2.Active != failover.Primary || d2.Paths["primary"].State != "up" {
 		t.Errorf("dc2 (ICMP target): active %s, primary %s after 15 s; want primary and up: ICMP passes", d2.Active, d2.Paths["primary"].State)
 	}
-	if out, err := lab.Command(l.HubNamespace, "nft", "delete", "table", "inet", "tcpdrop").CombinedOutput(); err != nil {
-		t.Fatalf("nft: %v: %s", err, out)
+	if err := l.DropTCP(false); err != nil {
+		t.Fatal(err)
 	}
 	waitGroups(t, map[string]*lab.Agent{"dc1": agents["dc1"]}, 20*time.Second, "dc1 back on its primary", active(failover.Primary))
 }
