@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -27,14 +26,7 @@ func TestOnePageWhenTheHubLosesEveryTunnel(t *testing.T) {
 	promBin, amBin := labtest.Tool(t, "prometheus", "prometheus"), labtest.Tool(t, "prometheus-alertmanager", "prometheus-alertmanager")
 	l := labtest.Start(t, lab.Config{Sites: []string{"dc1", "dc2"}, Management: true})
 	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
-	gen := t.TempDir()
-	genCfg := filepath.Join(gen, "wgpulse.yml")
-	if err := os.WriteFile(genCfg, []byte(stackAlerts), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(bin, "generate", "--config", genCfg, "--out", gen).CombinedOutput(); err != nil {
-		t.Fatalf("wgpulse generate: %v\n%s", err, out)
-	}
+	gen := generateStack(t, bin)
 	hook := newWebhook(t)
 	amAddr := startAlertmanager(t, amBin, hook.URL)
 	targets := map[string]string{}

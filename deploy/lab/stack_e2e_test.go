@@ -89,15 +89,7 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Rules and dashboards as an operator renders them.
-	gen := t.TempDir()
-	genCfg := filepath.Join(gen, "wgpulse.yml")
-	if err := os.WriteFile(genCfg, []byte(stackAlerts), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(bin, "generate", "--config", genCfg, "--out", gen).CombinedOutput(); err != nil {
-		t.Fatalf("wgpulse generate: %v\n%s", err, out)
-	}
+	gen := generateStack(t, bin)
 
 	hook := newWebhook(t)
 	amAddr := startAlertmanager(t, amBin, hook.URL)
@@ -291,6 +283,21 @@ func TestAlertChainWithPrometheusAndAlertmanager(t *testing.T) {
 			t.Logf("note: a handshake also went missing outside dc1: %v", n.GroupLabels)
 		}
 	}
+}
+
+// generateStack renders the rules and dashboards as an operator does, from
+// stackAlerts, and returns the directory.
+func generateStack(t *testing.T, bin string) string {
+	t.Helper()
+	gen := t.TempDir()
+	genCfg := filepath.Join(gen, "wgpulse.yml")
+	if err := os.WriteFile(genCfg, []byte(stackAlerts), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "generate", "--config", genCfg, "--out", gen).CombinedOutput(); err != nil {
+		t.Fatalf("wgpulse generate: %v\n%s", err, out)
+	}
+	return gen
 }
 
 // addGhostPeer adds a peer that never handshakes (no endpoint, no
