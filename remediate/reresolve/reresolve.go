@@ -120,6 +120,9 @@ var (
 
 const (
 	lookupTimeout = 5 * time.Second
+	// lookupWait is how long a tick waits for a lookup it started: a
+	// resolver that answers at once is used at once, a slow one next tick.
+	lookupWait = 50 * time.Millisecond
 	// retryLookup is how long a failed lookup, or an answer without a TTL
 	// (an /etc/hosts entry), is kept.
 	retryLookup = 30 * time.Second
@@ -159,6 +162,7 @@ type unit struct {
 	expires   time.Time        // when the answer (or a failed lookup) runs out
 	lookupErr string
 	tried     map[netip.AddrPort]time.Time // addresses tried in this stale episode
+	inflight  chan lookupResult            // a lookup under way
 	trying    time.Time                    // when the last change of ours was made
 }
 
@@ -314,9 +318,20 @@ func (p *Policy) evaluate(env remediate.Env, u *unit) remediate.Plan {
 	if !u.trying.IsZero() && now.Sub(u.trying) < p.c.TryFor {
 		return plan // the address set last gets its chance to handshake
 	}
-	if !now.Before(u.expires) { // no answer yet, or its TTL (a failed lookup's retry) ran out
-
-		p.lookup(env, u)
+	// A lookup runs on its own goroutine (a resolver that times out holds
+	// it for lookupTimeout): the policy's other peers go on meanwhile, and
+	// this one waits for the answer.
+	if u.inflight == nil && !now.Before(u.expires) { // no answer yet, or its TTL (a failed lookup's retry) ran out
+		u.inflight = p.startLookup(u.st.Host)
+	}
+	if u.inflight != nil {
+		select {
+		case res := <-u.inflight:
+			u.inflight = nil
+			p.record(env, u, res.ans, res.err)
+		case <-time.After(lookupWait):
+			return plan
+		}
 	}
 	age := "never handshaked"
 	if !u.handshake.IsZero() {
@@ -365,14 +380,29 @@ func (p *Policy) evaluate(env remediate.Env, u *unit) remediate.Plan {
 	return plan
 }
 
-// lookup resolves the unit's host (one lookup, bounded), recording the
-// result in its metrics.
-func (p *Policy) lookup(env remediate.Env, u *unit) {
+type lookupResult struct {
+	ans Answer
+	err error
+}
+
+// startLookup resolves hostport's host on a goroutine of its own (bounded
+// by lookupTimeout); the result comes on the channel.
+func (p *Policy) startLookup(hostport string) chan lookupResult {
+	host, _, _ := net.SplitHostPort(hostport)
+	ch := make(chan lookupResult, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+		defer cancel()
+		ans, err := p.r.Resolve(ctx, host)
+		ch <- lookupResult{ans, err}
+	}()
+	return ch
+}
+
+// record takes one lookup's result into the unit and its metrics.
+func (p *Policy) record(env remediate.Env, u *unit, ans Answer, err error) {
 	host, port, _ := net.SplitHostPort(u.st.Host)
 	pn, _ := netip.ParseAddrPort("0.0.0.0:" + port)
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
-	ans, err := p.r.Resolve(ctx, host)
-	cancel()
 	now := env.Now
 	peer := remediate.PeerLabel(u.st.Peer, u.name)
 	switch {
