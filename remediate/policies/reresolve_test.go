@@ -333,3 +333,44 @@ func TestReresolveConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// Unknown is not down: while the device cannot be read the policy does
+// nothing. Once it can, what the kernel says counts: a handshake an hour
+// old while bytes go out is stale as soon as two polls show the sending;
+// a peer that never handshaked waits stale_after from when it was first
+// seen (a restart or a fresh device is not a stale handshake).
+func TestReresolveUnknownIsNotDown(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		lastHS   time.Duration // before the start; 0: never
+		min, max time.Duration // from the first good read to the change
+	}{{"a handshake an hour old", time.Hour, time.Second, 5 * time.Second}, {"never handshaked", 0, 135 * time.Second, 140 * time.Second}} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r, dns, h := reresolveRig(t, remediate.ModeAuto, nil)
+				moved := netip.MustParseAddrPort("203.0.113.50:51821")
+				h.moveTo(moved)
+				dns.set(hubHost, 30*time.Second, moved.Addr().String())
+				r.wg.mu.Lock()
+				r.wg.fail[tunnelDev] = true
+				r.wg.handshake[tunnelDev] = time.Time{}
+				if tc.lastHS > 0 {
+					r.wg.handshake[tunnelDev] = time.Now().Add(-tc.lastHS)
+				}
+				r.wg.mu.Unlock()
+				r.start()
+				r.run(10 * time.Minute)
+				if dns.count() != 0 || len(r.wg.configured()) != 0 {
+					t.Fatalf("device unreadable for 10 min: %d lookups, writes %v; want none", dns.count(), r.wg.configured())
+				}
+				r.wg.mu.Lock()
+				r.wg.fail[tunnelDev] = false
+				r.wg.mu.Unlock()
+				took := waitFor(t, 5*time.Minute, "the new address", func() bool { return r.wg.endpointOf(tunnelDev) == moved })
+				if took < tc.min || took > tc.max {
+					t.Errorf("set %s after the device became readable, want %s..%s", took, tc.min, tc.max)
+				}
+			})
+		})
+	}
+}
