@@ -496,14 +496,17 @@ func (p *Prober) removeLocked(t *target) {
 	}
 }
 
-func (p *Prober) openEngine(ek engineKey) (*engine, error) {
-	var c Conn
-	var err error
+// dial opens the transport of an engine: a TCP connect transport for a TCP
+// port, an ICMP socket otherwise (at first, and when it is reopened).
+func (p *Prober) dial(ek engineKey) (Conn, error) {
 	if ek.tcpPort != 0 {
-		c, err = p.openTCP(ek.device, ek.v6, ek.tcpPort)
-	} else {
-		c, err = p.open(ek.device, ek.v6)
+		return p.openTCP(ek.device, ek.v6, ek.tcpPort)
 	}
+	return p.open(ek.device, ek.v6)
+}
+
+func (p *Prober) openEngine(ek engineKey) (*engine, error) {
+	c, err := p.dial(ek)
 	if err != nil {
 		if p.openErrs[ek] != err.Error() {
 			p.openErrs[ek] = err.Error()
@@ -541,7 +544,7 @@ func (p *Prober) repair(now time.Time) {
 		if !e.broken && check && !e.unbound {
 			if s, ok := e.c.(staler); ok && s.Stale() {
 				e.broken = true
-				p.logger.Warn("the device of an ICMP socket was recreated (a new ifindex): reopening it; its targets are unknown meanwhile", "device", ek.device)
+				p.logger.Warn("the device of a probe socket is gone or was recreated (a new ifindex): reopening it; its targets are unknown meanwhile", "device", ek.device)
 			}
 		}
 		broken, fresh := e.broken, e.broken && !e.reset
@@ -561,18 +564,18 @@ func (p *Prober) repair(now time.Time) {
 		if now.Before(e.retryAt) {
 			continue
 		}
-		c, err := p.open(ek.device, ek.v6)
+		c, err := p.dial(ek)
 		if err != nil {
 			e.retryAt = now.Add(staleEvery)
 			if p.openErrs[ek] != err.Error() {
 				p.openErrs[ek] = err.Error()
-				p.logger.Warn("cannot reopen the ICMP socket of a device yet; retrying every second, its targets unknown", "device", ek.device, "err", err)
+				p.logger.Warn("cannot reopen the probe socket of a device yet; retrying every second, its targets unknown", "device", ek.device, "err", err)
 			}
 			continue
 		}
 		delete(p.openErrs, ek)
 		e.swap(c)
-		p.logger.Info("probing through device again: its ICMP socket was reopened", "device", ek.device)
+		p.logger.Info("probing through device again: its probe socket was reopened", "device", ek.device)
 		for _, t := range targets {
 			t.next = now // probe at once: a verdict within a few intervals
 			if t.heapIndex >= 0 {

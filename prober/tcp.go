@@ -25,6 +25,7 @@ import (
 // (SO_LINGER 0), so probing leaves no TIME_WAIT behind.
 type tcpConn struct {
 	device  string
+	ifindex int // of the device when opened; 0: no device
 	port    uint16
 	id      uint16
 	timeout time.Duration
@@ -39,14 +40,15 @@ type tcpConn struct {
 const tcpDialTimeout = 30 * time.Second
 
 func openTCP(device string, _ bool, port uint16) (Conn, error) {
-	if err := deviceExists(device); err != nil {
+	idx, err := ifindexOf(device)
+	if err != nil {
 		return nil, err
 	}
 	var b [2]byte
 	_, _ = rand.Read(b[:])
 	id := binary.BigEndian.Uint16(b[:]) | 1
 	ctx, cancel := context.WithCancel(context.Background())
-	return &tcpConn{device: device, port: port, id: id, timeout: tcpDialTimeout, replies: make(chan Reply, 64), ctx: ctx, cancel: cancel}, nil
+	return &tcpConn{device: device, ifindex: idx, port: port, id: id, timeout: tcpDialTimeout, replies: make(chan Reply, 64), ctx: ctx, cancel: cancel}, nil
 }
 
 // Send implements Conn: the connect runs on its own goroutine, and its
@@ -55,9 +57,6 @@ func openTCP(device string, _ bool, port uint16) (Conn, error) {
 func (c *tcpConn) Send(dst netip.Addr, id, seq uint16, payload []byte) error {
 	if c.ctx.Err() != nil {
 		return ErrClosed
-	}
-	if err := deviceExists(c.device); err != nil {
-		return err // the engine makes the target unknown and reopens, as for a gone ICMP socket
 	}
 	p := append([]byte(nil), payload...)
 	c.wg.Add(1)
@@ -100,16 +99,29 @@ func (c *tcpConn) connect(dst netip.Addr) (bool, time.Time) {
 	return false, at
 }
 
-// deviceExists says ENODEV when the device to bind to is not there (a TCP
-// connect would only fail after its timeout, and look like a dead path).
-func deviceExists(device string) error {
+// ifindexOf is the device's index, ENODEV when it is not there (a TCP
+// connect bound to it would only fail after its timeout, and look like a
+// dead path); 0 for no device.
+func ifindexOf(device string) (int, error) {
 	if device == "" {
-		return nil
+		return 0, nil
 	}
-	if _, err := net.InterfaceByName(device); err != nil {
-		return fmt.Errorf("device %s: %w", device, unix.ENODEV)
+	ifi, err := net.InterfaceByName(device)
+	if err != nil {
+		return 0, fmt.Errorf("device %s: %w", device, unix.ENODEV)
 	}
-	return nil
+	return ifi.Index, nil
+}
+
+// Stale implements the prober's staler, checked once a second: the device
+// is gone or was recreated, so the engine makes its targets unknown and
+// reopens, as for an ICMP socket. Sends do not look the device up.
+func (c *tcpConn) Stale() bool {
+	if c.ifindex == 0 {
+		return false
+	}
+	idx, err := ifindexOf(c.device)
+	return err != nil || idx != c.ifindex
 }
 
 // Recv implements Conn.
