@@ -41,7 +41,10 @@ func TestTCPTargetDeviceRecreated(t *testing.T) {
 	var stale atomic.Bool
 	var tcpOpens, icmpOpens atomic.Int32
 	opts := Options{
-		Open: func(string, bool) (Conn, error) { icmpOpens.Add(1); return nil, errors.New("no ICMP socket in this test") },
+		Open: func(string, bool) (Conn, error) {
+			icmpOpens.Add(1)
+			return nil, errors.New("no ICMP socket in this test")
+		},
 		OpenTCP: func(device string, v6 bool, port uint16) (Conn, error) {
 			tcpOpens.Add(1)
 			if stale.Load() {
