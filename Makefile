@@ -76,6 +76,7 @@ fuzz:
 # demo: the lab plus an agent per site, with a fault timeline (root).
 # DEMO_FLAGS=--hold keeps it up for Prometheus/Grafana.
 demo: build
+	@deploy/install-deps.sh demo
 	./bin/wgpulse-lab demo $(DEMO_FLAGS)
 
 # install: the binary, the hardened systemd unit (ExecStart under PREFIX) and,

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the tools wgpulse's tests use when they are missing (Debian-like
 # systems, as root), or fails with one line naming what to install.
+# `install-deps.sh demo` installs only what `make demo` needs.
 set -euo pipefail
+purpose="make test"
 declare -A pkg_for=(
   [ip]=iproute2
   [ping]=iputils-ping
@@ -22,6 +24,10 @@ declare -A pkg_for=(
   [cpio]=cpio
   [dnsmasq]=dnsmasq-base
 )
+if [[ ${1:-} == demo ]]; then
+  purpose="make demo"
+  pkg_for=([ip]=iproute2 [ping]=iputils-ping)
+fi
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
@@ -29,14 +35,14 @@ done
 ((${#missing[@]} == 0)) && exit 0
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "missing test tools: install the packages ${missing[*]} (Debian names) and rerun make test" >&2
+  echo "missing tools: install the packages ${missing[*]} (Debian names) and rerun $purpose" >&2
   exit 1
 fi
-echo "installing test tools: ${missing[*]}" >&2
+echo "installing what $purpose needs: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null
 if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/wgpulse-apt.log 2>&1; then
-  echo "apt-get install ${missing[*]} failed (log: /tmp/wgpulse-apt.log): install them by hand and rerun make test" >&2
+  echo "apt-get install ${missing[*]} failed (log: /tmp/wgpulse-apt.log): install them by hand and rerun $purpose" >&2
   exit 1
 fi
 # The Debian packages start services we do not want; tests run their own.

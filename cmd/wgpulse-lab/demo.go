@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/wgpulse/wgpulse/cmd/internal/agent"
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/remediate/failover"
 )
@@ -49,18 +50,37 @@ type demoStep struct {
 	// dropTCP, when set, makes the hub drop TCP over these tunnels (ICMP
 	// passes); an empty, non-nil list passes it again.
 	dropTCP []string
+	// until, when set, keeps the step going (ticking) until the agents show
+	// what it is about, for at most untilMax.
+	until func(*view) bool
+	what  string // what until waits for
+}
+
+// untilMax bounds a step that waits for the agents.
+const untilMax = 90 * time.Second
+
+// blackHoleSeen: dc1's agent measured the black hole on dc1-primary and its
+// MTU policy put the measured path MTU in force.
+func blackHoleSeen(vw *view) bool {
+	v, ok := vw.last["dc1-primary"]
+	if !ok || v.status == nil || v.status.Probe == nil {
+		return false
+	}
+	pmtu := v.status.Probe.PathMTU
+	return pmtu > 0 && pmtu <= 1300 && v.mtuPolicy > 0 && v.mtuPolicy <= 1300
 }
 
 var timeline = []demoStep{
-	{"clean network: every tunnel handshaked, traffic flowing", nil, nil},
-	{"20% loss and 40ms delay on dc1-primary", [][]string{{"dc1-primary", "loss=20", "delay=40ms"}}, nil},
-	{"jitter: 30ms ± 20ms on dc2-primary; dc1-primary clean again", [][]string{{"dc1-primary", "loss=0", "delay=0"}, {"dc2-primary", "delay=30ms", "jitter=20ms"}}, nil},
-	{"NAT rebinds on dc2-primary: the hub sees a new endpoint", [][]string{{"dc2-primary", "delay=0", "jitter=0", "rebind"}}, nil},
-	{"MTU black hole on dc1-primary: underlay drops packets > 1300 bytes", [][]string{{"dc1-primary", "mtu=1300"}}, nil},
-	{"dc1-primary DOWN: the agents move dc1 <-> hub LAN traffic to the backup", [][]string{{"dc1-primary", "mtu=0", "down"}}, nil},
-	{"dc1-primary back UP: traffic returns after hold_down", [][]string{{"dc1-primary", "up"}}, nil},
-	{"dc2-primary passes ICMP but drops TCP: dc2's groups probe with TCP connects and move to the backup", nil, []string{"dc2-primary"}},
-	{"dc2-primary carries TCP again: traffic returns after hold_down", nil, []string{}},
+	{title: "clean network: every tunnel handshaked, traffic flowing"},
+	{title: "20% loss and 40ms delay on dc1-primary", faults: [][]string{{"dc1-primary", "loss=20", "delay=40ms"}}},
+	{title: "jitter: 30ms ± 20ms on dc2-primary; dc1-primary clean again", faults: [][]string{{"dc1-primary", "loss=0", "delay=0"}, {"dc2-primary", "delay=30ms", "jitter=20ms"}}},
+	{title: "NAT rebinds on dc2-primary: the hub sees a new endpoint", faults: [][]string{{"dc2-primary", "delay=0", "jitter=0", "rebind"}}},
+	{title: "MTU black hole on dc1-primary: underlay drops packets > 1300 bytes; dc1's agent measures the path MTU and its MTU policy puts it in force",
+		faults: [][]string{{"dc1-primary", "mtu=1300"}}, until: blackHoleSeen, what: "dc1's path MTU measured and in force"},
+	{title: "dc1-primary DOWN: the agents move dc1 <-> hub LAN traffic to the backup", faults: [][]string{{"dc1-primary", "mtu=0", "down"}}},
+	{title: "dc1-primary back UP: traffic returns after hold_down", faults: [][]string{{"dc1-primary", "up"}}},
+	{title: "dc2-primary passes ICMP but drops TCP: dc2's groups probe with TCP connects and move to the backup", dropTCP: []string{"dc2-primary"}},
+	{title: "dc2-primary carries TCP again: traffic returns after hold_down", dropTCP: []string{}},
 }
 
 func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
@@ -75,6 +95,11 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 	agentBin, err := findAgent(*d.agent)
 	if err != nil {
 		return fail(err)
+	}
+	// The lab's traffic, the ground truth next to the agents' view, is the
+	// system ping's.
+	if _, err := exec.LookPath("ping"); err != nil {
+		return fail(errors.New("the demo's traffic runs the system ping, which is not installed: apt-get install iputils-ping (make demo does this)"))
 	}
 	// SIGPIPE (`demo | head`) and SIGHUP (terminal closed) end the demo
 	// like Ctrl-C does: with cleanup, not with a dead process.
@@ -93,13 +118,19 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 		}
 	}()
 
-	fmt.Fprintf(stdout, "== starting a wgpulse agent on the hub and in each site (remediate.mode auto: dc1 fast profile over ICMP, dc2 default over TCP connects; hold_down %s)\n", *d.holdDown)
+	fmt.Fprintf(stdout, "== starting a wgpulse agent on the hub and in each site (remediate.mode auto: failover with dc1 on the fast profile over ICMP, dc2 default over TCP connects, hold_down %s; the MTU and keepalive policies)\n", *d.holdDown)
 	var agents []*demoAgent
 	hub := lab.Site{Name: "hub", Namespace: l.HubNamespace, Management: l.HubManagement}
 	// dc2's groups probe with TCP connects (to a closed port: a refusal
 	// proves the path), so a path that drops TCP and passes ICMP shows.
 	rem := lab.Remediation{Mode: "auto", Profiles: map[string]string{"dc1": "fast", "dc2": "default"}, HoldDown: *d.holdDown, StateDir: l.Dir,
-		TCPPorts: map[string]int{"dc2": 9}}
+		TCPPorts: map[string]int{"dc2": 9},
+		// The MTU and keepalive policies run on every node. The prober
+		// probes every 200 ms (1 s in production) over a 10 s window (1m),
+		// so its loss and RTT (the last 64 replies) follow the steps; the path MTU is confirmed every 5 s (30 s) with a 1 s probe
+		// timeout (2 s), so a black hole is measured in about 20 s.
+		MTU: true, MTUYAML: "min: 1200\nhold_down: 20s", Keepalive: true,
+		ProberYAML: "interval: 200ms\ntimeout: 1s\nwindow: 10s\npmtu: {min: 1200, interval: 1m, confirm: 5s}"}
 	for _, s := range append([]lab.Site{hub}, l.Sites...) {
 		a, err := startDemoAgent(ctx, l, s, agentBin, rem)
 		if err != nil {
@@ -116,9 +147,25 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 		return fail(err)
 	}
 	defer lanFlow.stop()
-	fmt.Fprintf(stdout, "== fault timeline (%d steps of %s; Ctrl-C stops and cleans up)\n", len(timeline), *d.step)
 	start := time.Now()
 	vw := &view{w: stdout, start: start, l: l, agents: agents, tr: traffic, lan: lanFlow, prevBytes: map[string]float64{}}
+	// The table starts once it is whole: the lab's first pings, and every
+	// agent's first probes and path MTU search (a few seconds).
+	fmt.Fprintln(stdout, "== waiting for the first pings and each agent's first probes and path MTU search")
+	for !vw.complete() {
+		if time.Since(start) > untilMax {
+			fmt.Fprintf(stdout, "   not every value is in after %s (a '-' below is a value missing); starting anyway\n", untilMax)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return 0
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	fmt.Fprintf(stdout, "== fault timeline (%d steps of %s; Ctrl-C stops and cleans up)\n", len(timeline), *d.step)
+	start = time.Now()
+	vw.start = start
 	var downAt, upAt time.Time // of dc1-primary
 	for i, st := range timeline {
 		vw.stepStart = time.Now()
@@ -142,7 +189,17 @@ func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "\n[%5s] step %d/%d: %s\n", since(start), i+1, len(timeline), st.title)
 		tick := time.NewTicker(*d.step / 2)
-		for range 2 {
+		for n := 0; ; n++ {
+			if n >= 2 && (st.until == nil || st.until(vw)) {
+				break
+			}
+			if n >= 2 && time.Since(vw.stepStart) > untilMax {
+				fmt.Fprintf(stdout, "   the agents did not show %s within %s; going on\n", st.what, untilMax)
+				break
+			}
+			if n == 2 {
+				fmt.Fprintf(stdout, "   waiting for %s (up to %s)\n", st.what, untilMax)
+			}
 			select {
 			case <-ctx.Done():
 				tick.Stop()
@@ -214,7 +271,7 @@ type demoAgent struct {
 	*lab.Agent
 	site  lab.Site
 	log   string
-	names map[string]string // hub public key -> tunnel name
+	names map[string]string // peerID(device, public key) -> tunnel name
 }
 
 func startDemoAgent(ctx context.Context, l *lab.Lab, s lab.Site, bin string, rem lab.Remediation) (*demoAgent, error) {
@@ -222,9 +279,9 @@ func startDemoAgent(ctx context.Context, l *lab.Lab, s lab.Site, bin string, rem
 	for _, t := range l.Tunnels {
 		switch {
 		case s.Name == "hub": // the hub watches every site: NAT rebinds show here
-			a.names[t.PublicKey] = t.Name
+			a.names[peerID(t.HubDevice, t.PublicKey)] = t.Name
 		case t.Site == s.Name:
-			a.names[t.HubPublicKey] = t.Name
+			a.names[peerID(t.Device, t.HubPublicKey)] = t.Name
 		}
 	}
 	cfgPath := filepath.Join(l.Dir, "agent-"+s.Name+".yml")
@@ -249,10 +306,21 @@ func startDemoAgent(ctx context.Context, l *lab.Lab, s lab.Site, bin string, rem
 	return a, nil
 }
 
-// peerView is what an agent reports for one tunnel.
+// peerView is what an agent reports for one tunnel: its counters from
+// /metrics, the values the MTU and keepalive policies put in force, and
+// the peer in the status API (the prober's loss, RTT, jitter and path MTU,
+// the health word).
 type peerView struct {
 	handshake, rx, tx, changes float64
+	mtuPolicy                  float64 // wgpulse_remediation_mtu_bytes; 0 = none
+	mtuMechanism               string
+	keepalivePolicy            bool // wgpulse_remediation_keepalive_seconds is present
+	status                     *agent.PeerStatus
+	deviceMTU                  int
 }
+
+// peerID names a peer on one of the node's devices.
+func peerID(device, publicKey string) string { return device + "/" + publicKey }
 
 func (a *demoAgent) scrape() (map[string]peerView, error) {
 	code, body, err := a.Get("/metrics")
@@ -268,27 +336,48 @@ func (a *demoAgent) scrape() (map[string]peerView, error) {
 		return nil, err
 	}
 	out := map[string]peerView{}
-	get := func(name string, set func(*peerView, float64)) {
+	get := func(name string, set func(*peerView, float64, map[string]string)) {
 		for _, m := range mfs[name].GetMetric() {
-			var key string
+			labels := map[string]string{}
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "public_key" {
-					key = l.GetValue()
-				}
+				labels[l.GetName()] = l.GetValue()
 			}
-			tunnel, ok := a.names[key]
+			tunnel, ok := a.names[peerID(labels["device"], labels["public_key"])]
 			if !ok {
 				continue
 			}
 			v := out[tunnel]
-			set(&v, m.GetGauge().GetValue()+m.GetCounter().GetValue())
+			set(&v, m.GetGauge().GetValue()+m.GetCounter().GetValue(), labels)
 			out[tunnel] = v
 		}
 	}
-	get("wireguard_peer_last_handshake_seconds", func(v *peerView, f float64) { v.handshake = f })
-	get("wireguard_peer_receive_bytes_total", func(v *peerView, f float64) { v.rx = f })
-	get("wireguard_peer_transmit_bytes_total", func(v *peerView, f float64) { v.tx = f })
-	get("wireguard_peer_endpoint_changes_total", func(v *peerView, f float64) { v.changes = f })
+	get("wireguard_peer_last_handshake_seconds", func(v *peerView, f float64, _ map[string]string) { v.handshake = f })
+	get("wireguard_peer_receive_bytes_total", func(v *peerView, f float64, _ map[string]string) { v.rx = f })
+	get("wireguard_peer_transmit_bytes_total", func(v *peerView, f float64, _ map[string]string) { v.tx = f })
+	get("wireguard_peer_endpoint_changes_total", func(v *peerView, f float64, _ map[string]string) { v.changes = f })
+	get("wgpulse_remediation_mtu_bytes", func(v *peerView, f float64, l map[string]string) { v.mtuPolicy, v.mtuMechanism = f, l["mechanism"] })
+	get("wgpulse_remediation_keepalive_seconds", func(v *peerView, _ float64, _ map[string]string) { v.keepalivePolicy = true })
+
+	code, body, err = a.Get(agent.StatusPath)
+	if err == nil && code != http.StatusOK {
+		err = fmt.Errorf("HTTP %d", code)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("status API: %w", err)
+	}
+	var st agent.Status
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
+		return nil, fmt.Errorf("status API: %w", err)
+	}
+	for _, d := range st.Devices {
+		for _, p := range d.Peers {
+			if tunnel, ok := a.names[peerID(d.Name, p.PublicKey)]; ok {
+				v := out[tunnel]
+				v.status, v.deviceMTU = &p, d.MTU
+				out[tunnel] = v
+			}
+		}
+	}
 	return out, nil
 }
 
@@ -348,10 +437,37 @@ type view struct {
 	lan       *lanFlow
 	prevBytes map[string]float64
 	table     table
+	last      map[string]peerView // the site agents' view in the last tick, by tunnel
 }
 
+// demoColumns head the table: the lab's truth next to the site agent's
+// measurement ("lab / agent"), and what the MTU and keepalive policies keep
+// in force.
+var demoColumns = []string{"tunnel", "faults", "site agent: handshake age", "bytes/tick", "hub agent: endpoint changes",
+	"loss lab/agent", "rtt p50 lab/agent", "jitter lab/agent", "path MTU lab/agent", "1400B DF", "health lab/agent", "MTU in force", "keepalive site/hub"}
+
 func (vw *view) tick() {
-	rows := [][]string{{"[" + since(vw.start) + "]", "tunnel", "faults", "site agent: handshake age", "bytes/tick", "hub agent: endpoint changes", "ping: loss", "rtt p50", "1400B DF"}}
+	vw.table.write(vw.w, vw.rows())
+	vw.failover()
+}
+
+// complete reports whether every cell of the table has a value: the lab's
+// pings and every agent's first probes and path MTU search are in.
+func (vw *view) complete() bool {
+	for _, row := range vw.rows()[1:] {
+		for _, cell := range row[1:] {
+			if cell == "-" || strings.HasPrefix(cell, "- /") || strings.HasSuffix(cell, "/ -") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// rows are the table's rows for this instant, the header first; they
+// advance the bytes/tick counters.
+func (vw *view) rows() [][]string {
+	rows := [][]string{append([]string{"[" + since(vw.start) + "]"}, demoColumns...)}
 	tunnels, _ := vw.l.Status()
 	views := map[string]map[string]peerView{}
 	for _, a := range vw.agents {
@@ -359,10 +475,13 @@ func (vw *view) tick() {
 			views[a.site.Name] = v
 		}
 	}
+	vw.last = map[string]peerView{}
 	for _, t := range tunnels {
 		hs, bytes, changes := "no scrape", "-", "no scrape"
-		if site, ok := views[t.Site]; ok {
-			v := site[t.Name]
+		site, siteOK := views[t.Site]
+		v := site[t.Name]
+		if siteOK {
+			vw.last[t.Name] = v
 			hs = "never"
 			if v.handshake > 0 {
 				hs = time.Since(time.Unix(int64(v.handshake), 0)).Round(time.Second).String()
@@ -370,21 +489,128 @@ func (vw *view) tick() {
 			bytes = fmt.Sprintf("%.0f", v.rx+v.tx-vw.prevBytes[t.Name])
 			vw.prevBytes[t.Name] = v.rx + v.tx
 		}
-		if hub, ok := views["hub"]; ok {
+		hub, hubOK := views["hub"]
+		if hubOK {
 			changes = fmt.Sprintf("%.0f", hub[t.Name].changes)
 		}
-		loss, rtt, big := "-", "-", "-"
-		if r, passed, ok := vw.tr.get(t.Name); ok {
-			loss = fmt.Sprintf("%.0f%%", 100*r.Loss())
-			if len(r.RTTs) > 0 {
-				rtt = r.Quantile(0.5).Round(100 * time.Microsecond).String()
-			}
-			big = map[bool]string{true: "passes", false: "LOST"}[passed]
+		truth := vw.truth(t)
+		seen := agentCells(v)
+		mtu, keepalive := inForce(v), "-"
+		if siteOK && hubOK && v.status != nil && hub[t.Name].status != nil {
+			keepalive = keepaliveCell(v) + " / " + keepaliveCell(hub[t.Name])
 		}
-		rows = append(rows, []string{"", t.Name, fmt.Sprint(t.Faults), hs, bytes, changes, loss, rtt, big})
+		rows = append(rows, []string{"", t.Name, fmt.Sprint(t.Faults), hs, bytes, changes,
+			truth.loss + " / " + seen.loss, truth.rtt + " / " + seen.rtt, truth.jitter + " / " + seen.jitter,
+			truth.pmtu + " / " + seen.pmtu, truth.big, truth.health + " / " + seen.health, mtu, keepalive})
 	}
-	vw.table.write(vw.w, rows)
-	vw.failover()
+	return rows
+}
+
+// cells is one side of the "lab / agent" columns.
+type cells struct{ loss, rtt, jitter, pmtu, big, health string }
+
+// truth is what the lab knows of the tunnel: the system ping's loss, RTT
+// median and jitter (mean difference of consecutive RTTs) over its last
+// 15 probes, whether a 1400-byte DF packet crossed, the largest inner
+// packet the path's faults let through the device (lab.InnerLimit), and a
+// health word from the faults set on the path.
+func (vw *view) truth(t lab.Tunnel) cells {
+	c := cells{loss: "-", rtt: "-", jitter: "-", big: "-", pmtu: fmt.Sprint(t.MTU), health: "clean"}
+	if f := t.Faults; f != nil {
+		if f.MTU > 0 {
+			c.pmtu = fmt.Sprint(lab.InnerLimit(f.MTU, t.MTU))
+		}
+		switch {
+		case f.Down:
+			c.health = "down"
+		case f.Loss > 0 || f.Delay > 0 || f.Jitter > 0 || (f.MTU > 0 && lab.InnerLimit(f.MTU, t.MTU) < t.MTU):
+			c.health = "impaired"
+		}
+	}
+	r, passed, ok := vw.tr.get(t.Name)
+	if !ok {
+		return c
+	}
+	c.loss = fmt.Sprintf("%.0f%%", 100*r.Loss())
+	c.big = map[bool]string{true: "passes", false: "LOST"}[passed]
+	switch len(r.RTTs) {
+	case 0:
+		c.rtt, c.jitter = "all lost", "all lost"
+	case 1:
+		c.rtt, c.jitter = r.Quantile(0.5).Round(100*time.Microsecond).String(), "one reply"
+	default:
+		c.rtt = r.Quantile(0.5).Round(100 * time.Microsecond).String()
+		var sum time.Duration
+		for i := 1; i < len(r.RTTs); i++ {
+			sum += (r.RTTs[i] - r.RTTs[i-1]).Abs()
+		}
+		c.jitter = (sum / time.Duration(len(r.RTTs)-1)).Round(100 * time.Microsecond).String()
+	}
+	return c
+}
+
+// agentCells is the site agent's view of the tunnel's peer: its prober's
+// loss, RTT median, jitter and path MTU, and the status health word. A
+// "-" is a value the agent does not have.
+func agentCells(v peerView) cells {
+	c := cells{loss: "-", rtt: "-", jitter: "-", pmtu: "-", health: "-"}
+	ps := v.status
+	if ps == nil {
+		return c
+	}
+	c.health = ps.Health
+	pr := ps.Probe
+	if pr == nil || pr.State == "unknown" {
+		return c
+	}
+	c.loss = fmt.Sprintf("%.0f%%", 100*pr.LossRatio)
+	switch {
+	case pr.RTTP50Seconds > 0:
+		c.rtt = seconds(pr.RTTP50Seconds)
+	case pr.State == "down" || pr.LossRatio == 1:
+		c.rtt = "all lost"
+	}
+	c.jitter = seconds(pr.JitterSeconds)
+	if pr.PathMTU > 0 {
+		c.pmtu = fmt.Sprint(pr.PathMTU)
+	}
+	return c
+}
+
+// inForce is the MTU the site's packets to the peer get: the MTU policy's
+// (on the peer's routes, or the device) when it set one, else the device's.
+func inForce(v peerView) string {
+	switch {
+	case v.status == nil:
+		return "-"
+	case v.mtuPolicy > 0:
+		return fmt.Sprintf("%.0f (mtu policy, %s)", v.mtuPolicy, v.mtuMechanism)
+	}
+	return fmt.Sprint(v.deviceMTU)
+}
+
+// keepaliveCell is the peer's PersistentKeepalive, marked when the
+// keepalive policy set it.
+func keepaliveCell(v peerView) string {
+	k := "off"
+	if s := v.status.KeepaliveSeconds; s > 0 {
+		k = seconds(s)
+	}
+	if v.keepalivePolicy {
+		k += " (keepalive policy)"
+	}
+	return k
+}
+
+func seconds(s float64) string {
+	d := time.Duration(s * float64(time.Second))
+	switch {
+	case d >= time.Second:
+		return d.Round(100 * time.Millisecond).String()
+	case d >= time.Millisecond:
+		return d.Round(100 * time.Microsecond).String()
+	}
+	return d.Round(time.Microsecond).String()
 }
 
 // table prints rows in columns as wide as the widest cell seen in any

@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
@@ -140,8 +142,62 @@ func TestDemo(t *testing.T) {
 	if !rowHas(rebind, "dc2-primary", " 1 ") {
 		t.Errorf("hub agent shows no endpoint change for dc2-primary after the rebind:\n%s", rebind)
 	}
-	if mtu := section("step 5/9", "step 6/9"); !rowHas(mtu, "dc1-primary", "LOST") || !rowHas(mtu, "dc1-backup", "passes") {
+	mtu := section("step 5/9", "step 6/9")
+	if !rowHas(mtu, "dc1-primary", "LOST") || !rowHas(mtu, "dc1-backup", "passes") {
 		t.Errorf("MTU step does not show the black hole on dc1-primary only:\n%s", mtu)
+	}
+	// Every value is in from the first tick on: no column is "-".
+	rows := tableRows(t, out)
+	if len(rows) < 9*2*4 {
+		t.Fatalf("%d table rows, want at least 2 ticks of 4 tunnels per step", len(rows))
+	}
+	for _, r := range rows {
+		for col, cell := range r {
+			if cell == "-" || strings.HasPrefix(cell, "- /") || strings.HasSuffix(cell, "/ -") {
+				t.Errorf("column %q is %q: %v", demoColumns[col], cell, r)
+			}
+		}
+	}
+	// The black hole as dc1's agent sees it at the end of the step: the
+	// measured path MTU (the lab lets 1232 through) and the MTU policy's
+	// route MTU in force; dc1-backup keeps 1420.
+	last := func(sec, tunnel string) map[string]string {
+		var row map[string]string
+		for _, r := range tableRows(t, sec) {
+			if r[0] == tunnel {
+				row = map[string]string{}
+				for i, c := range r {
+					row[demoColumns[i]] = c
+				}
+			}
+		}
+		if row == nil {
+			t.Fatalf("no row for %s in:\n%s", tunnel, sec)
+		}
+		return row
+	}
+	hole := last(mtu, "dc1-primary")
+	var labMTU, agentMTU, inForce int
+	if _, err := fmt.Sscanf(hole["path MTU lab/agent"], "%d / %d", &labMTU, &agentMTU); err != nil || labMTU != 1232 || agentMTU > 1300 || agentMTU < 1232-20 {
+		t.Errorf("black hole: path MTU lab/agent %q, want 1232 / within 20 bytes below it (and never above 1300)", hole["path MTU lab/agent"])
+	}
+	if _, err := fmt.Sscanf(hole["MTU in force"], "%d (mtu policy", &inForce); err != nil || inForce != agentMTU {
+		t.Errorf("black hole: MTU in force %q, want the measured %d set by the MTU policy", hole["MTU in force"], agentMTU)
+	}
+	if b := last(mtu, "dc1-backup"); b["path MTU lab/agent"] != "1420 / 1420" || b["MTU in force"] != "1420" {
+		t.Errorf("black hole: dc1-backup shows %q and %q, want 1420 / 1420 and 1420", b["path MTU lab/agent"], b["MTU in force"])
+	}
+	// 30ms ± 20ms of delay on dc2-primary: the agent sees milliseconds of
+	// jitter there, where the clean paths have tens of microseconds.
+	jitter := last(section("step 3/9", "step 4/9"), "dc2-primary")["jitter lab/agent"]
+	if _, seen, _ := strings.Cut(jitter, " / "); func() bool { d, err := time.ParseDuration(seen); return err != nil || d < time.Millisecond }() {
+		t.Errorf("jitter step: dc2-primary jitter lab/agent %q, want the agent's above 1ms", jitter)
+	}
+	if r := last(section("step 6/9", "step 7/9"), "dc1-primary"); r["health lab/agent"] != "down / down" {
+		t.Errorf("DOWN step: dc1-primary health lab/agent %q, want down / down", r["health lab/agent"])
+	}
+	if r := last(section("step 2/9", "step 3/9"), "dc1-primary"); strings.HasSuffix(r["loss lab/agent"], "/ 0%") {
+		t.Errorf("20%% loss on dc1-primary: the agent shows loss %q", r["loss lab/agent"])
 	}
 	// The failover shows live: both ends move dc1's LAN traffic to the
 	// backup with the decision's reason, within a second, and come back.
@@ -178,6 +234,25 @@ func TestDemo(t *testing.T) {
 	if left := leftoverNamespaces(p); left != "" {
 		t.Errorf("after the demo: %s", left)
 	}
+}
+
+// tableRows are the demo table's tunnel rows in out, split into the cells
+// of demoColumns (cells are 2 or more spaces apart).
+func tableRows(t *testing.T, out string) [][]string {
+	t.Helper()
+	var rows [][]string
+	sep := regexp.MustCompile(`\s{2,}`)
+	for _, line := range strings.Split(out, "\n") {
+		cells := sep.Split(strings.TrimSpace(line), -1)
+		if !strings.HasPrefix(line, "  ") || !regexp.MustCompile(`^dc\d-(primary|backup)$`).MatchString(cells[0]) {
+			continue
+		}
+		if len(cells) != len(demoColumns) {
+			t.Fatalf("table row with %d cells, want %d: %q", len(cells), len(demoColumns), line)
+		}
+		rows = append(rows, cells)
+	}
+	return rows
 }
 
 func rowHas(section, tunnel, want string) bool {

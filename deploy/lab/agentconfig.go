@@ -23,6 +23,8 @@ type Remediation struct {
 	// to its section (one per line, unindented).
 	MTU     bool
 	MTUYAML string
+	// Keepalive turns the keepalive policy on for the node's devices.
+	Keepalive bool
 	// ProberYAML is the node's prober section (one key per line, unindented).
 	ProberYAML string
 	// TCPPorts: site -> port: that site's groups (on the site and on the
@@ -103,6 +105,9 @@ func (l *Lab) AgentConfig(node string, r Remediation) string {
 		fmt.Fprintf(&b, "remediate:\n  mode: %s\n", r.Mode)
 		if r.MTU {
 			fmt.Fprintf(&b, "  mtu:\n    enabled: true\n    devices: [%s]\n%s", strings.Join(devices, ", "), indent(r.MTUYAML, "    "))
+		}
+		if r.Keepalive {
+			fmt.Fprintf(&b, "  keepalive:\n    enabled: true\n    devices: [%s]\n", strings.Join(devices, ", "))
 		}
 		if r.StateDir != "" {
 			fmt.Fprintf(&b, "  state_file: %s/%s.json\n", r.StateDir, node)
