@@ -35,6 +35,7 @@ func run(args []string) int {
 	remediateMode := runCmd.Flag("remediate.mode", "Override remediate.mode from the config file: off, dry-run or auto.").Default("").Enum("", "off", "dry-run", "auto")
 	remediationAPI := runCmd.Flag("web.enable-remediation-api", "Enable POST /-/remediate/pause and /-/remediate/resume (off: they answer 403, "+
 		"like Prometheus's --web.enable-lifecycle); protect them with --web.config.file. SIGUSR1 toggles the pause either way.").Bool()
+	pprofOn := runCmd.Flag("web.enable-pprof", "Serve Go's profiles under /debug/pprof/ (heap, CPU, goroutines) for a performance report; off by default, and behind --web.config.file's auth like every endpoint.").Bool()
 	webFlags := kingpinflag.AddFlags(runCmd, ":9586")
 	logConfig := &promslog.Config{}
 	flag.AddFlags(app, logConfig)
@@ -140,6 +141,7 @@ func run(args []string) int {
 		ConfigFile:     *configFile,
 		RemediateMode:  *remediateMode,
 		RemediationAPI: *remediationAPI,
+		Pprof:          *pprofOn,
 		TelemetryPath:  *telemetryPath,
 		Web:            webFlags,
 		Logger:         logger,

@@ -299,19 +299,27 @@ func (c *checker) routedElsewhere(d *collector.Device) {
 // routesNotAllowed: a route into the device for addresses no peer of it
 // allows. WireGuard drops such packets (no peer for the destination) and
 // tells no one.
+// maxListed is how many prefixes a finding's evidence names.
+const maxListed = 5
+
 func (c *checker) routesNotAllowed(d *collector.Device) {
 	allowed := c.allowed[d.Name]
 	for _, r := range c.Routes {
 		if r.Device != d.Name || r.Protocol == protoKernel {
 			continue
 		}
-		_, _, covered := allowed.longest(r.Dst.Addr(), r.Dst.Bits())
+		if _, _, covered := allowed.longest(r.Dst.Addr(), r.Dst.Bits()); covered {
+			continue
+		}
+		// The evidence names the first few allowed prefixes inside the route
+		// (a hub's subnet route covers thousands).
+		inside := allowed.inside(r.Dst)
 		var parts []string
-		for _, pfx := range allowed.inside(r.Dst) {
+		for _, pfx := range inside[:min(len(inside), maxListed)] {
 			parts = append(parts, pfx.String())
 		}
-		if covered {
-			continue
+		if len(inside) > maxListed {
+			parts = append(parts, fmt.Sprintf("and %d more", len(inside)-maxListed))
 		}
 		f := Finding{Severity: Error, Check: CheckRouteNotAllowed, Device: d.Name, PublicKey: d.PublicKey, Object: fmt.Sprintf("route %s dev %s", r.Dst, d.Name),
 			Evidence: fmt.Sprintf("no peer of %s has %s in its AllowedIPs: WireGuard silently drops what this route sends", d.Name, r.Dst),

@@ -131,6 +131,14 @@ func TestEachCheckFindsItsFault(t *testing.T) {
 			diagnose.CheckAllowedIPsRouted, diagnose.Warning, "peer site-b on wg0", "no route at all", 1},
 		{"route into the tunnel no peer allows", func(n *diagnose.Node) { n.Routes = append(n.Routes, route("10.99.0.0/16", "wg0", 4)) },
 			diagnose.CheckRouteNotAllowed, diagnose.Error, "route 10.99.0.0/16 dev wg0", "no peer of wg0 has 10.99.0.0/16", 1},
+		{"a hub's subnet route over thousands of /32 peers names five of them", func(n *diagnose.Node) {
+			for i := range 2000 {
+				peer(n, 0, 1).AllowedIPs = append(peer(n, 0, 1).AllowedIPs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 70, byte(i >> 8), byte(i)}), 32))
+			}
+			n.Routes = append(n.Routes, route("10.70.0.0/16", "wg0", 4))
+		},
+			diagnose.CheckRouteNotAllowed, diagnose.Warning, "route 10.70.0.0/16 dev wg0",
+			"allow only 10.70.0.0/32, 10.70.0.1/32, 10.70.0.2/32, 10.70.0.3/32, 10.70.0.4/32, and 1995 more of 10.70.0.0/16", 1},
 		{"route only partly allowed", func(n *diagnose.Node) { n.Routes = append(n.Routes, route("10.48.0.0/12", "wg0", 4)) },
 			diagnose.CheckRouteNotAllowed, diagnose.Warning, "route 10.48.0.0/12 dev wg0", "allow only 10.50.0.0/16, 10.60.0.0/16 of 10.48.0.0/12", 1},
 		{"NAT rebinds without keepalive", func(n *diagnose.Node) { peer(n, 0, 1).EndpointChanges = 3 },

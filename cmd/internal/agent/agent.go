@@ -8,6 +8,7 @@ import (
 	"html"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"slices"
@@ -45,6 +46,8 @@ type Options struct {
 	// RemediationAPI enables POST /-/remediate/pause and /-/remediate/resume
 	// (--web.enable-remediation-api); off, they answer 403.
 	RemediationAPI bool
+	// Pprof serves net/http/pprof under /debug/pprof/ (--web.enable-pprof).
+	Pprof bool
 	// Transports for the collector; zero values use wgctrl and netlink.
 	Collector collector.Options
 	// Transports for the prober; zero values use ICMP sockets and pro-bing.
@@ -264,14 +267,14 @@ func (a *Agent) Reload() error {
 // routes and the landing page.
 func (a *Agent) Handler() (http.Handler, error) {
 	mux := http.NewServeMux()
-	metrics := promhttp.InstrumentMetricHandler(a.registry, newGzipHandler(promhttp.HandlerFor(a.Gatherer(), promhttp.HandlerOpts{
+	metrics := promhttp.InstrumentMetricHandler(a.registry, newGzipHandler(newMetricsHandler(a.reg.gatherers, promhttp.HandlerFor(a.Gatherer(), promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(a.logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
-		MaxRequestsInFlight: 4,
+		MaxRequestsInFlight: maxScrapesInFlight,
 		// No Timeout: it wraps http.TimeoutHandler, which buffers the whole
 		// body (11 MB at 10,000 peers). Scrapes only read a snapshot.
 		DisableCompression: true, // done by newGzipHandler at BestSpeed
-	})))
+	}), a.logger)))
 	mux.Handle(a.opts.TelemetryPath, metrics)
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "wgpulse is healthy.")
@@ -285,6 +288,12 @@ func (a *Agent) Handler() (http.Handler, error) {
 	})
 	for pattern, h := range a.reg.routes {
 		mux.HandleFunc(pattern, h)
+	}
+	if a.opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	if a.opts.TelemetryPath != "/" {
 		links := append([]web.LandingLinks{

@@ -103,6 +103,15 @@ func setupBenchDevice(b *testing.B, n int) *benchDevice {
 	if err := wg.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &priv, Peers: peers}); err != nil {
 		b.Fatal(err)
 	}
+	// The hub's own addresses in the peers' subnets, as a hub's wg-quick
+	// Address = line gives it: their connected routes carry the peers'
+	// /32s and /128s (without them every peer has an
+	// allowed_ips_routed_elsewhere finding, which a real hub does not).
+	for _, addr := range []string{"10.128.0.1/9", "fd00::1/64"} {
+		if err := lab.IP("-n", ns, "addr", "add", addr, "dev", dev); err != nil {
+			b.Fatal(err)
+		}
+	}
 	h, err := lab.NetlinkIn(ns)
 	if err != nil {
 		b.Fatal(err)
@@ -234,7 +243,7 @@ func BenchmarkAgentProcess(b *testing.B) {
 			if err := os.WriteFile(cfg, []byte("collector:\n  devices: ["+d.dev+"]\n  poll_interval: 5s\nprober:\n  enabled: false\n"), 0o600); err != nil {
 				b.Fatal(err)
 			}
-			a := labtest.StartAgent(b, bin, d.ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn")
+			a := labtest.StartAgent(b, bin, d.ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn", "--web.enable-pprof")
 			pid := agentPid(b, a)
 			scrape := func() {
 				req, _ := http.NewRequest("GET", "http://"+a.Addr+"/metrics", nil)
@@ -262,9 +271,13 @@ func BenchmarkAgentProcess(b *testing.B) {
 				scrape()
 			}
 			rss2 := procRSSMB(b, pid)
+			saveHeapProfile(b, a, fmt.Sprintf("agent-peers-%d", n))
 			_, body, err := a.Get("/metrics")
 			if err != nil {
 				b.Fatal(err)
+			}
+			if dir := os.Getenv("WGPULSE_BENCH_PROFILES"); dir != "" {
+				_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("agent-peers-%d.prom", n)), []byte(body), 0o644)
 			}
 			series := 0
 			for _, line := range strings.Split(body, "\n") {
@@ -278,6 +291,26 @@ func BenchmarkAgentProcess(b *testing.B) {
 			b.ReportMetric(rss2-rss0, "growth-MB")
 			b.ReportMetric(rss2-rss1, "drift-MB")
 		})
+	}
+}
+
+// saveHeapProfile writes the agent's heap profile (after a GC) to
+// $WGPULSE_BENCH_PROFILES/<name>.heap when that is set: read it with
+// go tool pprof -sample_index=inuse_space.
+func saveHeapProfile(b *testing.B, a *lab.Agent, name string) {
+	dir := os.Getenv("WGPULSE_BENCH_PROFILES")
+	if dir == "" {
+		return
+	}
+	code, body, err := a.Get("/debug/pprof/heap?gc=1")
+	if code2, allocs, err2 := a.Get("/debug/pprof/allocs"); err2 == nil && code2 == 200 {
+		_ = os.WriteFile(filepath.Join(dir, name+".allocs"), []byte(allocs), 0o644)
+	}
+	if err != nil || code != 200 {
+		b.Fatalf("heap profile: %d %v", code, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name+".heap"), []byte(body), 0o644); err != nil {
+		b.Fatal(err)
 	}
 }
 

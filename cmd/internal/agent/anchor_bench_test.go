@@ -1,0 +1,191 @@
+package agent_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
+)
+
+// anchorRev is the collector's anchor: the project's previous release, the
+// last commit before #19 (no exporter of WireGuard peers can be installed
+// from a registry this machine reaches: mdlayher/wireguard_exporter is not
+// on the Go module proxy here and Debian has none). WGPULSE_ANCHOR_REV
+// picks another revision.
+const anchorRev = "41d975e"
+
+// buildRev builds ./cmd/wgpulse as of a git revision (git archive into a
+// temporary directory, so the work tree is untouched).
+func buildRev(b *testing.B, rev string) string {
+	b.Helper()
+	root, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		b.Skipf("no git checkout to build the anchor %s from: %v", rev, err)
+	}
+	dir := b.TempDir()
+	archive := exec.Command("sh", "-c", fmt.Sprintf("git -C %q archive %s | tar -x -C %q", strings.TrimSpace(string(root)), rev, dir))
+	if out, err := archive.CombinedOutput(); err != nil {
+		b.Fatalf("git archive %s: %v\n%s (set WGPULSE_ANCHOR_REV to a revision this clone has)", rev, err, out)
+	}
+	bin := filepath.Join(dir, "wgpulse-"+rev)
+	build := exec.Command("go", "build", "-o", bin, "./cmd/wgpulse")
+	build.Dir = dir
+	if out, err := build.CombinedOutput(); err != nil {
+		b.Fatalf("building the anchor %s: %v\n%s", rev, err, out)
+	}
+	return bin
+}
+
+// collectorRun is one agent process's figures at 10,000 peers.
+type collectorRun struct {
+	plainMs, gzipMs, rss60, rss120, seriesPerPeer float64
+}
+
+// BenchmarkCollectorAnchor puts the collector at 10,000 peers (prober off)
+// side by side with its anchor, in one run: WGPULSE_ANCHOR_RUNS (5) rounds,
+// each starting this tree's agent and the anchor's, in alternating order,
+// on the same device, scraping each 120 times back to back with gzip (RSS
+// after the 60th and 120th) and 20 times plain. It prints min / median /
+// max per binary and the ratio of the medians. One whole comparison per
+// iteration: -benchtime=1x (make bench).
+func BenchmarkCollectorAnchor(b *testing.B) {
+	labtest.Require(b)
+	rev := anchorRev
+	if r := os.Getenv("WGPULSE_ANCHOR_REV"); r != "" {
+		rev = r
+	}
+	runs := 5
+	if n, err := strconv.Atoi(os.Getenv("WGPULSE_ANCHOR_RUNS")); err == nil && n > 0 {
+		runs = n
+	}
+	bins := map[string]string{"wgpulse": labtest.BuildBinary(b, "./cmd/wgpulse"), "anchor " + rev: buildRev(b, rev)}
+	names := []string{"wgpulse", "anchor " + rev}
+	const peers = 10000
+	d := setupBenchDevice(b, peers)
+	cfg := filepath.Join(b.TempDir(), "wgpulse.yml")
+	if err := os.WriteFile(cfg, []byte("collector:\n  devices: ["+d.dev+"]\n  poll_interval: 5s\nprober:\n  enabled: false\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		got := map[string][]collectorRun{}
+		for r := range runs {
+			order := slices.Clone(names)
+			if r%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, name := range order {
+				got[name] = append(got[name], measureCollector(b, bins[name], d.ns, cfg, peers))
+			}
+		}
+		fmt.Printf("\ncollector at %d peers, prober off, %d interleaved runs (min / median / max):\n\n", peers, runs)
+		fmt.Printf("| figure | %s | %s | ratio of medians |\n|---|---|---|---|\n", names[0], names[1])
+		for _, f := range []struct {
+			name string
+			get  func(collectorRun) float64
+			unit string
+		}{
+			{"`/metrics` plain", func(c collectorRun) float64 { return c.plainMs }, "ms"},
+			{"`/metrics` gzip", func(c collectorRun) float64 { return c.gzipMs }, "ms"},
+			{"RSS after 60 scrapes", func(c collectorRun) float64 { return c.rss60 }, "MB"},
+			{"RSS after 120 scrapes", func(c collectorRun) float64 { return c.rss120 }, "MB"},
+			{"series per peer", func(c collectorRun) float64 { return c.seriesPerPeer }, ""},
+		} {
+			var med [2]float64
+			cells := make([]string, 2)
+			for i, name := range names {
+				vs := make([]float64, 0, runs)
+				for _, c := range got[name] {
+					vs = append(vs, f.get(c))
+				}
+				lo, m, hi := spread(vs)
+				med[i] = m
+				cells[i] = fmt.Sprintf("%.1f / %.1f / %.1f %s", lo, m, hi, f.unit)
+			}
+			fmt.Printf("| %s | %s | %s | %.2f |\n", f.name, cells[0], cells[1], med[0]/med[1])
+			key := strings.NewReplacer("`", "", "/", "", " ", "-").Replace(f.name)
+			b.ReportMetric(med[0], key+"-"+f.unit)
+			b.ReportMetric(med[0]/med[1], key+"-ratio")
+		}
+	}
+}
+
+// spread returns the min, median and max.
+func spread(vs []float64) (lo, med, hi float64) {
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	return s[0], s[len(s)/2], s[len(s)-1]
+}
+
+func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun {
+	b.Helper()
+	a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn")
+	defer a.Stop()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		if code, _, _ := a.Get("/-/ready"); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s not ready within a minute:\n%s", bin, a.Logs())
+		}
+	}
+	scrape := func(gzip bool) (time.Duration, string) {
+		req, _ := http.NewRequest("GET", "http://"+a.Addr+"/metrics", nil)
+		// Set either way: the client (which dials inside the namespace)
+		// would ask for gzip and unpack it itself.
+		req.Header.Set("Accept-Encoding", map[bool]string{true: "gzip", false: "identity"}[gzip])
+		t0 := time.Now()
+		resp, err := a.Client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var body []byte
+		if gzip {
+			_, err = io.Copy(io.Discard, resp.Body)
+		} else {
+			body, err = io.ReadAll(resp.Body)
+		}
+		resp.Body.Close()
+		took := time.Since(t0)
+		if err != nil || resp.StatusCode != 200 {
+			b.Fatalf("scrape: %d %v", resp.StatusCode, err)
+		}
+		return took, string(body)
+	}
+	var run collectorRun
+	var gz, plain []float64
+	for i := 1; i <= 120; i++ {
+		took, _ := scrape(true)
+		gz = append(gz, float64(took.Microseconds())/1000)
+		switch i {
+		case 60:
+			run.rss60 = procRSSMB(b, a.Pid())
+		case 120:
+			run.rss120 = procRSSMB(b, a.Pid())
+		}
+	}
+	var body string
+	for range 20 {
+		var took time.Duration
+		took, body = scrape(false)
+		plain = append(plain, float64(took.Microseconds())/1000)
+	}
+	_, run.gzipMs, _ = spread(gz)
+	_, run.plainMs, _ = spread(plain)
+	perPeer := 0
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, "wireguard_peer_") {
+			perPeer++
+		}
+	}
+	run.seriesPerPeer = float64(perPeer) / float64(peers)
+	return run
+}
