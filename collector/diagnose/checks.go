@@ -77,6 +77,15 @@ func Overhead(v6 bool) int {
 	return 60
 }
 
+// allowedCount is the number of AllowedIPs prefixes of a device's peers.
+func allowedCount(d *collector.Device) int {
+	n := 0
+	for j := range d.Peers {
+		n += len(d.Peers[j].AllowedIPs)
+	}
+	return n
+}
+
 // Check runs every check and returns the findings, sorted.
 func Check(n Node) []Finding {
 	c := checker{Node: n, byName: map[string]*collector.Device{}, allowed: map[string]*prefixIndex[*collector.Peer]{}}
@@ -88,7 +97,7 @@ func Check(n Node) []Finding {
 	for i := range n.Devices {
 		d := &n.Devices[i]
 		c.byName[d.Name] = d
-		c.allowed[d.Name] = newPrefixIndex(len(d.Peers), func(add func(netip.Prefix, *collector.Peer)) {
+		c.allowed[d.Name] = newPrefixIndex(allowedCount(d), func(add func(netip.Prefix, *collector.Peer)) {
 			for j := range d.Peers {
 				for _, pfx := range d.Peers[j].AllowedIPs {
 					add(pfx, &d.Peers[j])
@@ -149,13 +158,26 @@ func short(key string) string {
 // keys: a peer key on two devices, a device key on two devices, a peer
 // whose key is the device's own.
 func (c *checker) keys() {
-	peerDevs, devKeys := map[string][]string{}, map[string][]string{}
+	// Devices per peer key: one device is the common case and costs no
+	// slice; the names are collected for keys on several.
+	peers := 0
+	for _, d := range c.Devices {
+		peers += len(d.Peers)
+	}
+	devKeys, first, peerDevs := map[string][]string{}, make(map[string]string, peers), map[string][]string{}
 	for _, d := range c.Devices {
 		if d.PublicKey != "" {
 			devKeys[d.PublicKey] = append(devKeys[d.PublicKey], d.Name)
 		}
 		for _, p := range d.Peers {
-			peerDevs[p.PublicKey] = append(peerDevs[p.PublicKey], d.Name)
+			switch dev, seen := first[p.PublicKey]; {
+			case !seen:
+				first[p.PublicKey] = d.Name
+			case peerDevs[p.PublicKey] == nil:
+				peerDevs[p.PublicKey] = []string{dev, d.Name}
+			default:
+				peerDevs[p.PublicKey] = append(peerDevs[p.PublicKey], d.Name)
+			}
 		}
 	}
 	for i := range c.Devices {
@@ -191,7 +213,7 @@ type owned struct {
 // silently loses that part. Default routes (/0) are left out: an exit peer
 // plus specific peers is a common, deliberate design.
 func (c *checker) overlaps(d *collector.Device) {
-	var all []owned
+	all := make([]owned, 0, allowedCount(d))
 	for j := range d.Peers {
 		for _, pfx := range d.Peers[j].AllowedIPs {
 			if pfx.Bits() > 0 {

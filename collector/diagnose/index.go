@@ -19,7 +19,7 @@ type prefixIndex[T any] struct {
 // newPrefixIndex indexes values by prefix; keep decides between two values
 // of the same prefix (true: the new one wins).
 func newPrefixIndex[T any](n int, each func(add func(netip.Prefix, T)), keep func(old, new T) bool) *prefixIndex[T] {
-	ix := &prefixIndex[T]{exact: make(map[netip.Prefix]T, n)}
+	ix := &prefixIndex[T]{exact: make(map[netip.Prefix]T, n), sorted: make([]netip.Prefix, 0, n)}
 	seen := [2]map[int]bool{{}, {}}
 	each(func(p netip.Prefix, v T) {
 		p = p.Masked()

@@ -91,6 +91,13 @@ func (t *TextWriter) Flush() error { return t.w.Flush() }
 
 // appendEscaped escapes a HELP text (\ and newline) or a label value (also ").
 func appendEscaped(b []byte, s string, quote bool) []byte {
+	special := "\\\n"
+	if quote {
+		special = "\\\n\""
+	}
+	if !strings.ContainsAny(s, special) {
+		return append(b, s...)
+	}
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
 		case c == '\\':

@@ -47,7 +47,7 @@ func buildRev(b *testing.B, rev string) string {
 
 // collectorRun is one agent process's figures at 10,000 peers.
 type collectorRun struct {
-	plainMs, gzipMs, rss60, rss120, seriesPerPeer float64
+	plainMs, gzipMs, rss60, rss120, seriesPerPeer, cpuMsPerScrape float64
 }
 
 // BenchmarkCollectorAnchor puts the collector at 10,000 peers (prober off)
@@ -97,6 +97,7 @@ func BenchmarkCollectorAnchor(b *testing.B) {
 			{"`/metrics` gzip", func(c collectorRun) float64 { return c.gzipMs }, "ms"},
 			{"RSS after 60 scrapes", func(c collectorRun) float64 { return c.rss60 }, "MB"},
 			{"RSS after 120 scrapes", func(c collectorRun) float64 { return c.rss120 }, "MB"},
+			{"agent CPU per gzip scrape, polls included", func(c collectorRun) float64 { return c.cpuMsPerScrape }, "ms"},
 			{"series per peer", func(c collectorRun) float64 { return c.seriesPerPeer }, ""},
 		} {
 			var med [2]float64
@@ -162,6 +163,7 @@ func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun
 	}
 	var run collectorRun
 	var gz, plain []float64
+	cpu0 := procCPU(b, a.Pid())
 	for i := 1; i <= 120; i++ {
 		took, _ := scrape(true)
 		gz = append(gz, float64(took.Microseconds())/1000)
@@ -172,6 +174,8 @@ func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun
 			run.rss120 = procRSSMB(b, a.Pid())
 		}
 	}
+	// The agent's CPU over the 120 scrapes, polls (every 5 s) included.
+	run.cpuMsPerScrape = float64((procCPU(b, a.Pid()) - cpu0).Microseconds()) / 1000 / 120
 	var body string
 	for range 20 {
 		var took time.Duration

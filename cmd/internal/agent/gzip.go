@@ -1,17 +1,20 @@
 package agent
 
 import (
-	"compress/gzip"
 	"net/http"
 	"strings"
 	"sync"
+
+	"github.com/klauspost/compress/gzip"
 )
 
 // gzipHandler compresses responses at gzip.BestSpeed for clients that accept
 // gzip (Prometheus always does). At 10,000 peers a scrape body is ~11 MB of
 // very repetitive text: BestSpeed still shrinks it ~4x and costs about a third
 // of promhttp's default level, which alone would take the scrape past its
-// budget.
+// budget. The gzip is klauspost/compress (in the module graph already,
+// through client_golang): 71 ms instead of the standard library's 111 ms for
+// that body (BenchmarkScrape).
 type gzipHandler struct {
 	next http.Handler
 	pool sync.Pool

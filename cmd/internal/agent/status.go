@@ -109,7 +109,7 @@ type statusComponent struct {
 	thresh    alerts.Config                               // loss and RTT thresholds of "degraded"
 	failover  []diagnose.FailoverGroup                    // the route groups the checks look at
 	exported  map[*prometheus.GaugeVec]map[[4]string]bool // label sets set to 1
-	prev      *collector.Snapshot
+	rates     map[string][]byteRate // per device of last, aligned with its peers; nil entries: no earlier read
 	last      *collector.Snapshot
 	findings  []diagnose.Finding
 	held      map[string]bool // findings logged as present, by identity
@@ -301,7 +301,8 @@ func (c *statusComponent) evaluate(ctx context.Context, s *collector.Snapshot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	fs := diagnose.Check(c.node(ctx, s))
-	c.prev, c.last, c.findings = c.last, s, fs
+	c.rates = peerRates(c.last, s)
+	c.last, c.findings = s, fs
 	now, problems := map[string]bool{}, map[[4]string]bool{}
 	for _, f := range fs {
 		if f.Severity == diagnose.Info {
@@ -330,7 +331,7 @@ func (c *statusComponent) evaluate(ctx context.Context, s *collector.Snapshot) {
 // Status builds the status document from the latest snapshot.
 func (c *statusComponent) Status(now time.Time) Status {
 	c.mu.Lock()
-	prev, last, findings, thresh := c.prev, c.last, c.findings, c.thresh
+	rates, last, findings, thresh := c.rates, c.last, c.findings, c.thresh
 	c.mu.Unlock()
 	st := Status{Version: 1, Time: now, Devices: []DeviceStatus{}, Problems: slices.Clone(findings)}
 	if st.Problems == nil {
@@ -362,11 +363,8 @@ func (c *statusComponent) Status(now time.Time) Status {
 		if err := last.Errors[d.Name]; err != nil {
 			ds.Error = err.Error()
 		}
-		var before *collector.Device
-		if prev != nil {
-			before, _ = prev.Device(d.Name)
-		}
-		for _, p := range d.Peers {
+		devRates := rates[d.Name]
+		for j, p := range d.Peers {
 			ps := PeerStatus{PublicKey: p.PublicKey, Name: p.Name, AllowedIPs: []string{}, KeepaliveSeconds: p.PersistentKeepalive.Seconds(), EndpointChanges: p.EndpointChanges}
 			if p.Endpoint.IsValid() {
 				ps.Endpoint = p.Endpoint.String()
@@ -378,12 +376,8 @@ func (c *statusComponent) Status(now time.Time) Status {
 				secs := age.Seconds()
 				ps.HandshakeAgeSeconds = &secs
 			}
-			if before != nil {
-				if bp, ok := peerOf(before, p.PublicKey); ok && last.Time.After(prev.Time) {
-					dt := last.Time.Sub(prev.Time).Seconds()
-					ps.ReceiveBytesPerSec = max(0, float64(p.ReceiveBytes-bp.ReceiveBytes)/dt)
-					ps.TransmitBytesPerSec = max(0, float64(p.TransmitBytes-bp.TransmitBytes)/dt)
-				}
+			if j < len(devRates) && devRates[j].known {
+				ps.ReceiveBytesPerSec, ps.TransmitBytesPerSec = devRates[j].rx, devRates[j].tx
 			}
 			key := diagnose.PeerKey(d.Name, p.PublicKey)
 			if h, ok := health[key]; ok {
@@ -472,13 +466,42 @@ func healthWord(d collector.Device, p collector.Peer, ps PeerStatus, th alerts.C
 	return "ok", fmt.Sprintf("handshake %s ago", seconds(*ps.HandshakeAgeSeconds))
 }
 
-func peerOf(d *collector.Device, key string) (collector.Peer, bool) {
-	for _, p := range d.Peers {
-		if p.PublicKey == key {
-			return p, true
-		}
+// byteRate is a peer's receive and transmit rate between two polls.
+type byteRate struct {
+	rx, tx float64
+	known  bool // the peer was in the earlier poll
+}
+
+// peerRates are the byte rates of every peer of cur since prev, per device
+// and aligned with cur's peers: a compact record, so the status keeps one
+// snapshot, not two (2.8 MB each at 10,000 peers), and finds each peer's
+// earlier counters in a map, not by a scan per peer.
+func peerRates(prev, cur *collector.Snapshot) map[string][]byteRate {
+	if prev == nil || !cur.Time.After(prev.Time) {
+		return nil
 	}
-	return collector.Peer{}, false
+	dt := cur.Time.Sub(prev.Time).Seconds()
+	out := make(map[string][]byteRate, len(cur.Devices))
+	for _, d := range cur.Devices {
+		before, ok := prev.Device(d.Name)
+		if !ok {
+			continue
+		}
+		index := make(map[string]int, len(before.Peers))
+		for j := range before.Peers {
+			index[before.Peers[j].PublicKey] = j
+		}
+		rs := make([]byteRate, len(d.Peers))
+		for j := range d.Peers {
+			p := &d.Peers[j]
+			if k, ok := index[p.PublicKey]; ok {
+				bp := &before.Peers[k]
+				rs[j] = byteRate{rx: max(0, float64(p.ReceiveBytes-bp.ReceiveBytes)/dt), tx: max(0, float64(p.TransmitBytes-bp.TransmitBytes)/dt), known: true}
+			}
+		}
+		out[d.Name] = rs
+	}
+	return out
 }
 
 func seconds(s float64) string {
