@@ -109,7 +109,7 @@ type statusComponent struct {
 	thresh    alerts.Config                               // loss and RTT thresholds of "degraded"
 	failover  []diagnose.FailoverGroup                    // the route groups the checks look at
 	exported  map[*prometheus.GaugeVec]map[[4]string]bool // label sets set to 1
-	rates     map[string][]byteRate // per device of last, aligned with its peers; nil entries: no earlier read
+	rates     map[string][]byteRate                       // per device of last, aligned with its peers; nil entries: no earlier read
 	last      *collector.Snapshot
 	findings  []diagnose.Finding
 	held      map[string]bool // findings logged as present, by identity
