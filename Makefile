@@ -52,9 +52,15 @@ generate:
 # bench: per-operation benchmarks over 60 iterations (60 polls, 60 scrapes),
 # then the whole-run measurements once (probe targets at 1,000 and 10,000, failover
 # outages on the lab, a simulated fleet under the real Prometheus, a 10-minute soak
-# of the lab in auto with faults cycling (WGPULSE_SOAK=2m shortens it): ~40 min in all).
-MEASUREMENTS := ThousandTargets|AgentProber1000|AgentProber10k|FleetPrometheus|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU|Soak
+# of the lab in auto with faults cycling (WGPULSE_SOAK=2m shortens it), and the
+# side-by-side anchors (BenchmarkCollectorAnchor: the previous release at
+# 10,000 peers; BenchmarkProberAnchor: Debian's fping and smokeping_prober at
+# 1,000 targets, RTT against the system ping; WGPULSE_ANCHOR_RUNS rounds):
+# ~50 min in all. Just the anchors:
+#   go test -run '^$$' -bench 'CollectorAnchor|ProberAnchor' -benchtime=1x -timeout 60m ./cmd/internal/agent/
+MEASUREMENTS := ThousandTargets|AgentProber1000|AgentProber10k|FleetPrometheus|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU|Soak|CollectorAnchor|ProberAnchor
 bench:
+	@deploy/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -skip '$(MEASUREMENTS)' -benchmem -benchtime=60x -timeout 30m ./...
 	$(GO) test -run '^$$' -bench '$(MEASUREMENTS)' -benchtime=1x -timeout 90m ./...
 	@$(MAKE) --no-print-directory fuzz

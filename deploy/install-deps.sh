@@ -24,10 +24,14 @@ declare -A pkg_for=(
   [cpio]=cpio
   [dnsmasq]=dnsmasq-base
 )
-if [[ ${1:-} == demo ]]; then
-  purpose="make demo"
-  pkg_for=([ip]=iproute2 [ping]=iputils-ping)
-fi
+case ${1:-} in
+  demo)
+    purpose="make demo"
+    pkg_for=([ip]=iproute2 [ping]=iputils-ping) ;;
+  bench) # the anchors make bench measures wgpulse against, and the lab's tools
+    purpose="make bench"
+    pkg_for+=([fping]=fping [prometheus-smokeping-prober]=prometheus-smokeping-prober) ;;
+esac
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg_for[$cmd]}")
@@ -46,4 +50,4 @@ if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/tmp/wgpuls
   exit 1
 fi
 # The Debian packages start services we do not want; tests run their own.
-systemctl disable --now prometheus prometheus-alertmanager >/dev/null 2>&1 || true
+systemctl disable --now prometheus prometheus-alertmanager prometheus-smokeping-prober >/dev/null 2>&1 || true

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -327,4 +330,52 @@ func writeTemp(t *testing.T, s string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// A text scrape (written straight from the snapshots) and a protobuf scrape
+// (promhttp over Gather) carry the same families and series; the text one
+// says text/plain 0.0.4.
+func TestTextAndProtobufScrapesAgree(t *testing.T) {
+	a := newAgent(t, "", new(bytes.Buffer))
+	a.Collector().Poll()
+	h, _ := a.Handler()
+	scrape := func(accept string) (string, map[string]int) {
+		req := httptest.NewRequest("GET", "/metrics", nil)
+		req.Header.Set("Accept", accept)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("Accept %q: %d", accept, rec.Code)
+		}
+		ct := rec.Header().Get("Content-Type")
+		dec := expfmt.NewDecoder(rec.Body, expfmt.Format(ct))
+		series := map[string]int{}
+		for {
+			var mf dto.MetricFamily
+			if err := dec.Decode(&mf); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatalf("Accept %q (%s): %v", accept, ct, err)
+			}
+			series[mf.GetName()] = len(mf.GetMetric())
+		}
+		return ct, series
+	}
+	textCT, text := scrape("text/plain;version=0.0.4")
+	protoCT, proto := scrape("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited")
+	if !strings.HasPrefix(textCT, "text/plain; version=0.0.4") || !strings.Contains(protoCT, "protobuf") {
+		t.Errorf("content types %q and %q", textCT, protoCT)
+	}
+	if text["wireguard_device_info"] != 1 {
+		t.Errorf("text scrape has no wireguard_device_info: %v", text)
+	}
+	// Go runtime families may differ between two gathers; ours may not.
+	for name, n := range proto {
+		if !strings.HasPrefix(name, "go_") && !strings.HasPrefix(name, "promhttp_") && text[name] != n {
+			t.Errorf("%s: %d series in the text scrape, %d in protobuf", name, text[name], n)
+		}
+	}
+	if len(text) != len(proto) {
+		t.Errorf("%d families in the text scrape, %d in protobuf", len(text), len(proto))
+	}
 }

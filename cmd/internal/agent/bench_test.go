@@ -409,11 +409,13 @@ func BenchmarkAgentProber10k(b *testing.B) {
 	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
 	const n = 10000
 	for _, native := range []bool{false, true} {
-		b.Run(fmt.Sprintf("native_histograms=%v", native), func(b *testing.B) { agentProber10k(b, bin, n, native) })
+		b.Run(fmt.Sprintf("native_histograms=%v", native), func(b *testing.B) { agentProber10k(b, bin, n, native, true) })
 	}
+	// A hub whose peers all firewall ICMP: every probe is lost.
+	b.Run("answering=false", func(b *testing.B) { agentProber10k(b, bin, n, false, false) })
 }
 
-func agentProber10k(b *testing.B, bin string, n int, native bool) {
+func agentProber10k(b *testing.B, bin string, n int, native, answering bool) {
 	for b.Loop() {
 		ns := "wgpl-t" + labtest.UniquePrefix()
 		if err := lab.AddNetns(ns); err != nil {
@@ -421,8 +423,22 @@ func agentProber10k(b *testing.B, bin string, n int, native bool) {
 		}
 		var cfg strings.Builder
 		fmt.Fprintf(&cfg, "prober:\n  native_histograms: %v\n  pmtu: {enabled: false}\n  targets:\n", native)
+		if !answering {
+			// Targets behind a veth without ARP whose other end does not
+			// forward: what is sent there vanishes.
+			for _, args := range [][]string{{"link", "add", "silent0", "type", "veth", "peer", "name", "silent1"}, {"link", "set", "silent0", "arp", "off", "up"},
+				{"link", "set", "silent1", "up"}, {"addr", "add", "10.99.0.1/16", "dev", "silent0"}} {
+				if err := lab.IP(append([]string{"-n", ns}, args...)...); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
 		for i := range n {
-			fmt.Fprintf(&cfg, "    - {name: site-%05d, address: 127.%d.%d.%d, device: lo}\n", i, 1+i/62500, i/250%250, i%250+1)
+			if answering {
+				fmt.Fprintf(&cfg, "    - {name: site-%05d, address: 127.%d.%d.%d, device: lo}\n", i, 1+i/62500, i/250%250, i%250+1)
+			} else {
+				fmt.Fprintf(&cfg, "    - {name: site-%05d, address: 10.99.%d.%d, device: silent0}\n", i, 1+i/250, i%250+1)
+			}
 		}
 		file := filepath.Join(b.TempDir(), "wgpulse.yml")
 		if err := os.WriteFile(file, []byte(cfg.String()), 0o600); err != nil {
@@ -430,6 +446,10 @@ func agentProber10k(b *testing.B, bin string, n int, native bool) {
 		}
 		a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn")
 		time.Sleep(15 * time.Second) // every target probed at least once
+		// The probing's CPU, before any scrape: 10 s of steady state.
+		cpu0, t0 := procCPU(b, a.Pid()), time.Now()
+		time.Sleep(10 * time.Second)
+		b.ReportMetric((procCPU(b, a.Pid())-cpu0).Seconds()/time.Since(t0).Seconds(), "probing-cores")
 		scrape := func() (body string, took time.Duration) {
 			t0 := time.Now()
 			code, body, err := a.Get("/metrics")

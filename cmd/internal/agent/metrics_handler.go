@@ -33,7 +33,7 @@ func newMetricsHandler(gatherers []prometheus.Gatherer, fallback http.Handler, l
 }
 
 func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	format := expfmt.Negotiate(r.Header)
+	format := expfmt.NegotiateAccept(r.Header, expfmt.DefaultAcceptedFormats()...) // promhttp's choice without OpenMetrics
 	if format.FormatType() != expfmt.TypeTextPlain {
 		h.fallback.ServeHTTP(w, r)
 		return

@@ -1,0 +1,230 @@
+package agent_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/wgpulse/wgpulse/deploy/lab"
+	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
+)
+
+// BenchmarkProberAnchor puts the prober side by side with Debian's fping
+// and prometheus-smokeping-prober (make bench installs them), in one run of
+// WGPULSE_ANCHOR_RUNS (3) interleaved rounds, each in a fresh namespace:
+//
+//   - 1,000 loopback targets at 1 probe/s each, 20 s after a 5 s start: the
+//     CPU (user+system seconds per second) and RSS of the wgpulse agent
+//     (pmtu off), of `fping -l -p 1000 -i 1` and of smokeping_prober
+//     (--privileged, as root); while the agent runs, the system ping
+//     measures the same path (one of the targets, once a second), and the
+//     agent's mean RTT over all targets (its histogram's sum / count over
+//     the window) is set against ping's mean;
+//   - one target, no load: the agent probing it every 200 ms against 100
+//     system pings every 200 ms over the same 20 s.
+//
+// It prints min / median / max per tool and the ratios of the medians. One
+// whole comparison per iteration: -benchtime=1x (make bench).
+func BenchmarkProberAnchor(b *testing.B) {
+	labtest.Require(b)
+	fping := labtest.Tool(b, "fping", "fping")
+	smokeping := labtest.Tool(b, "prometheus-smokeping-prober", "prometheus-smokeping-prober")
+	labtest.Tool(b, "ping", "iputils-ping")
+	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
+	runs := 3
+	if n, err := strconv.Atoi(os.Getenv("WGPULSE_ANCHOR_RUNS")); err == nil && n > 0 {
+		runs = n
+	}
+	const n = 1000
+	targets := make([]string, n)
+	for i := range targets {
+		targets[i] = fmt.Sprintf("127.1.%d.%d", i/250, i%250+1)
+	}
+	for b.Loop() {
+		var cpu, rss [3][]float64 // wgpulse, fping, smokeping
+		var loadRTT, loadPing, idleRTT, idlePing []float64
+		for r := range runs {
+			order := []int{0, 1, 2}
+			if r%2 == 1 {
+				order = []int{2, 1, 0}
+			}
+			for _, tool := range order {
+				ns := "wgpl-q" + labtest.UniquePrefix()
+				if err := lab.AddNetns(ns); err != nil {
+					b.Fatal(err)
+				}
+				switch tool {
+				case 0:
+					c, m, rtt, ping := proberRound(b, bin, ns, targets)
+					cpu[0], rss[0] = append(cpu[0], c), append(rss[0], m)
+					loadRTT, loadPing = append(loadRTT, rtt), append(loadPing, ping)
+				case 1:
+					c, m := toolRound(b, ns, fping, append([]string{"-l", "-q", "-p", "1000", "-i", "1"}, targets...)...)
+					cpu[1], rss[1] = append(cpu[1], c), append(rss[1], m)
+				case 2:
+					c, m := toolRound(b, ns, smokeping, append([]string{"--privileged", "--ping.interval=1s", "--web.listen-address=127.0.0.1:9374"}, targets...)...)
+					cpu[2], rss[2] = append(cpu[2], c), append(rss[2], m)
+				}
+				_ = lab.DelNetns(ns)
+			}
+			ns := "wgpl-q" + labtest.UniquePrefix()
+			if err := lab.AddNetns(ns); err != nil {
+				b.Fatal(err)
+			}
+			rtt, ping := idleRound(b, bin, ns, targets[0])
+			idleRTT, idlePing = append(idleRTT, rtt), append(idlePing, ping)
+			_ = lab.DelNetns(ns)
+		}
+		fmt.Printf("\nprober at %d loopback targets, 1 probe/s each, %d interleaved rounds (min / median / max):\n\n", n, runs)
+		fmt.Println("| figure | wgpulse | fping | smokeping_prober | wgpulse / fping | wgpulse / smokeping_prober |")
+		fmt.Println("|---|---|---|---|---|---|")
+		for _, row := range []struct {
+			name, unit, format string
+			vs                 [3][]float64
+		}{{"CPU", "cores", "%.3f", cpu}, {"RSS", "MB", "%.1f", rss}} {
+			var med [3]float64
+			var cells [3]string
+			for i := range 3 {
+				lo, m, hi := spread(row.vs[i])
+				med[i] = m
+				cells[i] = fmt.Sprintf(row.format+" / "+row.format+" / "+row.format+" %s", lo, m, hi, row.unit)
+			}
+			fmt.Printf("| %s | %s | %s | %s | %.2f | %.2f |\n", row.name, cells[0], cells[1], cells[2], med[0]/med[1], med[0]/med[2])
+			b.ReportMetric(med[0], row.name+"-"+row.unit)
+			b.ReportMetric(med[0]/med[1], row.name+"-vs-fping")
+		}
+		fmt.Printf("\nmean RTT against the system ping on the same path (min / median / max, µs):\n\n")
+		fmt.Println("| | wgpulse | system ping | wgpulse − ping (median of the rounds' differences) |")
+		fmt.Println("|---|---|---|---|")
+		for _, row := range []struct {
+			name         string
+			ours, theirs []float64
+		}{{"one target, no load", idleRTT, idlePing}, {"under the 1,000-target load", loadRTT, loadPing}} {
+			diffs := make([]float64, len(row.ours))
+			for i := range diffs {
+				diffs[i] = row.ours[i] - row.theirs[i]
+			}
+			lo, m, hi := spread(row.ours)
+			plo, pm, phi := spread(row.theirs)
+			_, dm, _ := spread(diffs)
+			fmt.Printf("| %s | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f | %+.0f |\n", row.name, lo, m, hi, plo, pm, phi, dm)
+			b.ReportMetric(dm, strings.ReplaceAll(strings.Fields(row.name)[0]+"-"+strings.Fields(row.name)[len(strings.Fields(row.name))-1], ",", "")+"-rtt-diff-µs")
+		}
+	}
+}
+
+// toolRound runs an anchor for 25 s and returns its CPU (cores) over the
+// last 20 s and its RSS at the end.
+func toolRound(b *testing.B, ns, tool string, args ...string) (cores, rssMB float64) {
+	b.Helper()
+	cmd := lab.Command(ns, tool, args...)
+	cmd.Stdout, cmd.Stderr = nil, nil
+	if err := cmd.Start(); err != nil {
+		b.Fatalf("%s: %v", tool, err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	time.Sleep(5 * time.Second)
+	return cpuOver(b, cmd.Process.Pid, 20*time.Second)
+}
+
+// cpuOver measures a process's CPU over d and its RSS at the end.
+func cpuOver(b *testing.B, pid int, d time.Duration) (cores, rssMB float64) {
+	b.Helper()
+	c0, t0 := procCPU(b, pid), time.Now()
+	time.Sleep(d)
+	c := procCPU(b, pid) - c0
+	return c.Seconds() / time.Since(t0).Seconds(), procRSSMB(b, pid)
+}
+
+// rttSumCount is the agent's RTT histogram summed over its targets.
+func rttSumCount(b *testing.B, a *lab.Agent) (sum, count float64) {
+	b.Helper()
+	_, body, err := a.Get("/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, m := range mfs["wgpulse_probe_rtt_seconds"].GetMetric() {
+		sum += m.GetHistogram().GetSampleSum()
+		count += float64(m.GetHistogram().GetSampleCount())
+	}
+	return sum, count
+}
+
+func meanMicros(r lab.PingResult) float64 {
+	if len(r.RTTs) == 0 {
+		return 0
+	}
+	var s time.Duration
+	for _, d := range r.RTTs {
+		s += d
+	}
+	return float64(s.Microseconds()) / float64(len(r.RTTs))
+}
+
+func startProberAgent(b *testing.B, bin, ns, cfg string) *lab.Agent {
+	b.Helper()
+	file := filepath.Join(b.TempDir(), "wgpulse.yml")
+	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn", "--web.enable-pprof")
+}
+
+// proberRound: the agent at the 1,000 targets, with the system ping on one
+// of them during the window.
+func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, rttMicros, pingMicros float64) {
+	b.Helper()
+	var cfg strings.Builder
+	cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
+	for _, t := range targets {
+		fmt.Fprintf(&cfg, "    - {address: %s, device: lo}\n", t)
+	}
+	a := startProberAgent(b, bin, ns, cfg.String())
+	defer a.Stop()
+	time.Sleep(5 * time.Second)
+	pinged := make(chan lab.PingResult, 1)
+	go func() {
+		r, _ := lab.Ping(ns, targets[len(targets)/2], 19, time.Second, 56, false)
+		pinged <- r
+	}()
+	s0, n0 := rttSumCount(b, a)
+	cores, rssMB = cpuOver(b, a.Pid(), 20*time.Second)
+	saveHeapProfile(b, a, "prober-1000")
+	s1, n1 := rttSumCount(b, a)
+	if n1 <= n0 {
+		b.Fatalf("the agent answered no probe in 20 s:\n%s", a.Logs())
+	}
+	return cores, rssMB, (s1 - s0) / (n1 - n0) * 1e6, meanMicros(<-pinged)
+}
+
+// idleRound: one target every 200 ms against 100 system pings.
+func idleRound(b *testing.B, bin, ns, target string) (rttMicros, pingMicros float64) {
+	b.Helper()
+	a := startProberAgent(b, bin, ns, fmt.Sprintf("prober:\n  pmtu: {enabled: false}\n  targets:\n    - {address: %s, device: lo, interval: 200ms}\n", target))
+	defer a.Stop()
+	time.Sleep(2 * time.Second)
+	pinged := make(chan lab.PingResult, 1)
+	go func() {
+		r, _ := lab.Ping(ns, target, 100, 200*time.Millisecond, 56, false)
+		pinged <- r
+	}()
+	s0, n0 := rttSumCount(b, a)
+	time.Sleep(20 * time.Second)
+	s1, n1 := rttSumCount(b, a)
+	if n1 <= n0 {
+		b.Fatalf("the agent answered no probe in 20 s:\n%s", a.Logs())
+	}
+	return (s1 - s0) / (n1 - n0) * 1e6, meanMicros(<-pinged)
+}
