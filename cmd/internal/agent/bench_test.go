@@ -345,6 +345,7 @@ func BenchmarkAgentProber1000(b *testing.B) {
 		if err := lab.AddNetns(ns); err != nil {
 			b.Fatal(err)
 		}
+		b.Cleanup(func() { _ = lab.DelNetns(ns) }) // also when a step fails
 		var cfg strings.Builder
 		cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
 		for i := range 1000 {
@@ -421,6 +422,7 @@ func agentProber10k(b *testing.B, bin string, n int, native, answering bool) {
 		if err := lab.AddNetns(ns); err != nil {
 			b.Fatal(err)
 		}
+		b.Cleanup(func() { _ = lab.DelNetns(ns) }) // also when a step fails
 		var cfg strings.Builder
 		fmt.Fprintf(&cfg, "prober:\n  native_histograms: %v\n  pmtu: {enabled: false}\n  targets:\n", native)
 		if !answering {

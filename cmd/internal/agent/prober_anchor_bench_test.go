@@ -60,6 +60,7 @@ func BenchmarkProberAnchor(b *testing.B) {
 				if err := lab.AddNetns(ns); err != nil {
 					b.Fatal(err)
 				}
+				b.Cleanup(func() { _ = lab.DelNetns(ns) }) // also when a step fails
 				switch tool {
 				case 0:
 					c, m, rtt, ping := proberRound(b, bin, ns, targets)
@@ -78,6 +79,7 @@ func BenchmarkProberAnchor(b *testing.B) {
 			if err := lab.AddNetns(ns); err != nil {
 				b.Fatal(err)
 			}
+			b.Cleanup(func() { _ = lab.DelNetns(ns) }) // also when a step fails
 			rtt, ping := idleRound(b, bin, ns, targets[0])
 			idleRTT, idlePing = append(idleRTT, rtt), append(idlePing, ping)
 			_ = lab.DelNetns(ns)
