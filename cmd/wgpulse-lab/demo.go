@@ -447,14 +447,14 @@ var demoColumns = []string{"tunnel", "faults", "site agent: handshake age", "byt
 	"loss lab/agent", "rtt p50 lab/agent", "jitter lab/agent", "path MTU lab/agent", "1400B DF", "health lab/agent", "MTU in force", "keepalive site/hub"}
 
 func (vw *view) tick() {
-	vw.table.write(vw.w, vw.rows())
+	vw.table.write(vw.w, vw.rows(true))
 	vw.failover()
 }
 
 // complete reports whether every cell of the table has a value: the lab's
 // pings and every agent's first probes and path MTU search are in.
 func (vw *view) complete() bool {
-	for _, row := range vw.rows()[1:] {
+	for _, row := range vw.rows(false)[1:] {
 		for _, cell := range row[1:] {
 			if cell == "-" || strings.HasPrefix(cell, "- /") || strings.HasSuffix(cell, "/ -") {
 				return false
@@ -464,9 +464,9 @@ func (vw *view) complete() bool {
 	return true
 }
 
-// rows are the table's rows for this instant, the header first; they
-// advance the bytes/tick counters.
-func (vw *view) rows() [][]string {
+// rows are the table's rows for this instant, the header first; a printed
+// tick (advance) moves the bytes/tick counters on, a look does not.
+func (vw *view) rows(advance bool) [][]string {
 	rows := [][]string{append([]string{"[" + since(vw.start) + "]"}, demoColumns...)}
 	tunnels, _ := vw.l.Status()
 	views := map[string]map[string]peerView{}
@@ -487,7 +487,9 @@ func (vw *view) rows() [][]string {
 				hs = time.Since(time.Unix(int64(v.handshake), 0)).Round(time.Second).String()
 			}
 			bytes = fmt.Sprintf("%.0f", v.rx+v.tx-vw.prevBytes[t.Name])
-			vw.prevBytes[t.Name] = v.rx + v.tx
+			if advance {
+				vw.prevBytes[t.Name] = v.rx + v.tx
+			}
 		}
 		hub, hubOK := views["hub"]
 		if hubOK {

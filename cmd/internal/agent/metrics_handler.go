@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -42,7 +43,7 @@ func (h *metricsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case h.inflight <- struct{}{}:
 		defer func() { <-h.inflight }()
 	default:
-		http.Error(w, "Limit of concurrent requests reached (4), try again later.", http.StatusServiceUnavailable)
+		http.Error(w, fmt.Sprintf("Limit of concurrent requests reached (%d), try again later.", maxScrapesInFlight), http.StatusServiceUnavailable)
 		return
 	}
 	w.Header().Set("Content-Type", string(format))

@@ -106,9 +106,9 @@ func BenchmarkProberAnchor(b *testing.B) {
 		fmt.Println("| | wgpulse | system ping | wgpulse − ping (median of the rounds' differences) |")
 		fmt.Println("|---|---|---|---|")
 		for _, row := range []struct {
-			name         string
+			name, metric string
 			ours, theirs []float64
-		}{{"one target, no load", idleRTT, idlePing}, {"under the 1,000-target load", loadRTT, loadPing}} {
+		}{{"one target, no load", "idle-rtt-diff-µs", idleRTT, idlePing}, {"under the 1,000-target load", "load-rtt-diff-µs", loadRTT, loadPing}} {
 			diffs := make([]float64, len(row.ours))
 			for i := range diffs {
 				diffs[i] = row.ours[i] - row.theirs[i]
@@ -117,7 +117,7 @@ func BenchmarkProberAnchor(b *testing.B) {
 			plo, pm, phi := spread(row.theirs)
 			_, dm, _ := spread(diffs)
 			fmt.Printf("| %s | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f | %+.0f |\n", row.name, lo, m, hi, plo, pm, phi, dm)
-			b.ReportMetric(dm, strings.ReplaceAll(strings.Fields(row.name)[0]+"-"+strings.Fields(row.name)[len(strings.Fields(row.name))-1], ",", "")+"-rtt-diff-µs")
+			b.ReportMetric(dm, row.metric)
 		}
 	}
 }
