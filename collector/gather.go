@@ -115,7 +115,7 @@ func (c *Collector) WriteText(w *expo.TextWriter) error {
 		})
 	}
 	base := func(d *Device, p *Peer) [3]expo.Label {
-		return [3]expo.Label{{Name: lnDevice, Value: d.Name}, {Name: lnName, Value: p.Name}, {Name: lnPublicKey, Value: p.PublicKey}}
+		return [3]expo.Label{{Name: lnDevice, Value: d.Name}, {Name: lnName, Value: p.Name}, {Name: lnPublicKey, Value: p.PublicKey, Verbatim: true}}
 	}
 	perPeer := func(f famDef, value func(p *Peer) float64) {
 		f.start(w)
@@ -128,7 +128,7 @@ func (c *Collector) WriteText(w *expo.TextWriter) error {
 	fDevInfo.start(w)
 	devices(func(d *Device) {
 		w.Series(1, expo.Label{Name: lnDevice, Value: d.Name}, expo.Label{Name: lnListenPort, Value: d.listenPortStr},
-			expo.Label{Name: lnPublicKey, Value: d.PublicKey}, expo.Label{Name: lnType, Value: d.Type})
+			expo.Label{Name: lnPublicKey, Value: d.PublicKey, Verbatim: true}, expo.Label{Name: lnType, Value: d.Type})
 	})
 	fDevMTU.start(w)
 	devices(func(d *Device) {
@@ -146,7 +146,7 @@ func (c *Collector) WriteText(w *expo.TextWriter) error {
 				fam = familyIPv6
 			}
 			w.Series(1, expo.Label{Name: lnAllowedIPs, Value: p.allowedStr[k]}, expo.Label{Name: lnDevice, Value: d.Name},
-				expo.Label{Name: lnFamily, Value: fam}, expo.Label{Name: lnName, Value: p.Name}, expo.Label{Name: lnPublicKey, Value: p.PublicKey})
+				expo.Label{Name: lnFamily, Value: fam}, expo.Label{Name: lnName, Value: p.Name}, expo.Label{Name: lnPublicKey, Value: p.PublicKey, Verbatim: true})
 		}
 	})
 	perPeer(fChanges,
@@ -154,7 +154,7 @@ func (c *Collector) WriteText(w *expo.TextWriter) error {
 	fPeerInfo.start(w)
 	peers(func(d *Device, p *Peer) {
 		w.Series(1, expo.Label{Name: lnDevice, Value: d.Name}, expo.Label{Name: lnEndpoint, Value: p.endpointStr},
-			expo.Label{Name: lnName, Value: p.Name}, expo.Label{Name: lnPublicKey, Value: p.PublicKey})
+			expo.Label{Name: lnName, Value: p.Name}, expo.Label{Name: lnPublicKey, Value: p.PublicKey, Verbatim: true})
 	})
 	perPeer(fLastChange,
 		func(p *Peer) float64 { return unixSeconds(p.LastEndpointChange) })

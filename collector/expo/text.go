@@ -19,8 +19,13 @@ type TextGatherer interface {
 	WriteText(w *TextWriter) error
 }
 
-// Label is one name="value" pair of a series.
-type Label struct{ Name, Value string }
+// Label is one name="value" pair of a series. Verbatim says the value needs
+// no escaping (a base64 key: no backslash, newline or quote), so it is
+// copied without the scan: keys are half the bytes of a large scrape.
+type Label struct {
+	Name, Value string
+	Verbatim    bool
+}
 
 // TextWriter writes families in the Prometheus text format 0.0.4, exactly as
 // expfmt writes the same MetricFamily: HELP and TYPE lines once per family
@@ -48,7 +53,12 @@ func (t *TextWriter) Family(name, help string, typ dto.MetricType) {
 
 // Series writes one series of the current family.
 func (t *TextWriter) Series(v float64, labels ...Label) {
-	b := t.buf[:0]
+	// Built in bufio's free space when the line fits (no copy), else in buf.
+	b := t.w.AvailableBuffer()
+	scratch := cap(b) < 512
+	if scratch {
+		b = t.buf[:0]
+	}
 	if t.pending.set {
 		t.pending.set = false
 		b = append(b, "# HELP "...)
@@ -70,7 +80,11 @@ func (t *TextWriter) Series(v float64, labels ...Label) {
 			}
 			b = append(b, l.Name...)
 			b = append(b, `="`...)
-			b = appendEscaped(b, l.Value, true)
+			if l.Verbatim {
+				b = append(b, l.Value...)
+			} else {
+				b = appendEscaped(b, l.Value, true)
+			}
 			b = append(b, '"')
 		}
 		b = append(b, '}')
@@ -79,7 +93,9 @@ func (t *TextWriter) Series(v float64, labels ...Label) {
 	b = appendFloat(b, v)
 	b = append(b, '\n')
 	_, _ = t.w.Write(b) // the first error is kept by bufio and returned by Flush
-	t.buf = b
+	if scratch {
+		t.buf = b[:0] // keeps a grown scratch for the next line
+	}
 }
 
 // Writer is the buffered stream, for other encoders to write families into
@@ -90,12 +106,19 @@ func (t *TextWriter) Writer() io.Writer { return t.w }
 func (t *TextWriter) Flush() error { return t.w.Flush() }
 
 // appendEscaped escapes a HELP text (\ and newline) or a label value (also ").
+// Nearly every value needs nothing (keys are base64, names and addresses are
+// plain): one pass over the bytes decides, and the value is copied whole.
+// (strings.ContainsAny built its byte set on every call: 17% of a 10,000-peer
+// scrape.)
 func appendEscaped(b []byte, s string, quote bool) []byte {
-	special := "\\\n"
-	if quote {
-		special = "\\\n\""
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '\\' || c == '\n' || (c == '"' && quote) {
+			clean = false
+			break
+		}
 	}
-	if !strings.ContainsAny(s, special) {
+	if clean {
 		return append(b, s...)
 	}
 	for i := 0; i < len(s); i++ {

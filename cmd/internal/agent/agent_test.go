@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -97,6 +99,21 @@ func TestGzipNegotiation(t *testing.T) {
 		h.ServeHTTP(rec, req)
 		if got := rec.Header().Get("Content-Encoding"); got != tc.want {
 			t.Errorf("Accept-Encoding %q: Content-Encoding %q, want %q", tc.accept, got, tc.want)
+		}
+		body := rec.Body.Bytes()
+		if tc.want == "gzip" { // one member the standard library reads (parallelGzip)
+			zr, err := gzip.NewReader(rec.Body)
+			if err != nil {
+				t.Fatalf("Accept-Encoding %q: %v", tc.accept, err)
+			}
+			zr.Multistream(false)
+			if body, err = io.ReadAll(zr); err != nil {
+				t.Fatalf("Accept-Encoding %q: reading the gzip body: %v", tc.accept, err)
+			}
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		if _, err := parser.TextToMetricFamilies(bytes.NewReader(body)); err != nil || !bytes.Contains(body, []byte(`wireguard_device_info{device="wg0"`)) {
+			t.Errorf("Accept-Encoding %q: body does not parse as the scrape (%v):\n%.300s", tc.accept, err, body)
 		}
 	}
 }

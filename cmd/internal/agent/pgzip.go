@@ -1,0 +1,178 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/binary"
+	"hash/crc32"
+	"io"
+	"runtime"
+
+	"github.com/klauspost/compress/flate"
+)
+
+// A scrape of a large node is ~11 MB of text, and deflating it is most of the
+// scrape (24 ms on one core for a 10,000-peer body; 14 ms this way on two). parallelGzip spreads it
+// over the cores, as pigz does: the body is cut into blocks, each deflated on
+// its own goroutine and ended with a sync flush (byte-aligned, not final), so
+// the blocks join into one ordinary deflate stream in one gzip member that
+// any client reads. The text is written meanwhile; the blocks go out in
+// order. A block starts with an empty window: a scrape's matches are within
+// a line or two, so the blocks come out 0.25% larger than one stream
+// (TestParallelGzipRatio holds them within 1%); priming each with the
+// previous block's last 32 KB, as pigz does, would deflate an eighth more. A body smaller than a block is deflated in the handler's
+// goroutine, with no hand-off.
+const gzBlockSize = 256 << 10
+
+// gzBlock is one block: its text and, once done is closed, its deflated bytes.
+type gzBlock struct {
+	plain []byte
+	out   bytes.Buffer
+	last  bool
+	done  chan struct{}
+}
+
+// gzPool keeps the blocks and deflaters of finished scrapes for the next
+// ones: a few fixed buffers rather than megabytes of garbage per scrape
+// (garbage is what sets the RSS of a GOGC-bound heap). Bounded: more than
+// it holds (concurrent scrapes) are left to the GC.
+type gzPool struct {
+	level    int
+	blocks   chan *gzBlock
+	deflates chan *flate.Writer
+}
+
+func newGzPool(level int) *gzPool {
+	n := runtime.GOMAXPROCS(0)
+	// One scrape holds GOMAXPROCS blocks deflating and one filling, and a
+	// deflater each: 3 × 256 KB and 2 × 480 KB on two cores.
+	return &gzPool{level: level, blocks: make(chan *gzBlock, n+1), deflates: make(chan *flate.Writer, n)}
+}
+
+func (p *gzPool) block() *gzBlock {
+	select {
+	case b := <-p.blocks:
+		return b
+	default:
+		b := &gzBlock{plain: make([]byte, 0, gzBlockSize)}
+		b.out.Grow(gzBlockSize / 3) // a scrape deflates ~4×: rarely grown
+		return b
+	}
+}
+
+func (p *gzPool) putBlock(b *gzBlock) {
+	b.plain, b.last, b.done = b.plain[:0], false, nil
+	b.out.Reset()
+	select {
+	case p.blocks <- b:
+	default:
+	}
+}
+
+func (p *gzPool) deflate(b *gzBlock) {
+	var fw *flate.Writer
+	select {
+	case fw = <-p.deflates:
+		fw.Reset(&b.out)
+	default:
+		fw, _ = flate.NewWriter(&b.out, p.level) // the level is a constant of ours
+	}
+	_, _ = fw.Write(b.plain) // into a bytes.Buffer: no error
+	if b.last {
+		_ = fw.Close()
+	} else {
+		_ = fw.Flush()
+	}
+	select {
+	case p.deflates <- fw:
+	default:
+	}
+}
+
+// parallelGzip is one response's gzip stream; Close ends it.
+type parallelGzip struct {
+	pool     *gzPool
+	dst      io.Writer
+	cur      *gzBlock
+	inflight []*gzBlock // handed off, in stream order
+	max      int
+	crc      uint32
+	size     uint32
+	header   bool
+	err      error // the first write error to dst
+}
+
+func newParallelGzip(pool *gzPool, dst io.Writer) *parallelGzip {
+	return &parallelGzip{pool: pool, dst: dst, max: runtime.GOMAXPROCS(0)}
+}
+
+func (z *parallelGzip) Write(p []byte) (int, error) {
+	if z.err != nil {
+		return 0, z.err
+	}
+	n := len(p)
+	z.crc = crc32.Update(z.crc, crc32.IEEETable, p)
+	z.size += uint32(n) // ISIZE is the size modulo 2^32
+	for len(p) > 0 {
+		if z.cur == nil {
+			z.cur = z.pool.block()
+		}
+		c := copy(z.cur.plain[len(z.cur.plain):cap(z.cur.plain)], p)
+		z.cur.plain = z.cur.plain[:len(z.cur.plain)+c]
+		p = p[c:]
+		if len(z.cur.plain) == cap(z.cur.plain) {
+			z.handOff(false)
+		}
+	}
+	return n, z.err
+}
+
+// handOff starts deflating the current block.
+func (z *parallelGzip) handOff(last bool) {
+	b := z.cur
+	b.last = last
+	z.cur = nil
+	if last && len(z.inflight) == 0 {
+		z.pool.deflate(b) // a small body: no goroutine
+		z.emit(b)
+		return
+	}
+	b.done = make(chan struct{})
+	z.inflight = append(z.inflight, b)
+	go func() { z.pool.deflate(b); close(b.done) }()
+	for len(z.inflight) > z.max || (last && len(z.inflight) > 0) {
+		head := z.inflight[0]
+		<-head.done
+		z.inflight = z.inflight[1:]
+		z.emit(head)
+	}
+}
+
+func (z *parallelGzip) emit(b *gzBlock) {
+	if !z.header {
+		z.header = true
+		// ID1 ID2 CM=deflate FLG=0 MTIME=0 XFL=4 (fastest) OS=255 (unknown).
+		z.write([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255})
+	}
+	z.write(b.out.Bytes())
+	z.pool.putBlock(b)
+}
+
+func (z *parallelGzip) write(p []byte) {
+	if z.err == nil {
+		_, z.err = z.dst.Write(p)
+	}
+}
+
+// Close deflates what is left as the final block, writes every block in
+// order and the gzip trailer, and returns the first write error.
+func (z *parallelGzip) Close() error {
+	if z.cur == nil {
+		z.cur = z.pool.block()
+	}
+	z.handOff(true)
+	var trailer [8]byte
+	binary.LittleEndian.PutUint32(trailer[0:4], z.crc)
+	binary.LittleEndian.PutUint32(trailer[4:8], z.size)
+	z.write(trailer[:])
+	return z.err
+}
