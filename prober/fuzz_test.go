@@ -3,6 +3,8 @@ package prober
 import (
 	"encoding/binary"
 	"testing"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,11 +31,12 @@ func FuzzParseEchoReply(f *testing.F) {
 	f.Add(append([]byte{0x46}, make([]byte, 30)...), byte(0))     // IP options
 	f.Fuzz(func(t *testing.T, b []byte, kind byte) {
 		c := &sockConn{raw: kind%3 != 2, v6: kind%3 == 1}
-		var from unix.Sockaddr = &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}
+		var from unix.RawSockaddrAny
+		from.Addr.Family = unix.AF_INET
 		if c.v6 {
-			from = &unix.SockaddrInet6{}
+			from.Addr.Family = unix.AF_INET6
 		}
-		r, ok := c.parse(b, from)
+		r, ok := c.parse(b, &from)
 		if !ok {
 			return
 		}
@@ -48,4 +51,31 @@ func FuzzParseEchoReply(f *testing.F) {
 			t.Fatalf("parse accepted ICMP type %d code %d as an echo reply", icmp[0], icmp[1])
 		}
 	})
+}
+
+// TestRxTimestamp: the kernel's receive time is read from the control
+// messages in place, past another message before it; without one, now.
+func TestRxTimestamp(t *testing.T) {
+	cmsg := func(level, typ int32, data []byte) []byte {
+		b := make([]byte, unix.CmsgSpace(len(data)))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		h.Level, h.Type = level, typ
+		h.SetLen(unix.CmsgLen(len(data)))
+		copy(b[unix.CmsgLen(0):], data)
+		return b
+	}
+	ts := make([]byte, 16)
+	binary.NativeEndian.PutUint64(ts[0:8], 1700000000)
+	binary.NativeEndian.PutUint64(ts[8:16], 123456789)
+	oob := append(cmsg(unix.SOL_IP, unix.IP_TTL, []byte{64, 0, 0, 0}), cmsg(unix.SOL_SOCKET, unix.SCM_TIMESTAMPNS, ts)...)
+	if got, want := rxTimestamp(oob), time.Unix(1700000000, 123456789); !got.Equal(want) {
+		t.Errorf("rxTimestamp = %v, want %v", got, want)
+	}
+	before := time.Now()
+	if got := rxTimestamp(oob[:unix.CmsgSpace(4)]); got.Before(before) {
+		t.Errorf("without a timestamp: %v, want now", got)
+	}
+	if got := rxTimestamp(oob[:len(oob)-3]); got.Before(before) { // truncated: not read past the end
+		t.Errorf("truncated: %v, want now", got)
+	}
 }

@@ -146,6 +146,7 @@ type Prober struct {
 	openErrs   map[engineKey]string // last logged open error per engine
 	staleAt    time.Time            // the last ifindex check of the bound sockets
 	stretched  float64              // last interval stretch factor logged
+	minAhead   time.Duration        // the smallest sendAhead of the targets
 	wake       chan struct{}
 	ids        sync.Map // echo IDs of this prober's engines: their replies are never stray
 
@@ -262,6 +263,7 @@ func (p *Prober) ResetState(key string) {
 	t.resetState(now)
 	t.e.mu.Unlock()
 	t.next = now
+	t.setDue()
 	if t.heapIndex >= 0 {
 		heap.Fix(&p.sched, t.heapIndex)
 	}
@@ -412,6 +414,10 @@ func (p *Prober) applyLocked() {
 			p.removeLocked(t)
 		} else {
 			t.setSpec(nt, p.cfg.Window, p.cfg.Timeout, p.metrics)
+			t.setDue() // the interval sets how early it may be sent
+			if t.heapIndex >= 0 {
+				heap.Fix(&p.sched, t.heapIndex)
+			}
 		}
 	}
 	for k, spec := range want {
@@ -429,10 +435,17 @@ func (p *Prober) applyLocked() {
 		}
 		t := newTarget(spec, e, p.metrics, p.cfg.Window, p.cfg.Timeout, now)
 		t.next = now.Add(phase(k, spec.Interval))
+		t.setDue()
 		p.targets[k] = t
 		e.targets++
 		heap.Push(&p.sched, t)
 		p.pmtu.add(t)
+	}
+	p.minAhead = 0
+	for _, t := range p.targets {
+		if a := sendAhead(t.spec.Interval); p.minAhead == 0 || a < p.minAhead {
+			p.minAhead = a
+		}
 	}
 	p.metrics.targets.Set(float64(len(p.targets)))
 }
@@ -578,6 +591,7 @@ func (p *Prober) repair(now time.Time) {
 		p.logger.Info("probing through device again: its probe socket was reopened", "device", ek.device)
 		for _, t := range targets {
 			t.next = now // probe at once: a verdict within a few intervals
+			t.setDue()
 			if t.heapIndex >= 0 {
 				heap.Fix(&p.sched, t.heapIndex)
 			}
@@ -639,12 +653,19 @@ func (p *Prober) step(now time.Time) time.Duration {
 	for p.sched.Len() > 0 {
 		t := p.sched[0]
 		if due := t.due(); due.After(now) {
+			// A regular probe may wait for the others that fall due within
+			// the batch window: the one wake-up sends them all, none late
+			// (every target's window is at least minAhead). A suspicion
+			// check at the top is woken for exactly.
+			if t.suspectAt.IsZero() || !t.suspectAt.Equal(due) {
+				due = due.Add(p.minAhead)
+			}
 			if due.Before(next) {
 				next = due
 			}
 			break
 		}
-		if !t.next.After(now) {
+		if !t.next.Add(-sendAhead(t.spec.Interval)).After(now) {
 			t.e.sendProbe(t, now, false)
 			t.next = t.next.Add(t.spec.Interval)
 			if t.next.Before(now) { // fell behind (e.g. a long GC pause): do not burst
@@ -661,6 +682,7 @@ func (p *Prober) step(now time.Time) time.Duration {
 		} else {
 			t.suspectAt = time.Time{}
 		}
+		t.setDue()
 		heap.Fix(&p.sched, 0)
 		if d := now.Add(t.timeout); d.Before(next) {
 			next = d
@@ -669,13 +691,29 @@ func (p *Prober) step(now time.Time) time.Duration {
 	return max(next.Sub(now), 0)
 }
 
-// due is when the scheduler must next look at t: its next probe, or its
-// next suspicion check if sooner.
-func (t *target) due() time.Time {
-	if !t.suspectAt.IsZero() && t.suspectAt.Before(t.next) {
-		return t.suspectAt
+// due is when the scheduler must next look at t: its next probe (up to
+// sendAhead early), or its next suspicion check if sooner. Kept in dueAt by
+// setDue whenever next, suspectAt or the interval change (the heap compares
+// it ~20 times per send).
+func (t *target) due() time.Time { return t.dueAt }
+
+func (t *target) setDue() {
+	t.dueAt = t.next.Add(-sendAhead(t.spec.Interval))
+	if !t.suspectAt.IsZero() && t.suspectAt.Before(t.dueAt) {
+		t.dueAt = t.suspectAt
 	}
-	return t.next
+}
+
+// sendAhead is how early a regular probe may go out, so that the probes due
+// within a few milliseconds leave in one wake-up of the scheduler: 1,000
+// targets at 1 s would otherwise wake it (and, through their replies, the
+// receiver) a thousand times a second. A probe's interval is kept (the next
+// one is due an interval after this one was due, not after it left); only
+// its phase moves, by at most 10 ms or a twentieth of the interval. The RTT
+// is timed from when it left. Timeouts keep their exact times; a suspicion
+// check that falls inside a batch window may run up to that window late.
+func sendAhead(interval time.Duration) time.Duration {
+	return min(10*time.Millisecond, interval/20)
 }
 
 func (p *Prober) publish(r Result) { p.results.Publish(r) }
@@ -715,6 +753,7 @@ type engine struct {
 	id      uint16 // guarded by mu, with c
 	nonce   uint64
 	targets int       // guarded by Prober.mu
+	payload []byte    // guarded by Prober.mu: the send buffer
 	retryAt time.Time // guarded by Prober.mu: the next reopen of a broken socket
 	// broken: the device the socket is bound to is gone (deleted, or
 	// recreated with a new ifindex). Nothing is sent until it is reopened;
@@ -885,7 +924,11 @@ func (e *engine) sendProbe(t *target, now time.Time, extra bool) {
 	q.push(queued{seq, gen})
 	e.mu.Unlock()
 
-	payload := make([]byte, max(t.spec.Size, payloadHeader))
+	// The payload is built in the engine's buffer: sends come only from
+	// the scheduler, under Prober.mu.
+	payload := slices.Grow(e.payload[:0], max(t.spec.Size, payloadHeader))[:max(t.spec.Size, payloadHeader)]
+	clear(payload[payloadHeader:])
+	e.payload = payload
 	binary.BigEndian.PutUint64(payload[0:8], e.nonce)
 	binary.BigEndian.PutUint32(payload[8:12], gen)
 	sent := time.Now()

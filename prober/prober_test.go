@@ -356,3 +356,52 @@ func TestReloadedWindowAppliesToExistingTargets(t *testing.T) {
 		}
 	})
 }
+
+// TestProbesLeaveInBatches: probes due within a few milliseconds leave in
+// one wake-up of the scheduler (at most 100 a second at 1 s intervals, not
+// one per target), at most 10 ms early, and every target keeps its interval:
+// its kth probe leaves within 10 ms before its first probe + k intervals.
+func TestProbesLeaveInBatches(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		sends := map[netip.Addr][]time.Time{}
+		instants := map[time.Time]bool{}
+		fn := probertest.New(func(_ string, dst netip.Addr, _ int) probertest.Reply {
+			mu.Lock()
+			defer mu.Unlock()
+			now := time.Now()
+			sends[dst] = append(sends[dst], now)
+			instants[now] = true
+			return probertest.Reply{Delay: time.Millisecond}
+		})
+		var addrs []string
+		for i := range 200 {
+			addrs = append(addrs, fmt.Sprintf("10.9.%d.%d", i/200, i%200+1))
+		}
+		start := time.Now()
+		_, cancel := runProber(t, testConfig(), fn, nil, addrs...)
+		defer cancel()
+		time.Sleep(10*time.Second + time.Millisecond)
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(instants) > 10*100+10 {
+			t.Errorf("200 targets at 1 s sent at %d distinct instants in 10 s, want at most ~1,000 (one wake-up per 10 ms)", len(instants))
+		}
+		t.Logf("200 targets at 1 s: %d send instants in 10 s", len(instants))
+		for dst, ts := range sends {
+			if len(ts) < 10 {
+				t.Fatalf("%s: %d probes in 10 s, want 10", dst, len(ts))
+			}
+			for k, at := range ts {
+				want := ts[0].Add(time.Duration(k) * time.Second)
+				if at.After(want) || at.Before(want.Add(-10*time.Millisecond)) {
+					t.Fatalf("%s: probe %d left %v after the first, want %v or up to 10 ms sooner", dst, k, at.Sub(ts[0]), want.Sub(ts[0]))
+				}
+			}
+			if ts[0].Sub(start) > time.Second {
+				t.Fatalf("%s: first probe %v after the start, want within its 1 s phase", dst, ts[0].Sub(start))
+			}
+		}
+	})
+}

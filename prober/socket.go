@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
-	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
@@ -19,7 +20,8 @@ import (
 // Conn is one ICMP echo transport for one device and address family: a
 // socket here, a fake network in tests (prober/probertest). The engine owns it.
 type Conn interface {
-	// Send writes one echo request.
+	// Send writes one echo request. payload is the caller's buffer, reused
+	// after Send returns: a transport that keeps it copies it.
 	Send(dst netip.Addr, id, seq uint16, payload []byte) error
 	// Recv blocks for the next echo reply; it returns ErrClosed once closed.
 	Recv(buf []byte) (Reply, error)
@@ -44,12 +46,18 @@ type Reply struct {
 var ErrNoICMPSocket = errors.New("cannot open an ICMP socket: grant CAP_NET_RAW (systemd: AmbientCapabilities=CAP_NET_RAW) or allow unprivileged ping sockets (sysctl net.ipv4.ping_group_range=\"0 2147483647\")")
 
 type sockConn struct {
-	f       *os.File
-	rc      syscall.RawConn
-	v6      bool
-	raw     bool
-	id      uint16
-	oob     []byte
+	f   *os.File
+	rc  syscall.RawConn
+	v6  bool
+	raw bool
+	id  uint16
+	rx  rxState
+	tx  struct {
+		mu  sync.Mutex
+		msg []byte
+		sa4 unix.RawSockaddrInet4
+		sa6 unix.RawSockaddrInet6
+	}
 	device  string
 	ifindex int // of device when the socket was bound to it (0: unbound)
 }
@@ -117,7 +125,7 @@ func openSocket(device string, v6 bool) (Conn, error) {
 		f.Close()
 		return nil, err
 	}
-	c := &sockConn{f: f, rc: rc, v6: v6, raw: raw, oob: make([]byte, 128), device: device, ifindex: ifindex}
+	c := &sockConn{f: f, rc: rc, v6: v6, raw: raw, device: device, ifindex: ifindex}
 	if raw {
 		var b [2]byte
 		_, _ = rand.Read(b[:])
@@ -156,24 +164,40 @@ func (c *sockConn) Privileged() bool { return c.raw }
 func (c *sockConn) Close() error     { return c.f.Close() }
 
 func (c *sockConn) Send(dst netip.Addr, id, seq uint16, payload []byte) error {
-	var (
-		typ icmp.Type
-		sa  unix.Sockaddr
-	)
+	c.tx.mu.Lock()
+	defer c.tx.mu.Unlock()
+	typ := byte(ipv4.ICMPTypeEcho)
 	if c.v6 {
-		typ, sa = ipv6.ICMPTypeEchoRequest, &unix.SockaddrInet6{Addr: dst.As16()}
-	} else {
-		typ, sa = ipv4.ICMPTypeEcho, &unix.SockaddrInet4{Addr: dst.As4()}
+		typ = byte(ipv6.ICMPTypeEchoRequest)
 	}
+	msg := append(c.tx.msg[:0], typ, 0, 0, 0, byte(id>>8), byte(id), byte(seq>>8), byte(seq))
+	msg = append(msg, payload...)
+	c.tx.msg = msg
 	// IPv6: the kernel computes the checksum (and, for ping sockets, both
 	// families' id and checksum).
-	msg, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: int(id), Seq: int(seq), Data: payload}}).Marshal(nil)
-	if err != nil {
-		return err
+	if !c.v6 {
+		binary.BigEndian.PutUint16(msg[2:4], icmpChecksum(msg))
+	}
+	// The address and message live in the connection, and the system call
+	// is made directly: unix.Sendto allocates the address on every send.
+	var (
+		sa    unsafe.Pointer
+		salen uintptr
+	)
+	if c.v6 {
+		c.tx.sa6 = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: dst.As16()}
+		sa, salen = unsafe.Pointer(&c.tx.sa6), unix.SizeofSockaddrInet6
+	} else {
+		c.tx.sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst.As4()}
+		sa, salen = unsafe.Pointer(&c.tx.sa4), unix.SizeofSockaddrInet4
 	}
 	var serr error
-	err = c.rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), msg, 0, sa)
+	err := c.rc.Write(func(fd uintptr) bool {
+		_, _, errno := unix.Syscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&msg[0])), uintptr(len(msg)), 0, uintptr(sa), salen)
+		serr = nil
+		if errno != 0 {
+			serr = errno
+		}
 		return serr != unix.EAGAIN
 	})
 	if err != nil {
@@ -182,39 +206,114 @@ func (c *sockConn) Send(dst netip.Addr, id, seq uint16, payload []byte) error {
 	return serr
 }
 
+// icmpChecksum is the Internet checksum (RFC 1071) of an ICMP message whose
+// checksum field is zero.
+func icmpChecksum(b []byte) uint16 {
+	var sum uint32
+	for len(b) >= 2 {
+		sum += uint32(b[0])<<8 | uint32(b[1])
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		sum += uint32(b[0]) << 8
+	}
+	for sum>>16 != 0 {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
+
+// Recv returns the next echo reply. Replies are read up to rxBatch at a
+// time with one recvmmsg into slices of buf (the engine's 64 KB), so the
+// replies to a burst of probes cost one wake-up and one system call, not one
+// each; each is truncated to rxSlot bytes, more than the IP and ICMP headers
+// and the payload header that identify it. (x/sys's Recvmsg also asked the
+// kernel for the socket's protocol on every read, a second system call.)
 func (c *sockConn) Recv(buf []byte) (Reply, error) {
 	for {
-		var (
-			n, oobn int
-			from    unix.Sockaddr
-			rerr    error
-		)
-		err := c.rc.Read(func(fd uintptr) bool {
-			n, oobn, _, from, rerr = unix.Recvmsg(int(fd), buf, c.oob, 0)
-			return rerr != unix.EAGAIN
-		})
-		if err != nil {
+		for c.rx.next < c.rx.n {
+			i := c.rx.next
+			c.rx.next++
+			h := &c.rx.hdrs[i]
+			n := min(int(h.Len), rxSlot)
+			r, ok := c.parse(c.rx.bufs[i][:n], &c.rx.names[i])
+			if !ok {
+				continue
+			}
+			r.At = rxTimestamp(c.rx.oobs[i][:h.Hdr.Controllen])
+			return r, nil
+		}
+		if err := c.readBatch(buf); err != nil {
 			return Reply{}, err
 		}
-		if rerr != nil {
-			return Reply{}, rerr
-		}
-		r, ok := c.parse(buf[:n], from)
-		if !ok {
-			continue
-		}
-		r.At = rxTimestamp(c.oob[:oobn])
-		return r, nil
 	}
 }
 
-func (c *sockConn) parse(b []byte, from unix.Sockaddr) (Reply, bool) {
+// rxBatch replies are read at once, each into rxSlot bytes of the buffer.
+const (
+	rxBatch = 32
+	rxSlot  = 2048
+)
+
+// rxState is the last batch read; guarded by the one receiving goroutine.
+type rxState struct {
+	hdrs  [rxBatch]unix.Mmsghdr
+	iovs  [rxBatch]unix.Iovec
+	names [rxBatch]unix.RawSockaddrAny
+	oobs  [rxBatch][64]byte
+	bufs  [rxBatch][]byte
+	n     int
+	next  int
+}
+
+func (c *sockConn) readBatch(buf []byte) error {
+	slots := min(rxBatch, len(buf)/rxSlot)
+	if slots == 0 {
+		return fmt.Errorf("receive buffer of %d bytes: want at least %d", len(buf), rxSlot)
+	}
+	rx := &c.rx
+	for i := range slots {
+		rx.bufs[i] = buf[i*rxSlot : (i+1)*rxSlot]
+		rx.iovs[i].Base = &rx.bufs[i][0]
+		rx.iovs[i].SetLen(rxSlot)
+		rx.hdrs[i] = unix.Mmsghdr{}
+		h := &rx.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&rx.names[i]))
+		h.Namelen = unix.SizeofSockaddrAny
+		h.Iov = &rx.iovs[i]
+		h.SetIovlen(1)
+		h.Control = &rx.oobs[i][0]
+		h.SetControllen(len(rx.oobs[i]))
+	}
+	var (
+		n    int
+		rerr error
+	)
+	err := c.rc.Read(func(fd uintptr) bool {
+		r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&rx.hdrs[0])), uintptr(slots), unix.MSG_DONTWAIT, 0, 0)
+		n, rerr = int(r), nil
+		if errno != 0 {
+			n, rerr = 0, errno
+		}
+		return rerr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	if rerr != nil {
+		return rerr
+	}
+	rx.n, rx.next = n, 0
+	return nil
+}
+
+func (c *sockConn) parse(b []byte, from *unix.RawSockaddrAny) (Reply, bool) {
 	var r Reply
-	switch sa := from.(type) {
-	case *unix.SockaddrInet4:
-		r.Src = netip.AddrFrom4(sa.Addr)
-	case *unix.SockaddrInet6:
-		r.Src = netip.AddrFrom16(sa.Addr)
+	switch from.Addr.Family {
+	case unix.AF_INET:
+		r.Src = netip.AddrFrom4((*unix.RawSockaddrInet4)(unsafe.Pointer(from)).Addr)
+	case unix.AF_INET6:
+		r.Src = netip.AddrFrom16((*unix.RawSockaddrInet6)(unsafe.Pointer(from)).Addr)
 	default:
 		return r, false
 	}
@@ -238,16 +337,26 @@ func (c *sockConn) parse(b []byte, from unix.Sockaddr) (Reply, bool) {
 }
 
 // rxTimestamp extracts SCM_TIMESTAMPNS; without one it falls back to now.
+// It walks the control messages in place (unix.ParseSocketControlMessage
+// allocates a slice for every reply).
 func rxTimestamp(oob []byte) time.Time {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err == nil {
-		for _, m := range msgs {
-			if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SCM_TIMESTAMPNS && len(m.Data) >= 16 {
-				sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
-				nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
-				return time.Unix(sec, nsec)
-			}
+	for len(oob) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(oob) {
+			break
 		}
+		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_TIMESTAMPNS && l >= unix.SizeofCmsghdr+16 {
+			d := oob[unix.SizeofCmsghdr:l]
+			sec := int64(binary.NativeEndian.Uint64(d[0:8]))
+			nsec := int64(binary.NativeEndian.Uint64(d[8:16]))
+			return time.Unix(sec, nsec)
+		}
+		next := unix.CmsgSpace(l - unix.SizeofCmsghdr)
+		if next > len(oob) {
+			break
+		}
+		oob = oob[next:]
 	}
 	return time.Now()
 }

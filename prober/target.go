@@ -16,6 +16,7 @@ type target struct {
 	e         *engine
 	next      time.Time // next regular probe; guarded by Prober.mu
 	suspectAt time.Time // next suspicion check (zero = none); guarded by Prober.mu
+	dueAt     time.Time // see due; guarded by Prober.mu
 	heapIndex int       // guarded by Prober.mu
 	removed   bool
 	window    time.Duration
