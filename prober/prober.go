@@ -665,7 +665,7 @@ func (p *Prober) step(now time.Time) time.Duration {
 			}
 			break
 		}
-		if !t.next.Add(-sendAhead(t.spec.Interval)).After(now) {
+		if !t.sendFrom().After(now) {
 			t.e.sendProbe(t, now, false)
 			t.next = t.next.Add(t.spec.Interval)
 			if t.next.Before(now) { // fell behind (e.g. a long GC pause): do not burst
@@ -698,11 +698,14 @@ func (p *Prober) step(now time.Time) time.Duration {
 func (t *target) due() time.Time { return t.dueAt }
 
 func (t *target) setDue() {
-	t.dueAt = t.next.Add(-sendAhead(t.spec.Interval))
+	t.dueAt = t.sendFrom()
 	if !t.suspectAt.IsZero() && t.suspectAt.Before(t.dueAt) {
 		t.dueAt = t.suspectAt
 	}
 }
+
+// sendFrom is the earliest a regular probe may leave.
+func (t *target) sendFrom() time.Time { return t.next.Add(-sendAhead(t.spec.Interval)) }
 
 // sendAhead is how early a regular probe may go out, so that the probes due
 // within a few milliseconds leave in one wake-up of the scheduler: 1,000

@@ -12,8 +12,7 @@ import (
 // peers a scrape body is ~11 MB of very repetitive text: BestSpeed still
 // shrinks it ~4x and costs about a third of promhttp's default level, which
 // alone would take the scrape past its budget. The deflate is
-// klauspost/compress (in the module graph already, through client_golang):
-// 28 ms instead of the standard library's ~70 ms for that body on one core.
+// klauspost/compress (in the module graph already, through client_golang).
 type gzipHandler struct {
 	next http.Handler
 	pool *gzPool
