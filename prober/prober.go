@@ -914,8 +914,20 @@ func (e *engine) sendProbe(t *target, now time.Time, extra bool) {
 		s.t.finish(e, s, false, 0, now)
 	}
 	gen := s.gen + 1
+	// The payload is built in the engine's buffer: sends come only from
+	// the scheduler, under Prober.mu.
+	payload := slices.Grow(e.payload[:0], max(t.spec.Size, payloadHeader))[:max(t.spec.Size, payloadHeader)]
+	clear(payload[payloadHeader:])
+	e.payload = payload
+	binary.BigEndian.PutUint64(payload[0:8], e.nonce)
+	binary.BigEndian.PutUint32(payload[8:12], gen)
 	t.sent++
-	*s = slot{seq: seq, gen: gen, state: slotInFlight, extra: extra, t: t, n: t.sent, sent: now}
+	// The slot holds the send time before the send: the reply can be read
+	// and credited before Send returns (on loopback, or a fast path, the
+	// kernel queues it inside sendto), and the RTT is timed from here, not
+	// from the start of the scheduler's batch (now).
+	sent := time.Now()
+	*s = slot{seq: seq, gen: gen, state: slotInFlight, extra: extra, t: t, n: t.sent, sent: sent}
 	if extra {
 		t.extras++
 	}
@@ -927,14 +939,6 @@ func (e *engine) sendProbe(t *target, now time.Time, extra bool) {
 	q.push(queued{seq, gen})
 	e.mu.Unlock()
 
-	// The payload is built in the engine's buffer: sends come only from
-	// the scheduler, under Prober.mu.
-	payload := slices.Grow(e.payload[:0], max(t.spec.Size, payloadHeader))[:max(t.spec.Size, payloadHeader)]
-	clear(payload[payloadHeader:])
-	e.payload = payload
-	binary.BigEndian.PutUint64(payload[0:8], e.nonce)
-	binary.BigEndian.PutUint32(payload[8:12], gen)
-	sent := time.Now()
 	err := c.Send(t.spec.Address, id, seq, payload)
 
 	e.mu.Lock()
@@ -973,9 +977,7 @@ func (e *engine) sendProbe(t *target, now time.Time, extra bool) {
 		// as a failed probe, now rather than after the timeout.
 		t.sendErr(err)
 		s.t.finish(e, s, false, 0, sent)
-		return
 	}
-	s.sent = sent
 }
 
 // expire ends every in-flight probe past its target's timeout, oldest first,
