@@ -39,6 +39,7 @@ func buildRev(b *testing.B, rev string) string {
 	bin := filepath.Join(dir, "wgpulse-"+rev)
 	build := exec.Command("go", "build", "-o", bin, "./cmd/wgpulse")
 	build.Dir = dir
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // built as wgpulse is (labtest.BuildBinary)
 	if out, err := build.CombinedOutput(); err != nil {
 		b.Fatalf("building the anchor %s: %v\n%s", rev, err, out)
 	}
