@@ -263,10 +263,7 @@ func (p *Prober) ResetState(key string) {
 	t.resetState(now)
 	t.e.mu.Unlock()
 	t.next = now
-	t.setDue()
-	if t.heapIndex >= 0 {
-		heap.Fix(&p.sched, t.heapIndex)
-	}
+	p.reschedule(t)
 }
 
 // ResearchPMTU starts a full path MTU search of the target now (after its
@@ -414,10 +411,7 @@ func (p *Prober) applyLocked() {
 			p.removeLocked(t)
 		} else {
 			t.setSpec(nt, p.cfg.Window, p.cfg.Timeout, p.metrics)
-			t.setDue() // the interval sets how early it may be sent
-			if t.heapIndex >= 0 {
-				heap.Fix(&p.sched, t.heapIndex)
-			}
+			p.reschedule(t) // the interval sets how early it may be sent
 		}
 	}
 	for k, spec := range want {
@@ -591,10 +585,7 @@ func (p *Prober) repair(now time.Time) {
 		p.logger.Info("probing through device again: its probe socket was reopened", "device", ek.device)
 		for _, t := range targets {
 			t.next = now // probe at once: a verdict within a few intervals
-			t.setDue()
-			if t.heapIndex >= 0 {
-				heap.Fix(&p.sched, t.heapIndex)
-			}
+			p.reschedule(t)
 		}
 	}
 }
@@ -651,7 +642,7 @@ func (p *Prober) step(now time.Time) time.Duration {
 		}
 	}
 	for p.sched.Len() > 0 {
-		t := p.sched[0]
+		t := p.sched[0].t
 		if due := t.due(); due.After(now) {
 			// A regular probe may wait for the others that fall due within
 			// the batch window: the one wake-up sends them all, none late
@@ -682,8 +673,7 @@ func (p *Prober) step(now time.Time) time.Duration {
 		} else {
 			t.suspectAt = time.Time{}
 		}
-		t.setDue()
-		heap.Fix(&p.sched, 0)
+		p.reschedule(t)
 		if d := now.Add(t.timeout); d.Before(next) {
 			next = d
 		}
@@ -693,8 +683,8 @@ func (p *Prober) step(now time.Time) time.Duration {
 
 // due is when the scheduler must next look at t: its next probe (up to
 // sendAhead early), or its next suspicion check if sooner. Kept in dueAt by
-// setDue whenever next, suspectAt or the interval change (the heap compares
-// it ~20 times per send).
+// setDue (through reschedule, which also places t in the heap) whenever
+// next, suspectAt or the interval change.
 func (t *target) due() time.Time { return t.dueAt }
 
 func (t *target) setDue() {
@@ -721,24 +711,42 @@ func sendAhead(interval time.Duration) time.Duration {
 
 func (p *Prober) publish(r Result) { p.results.Publish(r) }
 
-// schedHeap orders targets by their next send time.
-type schedHeap []*target
+// reschedule recomputes when the scheduler must next look at t and moves t
+// to its place in the schedule. Called with p.mu held.
+func (p *Prober) reschedule(t *target) {
+	t.setDue()
+	if t.heapIndex >= 0 {
+		p.sched[t.heapIndex].due = t.dueAt
+		heap.Fix(&p.sched, t.heapIndex)
+	}
+}
+
+// schedHeap orders targets by their due time, which each entry holds
+// beside the target: the heap compares ~20 times per send, and reading it
+// through the pointer missed the cache (5 % of the agent's CPU at 1,000
+// targets).
+type schedHeap []schedEntry
+
+type schedEntry struct {
+	due time.Time // the target's dueAt when it was last placed
+	t   *target
+}
 
 func (h schedHeap) Len() int           { return len(h) }
-func (h schedHeap) Less(i, j int) bool { return h[i].due().Before(h[j].due()) }
+func (h schedHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
 func (h schedHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIndex, h[j].heapIndex = i, j
+	h[i].t.heapIndex, h[j].t.heapIndex = i, j
 }
 func (h *schedHeap) Push(x any) {
 	t := x.(*target)
 	t.heapIndex = len(*h)
-	*h = append(*h, t)
+	*h = append(*h, schedEntry{t.dueAt, t})
 }
 func (h *schedHeap) Pop() any {
 	old := *h
-	t := old[len(old)-1]
-	old[len(old)-1] = nil
+	t := old[len(old)-1].t
+	old[len(old)-1] = schedEntry{}
 	t.heapIndex = -1
 	*h = old[:len(old)-1]
 	return t

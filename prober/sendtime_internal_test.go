@@ -61,7 +61,7 @@ func TestRTTTimedFromTheSend(t *testing.T) {
 		p.SetTargets(OwnTargets, []Target{{Device: "wg0", Address: netip.MustParseAddr("10.0.0.1"), Name: "a"}})
 
 		p.mu.Lock()
-		batch := p.sched[0].sendFrom()
+		batch := p.sched[0].t.sendFrom()
 		p.mu.Unlock()
 		time.Sleep(time.Until(batch) + 5*time.Millisecond)
 		p.step(batch) // a batch that began 5 ms ago reaches this probe now
