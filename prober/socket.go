@@ -204,6 +204,13 @@ func sendSocket(family, proto int, device string) (int, error) {
 		unix.Close(fd)
 		return -1, fmt.Errorf("filtering the sending ICMP socket's input: %w", err)
 	}
+	// What arrived before the filter was attached: read once, never again.
+	var b [1]byte
+	for {
+		if _, _, err := unix.Recvfrom(fd, b[:], unix.MSG_DONTWAIT|unix.MSG_TRUNC); err != nil {
+			break
+		}
+	}
 	if device != "" {
 		if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, device); err != nil {
 			unix.Close(fd)
