@@ -248,21 +248,10 @@ func (c *sockConn) Send(dst netip.Addr, id, seq uint16, payload []byte) error {
 		c.tx.sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst.As4()}
 		sa, salen = unsafe.Pointer(&c.tx.sa4), unix.SizeofSockaddrInet4
 	}
-	// MSG_DONTWAIT: the call never sleeps, so it is made raw, keeping this
-	// goroutine's P (entersyscall let the runtime's monitor see a P held in
-	// a system call, on loopback ~50 µs for the whole echo, hand it off
-	// and start polling every 20 µs again).
-	sendto := func(fd uintptr) error {
-		_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&msg[0])), uintptr(len(msg)), unix.MSG_DONTWAIT, uintptr(sa), salen)
-		if errno != 0 {
-			return errno
-		}
-		return nil
-	}
 	if c.tx.fd < 0 { // a ping socket, or closed (the write then fails)
 		var serr error
 		err := c.rc.Write(func(fd uintptr) bool {
-			serr = sendto(fd)
+			serr = c.sendto(fd, sa, salen)
 			return serr != unix.EAGAIN
 		})
 		if err != nil {
@@ -270,16 +259,31 @@ func (c *sockConn) Send(dst netip.Addr, id, seq uint16, payload []byte) error {
 		}
 		return serr
 	}
-	err := sendto(uintptr(c.tx.fd))
+	err := c.sendto(uintptr(c.tx.fd), sa, salen)
 	if err == unix.EAGAIN {
 		// The send buffer is full (a device not draining its queue): wait
 		// for room, as a blocking send would, but not forever.
 		pfd := []unix.PollFd{{Fd: int32(c.tx.fd), Events: unix.POLLOUT}}
 		if _, perr := unix.Poll(pfd, int(sendWait/time.Millisecond)); perr == nil && pfd[0].Revents&unix.POLLOUT != 0 {
-			err = sendto(uintptr(c.tx.fd))
+			err = c.sendto(uintptr(c.tx.fd), sa, salen)
 		}
 	}
 	return err
+}
+
+// sendto writes c.tx.msg to the address at sa on fd; c.tx.mu is held.
+// MSG_DONTWAIT: the call never sleeps, so it is made raw, keeping this
+// goroutine's P (entersyscall let the runtime's monitor see a P held in a
+// system call, on loopback ~50 µs for the whole echo, hand it off and start
+// polling every 20 µs again). A method, not a closure: a closure over the
+// message escaped, one allocation per probe.
+func (c *sockConn) sendto(fd uintptr, sa unsafe.Pointer, salen uintptr) error {
+	msg := c.tx.msg
+	_, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&msg[0])), uintptr(len(msg)), unix.MSG_DONTWAIT, uintptr(sa), salen)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // sendWait is how long a send waits for room in a full send buffer before

@@ -24,7 +24,7 @@ func TestRawSendsRaiseNoWriteEvents(t *testing.T) {
 	defer conn.Close()
 	c := conn.(*sockConn)
 	if !c.raw {
-		t.Skip("no raw socket (no CAP_NET_RAW): ping sockets send on the one socket")
+		t.Fatal("openSocket gave a ping socket to root: want a raw one")
 	}
 
 	// A second epoll set watching the receiving socket as the runtime does.
@@ -76,5 +76,29 @@ func TestRawSendsRaiseNoWriteEvents(t *testing.T) {
 	}
 	if queued, err := unix.IoctlGetInt(c.tx.fd, unix.SIOCINQ); err != nil || queued != 0 {
 		t.Errorf("the sending socket holds %d bytes of input (err %v), want 0: its filter drops everything", queued, err)
+	}
+}
+
+// TestRawSendAllocatesNothing: a probe's send on a raw socket allocates
+// nothing (the message, the address and the system call all live in the
+// connection): it runs once per probe.
+func TestRawSendAllocatesNothing(t *testing.T) {
+	labtest.Require(t) // a raw ICMP socket
+	conn, err := openSocket("lo", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	payload := make([]byte, 56)
+	dst := netip.MustParseAddr("127.0.0.1")
+	var seq uint16
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := conn.Send(dst, conn.EchoID(), seq, payload); err != nil {
+			t.Fatal(err)
+		}
+		seq++
+	})
+	if allocs != 0 {
+		t.Errorf("a raw send allocates %.1f times, want 0", allocs)
 	}
 }
