@@ -10,22 +10,29 @@ import (
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
+// rawLoopback opens a raw ICMP socket on lo, closed when the test ends.
+func rawLoopback(t *testing.T) *sockConn {
+	t.Helper()
+	labtest.Require(t) // root: a raw ICMP socket
+	conn, err := openSocket("lo", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c := conn.(*sockConn)
+	if !c.raw {
+		t.Fatal("openSocket gave a ping socket to root: want a raw one")
+	}
+	return c
+}
+
 // TestRawSendsRaiseNoWriteEvents: a raw socket's sends leave on its own
 // sending socket, so they raise no write-space event on the receiving
 // socket, which the runtime watches with epoll for writing as well as
 // reading (each one woke a thread), while the replies still arrive on the
 // receiving socket and the sending socket queues none of them.
 func TestRawSendsRaiseNoWriteEvents(t *testing.T) {
-	labtest.Require(t) // a raw ICMP socket
-	conn, err := openSocket("lo", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	c := conn.(*sockConn)
-	if !c.raw {
-		t.Fatal("openSocket gave a ping socket to root: want a raw one")
-	}
+	c := rawLoopback(t)
 
 	// A second epoll set watching the receiving socket as the runtime does.
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
@@ -83,12 +90,7 @@ func TestRawSendsRaiseNoWriteEvents(t *testing.T) {
 // nothing (the message, the address and the system call all live in the
 // connection): it runs once per probe.
 func TestRawSendAllocatesNothing(t *testing.T) {
-	labtest.Require(t) // a raw ICMP socket
-	conn, err := openSocket("lo", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rawLoopback(t)
 	payload := make([]byte, 56)
 	dst := netip.MustParseAddr("127.0.0.1")
 	var seq uint16
