@@ -77,14 +77,30 @@ remediate:
 	}, hub)
 	// A watcher of the kernel's view, from the agent's first poll on: the
 	// agent's count from c0 on is compared with the changes the watcher
-	// saw after the endpoint the agent reported at c0.
+	// saw after the endpoint the agent reported at c0. c0 and e0 come from
+	// one scrape taken when the agent's last poll and the watcher's last
+	// line agree: the agent polls every second, so a rebind just before
+	// the watcher's first line would otherwise be counted by the agent
+	// from an endpoint the watcher never saw (a CI run failed that way).
 	must(t, hub, "systemd-run", "--unit=epwatch", "sh", "-c", "while :; do wg show hubb endpoints; sleep 0.5; done > /root/endpoints.log")
-	waitFor(t, 20*time.Second, "the watcher's first line", func() bool {
-		out, _ := hub.Run("cat", "/root/endpoints.log")
-		return strings.Contains(out, siteOnHubB)
-	})
-	c0, _ := metric(t, hub, "wireguard_peer_endpoint_changes_total", "hubb", siteOnHubB)
-	e0 := peerEndpoint(t, hub, "hubb", siteOnHubB)
+	var (
+		c0 float64
+		e0 string
+	)
+	waitFor(t, 20*time.Second, "the agent and the watcher agree on the site's endpoint on hubb", func() bool {
+		sc, ok := scrapeAgent(t, hub)
+		if !ok {
+			return false
+		}
+		c0, _ = sc.value("wireguard_peer_endpoint_changes_total", "hubb", siteOnHubB)
+		ls := sc.labels("wireguard_peer_info", "hubb", siteOnHubB)
+		if len(ls) == 0 {
+			return false
+		}
+		e0 = ls[0]["endpoint"]
+		seen := watchedEndpoints(t, hub, siteOnHubB)
+		return len(seen) > 0 && seen[len(seen)-1] == e0
+	}, hub)
 
 	startAgent(t, site, fmt.Sprintf(`collector:
   devices: [wgsp]
@@ -244,12 +260,7 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 	}
 	// The rebinds the agent counted are the changes wg show saw.
 	must(t, hub, "systemctl", "stop", "epwatch")
-	var seen []string
-	for _, l := range strings.Split(must(t, hub, "cat", "/root/endpoints.log"), "\n") {
-		if f := strings.Fields(l); len(f) == 2 && f[0] == siteOnHubB && (len(seen) == 0 || seen[len(seen)-1] != f[1]) {
-			seen = append(seen, f[1])
-		}
-	}
+	seen := watchedEndpoints(t, hub, siteOnHubB)
 	t.Logf("wg show hubb endpoints over the test: %s (the agent at c0 = %g: %s)", strings.Join(seen, " -> "), c0, e0)
 	from := slices.Index(seen, e0)
 	if from < 0 {
@@ -274,16 +285,18 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 	}
 }
 
-// peerEndpoint is the endpoint label of the agent's wireguard_peer_info
-// for a peer in n.
-func peerEndpoint(t *testing.T, n *vm.Node, device, peer string) string {
+// watchedEndpoints is the endpoints of peer in the epwatch log on n, in
+// order, repeats dropped.
+func watchedEndpoints(t *testing.T, n *vm.Node, peer string) []string {
 	t.Helper()
-	sc, _ := scrapeAgent(t, n)
-	ls := sc.labels("wireguard_peer_info", device, peer)
-	if len(ls) == 0 {
-		t.Fatalf("no wireguard_peer_info for %s on %s in %s", peer, device, n.Name)
+	out, _ := n.Run("cat", "/root/endpoints.log")
+	var seen []string
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == peer && (len(seen) == 0 || seen[len(seen)-1] != f[1]) {
+			seen = append(seen, f[1])
+		}
 	}
-	return ls[0]["endpoint"]
+	return seen
 }
 
 // metric is one series of the agent in n: the first of name on device (and
