@@ -128,6 +128,7 @@ func openSocket(device string, v6 bool) (Conn, error) {
 		return nil, err
 	}
 	c := &sockConn{f: f, rc: rc, v6: v6, raw: raw, device: device, ifindex: ifindex}
+	c.rx.read = c.recvmmsg
 	c.tx.fd = -1
 	if raw {
 		if c.tx.fd, err = sendSocket(family, proto, device); err != nil {
@@ -348,6 +349,12 @@ type rxState struct {
 	bufs  [rxBatch][]byte
 	n     int
 	next  int
+	// One recvmmsg: slots in, n and err out. read is c.recvmmsg, made once
+	// when the socket opens: a closure over these escaped to the RawConn,
+	// one allocation per batch.
+	slots int
+	err   error
+	read  func(fd uintptr) bool
 }
 
 func (c *sockConn) readBatch(buf []byte) error {
@@ -369,27 +376,23 @@ func (c *sockConn) readBatch(buf []byte) error {
 		h.Control = &rx.oobs[i][0]
 		h.SetControllen(len(rx.oobs[i]))
 	}
-	var (
-		n    int
-		rerr error
-	)
-	err := c.rc.Read(func(fd uintptr) bool {
-		// MSG_DONTWAIT: never sleeps, so raw, as in Send.
-		r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&rx.hdrs[0])), uintptr(slots), unix.MSG_DONTWAIT, 0, 0)
-		n, rerr = int(r), nil
-		if errno != 0 {
-			n, rerr = 0, errno
-		}
-		return rerr != unix.EAGAIN
-	})
-	if err != nil {
+	rx.slots, rx.n, rx.next, rx.err = slots, 0, 0, nil
+	if err := c.rc.Read(rx.read); err != nil {
 		return err
 	}
-	if rerr != nil {
-		return rerr
+	return rx.err
+}
+
+// recvmmsg reads up to c.rx.slots replies into c.rx; MSG_DONTWAIT never
+// sleeps, so the call is raw, as in sendto.
+func (c *sockConn) recvmmsg(fd uintptr) bool {
+	rx := &c.rx
+	r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&rx.hdrs[0])), uintptr(rx.slots), unix.MSG_DONTWAIT, 0, 0)
+	rx.n, rx.err = int(r), nil
+	if errno != 0 {
+		rx.n, rx.err = 0, errno
 	}
-	rx.n, rx.next = n, 0
-	return nil
+	return rx.err != unix.EAGAIN
 }
 
 func (c *sockConn) parse(b []byte, from *unix.RawSockaddrAny) (Reply, bool) {

@@ -86,21 +86,30 @@ func TestRawSendsRaiseNoWriteEvents(t *testing.T) {
 	}
 }
 
-// TestRawSendAllocatesNothing: a probe's send on a raw socket allocates
-// nothing (the message, the address and the system call all live in the
-// connection): it runs once per probe.
-func TestRawSendAllocatesNothing(t *testing.T) {
+// TestRawSendAndReceiveAllocateNothing: a probe's send and the read of its
+// reply on a raw socket allocate nothing (the message, the address, the
+// receive batch and both system calls live in the connection): they run
+// once per probe.
+func TestRawSendAndReceiveAllocateNothing(t *testing.T) {
 	conn := rawLoopback(t)
 	payload := make([]byte, 56)
+	buf := make([]byte, 64<<10)
 	dst := netip.MustParseAddr("127.0.0.1")
 	var seq uint16
 	allocs := testing.AllocsPerRun(100, func() {
 		if err := conn.Send(dst, conn.EchoID(), seq, payload); err != nil {
 			t.Fatal(err)
 		}
+		r, err := conn.Recv(buf) // on loopback the reply is queued inside the send
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Seq != seq {
+			t.Fatalf("reply %d to probe %d", r.Seq, seq)
+		}
 		seq++
 	})
 	if allocs != 0 {
-		t.Errorf("a raw send allocates %.1f times, want 0", allocs)
+		t.Errorf("a raw send and the read of its reply allocate %.1f times, want 0", allocs)
 	}
 }
