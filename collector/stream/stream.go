@@ -31,7 +31,11 @@ type Hub[T any] struct {
 	policy Policy
 	mu     sync.Mutex
 	subs   map[*sub[T]]struct{}
-	last   *T // newest value, handed to new subscribers under Latest
+	// last is the newest value, handed to new subscribers under Latest. A
+	// value, not a pointer: &v in Publish moved every published value to
+	// the heap, one allocation per probe result.
+	last    T
+	hasLast bool
 }
 
 type sub[T any] struct {
@@ -58,8 +62,8 @@ func (h *Hub[T]) Subscribe(ctx context.Context) <-chan T {
 	out := make(chan T)
 	h.mu.Lock()
 	h.subs[s] = struct{}{}
-	if h.policy.Latest && h.last != nil {
-		s.pending = append(s.pending, *h.last)
+	if h.policy.Latest && h.hasLast {
+		s.pending = append(s.pending, h.last)
 		s.wake <- struct{}{}
 	}
 	h.mu.Unlock()
@@ -72,15 +76,18 @@ func (h *Hub[T]) Subscribe(ctx context.Context) <-chan T {
 		}()
 		// held is what this goroutine took but the reader has not yet; a
 		// newer value merges into it under the policy, so a blocked send
-		// never delivers something the policy would have replaced.
-		var held []T
+		// never delivers something the policy would have replaced. buf is
+		// held's array, reused once everything in it was delivered (and
+		// zeroed).
+		var held, buf []T
 		for {
 			if len(held) == 0 {
 				select {
 				case <-ctx.Done():
 					return
 				case <-s.wake:
-					held = s.take(nil, h.policy)
+					held = s.take(buf[:0], h.policy)
+					buf = held
 				}
 				continue
 			}
@@ -91,6 +98,7 @@ func (h *Hub[T]) Subscribe(ctx context.Context) <-chan T {
 				held = held[1:]
 			case <-s.wake:
 				held = s.take(held, h.policy)
+				buf = held
 			case <-ctx.Done():
 				return
 			}
@@ -103,7 +111,8 @@ func (h *Hub[T]) Subscribe(ctx context.Context) <-chan T {
 func (s *sub[T]) take(held []T, p Policy) []T {
 	s.mu.Lock()
 	all := append(held, s.pending...)
-	s.pending = nil
+	clear(s.pending) // its array is reused by the next values
+	s.pending = s.pending[:0]
 	s.mu.Unlock()
 	all, dropped := reduce(all, p)
 	if dropped > 0 && p.OnDrop != nil {
@@ -123,6 +132,7 @@ func reduce[T any](vs []T, p Policy) ([]T, int) {
 		vs = coalesce(vs, p.Key)
 	}
 	if len(vs) > p.Limit { // more distinct keys than the limit: keep the newest
+		clear(vs[:len(vs)-p.Limit]) // the array lives on: hold no dropped value
 		vs = vs[len(vs)-p.Limit:]
 	}
 	return vs, n - len(vs)
@@ -133,7 +143,7 @@ func (h *Hub[T]) Publish(v T) {
 	dropped := 0
 	h.mu.Lock()
 	if h.policy.Latest {
-		h.last = &v
+		h.last, h.hasLast = v, true
 	}
 	for s := range h.subs {
 		dropped += s.add(v, h.policy)
@@ -169,5 +179,6 @@ func coalesce[T any](vs []T, key func(any) string) []T {
 			out = append(out, v)
 		}
 	}
+	clear(vs[len(out):]) // the array lives on: hold no replaced value
 	return out
 }

@@ -149,3 +149,28 @@ func TestSubscriptionEndsWithItsContext(t *testing.T) {
 		h.Publish(2) // no subscriber left: must not panic or block
 	})
 }
+
+// TestQueueAllocatesNothingPerValue: a value published and read in steady
+// state allocates nothing, in the hub or in the subscription's goroutine
+// (the prober publishes one result per probe).
+func TestQueueAllocatesNothingPerValue(t *testing.T) {
+	type result struct {
+		target string
+		rtt    time.Duration
+		ok     bool
+	}
+	h := stream.New[result](stream.Policy{Limit: 16})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := h.Subscribe(ctx)
+	v := result{target: "wg0|10.0.0.1", rtt: time.Millisecond, ok: true}
+	allocs := testing.AllocsPerRun(1000, func() {
+		h.Publish(v)
+		if got := <-ch; got != v {
+			t.Fatalf("got %+v, want %+v", got, v)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a published and read value allocates %.2f times, want 0", allocs)
+	}
+}
