@@ -137,6 +137,7 @@ type Prober struct {
 	mu        sync.Mutex // guards everything below
 	cfg       Config
 	sets      map[string][]Target // by owner
+	unopened  int                 // targets asked for whose socket did not open (applyLocked retries them)
 	overrides map[string]string   // target key -> owner that won over another, logged once
 	targets   map[string]*target
 	// errDevices are the devices whose error counter is exported.
@@ -340,6 +341,14 @@ func (p *Prober) Health() []Health {
 // spread over their interval.
 func (p *Prober) SetTargets(owner string, ts []Target) {
 	p.mu.Lock()
+	if p.unopened == 0 && slices.Equal(p.sets[owner], ts) {
+		// The same set again (the agent derives its own from every
+		// snapshot): nothing to change, and merging every target again
+		// allocated on each poll. A target whose socket did not open is
+		// tried again by the next set, same or not.
+		p.mu.Unlock()
+		return
+	}
 	defer p.poke()
 	defer p.mu.Unlock()
 	if len(ts) == 0 {
@@ -414,6 +423,7 @@ func (p *Prober) applyLocked() {
 			p.reschedule(t) // the interval sets how early it may be sent
 		}
 	}
+	p.unopened = 0
 	for k, spec := range want {
 		if _, ok := p.targets[k]; ok {
 			continue
@@ -424,6 +434,7 @@ func (p *Prober) applyLocked() {
 			var err error
 			e, err = p.openEngine(ek)
 			if err != nil {
+				p.unopened++
 				continue
 			}
 		}

@@ -16,13 +16,24 @@ func Targets(s *collector.Snapshot, cfg Config) []Target {
 	if !cfg.Enabled {
 		return nil
 	}
-	byKey := map[string]Target{}
-	var order []string
+	// By what Key names, without building its string three times a target
+	// on every snapshot: a later target with the same key replaces the
+	// earlier one in its place.
+	type id struct {
+		device string
+		addr   netip.Addr
+		port   uint16
+	}
+	index := map[id]int{}
+	var out []Target
 	put := func(t Target) {
-		if _, ok := byKey[t.Key()]; !ok {
-			order = append(order, t.Key())
+		k := id{t.Device, t.Address, t.TCPPort}
+		if i, ok := index[k]; ok {
+			out[i] = t
+			return
 		}
-		byKey[t.Key()] = t
+		index[k] = len(out)
+		out = append(out, t)
 	}
 	if cfg.AutoTargets && s != nil {
 		for _, d := range s.Devices {
@@ -64,10 +75,6 @@ func Targets(s *collector.Snapshot, cfg Config) []Target {
 			}
 		}
 		put(t)
-	}
-	out := make([]Target, 0, len(order))
-	for _, k := range order {
-		out = append(out, byKey[k])
 	}
 	return out
 }
