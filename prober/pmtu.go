@@ -38,6 +38,7 @@ const (
 	pmtuResolution = 20 // stop when the bracket is this narrow (s2n-quic)
 	pmtuGap        = 200 * time.Millisecond
 	pmtuRetry      = time.Minute // after an error or while the path is down
+	pmtuIdle       = time.Hour   // with prober.pmtu.enabled false; enabling wakes every target (enable)
 	pmtuWorkers    = 4
 )
 
@@ -62,6 +63,11 @@ type pmtuRunner struct {
 	probe PMTUProbeFunc
 	mu    sync.Mutex
 	set   map[*target]bool
+	// next: no target that is not running is due before it; a finished
+	// step and add lower it. The runner scans its targets only from then
+	// on, not on every tick (1,000 targets, four times a second, with
+	// nothing due while prober.pmtu is off).
+	next time.Time
 }
 
 func newPMTURunner(p *Prober, probe PMTUProbeFunc) *pmtuRunner {
@@ -78,7 +84,30 @@ func (r *pmtuRunner) add(t *target) {
 	t.pmtu.due = time.Now().Add(3*t.spec.Interval + phase(t.spec.Key(), 5*time.Second)) // let the SLI see the path first
 	r.mu.Lock()
 	r.set[t] = true
+	r.lowerLocked(t.pmtu.due)
 	r.mu.Unlock()
+}
+
+func (r *pmtuRunner) lowerLocked(due time.Time) {
+	if due.Before(r.next) {
+		r.next = due
+	}
+}
+
+// enable makes every target idle since prober.pmtu was off due within a few
+// seconds: prober.pmtu.enabled turned true.
+func (r *pmtuRunner) enable() {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for t := range r.set {
+		t.e.mu.Lock()
+		if !t.pmtu.running && t.pmtu.state == pmtuDisabled {
+			t.pmtu.due = now.Add(phase(t.spec.Key(), 5*time.Second))
+			r.lowerLocked(t.pmtu.due)
+		}
+		t.e.mu.Unlock()
+	}
 }
 
 func (r *pmtuRunner) remove(t *target) {
@@ -109,15 +138,25 @@ func (r *pmtuRunner) run(ctx context.Context) {
 		}
 		now := time.Now()
 		r.mu.Lock()
+		if now.Before(r.next) {
+			r.mu.Unlock()
+			continue
+		}
 		var due []*target
+		next := now.Add(pmtuIdle)
 		for t := range r.set {
 			t.e.mu.Lock()
-			if !t.pmtu.running && !t.pmtu.due.After(now) {
+			switch {
+			case t.pmtu.running: // its step lowers next when it ends
+			case !t.pmtu.due.After(now):
 				t.pmtu.running = true
 				due = append(due, t)
+			case t.pmtu.due.Before(next):
+				next = t.pmtu.due
 			}
 			t.e.mu.Unlock()
 		}
+		r.next = next
 		r.mu.Unlock()
 		for _, t := range due {
 			select {
@@ -141,7 +180,7 @@ func (r *pmtuRunner) step(ctx context.Context, t *target) {
 	next := view
 	switch {
 	case !cfg.PMTU.Enabled:
-		next.state, next.mtu, next.due = pmtuDisabled, 0, now.Add(pmtuRetry)
+		next.state, next.mtu, next.due = pmtuDisabled, 0, now.Add(pmtuIdle)
 	case !up:
 		// A dead path says nothing about its MTU: wait for it to answer.
 		next.due = now.Add(10 * time.Second)
@@ -179,6 +218,19 @@ func (r *pmtuRunner) step(ctx context.Context, t *target) {
 	}
 	next.running = false
 	r.publish(t, next)
+	if next.state == pmtuDisabled && r.p.Config().PMTU.Enabled {
+		// Enabled while this step ran: enable() skipped the running target,
+		// and the check comes after publish, so one of the two wakes it.
+		t.e.mu.Lock()
+		if !t.pmtu.running && t.pmtu.state == pmtuDisabled {
+			t.pmtu.due = now
+		}
+		next.due = t.pmtu.due
+		t.e.mu.Unlock()
+	}
+	r.mu.Lock()
+	r.lowerLocked(next.due)
+	r.mu.Unlock()
 }
 
 func (r *pmtuRunner) publish(t *target, v pmtuView) {

@@ -163,3 +163,51 @@ func waitState(t *testing.T, p *prober.Prober, addr, want string, limit time.Dur
 	}
 	t.Fatalf("PMTU state %s after %s, want %s", health(t, p, addr).PMTUState, limit, want)
 }
+
+// TestPMTUOffThenOnAtRuntime: with prober.pmtu off nothing is probed and
+// every target says disabled; turned on by a reload, the search starts
+// within seconds, not at the next idle recheck.
+func TestPMTUOffThenOnAtRuntime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		path := &fakePath{}
+		path.limit.Store(1232)
+		sli := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Delay: time.Millisecond} })
+		off := pmtuConfig()
+		off.PMTU.Enabled = false
+		p, cancel := runProber(t, off, sli, path.probe, "10.0.0.1", "10.0.0.2")
+		defer cancel()
+		time.Sleep(2 * time.Minute)
+		synctest.Wait()
+		path.mu.Lock()
+		n := len(path.sizes)
+		path.mu.Unlock()
+		if n != 0 {
+			t.Fatalf("%d PMTU probes with prober.pmtu off", n)
+		}
+		for _, a := range []string{"10.0.0.1", "10.0.0.2"} {
+			if h := health(t, p, a); h.PMTUState != "disabled" {
+				t.Errorf("%s: PMTU state %s with prober.pmtu off, want disabled", a, h.PMTUState)
+			}
+		}
+		if err := p.ApplyConfig(pmtuConfig()); err != nil {
+			t.Fatal(err)
+		}
+		on := time.Now()
+		for {
+			path.mu.Lock()
+			n = len(path.sizes)
+			path.mu.Unlock()
+			if n > 0 {
+				break
+			}
+			if time.Since(on) > 6*time.Second { // a phase of up to 5 s, then a tick
+				t.Fatalf("no PMTU probe %s after prober.pmtu was turned on", time.Since(on))
+			}
+			time.Sleep(100 * time.Millisecond)
+			synctest.Wait()
+		}
+		for _, a := range []string{"10.0.0.1", "10.0.0.2"} {
+			waitState(t, p, a, "search_complete", time.Minute)
+		}
+	})
+}

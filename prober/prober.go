@@ -209,9 +209,13 @@ func (p *Prober) ApplyConfig(cfg Config) error {
 		p.logger.Warn("prober.native_histograms changed: takes effect at the next restart", "running", p.cfg.NativeHistograms)
 		cfg.NativeHistograms = p.cfg.NativeHistograms
 	}
+	enabled := cfg.PMTU.Enabled && !p.cfg.PMTU.Enabled
 	p.cfg = cfg
 	p.applyLocked()
 	p.mu.Unlock()
+	if enabled {
+		p.pmtu.enable()
+	}
 	p.poke()
 	return nil
 }
