@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -37,6 +38,8 @@ func run(args []string) int {
 	remediationAPI := runCmd.Flag("web.enable-remediation-api", "Enable POST /-/remediate/pause and /-/remediate/resume (off: they answer 403, "+
 		"like Prometheus's --web.enable-lifecycle); protect them with --web.config.file. SIGUSR1 toggles the pause either way.").Bool()
 	pprofOn := runCmd.Flag("web.enable-pprof", "Serve Go's profiles under /debug/pprof/ (heap, CPU, goroutines) for a performance report; off by default, and behind --web.config.file's auth like every endpoint.").Bool()
+	maxProcs := runCmd.Flag("runtime.gomaxprocs", "The number of CPUs the agent's steady work (polls, probes, remediation) runs on (GOMAXPROCS); a scrape of the telemetry path "+
+		"borrows every CPU Go would use for its rendering and gzip. 1, as node_exporter: a probe loop on two idle CPUs also woke the second one on every wake-up. 0: Go's default throughout.").Default("1").Int()
 	webFlags := kingpinflag.AddFlags(runCmd, ":9586")
 	logConfig := &promslog.Config{}
 	flag.AddFlags(app, logConfig)
@@ -138,8 +141,18 @@ func run(args []string) int {
 
 	logger := promslog.New(logConfig)
 	gogc := gcPercent()
-	logger.Info("starting wgpulse", "version", version.Info(), "config_file", *configFile, "gogc", gogc)
+	scrapeProcs := runtime.GOMAXPROCS(0) // Go's default: the CPUs, or the cgroup's quota, or $GOMAXPROCS
+	switch {
+	case *maxProcs < 0:
+		logger.Error("--runtime.gomaxprocs must be 0 (Go's default) or more", "value", *maxProcs)
+		return 1
+	case *maxProcs > 0 && *maxProcs < scrapeProcs:
+		runtime.GOMAXPROCS(*maxProcs)
+	}
+	logger.Info("starting wgpulse", "version", version.Info(), "config_file", *configFile, "gogc", gogc,
+		"gomaxprocs", runtime.GOMAXPROCS(0), "scrape_gomaxprocs", scrapeProcs)
 	a, err := agent.New(agent.Options{
+		ScrapeProcs:    scrapeProcs,
 		ConfigFile:     *configFile,
 		RemediateMode:  *remediateMode,
 		RemediationAPI: *remediationAPI,

@@ -11,6 +11,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -48,6 +49,10 @@ type Options struct {
 	RemediationAPI bool
 	// Pprof serves net/http/pprof under /debug/pprof/ (--web.enable-pprof).
 	Pprof bool
+	// ScrapeProcs is the GOMAXPROCS a scrape of the telemetry path runs on,
+	// when above the one in force (--runtime.gomaxprocs set it lower); 0:
+	// scrapes run on the Ps in force.
+	ScrapeProcs int
 	// Transports for the collector; zero values use wgctrl and netlink.
 	Collector collector.Options
 	// Transports for the prober; zero values use ICMP sockets and pro-bing.
@@ -267,7 +272,8 @@ func (a *Agent) Reload() error {
 // routes and the landing page.
 func (a *Agent) Handler() (http.Handler, error) {
 	mux := http.NewServeMux()
-	metrics := promhttp.InstrumentMetricHandler(a.registry, newGzipHandler(newMetricsHandler(a.reg.gatherers, promhttp.HandlerFor(a.Gatherer(), promhttp.HandlerOpts{
+	procs := max(a.opts.ScrapeProcs, runtime.GOMAXPROCS(0))
+	metrics := promhttp.InstrumentMetricHandler(a.registry, newGzipHandler(procs, newMetricsHandler(a.reg.gatherers, promhttp.HandlerFor(a.Gatherer(), promhttp.HandlerOpts{
 		ErrorLog:            slog.NewLogLogger(a.logger.Handler(), slog.LevelError),
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: maxScrapesInFlight,
@@ -275,7 +281,7 @@ func (a *Agent) Handler() (http.Handler, error) {
 		// body (11 MB at 10,000 peers). Scrapes only read a snapshot.
 		DisableCompression: true, // done by newGzipHandler at BestSpeed
 	}), a.logger)))
-	mux.Handle(a.opts.TelemetryPath, metrics)
+	mux.Handle(a.opts.TelemetryPath, borrowProcs(metrics, procs))
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "wgpulse is healthy.")
 	})

@@ -18,8 +18,9 @@ type gzipHandler struct {
 	pool *gzPool
 }
 
-func newGzipHandler(next http.Handler) *gzipHandler {
-	return &gzipHandler{next: next, pool: newGzPool(flate.BestSpeed)}
+// newGzipHandler compresses on up to procs cores.
+func newGzipHandler(procs int, next http.Handler) *gzipHandler {
+	return &gzipHandler{next: next, pool: newGzPool(flate.BestSpeed, procs)}
 }
 
 func (h *gzipHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

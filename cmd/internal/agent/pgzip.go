@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"io"
-	"runtime"
 
 	"github.com/klauspost/compress/flate"
 )
@@ -38,15 +37,16 @@ type gzBlock struct {
 // it holds (concurrent scrapes) are left to the GC.
 type gzPool struct {
 	level    int
+	procs    int // blocks deflating at once in one scrape
 	blocks   chan *gzBlock
 	deflates chan *flate.Writer
 }
 
-func newGzPool(level int) *gzPool {
-	n := runtime.GOMAXPROCS(0)
-	// One scrape holds GOMAXPROCS blocks deflating, each with a deflater,
-	// and one filling: 3 × 256 KB and 2 × 480 KB on two cores.
-	return &gzPool{level: level, blocks: make(chan *gzBlock, n+1), deflates: make(chan *flate.Writer, n)}
+// newGzPool holds what one scrape on procs cores uses: procs blocks
+// deflating, each with a deflater, and one filling (3 × 256 KB and 2 × 480
+// KB on two cores).
+func newGzPool(level, procs int) *gzPool {
+	return &gzPool{level: level, procs: procs, blocks: make(chan *gzBlock, procs+1), deflates: make(chan *flate.Writer, procs)}
 }
 
 func (p *gzPool) block() *gzBlock {
@@ -103,7 +103,7 @@ type parallelGzip struct {
 }
 
 func newParallelGzip(pool *gzPool, dst io.Writer) *parallelGzip {
-	return &parallelGzip{pool: pool, dst: dst, max: runtime.GOMAXPROCS(0)}
+	return &parallelGzip{pool: pool, dst: dst, max: pool.procs}
 }
 
 func (z *parallelGzip) Write(p []byte) (int, error) {

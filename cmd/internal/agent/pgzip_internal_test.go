@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -31,7 +32,7 @@ func scrapeLike(n int) []byte {
 // (checked with multistream off: the blocks form one deflate stream), CRC
 // and size included.
 func TestParallelGzipRoundTrip(t *testing.T) {
-	pool := newGzPool(flate.BestSpeed)
+	pool := newGzPool(flate.BestSpeed, runtime.GOMAXPROCS(0))
 	body := scrapeLike(5*gzBlockSize + 12345)
 	for _, size := range []int{0, 1, 100, gzBlockSize - 1, gzBlockSize, gzBlockSize + 1, 3 * gzBlockSize, len(body)} {
 		for _, chunk := range []int{1 << 20, 64 << 10, 777} {
@@ -76,7 +77,7 @@ func TestParallelGzipRatio(t *testing.T) {
 	w, _ := kgzip.NewWriterLevel(&one, flate.BestSpeed)
 	_, _ = w.Write(body)
 	_ = w.Close()
-	z := newParallelGzip(newGzPool(flate.BestSpeed), &par)
+	z := newParallelGzip(newGzPool(flate.BestSpeed, runtime.GOMAXPROCS(0)), &par)
 	_, _ = z.Write(body)
 	if err := z.Close(); err != nil {
 		t.Fatal(err)
@@ -101,7 +102,7 @@ func BenchmarkParallelGzip(b *testing.B) {
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
-		pool := newGzPool(flate.BestSpeed)
+		pool := newGzPool(flate.BestSpeed, runtime.GOMAXPROCS(0))
 		b.SetBytes(int64(len(body)))
 		b.ReportAllocs()
 		cw := &countingWriter{}
@@ -130,7 +131,7 @@ func (f *failAfter) Write(p []byte) (int, error) {
 // the error comes back from Write and Close, nothing hangs, and the pool
 // serves the next response.
 func TestParallelGzipWriteError(t *testing.T) {
-	pool := newGzPool(flate.BestSpeed)
+	pool := newGzPool(flate.BestSpeed, runtime.GOMAXPROCS(0))
 	body := scrapeLike(20 * gzBlockSize)
 	z := newParallelGzip(pool, &failAfter{n: 1000})
 	var werr error

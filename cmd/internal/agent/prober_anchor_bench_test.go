@@ -8,9 +8,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"golang.org/x/sys/unix"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
@@ -48,7 +50,7 @@ func BenchmarkProberAnchor(b *testing.B) {
 		targets[i] = fmt.Sprintf("127.1.%d.%d", i/250, i%250+1)
 	}
 	for b.Loop() {
-		var cpu, rss [3][]float64 // wgpulse, fping, smokeping
+		var cpu, rss, ws [3][]float64 // wgpulse, fping, smokeping
 		var loadRTT, loadPing, idleRTT, idlePing []float64
 		for r := range runs {
 			order := []int{0, 1, 2}
@@ -63,15 +65,15 @@ func BenchmarkProberAnchor(b *testing.B) {
 				b.Cleanup(func() { _ = lab.DelNetns(ns) }) // also when a step fails
 				switch tool {
 				case 0:
-					c, m, rtt, ping := proberRound(b, bin, ns, targets)
-					cpu[0], rss[0] = append(cpu[0], c), append(rss[0], m)
+					c, m, w, rtt, ping := proberRound(b, bin, ns, targets)
+					cpu[0], rss[0], ws[0] = append(cpu[0], c), append(rss[0], m), append(ws[0], w)
 					loadRTT, loadPing = append(loadRTT, rtt), append(loadPing, ping)
 				case 1:
-					c, m := toolRound(b, ns, fping, append([]string{"-l", "-q", "-p", "1000", "-i", "1"}, targets...)...)
-					cpu[1], rss[1] = append(cpu[1], c), append(rss[1], m)
+					c, m, w := toolRound(b, ns, fping, append([]string{"-l", "-q", "-p", "1000", "-i", "1"}, targets...)...)
+					cpu[1], rss[1], ws[1] = append(cpu[1], c), append(rss[1], m), append(ws[1], w)
 				case 2:
-					c, m := toolRound(b, ns, smokeping, append([]string{"--privileged", "--ping.interval=1s", "--web.listen-address=127.0.0.1:9374"}, targets...)...)
-					cpu[2], rss[2] = append(cpu[2], c), append(rss[2], m)
+					c, m, w := toolRound(b, ns, smokeping, append([]string{"--privileged", "--ping.interval=1s", "--web.listen-address=127.0.0.1:9374"}, targets...)...)
+					cpu[2], rss[2], ws[2] = append(cpu[2], c), append(rss[2], m), append(ws[2], w)
 				}
 				_ = lab.DelNetns(ns)
 			}
@@ -90,7 +92,7 @@ func BenchmarkProberAnchor(b *testing.B) {
 		for _, row := range []struct {
 			name, unit, format string
 			vs                 [3][]float64
-		}{{"CPU", "cores", "%.3f", cpu}, {"RSS", "MB", "%.1f", rss}} {
+		}{{"CPU", "cores", "%.3f", cpu}, {"RSS", "MB", "%.1f", rss}, {"RSS-working-set", "MB", "%.1f", ws}} {
 			var med [3]float64
 			var cells [3]string
 			for i := range 3 {
@@ -123,8 +125,8 @@ func BenchmarkProberAnchor(b *testing.B) {
 }
 
 // toolRound runs an anchor for 25 s and returns its CPU (cores) over the
-// last 20 s and its RSS at the end.
-func toolRound(b *testing.B, ns, tool string, args ...string) (cores, rssMB float64) {
+// last 20 s, its RSS at the end and its working set after that.
+func toolRound(b *testing.B, ns, tool string, args ...string) (cores, rssMB, workingMB float64) {
 	b.Helper()
 	cmd := lab.Command(ns, tool, args...)
 	cmd.Stdout, cmd.Stderr = nil, nil
@@ -133,7 +135,51 @@ func toolRound(b *testing.B, ns, tool string, args ...string) (cores, rssMB floa
 	}
 	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
 	time.Sleep(5 * time.Second)
-	return cpuOver(b, cmd.Process.Pid, 20*time.Second)
+	cores, rssMB = cpuOver(b, cmd.Process.Pid, 20*time.Second)
+	return cores, rssMB, workingSetMB(b, cmd.Process.Pid)
+}
+
+// workingSetMB is a process's RSS 10 s after the kernel was asked to
+// reclaim its clean file-backed pages (process_madvise MADV_PAGEOUT on every
+// read-only file mapping: program text, rodata, shared libraries), as it
+// would under memory pressure. What faults back in over those 10 s is what
+// the process uses in steady state; RSS at the end of the CPU window also
+// holds the pages only its start touched and those the kernel's fault-around
+// mapped next to them.
+func workingSetMB(b *testing.B, pid int) float64 {
+	b.Helper()
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		b.Fatalf("pidfd_open %d: %v", pid, err)
+	}
+	defer unix.Close(pidfd)
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	type iovec struct{ base, len uintptr } // addresses in the other process
+	var iov []iovec
+	for _, l := range strings.Split(string(maps), "\n") {
+		// start-end perms offset dev inode path
+		f := strings.Fields(l)
+		if len(f) < 6 || f[4] == "0" || strings.Contains(f[1], "w") {
+			continue // anonymous, or writable: not a clean file page
+		}
+		var lo, hi uint64
+		if _, err := fmt.Sscanf(f[0], "%x-%x", &lo, &hi); err != nil {
+			b.Fatalf("%s: %v", l, err)
+		}
+		iov = append(iov, iovec{uintptr(lo), uintptr(hi - lo)})
+	}
+	for len(iov) > 0 {
+		n := min(len(iov), 1024) // UIO_MAXIOV
+		if _, _, errno := unix.Syscall6(unix.SYS_PROCESS_MADVISE, uintptr(pidfd), uintptr(unsafe.Pointer(&iov[0])), uintptr(n), unix.MADV_PAGEOUT, 0, 0); errno != 0 {
+			b.Fatalf("process_madvise MADV_PAGEOUT on pid %d: %v", pid, errno)
+		}
+		iov = iov[n:]
+	}
+	time.Sleep(10 * time.Second)
+	return procRSSMB(b, pid)
 }
 
 // cpuOver measures a process's CPU over d and its RSS at the end.
@@ -186,7 +232,7 @@ func startProberAgent(b *testing.B, bin, ns, cfg string) *lab.Agent {
 
 // proberRound: the agent at the 1,000 targets, with the system ping on one
 // of them during the window.
-func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, rttMicros, pingMicros float64) {
+func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, workingMB, rttMicros, pingMicros float64) {
 	b.Helper()
 	var cfg strings.Builder
 	cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
@@ -208,7 +254,8 @@ func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, 
 	if n1 <= n0 {
 		b.Fatalf("the agent answered no probe in 20 s:\n%s", a.Logs())
 	}
-	return cores, rssMB, (s1 - s0) / (n1 - n0) * 1e6, meanMicros(<-pinged)
+	rtt, ping := (s1-s0)/(n1-n0)*1e6, meanMicros(<-pinged)
+	return cores, rssMB, workingSetMB(b, a.Pid()), rtt, ping
 }
 
 // idleRound: one target every 200 ms against 100 system pings.
