@@ -30,7 +30,9 @@ import (
 //     agent's mean RTT over all targets (its histogram's sum / count over
 //     the window) is set against ping's mean;
 //   - one target, no load: the agent probing it every 200 ms against 100
-//     system pings every 200 ms over the same 20 s.
+//     system pings every 200 ms over the same 20 s;
+//   - after the CPU window, each tool's working set (workingSetMB): its RSS
+//     10 s after its clean file-backed pages were reclaimed.
 //
 // It prints min / median / max per tool and the ratios of the medians. One
 // whole comparison per iteration: -benchtime=1x (make bench).
