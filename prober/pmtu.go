@@ -88,6 +88,14 @@ func (r *pmtuRunner) add(t *target) {
 	r.mu.Unlock()
 }
 
+// wake makes the runner look at its targets at due (ResearchPMTU set a
+// target's due to it).
+func (r *pmtuRunner) wake(due time.Time) {
+	r.mu.Lock()
+	r.lowerLocked(due)
+	r.mu.Unlock()
+}
+
 func (r *pmtuRunner) lowerLocked(due time.Time) {
 	if due.Before(r.next) {
 		r.next = due

@@ -211,3 +211,36 @@ func TestPMTUOffThenOnAtRuntime(t *testing.T) {
 		}
 	})
 }
+
+// TestPMTUResearchStartsAtOnce: ResearchPMTU (the MTU policy calls it after
+// it set a device's MTU) searches again within a tick, not at the next
+// confirmation.
+func TestPMTUResearchStartsAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		path := &fakePath{}
+		path.limit.Store(1232)
+		sli := probertest.New(func(string, netip.Addr, int) probertest.Reply { return probertest.Reply{Delay: time.Millisecond} })
+		p, cancel := runProber(t, pmtuConfig(), sli, path.probe, "10.0.0.1")
+		defer cancel()
+		waitState(t, p, "10.0.0.1", "search_complete", time.Minute)
+		time.Sleep(pmtuConfirm / 3) // between two confirmations
+		synctest.Wait()
+		path.limit.Store(1380)
+		path.mu.Lock()
+		before := len(path.sizes)
+		path.mu.Unlock()
+		p.ResearchPMTU(tgt("10.0.0.1").Key())
+		time.Sleep(time.Second)
+		synctest.Wait()
+		path.mu.Lock()
+		after := len(path.sizes)
+		path.mu.Unlock()
+		if after == before {
+			t.Fatalf("no PMTU probe within 1 s of ResearchPMTU")
+		}
+		waitState(t, p, "10.0.0.1", "search_complete", time.Minute)
+		if h := health(t, p, "10.0.0.1"); h.PathMTU < 1380-pmtuResolution || h.PathMTU > 1380 {
+			t.Errorf("PMTU %d after the research, want within 20 bytes below 1380", h.PathMTU)
+		}
+	})
+}

@@ -280,10 +280,15 @@ func (p *Prober) ResearchPMTU(key string) {
 	if t == nil {
 		return
 	}
+	now := time.Now()
 	t.e.mu.Lock()
-	defer t.e.mu.Unlock()
-	if !t.pmtu.running {
-		t.pmtu.state, t.pmtu.due = pmtuBase, time.Now()
+	research := !t.pmtu.running
+	if research {
+		t.pmtu.state, t.pmtu.due = pmtuBase, now
+	}
+	t.e.mu.Unlock()
+	if research {
+		p.pmtu.wake(now) // not under e.mu: the runner takes its own lock first
 	}
 }
 

@@ -25,6 +25,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"check-config", filepath.Join(dir, "missing.yml")}, 1},
 		{[]string{"version"}, 0},
 		{[]string{"--no-such-flag"}, 2},
+		{[]string{"--runtime.gomaxprocs=-1"}, 1}, // refused before the agent starts
 	} {
 		if got := run(tc.args); got != tc.want {
 			t.Errorf("wgpulse %v: exit %d, want %d", tc.args, got, tc.want)
