@@ -27,7 +27,7 @@ type scrapeProcs struct {
 	base, burst int
 	active      int
 	raised      bool
-	lower       *time.Timer
+	lower       *time.Timer // lowerIfIdle, armed when the last scrape ends
 }
 
 const scrapeLinger = time.Second
@@ -40,6 +40,8 @@ func borrowProcs(next http.Handler, burst int) http.Handler {
 		return next
 	}
 	p := &scrapeProcs{base: base, burst: burst}
+	p.lower = time.AfterFunc(scrapeLinger, p.lowerIfIdle)
+	p.lower.Stop()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.acquire()
 		defer p.release()
@@ -51,10 +53,7 @@ func (p *scrapeProcs) acquire() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.active++
-	if p.lower != nil {
-		p.lower.Stop()
-		p.lower = nil
-	}
+	p.lower.Stop()
 	if !p.raised {
 		runtime.GOMAXPROCS(p.burst)
 		p.raised = true
@@ -66,10 +65,12 @@ func (p *scrapeProcs) release() {
 	defer p.mu.Unlock()
 	p.active--
 	if p.active == 0 {
-		p.lower = time.AfterFunc(scrapeLinger, p.lowerIfIdle)
+		p.lower.Reset(scrapeLinger)
 	}
 }
 
+// lowerIfIdle runs on the timer; a scrape that began after it fired but
+// before it got the lock keeps the Ps.
 func (p *scrapeProcs) lowerIfIdle() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
