@@ -102,8 +102,8 @@ func (r *pmtuRunner) lowerLocked(due time.Time) {
 	}
 }
 
-// enable makes every target idle since prober.pmtu was off due within a few
-// seconds: prober.pmtu.enabled turned true.
+// enable runs when prober.pmtu.enabled turns true: every target that was
+// idle because it was off (due an hour later) becomes due within 5 s.
 func (r *pmtuRunner) enable() {
 	now := time.Now()
 	r.mu.Lock()
