@@ -1,6 +1,7 @@
 package prober
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"crypto/rand"
@@ -52,6 +53,17 @@ type Target struct {
 
 // Key identifies a target: one address (and TCP port) on one device.
 func (t Target) Key() string { return t.Device + "|" + t.Label() }
+
+// compare orders targets by device, address and TCP port.
+func (t *Target) compare(u *Target) int {
+	if c := strings.Compare(t.Device, u.Device); c != 0 {
+		return c
+	}
+	if c := t.Address.Compare(u.Address); c != 0 {
+		return c
+	}
+	return cmp.Compare(t.TCPPort, u.TCPPort)
+}
 
 // Label is the target label of its series: the address, or address:port
 // for a TCP target.
@@ -140,6 +152,7 @@ type Prober struct {
 	unopened  int                 // targets asked for whose socket did not open (applyLocked retries them)
 	overrides map[string]string   // target key -> owner that won over another, logged once
 	targets   map[string]*target
+	spare     *scrapeBufs // the last scrape's buffers, for the next one
 	// errDevices are the devices whose error counter is exported.
 	errDevices map[string]bool
 	engines    map[engineKey]*engine

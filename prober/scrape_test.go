@@ -178,7 +178,7 @@ func TestNativeHistogramsOptIn(t *testing.T) {
 		}
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(p)
-		mfs, err := reg.Gather()
+		mfs, err := expo.Gatherers{reg, p}.Gather()
 		if err != nil {
 			t.Fatal(err)
 		}

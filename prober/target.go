@@ -71,18 +71,77 @@ func mkOutcome(at time.Time, lost bool) outcome {
 func (o outcome) lost() bool           { return o&1 == 1 }
 func (o outcome) before(ns int64) bool { return int64(o)>>1 < ns }
 
+// targetMetrics are the target's series: its labels and its RTT histogram,
+// new when the target is relabelled.
 type targetMetrics struct {
-	labels []string // replaced, never modified: a scrape may hold the old slice
-	rtt    prometheus.Observer
+	labels []string            // replaced, never modified: a scrape may hold the old slice
+	rtt    prometheus.Observer // the histogram child with native buckets (prober.native_histograms); else nil
+	hist   rttHist             // the classic histogram otherwise
 }
 
-func newTargetMetrics(spec Target, m *metrics) targetMetrics {
+// rttHist is a classic histogram of answered probes' RTTs in seconds, over
+// the prober's rttBuckets, exposed as client_golang exposes its histogram.
+type rttHist struct {
+	counts  []uint64 // by bucket, not cumulative: counts[i] holds (upper[i-1], upper[i]]
+	count   uint64   // every sample, the +Inf bucket's cumulative count
+	sum     float64
+	created time.Time
+}
+
+func (h *rttHist) observe(v float64, upper []float64) {
+	if i, _ := slices.BinarySearch(upper, v); i < len(h.counts) { // the first bound >= v
+		h.counts[i]++
+	}
+	h.count++
+	h.sum += v
+}
+
+func newTargetMetrics(spec Target, m *metrics, now time.Time) targetMetrics {
 	labels := []string{spec.Device, spec.PublicKey, spec.Name, spec.Label()}
-	return targetMetrics{labels: labels, rtt: m.rtt.WithLabelValues(labels...)}
+	if m.rtt != nil {
+		return targetMetrics{labels: labels, rtt: m.rtt.WithLabelValues(labels...)}
+	}
+	return targetMetrics{labels: labels, hist: rttHist{counts: make([]uint64, len(m.rttBuckets)), created: now}}
+}
+
+// scrapeView is what a scrape reads of one target, under one lock.
+type scrapeView struct {
+	labels                       []string // device, public_key, name, target
+	probes, failures, late, dups uint64
+	jitter                       time.Duration
+	state                        State
+	lossRatio                    float64 // with detail only
+	pathMTU, below               int
+	pmtuState                    pmtuState
+	count                        uint64 // the classic RTT histogram's (its buckets go to the caller's cum)
+	sum                          float64
+	created                      time.Time
+}
+
+// scrapeView reads the target for a scrape; cum receives the classic RTT
+// histogram's cumulative bucket counts.
+func (t *target) scrapeView(cum []uint64, detail bool) scrapeView {
+	t.e.mu.Lock()
+	defer t.e.mu.Unlock()
+	h := &t.m.hist
+	v := scrapeView{
+		labels: t.m.labels, probes: t.probes, failures: t.failures, late: t.lateN, dups: t.dupN,
+		jitter: time.Duration(t.jitter * float64(time.Second)), state: t.state, pathMTU: t.pmtu.mtu, below: t.pmtu.below,
+		pmtuState: t.pmtu.state, count: h.count, sum: h.sum, created: h.created,
+	}
+	if detail {
+		v.lossRatio = t.lossRatio()
+	}
+	var c uint64
+	for i, n := range h.counts {
+		c += n
+		cum[i] = c
+	}
+	return v
 }
 
 func newTarget(spec Target, e *engine, m *metrics, window, timeout time.Duration, now time.Time) *target {
-	t := &target{spec: spec, e: e, heapIndex: -1, m: newTargetMetrics(spec, m), since: now}
+	t := &target{spec: spec, e: e, heapIndex: -1, m: newTargetMetrics(spec, m, now), since: now}
 	t.size(window, timeout)
 	t.pmtu.state = pmtuBase
 	return t
@@ -127,8 +186,10 @@ func (t *target) setSpec(s Target, window, timeout time.Duration, m *metrics) {
 	t.e.mu.Lock()
 	defer t.e.mu.Unlock()
 	if s.Name != t.spec.Name || s.PublicKey != t.spec.PublicKey {
-		m.rtt.DeleteLabelValues(t.m.labels...) // relabelled: a renamed peer (SIGHUP) is the same target
-		t.m = newTargetMetrics(s, m)
+		if m.rtt != nil {
+			m.rtt.DeleteLabelValues(t.m.labels...) // relabelled: a renamed peer (SIGHUP) is the same target
+		}
+		t.m = newTargetMetrics(s, m, time.Now())
 	}
 	t.spec = s
 	t.size(window, timeout)
@@ -165,7 +226,11 @@ func (t *target) finish(e *engine, s *slot, ok bool, rtt time.Duration, at time.
 	if !s.extra { // extra probes of a suspicion never count in the SLI
 		t.probes++
 		if ok {
-			t.m.rtt.Observe(rtt.Seconds())
+			if t.m.rtt != nil {
+				t.m.rtt.Observe(rtt.Seconds())
+			} else {
+				t.m.hist.observe(rtt.Seconds(), t.e.p.metrics.rttBuckets)
+			}
 			t.rtts[t.nrtt%len(t.rtts)] = uint32(min(rtt.Microseconds(), math.MaxUint32))
 			t.nrtt++
 		} else {
@@ -433,12 +498,11 @@ func (t *target) healthLocked() Health {
 	}
 }
 
-func (t *target) labels() []string {
-	t.e.mu.Lock()
-	defer t.e.mu.Unlock()
-	return t.m.labels
-}
-
 func (t *target) deleteSeries() {
-	t.e.p.metrics.rtt.DeleteLabelValues(t.labels()...)
+	if rtt := t.e.p.metrics.rtt; rtt != nil {
+		t.e.mu.Lock()
+		labels := t.m.labels
+		t.e.mu.Unlock()
+		rtt.DeleteLabelValues(labels...)
+	}
 }

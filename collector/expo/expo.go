@@ -6,8 +6,11 @@
 package expo
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Family fills one MetricFamily from slabs sized up front.
@@ -60,6 +63,69 @@ func Families(fs ...*Family) []*dto.MetricFamily {
 		}
 	}
 	return out
+}
+
+// HistogramFamily fills one classic histogram MetricFamily from slabs sized
+// up front, as client_golang's histogram writes one: cumulative buckets
+// below +Inf, the sample count and sum, and the created timestamp.
+type HistogramFamily struct {
+	mf      *dto.MetricFamily
+	upper   []float64 // shared by every series, never modified
+	metrics []dto.Metric
+	hists   []dto.Histogram
+	buckets []dto.Bucket
+	bptrs   []*dto.Bucket
+	cums    []uint64
+	counts  []uint64
+	sums    []float64
+	created []timestamppb.Timestamp
+}
+
+// NewHistogramFamily returns a family with room for n series over the upper
+// bounds upper, which must stay unchanged until the scrape is encoded.
+func NewHistogramFamily(name, help string, upper []float64, n int) *HistogramFamily {
+	nb := len(upper)
+	return &HistogramFamily{
+		mf:      &dto.MetricFamily{Name: &name, Help: &help, Type: dto.MetricType_HISTOGRAM.Enum(), Metric: make([]*dto.Metric, 0, n)},
+		upper:   upper,
+		metrics: make([]dto.Metric, n),
+		hists:   make([]dto.Histogram, n),
+		buckets: make([]dto.Bucket, n*nb),
+		bptrs:   make([]*dto.Bucket, n*nb),
+		cums:    make([]uint64, n*nb),
+		counts:  make([]uint64, n),
+		sums:    make([]float64, n),
+		created: make([]timestamppb.Timestamp, n),
+	}
+}
+
+// Add appends a series: cum holds the cumulative count of each upper bound
+// (copied), count and sum the samples'; labels as in Family.Add. Adding more
+// than n series panics.
+func (f *HistogramFamily) Add(cum []uint64, count uint64, sum float64, created time.Time, labels []*dto.LabelPair) {
+	i, nb := len(f.mf.Metric), len(f.upper)
+	cums, bs, bp := f.cums[i*nb:(i+1)*nb], f.buckets[i*nb:(i+1)*nb], f.bptrs[i*nb:(i+1)*nb:(i+1)*nb]
+	copy(cums, cum)
+	for j := range bs {
+		bs[j].CumulativeCount, bs[j].UpperBound = &cums[j], &f.upper[j]
+		bp[j] = &bs[j]
+	}
+	f.counts[i], f.sums[i] = count, sum
+	ts := &f.created[i]
+	ts.Seconds, ts.Nanos = created.Unix(), int32(created.Nanosecond())
+	h := &f.hists[i]
+	h.SampleCount, h.SampleSum, h.Bucket, h.CreatedTimestamp = &f.counts[i], &f.sums[i], bp, ts
+	m := &f.metrics[i]
+	m.Histogram, m.Label = h, labels
+	f.mf.Metric = append(f.mf.Metric, m)
+}
+
+// MetricFamily returns the family, or nil when it has no series.
+func (f *HistogramFamily) MetricFamily() *dto.MetricFamily {
+	if len(f.mf.Metric) == 0 {
+		return nil
+	}
+	return f.mf
 }
 
 // Pairs hands out label pairs pointing at strings the caller keeps alive.

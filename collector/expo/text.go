@@ -52,7 +52,24 @@ func (t *TextWriter) Family(name, help string, typ dto.MetricType) {
 }
 
 // Series writes one series of the current family.
-func (t *TextWriter) Series(v float64, labels ...Label) {
+func (t *TextWriter) Series(v float64, labels ...Label) { t.line("", false, 0, v, labels) }
+
+// Histogram writes one classic histogram of the current family, as expfmt
+// writes a dto.Histogram whose buckets end below +Inf: a _bucket line per
+// upper bound with its cumulative count (cum[i] for upper[i]) and the "le"
+// label last, the +Inf bucket (count), then _sum and _count.
+func (t *TextWriter) Histogram(upper []float64, cum []uint64, count uint64, sum float64, labels ...Label) {
+	for i, u := range upper {
+		t.line("_bucket", true, u, float64(cum[i]), labels)
+	}
+	t.line("_bucket", true, math.Inf(+1), float64(count), labels)
+	t.line("_sum", false, 0, sum, labels)
+	t.line("_count", false, 0, float64(count), labels)
+}
+
+// line writes the family's name with suffix, the labels (then le, when
+// hasLE) and the value.
+func (t *TextWriter) line(suffix string, hasLE bool, le, v float64, labels []Label) {
 	// Built in bufio's free space when the line fits (no copy), else in buf.
 	b := t.w.AvailableBuffer()
 	scratch := cap(b) < 512
@@ -72,7 +89,8 @@ func (t *TextWriter) Series(v float64, labels ...Label) {
 		b = append(b, '\n')
 	}
 	b = append(b, t.pending.name...)
-	if len(labels) > 0 {
+	b = append(b, suffix...)
+	if len(labels) > 0 || hasLE {
 		b = append(b, '{')
 		for i, l := range labels {
 			if i > 0 {
@@ -85,6 +103,14 @@ func (t *TextWriter) Series(v float64, labels ...Label) {
 			} else {
 				b = appendEscaped(b, l.Value, true)
 			}
+			b = append(b, '"')
+		}
+		if hasLE {
+			if len(labels) > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `le="`...)
+			b = appendFloat(b, le)
 			b = append(b, '"')
 		}
 		b = append(b, '}')
