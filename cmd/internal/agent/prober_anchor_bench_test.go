@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 	"unsafe"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
@@ -26,9 +28,9 @@ import (
 //     CPU (user+system seconds per second) and RSS of the wgpulse agent
 //     (pmtu off), of `fping -l -p 1000 -i 1` and of smokeping_prober
 //     (--privileged, as root); while the agent runs, the system ping
-//     measures the same path (one of the targets, once a second), and the
-//     agent's mean RTT over all targets (its histogram's sum / count over
-//     the window) is set against ping's mean;
+//     measures the same path (one of the targets, once a second, as the
+//     agent probes it), and the agent's mean RTT on that target (its
+//     histogram's sum / count over the window) is set against ping's mean;
 //   - one target, no load: the agent probing it every 200 ms against 100
 //     system pings every 200 ms over the same 20 s;
 //   - after the CPU window, each tool's working set (workingSetMB): its RSS
@@ -193,8 +195,9 @@ func cpuOver(b *testing.B, pid int, d time.Duration) (cores, rssMB float64) {
 	return c.Seconds() / time.Since(t0).Seconds(), procRSSMB(b, pid)
 }
 
-// rttSumCount is the agent's RTT histogram summed over its targets.
-func rttSumCount(b *testing.B, a *lab.Agent) (sum, count float64) {
+// rttSumCount is the sum and count of the agent's RTT histogram for one
+// target: the path the system ping measures.
+func rttSumCount(b *testing.B, a *lab.Agent, target string) (sum, count float64) {
 	b.Helper()
 	_, body, err := a.Get("/metrics")
 	if err != nil {
@@ -206,6 +209,9 @@ func rttSumCount(b *testing.B, a *lab.Agent) (sum, count float64) {
 		b.Fatal(err)
 	}
 	for _, m := range mfs["wgpulse_probe_rtt_seconds"].GetMetric() {
+		if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == "target" && l.GetValue() == target }) {
+			continue
+		}
 		sum += m.GetHistogram().GetSampleSum()
 		count += float64(m.GetHistogram().GetSampleCount())
 	}
@@ -245,14 +251,15 @@ func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, 
 	defer a.Stop()
 	time.Sleep(5 * time.Second)
 	pinged := make(chan lab.PingResult, 1)
+	path := targets[len(targets)/2]
 	go func() {
-		r, _ := lab.Ping(ns, targets[len(targets)/2], 19, time.Second, 56, false)
+		r, _ := lab.Ping(ns, path, 19, time.Second, 56, false)
 		pinged <- r
 	}()
-	s0, n0 := rttSumCount(b, a)
+	s0, n0 := rttSumCount(b, a, path)
 	cores, rssMB = cpuOver(b, a.Pid(), 20*time.Second)
 	saveHeapProfile(b, a, "prober-1000")
-	s1, n1 := rttSumCount(b, a)
+	s1, n1 := rttSumCount(b, a, path)
 	if n1 <= n0 {
 		b.Fatalf("the agent answered no probe in 20 s:\n%s", a.Logs())
 	}
@@ -271,9 +278,9 @@ func idleRound(b *testing.B, bin, ns, target string) (rttMicros, pingMicros floa
 		r, _ := lab.Ping(ns, target, 100, 200*time.Millisecond, 56, false)
 		pinged <- r
 	}()
-	s0, n0 := rttSumCount(b, a)
+	s0, n0 := rttSumCount(b, a, target)
 	time.Sleep(20 * time.Second)
-	s1, n1 := rttSumCount(b, a)
+	s1, n1 := rttSumCount(b, a, target)
 	if n1 <= n0 {
 		b.Fatalf("the agent answered no probe in 20 s:\n%s", a.Logs())
 	}
