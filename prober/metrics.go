@@ -2,6 +2,7 @@ package prober
 
 import (
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,27 +27,43 @@ type metrics struct {
 }
 
 // Per-target counters and gauges are not stored as metric children (six or
-// more per target, each with its own label pairs): Gather builds them from
-// the targets' own accounting at scrape time. Only the RTT histogram, which
-// must be observed as probes finish, is a stored child.
+// more per target, each with its own label pairs): Gather and WriteText build
+// them from the targets' own accounting at scrape time, both from this one
+// list. value gives a target's series, or false when it has none.
 type family struct {
 	name, help string
 	typ        dto.MetricType
 	state      bool // has the extra "state" label
+	value      func(v *scrapeView, detail bool) (float64, bool)
 }
 
+// started: no verdict (up, jitter, path MTU) before the first probe finished.
+func (v *scrapeView) started() bool { return v.probes > 0 }
+
 var (
-	famProbes   = family{"wgpulse_probes_total", "Finished probes (answered or lost after the timeout); in-flight probes are not counted. SLI denominator.", dto.MetricType_COUNTER, false}
-	famFailures = family{"wgpulse_probe_failures_total", "Probes lost (no reply within prober.timeout) or not sendable. SLI numerator.", dto.MetricType_COUNTER, false}
-	famLate     = family{"wgpulse_probe_late_replies_total", "Replies that arrived after their probe was counted as lost (exported once non-zero; prober.detail_metrics).", dto.MetricType_COUNTER, false}
-	famDups     = family{"wgpulse_probe_duplicate_replies_total", "Extra replies to an already answered probe (exported once non-zero; prober.detail_metrics).", dto.MetricType_COUNTER, false}
-	famLoss     = family{"wgpulse_probe_loss_ratio", "Share of probes lost over prober.window (prober.detail_metrics).", dto.MetricType_GAUGE, false}
-	famJitter   = family{"wgpulse_probe_jitter_seconds", "Interarrival jitter of RTTs (RFC 3550 A.8) over consecutive probes, pairs with a loss skipped.", dto.MetricType_GAUGE, false}
-	famUp       = family{"wgpulse_probe_up", "1 while the target is up, 0 while it is down (by default: 3 probes lost in a row); absent while unknown.", dto.MetricType_GAUGE, false}
-	famPMTU     = family{"wgpulse_path_mtu_bytes", "Largest inner IP packet known to cross the tunnel with DF set (path MTU search); absent until known.", dto.MetricType_GAUGE, false}
-	famState    = family{"wgpulse_path_mtu_search_state", "Path MTU search state (RFC 8899), one series with value 1 labelled with the current state: base, searching, search_complete, below_min (the path passes less than prober.pmtu.min), error or disabled (prober.detail_metrics).", dto.MetricType_GAUGE, true}
-	famBelow    = family{"wgpulse_path_mtu_below_bytes", "While the path MTU is below the search floor: the floor (prober.pmtu.min), the smallest size known not to pass; absent otherwise.", dto.MetricType_GAUGE, false}
-	families    = []family{famProbes, famFailures, famLate, famDups, famLoss, famJitter, famUp, famPMTU, famState, famBelow}
+	famProbes = family{"wgpulse_probes_total", "Finished probes (answered or lost after the timeout); in-flight probes are not counted. SLI denominator.", dto.MetricType_COUNTER, false,
+		func(v *scrapeView, _ bool) (float64, bool) { return float64(v.probes), true }}
+	famFailures = family{"wgpulse_probe_failures_total", "Probes lost (no reply within prober.timeout) or not sendable. SLI numerator.", dto.MetricType_COUNTER, false,
+		func(v *scrapeView, _ bool) (float64, bool) { return float64(v.failures), true }}
+	famLate = family{"wgpulse_probe_late_replies_total", "Replies that arrived after their probe was counted as lost (exported once non-zero; prober.detail_metrics).", dto.MetricType_COUNTER, false,
+		func(v *scrapeView, detail bool) (float64, bool) { return float64(v.late), detail && v.late > 0 }}
+	famDups = family{"wgpulse_probe_duplicate_replies_total", "Extra replies to an already answered probe (exported once non-zero; prober.detail_metrics).", dto.MetricType_COUNTER, false,
+		func(v *scrapeView, detail bool) (float64, bool) { return float64(v.dups), detail && v.dups > 0 }}
+	famLoss = family{"wgpulse_probe_loss_ratio", "Share of probes lost over prober.window (prober.detail_metrics).", dto.MetricType_GAUGE, false,
+		func(v *scrapeView, detail bool) (float64, bool) { return v.lossRatio, detail && v.started() }}
+	famJitter = family{"wgpulse_probe_jitter_seconds", "Interarrival jitter of RTTs (RFC 3550 A.8) over consecutive probes, pairs with a loss skipped.", dto.MetricType_GAUGE, false,
+		func(v *scrapeView, _ bool) (float64, bool) { return v.jitter.Seconds(), v.started() }}
+	famUp = family{"wgpulse_probe_up", "1 while the target is up, 0 while it is down (by default: 3 probes lost in a row); absent while unknown.", dto.MetricType_GAUGE, false,
+		func(v *scrapeView, _ bool) (float64, bool) {
+			return float64(b2u(v.state == StateUp)), v.started() && v.state != StateUnknown
+		}}
+	famPMTU = family{"wgpulse_path_mtu_bytes", "Largest inner IP packet known to cross the tunnel with DF set (path MTU search); absent until known.", dto.MetricType_GAUGE, false,
+		func(v *scrapeView, _ bool) (float64, bool) { return float64(v.pathMTU), v.started() && v.pathMTU > 0 }}
+	famState = family{"wgpulse_path_mtu_search_state", "Path MTU search state (RFC 8899), one series with value 1 labelled with the current state: base, searching, search_complete, below_min (the path passes less than prober.pmtu.min), error or disabled (prober.detail_metrics).", dto.MetricType_GAUGE, true,
+		func(v *scrapeView, detail bool) (float64, bool) { return 1, detail && v.started() }}
+	famBelow = family{"wgpulse_path_mtu_below_bytes", "While the path MTU is below the search floor: the floor (prober.pmtu.min), the smallest size known not to pass; absent otherwise.", dto.MetricType_GAUGE, false,
+		func(v *scrapeView, _ bool) (float64, bool) { return float64(v.below), v.started() && v.below > 0 }}
+	families = []family{famProbes, famFailures, famLate, famDups, famLoss, famJitter, famUp, famPMTU, famState, famBelow}
 )
 
 func (f family) desc() *prometheus.Desc {
@@ -133,66 +150,41 @@ func (p *Prober) Gather() ([]*dto.MetricFamily, error) {
 	sc := p.scrape()
 	defer p.scrapeDone(sc)
 	views, n, nb := sc.views, len(sc.views), len(p.metrics.rttBuckets)
-	var late, dups, started, pmtus, belows int
-	for i := range views {
-		v := &views[i]
-		late += int(b2u(sc.detail && v.late > 0))
-		dups += int(b2u(sc.detail && v.dups > 0))
-		started += int(b2u(v.probes > 0))
-		pmtus += int(b2u(v.pathMTU > 0))
-		belows += int(b2u(v.below > 0))
-	}
-	var (
-		probes, failures = famProbes.builder(n), famFailures.builder(n)
-		lateF, dupsF     = famLate.builder(late), famDups.builder(dups)
-		jitter, up       = famJitter.builder(started), famUp.builder(started)
-		loss, state      = famLoss.builder(started * int(b2u(sc.detail))), famState.builder(started * int(b2u(sc.detail)))
-		pmtu             = famPMTU.builder(pmtus)
-		below            = famBelow.builder(belows)
-		rtt              *expo.HistogramFamily
-	)
-	if sc.classic {
-		rtt = expo.NewHistogramFamily(rttName, p.metrics.rttHelp, p.metrics.rttBuckets, n)
-	}
 	pairs := expo.NewPairs(5 * n)
 	sets := expo.NewSets(9 * n)
+	bases := make([][]*dto.LabelPair, n)
 	for i := range views {
-		v := &views[i]
-		l := v.labels
-		// Sorted by label name: device, name, public_key, (state,) target.
-		dev, name, key, tgt := pairs.Pair(&lnDevice, &l[0]), pairs.Pair(&lnName, &l[2]), pairs.Pair(&lnPublicKey, &l[1]), pairs.Pair(&lnTarget, &l[3])
-		base := sets.Set(dev, name, key, tgt)
-		if rtt != nil {
-			rtt.Add(sc.cum[i*nb:(i+1)*nb], v.count, v.sum, v.created, base)
+		l := views[i].labels
+		// Sorted by label name: device, name, public_key, target.
+		bases[i] = sets.Set(pairs.Pair(&lnDevice, &l[0]), pairs.Pair(&lnName, &l[2]), pairs.Pair(&lnPublicKey, &l[1]), pairs.Pair(&lnTarget, &l[3]))
+	}
+	built := make([]*expo.Family, len(families))
+	for k, f := range families {
+		count := 0
+		for i := range views {
+			_, ok := f.value(&views[i], sc.detail)
+			count += int(b2u(ok))
 		}
-		probes.Add(float64(v.probes), base)
-		failures.Add(float64(v.failures), base)
-		if sc.detail && v.late > 0 {
-			lateF.Add(float64(v.late), base)
-		}
-		if sc.detail && v.dups > 0 {
-			dupsF.Add(float64(v.dups), base)
-		}
-		if v.probes == 0 {
-			continue // no verdict before the first probe finished
-		}
-		jitter.Add(v.jitter.Seconds(), base)
-		if v.state != StateUnknown {
-			up.Add(float64(b2u(v.state == StateUp)), base)
-		}
-		if v.pathMTU > 0 {
-			pmtu.Add(float64(v.pathMTU), base)
-		}
-		if v.below > 0 {
-			below.Add(float64(v.below), base)
-		}
-		if sc.detail {
-			loss.Add(v.lossRatio, base)
-			state.Add(1, sets.Set(dev, name, key, pairs.Pair(&lnState, &pmtuStateNames[v.pmtuState]), tgt)) // not into views: reused
+		built[k] = f.builder(count)
+		for i := range views {
+			x, ok := f.value(&views[i], sc.detail)
+			if !ok {
+				continue
+			}
+			labels := bases[i]
+			if f.state { // the state sorts between public_key and target; not into views: reused
+				labels = sets.Set(labels[0], labels[1], labels[2], pairs.Pair(&lnState, &pmtuStateNames[views[i].pmtuState]), labels[3])
+			}
+			built[k].Add(x, labels)
 		}
 	}
-	out := expo.Families(probes, failures, lateF, dupsF, loss, jitter, up, pmtu, state, below)
-	if rtt != nil && rtt.MetricFamily() != nil {
+	out := expo.Families(built...)
+	if sc.classic && n > 0 {
+		rtt := expo.NewHistogramFamily(rttName, p.metrics.rttHelp, p.metrics.rttBuckets, n)
+		for i := range views {
+			v := &views[i]
+			rtt.Add(sc.cum[i*nb:(i+1)*nb], v.count, v.sum, v.created, bases[i])
+		}
 		out = append(out, rtt.MetricFamily())
 	}
 	return out, nil
@@ -209,37 +201,22 @@ func (p *Prober) WriteText(w *expo.TextWriter) error {
 		return [4]expo.Label{{Name: lnDevice, Value: v.labels[0]}, {Name: lnName, Value: v.labels[2]},
 			{Name: lnPublicKey, Value: v.labels[1]}, {Name: lnTarget, Value: v.labels[3]}}
 	}
-	each := func(f family, value func(v *scrapeView) (float64, bool)) {
+	for _, f := range families {
 		w.Family(f.name, f.help, f.typ)
 		for i := range views {
-			if x, ok := value(&views[i]); ok {
-				l := labels(&views[i])
+			v := &views[i]
+			x, ok := f.value(v, sc.detail)
+			if !ok {
+				continue
+			}
+			l := labels(v)
+			if f.state {
+				w.Series(x, l[0], l[1], l[2], expo.Label{Name: lnState, Value: pmtuStateNames[v.pmtuState]}, l[3])
+			} else {
 				w.Series(x, l[:]...)
 			}
 		}
 	}
-	started := func(v *scrapeView) bool { return v.probes > 0 }
-	each(famProbes, func(v *scrapeView) (float64, bool) { return float64(v.probes), true })
-	each(famFailures, func(v *scrapeView) (float64, bool) { return float64(v.failures), true })
-	each(famLate, func(v *scrapeView) (float64, bool) { return float64(v.late), sc.detail && v.late > 0 })
-	each(famDups, func(v *scrapeView) (float64, bool) { return float64(v.dups), sc.detail && v.dups > 0 })
-	each(famLoss, func(v *scrapeView) (float64, bool) { return v.lossRatio, sc.detail && started(v) })
-	each(famJitter, func(v *scrapeView) (float64, bool) { return v.jitter.Seconds(), started(v) })
-	each(famUp, func(v *scrapeView) (float64, bool) {
-		return float64(b2u(v.state == StateUp)), started(v) && v.state != StateUnknown
-	})
-	each(famPMTU, func(v *scrapeView) (float64, bool) { return float64(v.pathMTU), started(v) && v.pathMTU > 0 })
-	if sc.detail {
-		w.Family(famState.name, famState.help, famState.typ)
-		for i := range views {
-			if v := &views[i]; started(v) {
-				w.Series(1, expo.Label{Name: lnDevice, Value: v.labels[0]}, expo.Label{Name: lnName, Value: v.labels[2]},
-					expo.Label{Name: lnPublicKey, Value: v.labels[1]}, expo.Label{Name: lnState, Value: pmtuStateNames[v.pmtuState]},
-					expo.Label{Name: lnTarget, Value: v.labels[3]})
-			}
-		}
-	}
-	each(famBelow, func(v *scrapeView) (float64, bool) { return float64(v.below), started(v) && v.below > 0 })
 	if sc.classic {
 		w.Family(rttName, p.metrics.rttHelp, dto.MetricType_HISTOGRAM)
 		for i := range views {
@@ -255,15 +232,21 @@ func (p *Prober) WriteText(w *expo.TextWriter) error {
 // for the next scrape (each scrape of 1,000 targets made 300 KB of garbage);
 // a scrape that finds it taken makes its own.
 type scrapeBufs struct {
-	ts      []*target
+	ts      []keyed
 	views   []scrapeView
 	cum     []uint64 // the classic RTT buckets, cumulative, len(rttBuckets) per view
 	detail  bool
 	classic bool
 }
 
-// scrape reads every target, in a stable order (device, address, port). The
-// prober's lock is held only to list and sort them.
+// keyed is a target with its key (never changes), to sort by.
+type keyed struct {
+	key string
+	t   *target
+}
+
+// scrape reads every target, in a stable order (by key). The prober's lock
+// is held only to list them.
 func (p *Prober) scrape() *scrapeBufs {
 	p.mu.Lock()
 	sc := p.spare
@@ -273,16 +256,16 @@ func (p *Prober) scrape() *scrapeBufs {
 	}
 	sc.detail, sc.classic = p.cfg.DetailMetrics, p.metrics.rtt == nil
 	sc.ts = sc.ts[:0]
-	for _, t := range p.targets {
-		sc.ts = append(sc.ts, t)
+	for k, t := range p.targets {
+		sc.ts = append(sc.ts, keyed{k, t})
 	}
-	slices.SortFunc(sc.ts, func(a, b *target) int { return a.spec.compare(&b.spec) }) // spec is written under p.mu
 	p.mu.Unlock()
+	slices.SortFunc(sc.ts, func(a, b keyed) int { return strings.Compare(a.key, b.key) })
 	n, nb := len(sc.ts), len(p.metrics.rttBuckets)
 	sc.views = slices.Grow(sc.views[:0], n)[:n]
 	sc.cum = slices.Grow(sc.cum[:0], nb*n)[:nb*n]
-	for i, t := range sc.ts {
-		sc.views[i] = t.scrapeView(sc.cum[i*nb:(i+1)*nb], sc.detail)
+	for i, kt := range sc.ts {
+		sc.views[i] = kt.t.scrapeView(sc.cum[i*nb:(i+1)*nb], sc.detail)
 	}
 	return sc
 }

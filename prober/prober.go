@@ -1,7 +1,6 @@
 package prober
 
 import (
-	"cmp"
 	"container/heap"
 	"context"
 	"crypto/rand"
@@ -53,17 +52,6 @@ type Target struct {
 
 // Key identifies a target: one address (and TCP port) on one device.
 func (t Target) Key() string { return t.Device + "|" + t.Label() }
-
-// compare orders targets by device, address and TCP port.
-func (t *Target) compare(u *Target) int {
-	if c := strings.Compare(t.Device, u.Device); c != 0 {
-		return c
-	}
-	if c := t.Address.Compare(u.Address); c != 0 {
-		return c
-	}
-	return cmp.Compare(t.TCPPort, u.TCPPort)
-}
 
 // Label is the target label of its series: the address, or address:port
 // for a TCP target.
