@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/wgpulse/wgpulse/collector/expo"
+	"github.com/wgpulse/wgpulse/collector/expo/expotest"
 )
 
 // The prober counts each target's classic RTT buckets itself; a scrape sees
@@ -134,31 +136,11 @@ func TestProberWriteTextMatchesGather(t *testing.T) {
 					finishProbe(tg, true, 1500*time.Microsecond, now)
 				}
 			}
-			mfs, err := p.Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var want bytes.Buffer
-			for _, mf := range mfs {
-				if _, err := expfmt.MetricFamilyToText(&want, mf); err != nil {
-					t.Fatal(err)
-				}
-			}
-			var got bytes.Buffer
-			w := expo.NewTextWriter(&got)
-			if err := p.WriteText(w); err != nil {
-				t.Fatal(err)
-			}
-			if err := w.Flush(); err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(want.String(), got.String()); diff != "" {
-				t.Errorf("WriteText differs from expfmt of Gather (-want +got):\n%s", diff)
-			}
+			got := expotest.TextMatchesGather(t, p)
 			for _, s := range []string{`wgpulse_probe_rtt_seconds_bucket{device="wg0",name="dc \"north\"\\rack 1",public_key="` + fmt.Sprintf("%044d", 1) + `",target="10.0.0.1",le="0.002"} 1`,
 				`wgpulse_probe_rtt_seconds_count{device="wg1",name="v6",public_key="",target="fd00::1"} 1`} {
-				if !bytes.Contains(got.Bytes(), []byte(s)) {
-					t.Errorf("the scrape lacks %s:\n%s", s, got.String())
+				if !strings.Contains(got, s) {
+					t.Errorf("the scrape lacks %s:\n%s", s, got)
 				}
 			}
 		})
@@ -170,11 +152,7 @@ func TestProberWriteTextMatchesGather(t *testing.T) {
 func TestTextScrapeAllocatesLittle(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.PMTU.Enabled = false
-	var ts []Target
-	for i := range 1000 {
-		ts = append(ts, Target{Device: "wg0", Address: netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), PublicKey: fmt.Sprintf("%044d", i), Name: fmt.Sprintf("peer-%d", i)})
-	}
-	p := silentProber(t, cfg, ts)
+	p := silentProber(t, cfg, numberedTargets(1000))
 	now := time.Now()
 	for _, tg := range p.targets {
 		finishProbe(tg, true, time.Millisecond, now)
@@ -201,10 +179,7 @@ func BenchmarkTargetMemory(b *testing.B) {
 			cfg.PMTU.Enabled = false
 			cfg.NativeHistograms = native
 			const n = 1000
-			var ts []Target
-			for i := range n {
-				ts = append(ts, Target{Device: "wg0", Address: netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), PublicKey: fmt.Sprintf("%044d", i), Name: fmt.Sprintf("peer-%d", i)})
-			}
+			ts := numberedTargets(n)
 			var perTarget float64
 			for b.Loop() {
 				before := liveHeap()
@@ -226,4 +201,13 @@ func liveHeap() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapAlloc
+}
+
+// numberedTargets returns n targets on wg0, each with its peer's key and name.
+func numberedTargets(n int) []Target {
+	ts := make([]Target, n)
+	for i := range ts {
+		ts[i] = Target{Device: "wg0", Address: netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), PublicKey: fmt.Sprintf("%044d", i), Name: fmt.Sprintf("peer-%d", i)}
+	}
+	return ts
 }
