@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"regexp"
 	"sort"
+	"strconv"
 	"testing"
 	"time"
 
@@ -202,4 +204,17 @@ prober:
 		}
 		return ""
 	})
+
+	// 10 s after start, inside the loss/RTT window above (whose figures
+	// held), the agent dropped the pages of its binary only start-up used.
+	m := regexp.MustCompile(`released the program pages only start-up used.* file_rss_before_kb=(\d+) file_rss_after_kb=(\d+)`).FindStringSubmatch(agent.Logs())
+	if m == nil {
+		t.Fatalf("no log line of the start-up pages' release:\n%s", agent.Logs())
+	}
+	before, _ := strconv.Atoi(m[1])
+	after, _ := strconv.Atoi(m[2])
+	t.Logf("start-up pages released: file RSS %d kB -> %d kB", before, after)
+	if after > before/2 {
+		t.Errorf("file RSS %d kB -> %d kB at the release, want at most half", before, after)
+	}
 }

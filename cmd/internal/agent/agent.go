@@ -53,6 +53,9 @@ type Options struct {
 	// when above the one in force (--runtime.gomaxprocs set it lower); 0:
 	// scrapes run on the Ps in force.
 	ScrapeProcs int
+	// ReleaseStartupPages drops the program pages only start-up used, once,
+	// startupSettle after Run begins (--runtime.release-startup-pages).
+	ReleaseStartupPages bool
 	// Transports for the collector; zero values use wgctrl and netlink.
 	Collector collector.Options
 	// Transports for the prober; zero values use ICMP sockets and pro-bing.
@@ -368,6 +371,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 
+	if a.opts.ReleaseStartupPages {
+		wg.Go(func() { releaseStartupPagesAfter(ctx, a.logger) })
+	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- web.ListenAndServe(srv, a.opts.Web, a.logger) }()
