@@ -3,15 +3,13 @@ package agent
 import (
 	"net/http"
 	"strings"
-
-	"github.com/klauspost/compress/flate"
 )
 
 // gzipHandler compresses responses for clients that accept gzip (Prometheus
-// always does), at BestSpeed and on every core (parallelGzip). At 10,000
-// peers a scrape body is ~11 MB of very repetitive text: BestSpeed still
-// shrinks it ~4x and costs about a third of promhttp's default level, which
-// alone would take the scrape past its budget. The deflate is
+// always does), at about BestSpeed and on every core (parallelGzip). At
+// 10,000 peers a scrape body is ~11 MB of very repetitive text: BestSpeed
+// still shrinks it ~4x and costs about a third of promhttp's default level,
+// which alone would take the scrape past its budget. The deflate is
 // klauspost/compress (in the module graph already, through client_golang).
 type gzipHandler struct {
 	next http.Handler
@@ -20,7 +18,7 @@ type gzipHandler struct {
 
 // newGzipHandler compresses on up to procs cores.
 func newGzipHandler(procs int, next http.Handler) *gzipHandler {
-	return &gzipHandler{next: next, pool: newGzPool(flate.BestSpeed, procs)}
+	return &gzipHandler{next: next, pool: newGzPool(procs)}
 }
 
 func (h *gzipHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {

@@ -32,7 +32,7 @@ func scrapeLike(n int) []byte {
 // (checked with multistream off: the blocks form one deflate stream), CRC
 // and size included.
 func TestParallelGzipRoundTrip(t *testing.T) {
-	pool := newGzPool(flate.BestSpeed, runtime.GOMAXPROCS(0))
+	pool := newGzPool(runtime.GOMAXPROCS(0))
 	body := scrapeLike(5*gzBlockSize + 12345)
 	for _, size := range []int{0, 1, 100, gzBlockSize - 1, gzBlockSize, gzBlockSize + 1, 3 * gzBlockSize, len(body)} {
 		for _, chunk := range []int{1 << 20, 64 << 10, 777} {
@@ -69,22 +69,23 @@ func TestParallelGzipRoundTrip(t *testing.T) {
 	}
 }
 
-// TestParallelGzipRatio: blocks that start with an empty window stay within
-// 1% of one stream's size at the same level (blocks of a few KB would not).
+// TestParallelGzipRatio: blocks that start with an empty window, each
+// deflated statelessly (an 8 KB window), stay within 4% of one stream's size
+// at BestSpeed (3% here; blocks of a few KB would not).
 func TestParallelGzipRatio(t *testing.T) {
 	body := scrapeLike(4 << 20)
 	var one, par bytes.Buffer
 	w, _ := kgzip.NewWriterLevel(&one, flate.BestSpeed)
 	_, _ = w.Write(body)
 	_ = w.Close()
-	z := newParallelGzip(newGzPool(flate.BestSpeed, runtime.GOMAXPROCS(0)), &par)
+	z := newParallelGzip(newGzPool(runtime.GOMAXPROCS(0)), &par)
 	_, _ = z.Write(body)
 	if err := z.Close(); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("parallel %d bytes, one stream %d", par.Len(), one.Len())
-	if float64(par.Len()) > 1.01*float64(one.Len()) {
-		t.Errorf("parallel gzip %d bytes, one stream %d: more than 1%% larger", par.Len(), one.Len())
+	if float64(par.Len()) > 1.04*float64(one.Len()) {
+		t.Errorf("parallel gzip %d bytes, one stream %d: more than 4%% larger", par.Len(), one.Len())
 	}
 }
 
@@ -102,7 +103,7 @@ func BenchmarkParallelGzip(b *testing.B) {
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
-		pool := newGzPool(flate.BestSpeed, runtime.GOMAXPROCS(0))
+		pool := newGzPool(runtime.GOMAXPROCS(0))
 		b.SetBytes(int64(len(body)))
 		b.ReportAllocs()
 		cw := &countingWriter{}
@@ -131,7 +132,7 @@ func (f *failAfter) Write(p []byte) (int, error) {
 // the error comes back from Write and Close, nothing hangs, and the pool
 // serves the next response.
 func TestParallelGzipWriteError(t *testing.T) {
-	pool := newGzPool(flate.BestSpeed, runtime.GOMAXPROCS(0))
+	pool := newGzPool(runtime.GOMAXPROCS(0))
 	body := scrapeLike(20 * gzBlockSize)
 	z := newParallelGzip(pool, &failAfter{n: 1000})
 	var werr error
