@@ -58,10 +58,11 @@ generate:
 # of the lab in auto with faults cycling (WGPULSE_SOAK=2m shortens it), and the
 # side-by-side anchors (BenchmarkCollectorAnchor: the previous release at
 # 10,000 peers; BenchmarkProberAnchor: Debian's fping and smokeping_prober at
-# 1,000 targets, RTT against the system ping; WGPULSE_ANCHOR_RUNS rounds):
-# ~50 min in all. Just the anchors:
+# 1,000 targets, RTT against the system ping; WGPULSE_ANCHOR_RUNS rounds), and
+# BenchmarkProberRSSOverScrapes (the agent's RSS over 120 scrapes, 10 min):
+# ~60 min in all. Just the anchors:
 #   go test -run '^$$' -bench 'CollectorAnchor|ProberAnchor' -benchtime=1x -timeout 60m ./cmd/internal/agent/
-MEASUREMENTS := ThousandTargets|AgentProber1000|AgentProber10k|FleetPrometheus|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU|Soak|CollectorAnchor|ProberAnchor
+MEASUREMENTS := ThousandTargets|AgentProber1000|AgentProber10k|FleetPrometheus|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU|Soak|CollectorAnchor|ProberAnchor|ProberRSSOverScrapes
 bench:
 	@deploy/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -skip '$(MEASUREMENTS)' -benchmem -benchtime=60x -timeout 30m ./...

@@ -10,7 +10,11 @@ import (
 
 // ProcRSS returns a process's resident set size in MB (pid 0: this process),
 // from /proc/PID/status. Benchmarks use it to report memory.
-func ProcRSS(pid int) (float64, error) {
+func ProcRSS(pid int) (float64, error) { return ProcStatusMB(pid, "VmRSS") }
+
+// ProcStatusMB returns one kB field of /proc/PID/status in MB (pid 0: this
+// process): VmRSS, or its parts RssAnon and RssFile.
+func ProcStatusMB(pid int, field string) (float64, error) {
 	path := "/proc/self/status"
 	if pid != 0 {
 		path = fmt.Sprintf("/proc/%d/status", pid)
@@ -20,12 +24,12 @@ func ProcRSS(pid int) (float64, error) {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
 			kb, err := strconv.ParseFloat(f[1], 64)
 			return kb / 1024, err
 		}
 	}
-	return 0, fmt.Errorf("%s: no VmRSS line", path)
+	return 0, fmt.Errorf("%s: no %s line", path, field)
 }
 
 // ProcCPU returns a process's user+system CPU time, from /proc/PID/stat.

@@ -31,6 +31,9 @@ import (
 //     measures the same path (one of the targets, once a second, as the
 //     agent probes it), and the agent's mean RTT on that target (its
 //     histogram's sum / count over the window) is set against ping's mean;
+//     a second ping, every 5 ms on the next target, is a sender as warm as
+//     the agent (whose 1,000 probes a second keep its send path in the
+//     caches), set against the agent's mean on that target;
 //   - one target, no load: the agent probing it every 200 ms against 100
 //     system pings every 200 ms over the same 20 s;
 //   - after the CPU window, each tool's working set (workingSetMB): its RSS
@@ -55,7 +58,7 @@ func BenchmarkProberAnchor(b *testing.B) {
 	}
 	for b.Loop() {
 		var cpu, rss, ws [3][]float64 // wgpulse, fping, smokeping
-		var loadRTT, loadPing, idleRTT, idlePing []float64
+		var loadRTT, loadPing, warmRTT, warmPing, idleRTT, idlePing []float64
 		for r := range runs {
 			order := []int{0, 1, 2}
 			if r%2 == 1 {
@@ -69,9 +72,10 @@ func BenchmarkProberAnchor(b *testing.B) {
 				b.Cleanup(func() { _ = lab.DelNetns(ns) }) // also when a step fails
 				switch tool {
 				case 0:
-					c, m, w, rtt, ping := proberRound(b, bin, ns, targets)
+					c, m, w, rtts := proberRound(b, bin, ns, targets)
 					cpu[0], rss[0], ws[0] = append(cpu[0], c), append(rss[0], m), append(ws[0], w)
-					loadRTT, loadPing = append(loadRTT, rtt), append(loadPing, ping)
+					loadRTT, loadPing = append(loadRTT, rtts[0]), append(loadPing, rtts[1])
+					warmRTT, warmPing = append(warmRTT, rtts[2]), append(warmPing, rtts[3])
 				case 1:
 					c, m, w := toolRound(b, ns, fping, append([]string{"-l", "-q", "-p", "1000", "-i", "1"}, targets...)...)
 					cpu[1], rss[1], ws[1] = append(cpu[1], c), append(rss[1], m), append(ws[1], w)
@@ -114,7 +118,11 @@ func BenchmarkProberAnchor(b *testing.B) {
 		for _, row := range []struct {
 			name, metric string
 			ours, theirs []float64
-		}{{"one target, no load", "idle-rtt-diff-µs", idleRTT, idlePing}, {"under the 1,000-target load", "load-rtt-diff-µs", loadRTT, loadPing}} {
+		}{
+			{"one target, no load", "idle-rtt-diff-µs", idleRTT, idlePing},
+			{"under the 1,000-target load", "load-rtt-diff-µs", loadRTT, loadPing},
+			{"under the load, ping every 5 ms (as warm as the agent)", "warm-rtt-diff-µs", warmRTT, warmPing},
+		} {
 			diffs := make([]float64, len(row.ours))
 			for i := range diffs {
 				diffs[i] = row.ours[i] - row.theirs[i]
@@ -239,8 +247,9 @@ func startProberAgent(b *testing.B, bin, ns, cfg string) *lab.Agent {
 }
 
 // proberRound: the agent at the 1,000 targets, with the system ping on one
-// of them during the window.
-func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, workingMB, rttMicros, pingMicros float64) {
+// of them during the window, once a second, and on the next every 5 ms.
+// rtts: the agent's mean and ping's on the first, then on the second (µs).
+func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, workingMB float64, rtts [4]float64) {
 	b.Helper()
 	var cfg strings.Builder
 	cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
@@ -250,21 +259,30 @@ func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, 
 	a := startProberAgent(b, bin, ns, cfg.String())
 	defer a.Stop()
 	time.Sleep(5 * time.Second)
-	pinged := make(chan lab.PingResult, 1)
-	path := targets[len(targets)/2]
+	paths := targets[len(targets)/2 : len(targets)/2+2]
+	pinged, warm := make(chan lab.PingResult, 1), make(chan lab.PingResult, 1)
 	go func() {
-		r, _ := lab.Ping(ns, path, 19, time.Second, 56, false)
+		r, _ := lab.Ping(ns, paths[0], 19, time.Second, 56, false)
 		pinged <- r
 	}()
-	s0, n0 := rttSumCount(b, a, path)
+	go func() {
+		r, _ := lab.Ping(ns, paths[1], 3800, 5*time.Millisecond, 56, false)
+		warm <- r
+	}()
+	var s0, n0, s1, n1 [2]float64
+	for i, p := range paths {
+		s0[i], n0[i] = rttSumCount(b, a, p)
+	}
 	cores, rssMB = cpuOver(b, a.Pid(), 20*time.Second)
 	saveHeapProfile(b, a, "prober-1000")
-	s1, n1 := rttSumCount(b, a, path)
-	if n1 <= n0 {
-		b.Fatalf("the agent answered no probe in 20 s:\n%s", a.Logs())
+	for i, p := range paths {
+		s1[i], n1[i] = rttSumCount(b, a, p)
+		if n1[i] <= n0[i] {
+			b.Fatalf("the agent answered no probe to %s in 20 s:\n%s", p, a.Logs())
+		}
 	}
-	rtt, ping := (s1-s0)/(n1-n0)*1e6, meanMicros(<-pinged)
-	return cores, rssMB, workingSetMB(b, a.Pid()), rtt, ping
+	rtts = [4]float64{(s1[0] - s0[0]) / (n1[0] - n0[0]) * 1e6, meanMicros(<-pinged), (s1[1] - s0[1]) / (n1[1] - n0[1]) * 1e6, meanMicros(<-warm)}
+	return cores, rssMB, workingSetMB(b, a.Pid()), rtts
 }
 
 // idleRound: one target every 200 ms against 100 system pings.
@@ -285,4 +303,102 @@ func idleRound(b *testing.B, bin, ns, target string) (rttMicros, pingMicros floa
 		b.Fatalf("the agent answered no probe in 20 s:\n%s", a.Logs())
 	}
 	return (s1 - s0) / (n1 - n0) * 1e6, meanMicros(<-pinged)
+}
+
+// BenchmarkProberRSSOverScrapes runs the agent at the 1,000 loopback targets
+// (1 probe/s each, pmtu off) for WGPULSE_RSS_SCRAPES (120) scrapes of
+// /metrics, one every 5 s, twice at once in two namespaces: as it starts by
+// default, dropping its start-up pages 10 s in, and with
+// --no-runtime.release-startup-pages. The second runs a copy of the binary:
+// a page two processes map is not paged out. It prints RSS and its anonymous
+// and file-backed parts every 12 scrapes; the figures are those at 60 and at
+// the last scrape, and the highest RSS after the release.
+func BenchmarkProberRSSOverScrapes(b *testing.B) {
+	labtest.Require(b)
+	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
+	kept := filepath.Join(b.TempDir(), "wgpulse-kept")
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(kept, data, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	scrapes := 120
+	if n, err := strconv.Atoi(os.Getenv("WGPULSE_RSS_SCRAPES")); err == nil && n >= 60 {
+		scrapes = n
+	}
+	var cfg strings.Builder
+	cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
+	for i := range 1000 {
+		fmt.Fprintf(&cfg, "    - {address: 127.1.%d.%d, device: lo}\n", i/250, i%250+1)
+	}
+	for b.Loop() {
+		var agents [2]*lab.Agent
+		for i, exe := range []string{bin, kept} {
+			ns := "wgpl-r" + labtest.UniquePrefix()
+			if err := lab.AddNetns(ns); err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { _ = lab.DelNetns(ns) })
+			file := filepath.Join(b.TempDir(), "wgpulse.yml")
+			if err := os.WriteFile(file, []byte(cfg.String()), 0o600); err != nil {
+				b.Fatal(err)
+			}
+			args := []string{"--config.file=" + file, "--log.level=info"}
+			if i == 1 {
+				args = append(args, "--no-runtime.release-startup-pages")
+			}
+			agents[i] = labtest.StartAgent(b, exe, ns, "127.0.0.1:9586", args...)
+			defer agents[i].Stop()
+		}
+		fmt.Printf("\nagent RSS at 1,000 loopback targets, a scrape every 5 s (MB: RSS = anonymous + file-backed):\n\n")
+		fmt.Println("| scrapes | time | start-up pages dropped (default) | kept (--no-runtime.release-startup-pages) |")
+		fmt.Println("|---|---|---|---|")
+		var at60, last, peak [2]float64
+		start := time.Now()
+		for s := 1; s <= scrapes; s++ {
+			time.Sleep(time.Until(start.Add(time.Duration(s) * 5 * time.Second)))
+			var cells [2]string
+			for i, a := range agents {
+				if code, _, err := a.Get("/metrics"); err != nil || code != 200 {
+					b.Fatalf("scrape %d: %d %v\n%s", s, code, err, a.Logs())
+				}
+				rss, anon, file := procStatus(b, a.Pid())
+				if s >= 3 { // after the release, 10 s in
+					peak[i] = max(peak[i], rss)
+				}
+				if s == 60 {
+					at60[i] = rss
+				}
+				last[i] = rss
+				cells[i] = fmt.Sprintf("%.1f = %.1f + %.1f", rss, anon, file)
+			}
+			if s == 1 || s%12 == 0 || s == scrapes {
+				fmt.Printf("| %d | %s | %s | %s |\n", s, time.Since(start).Round(time.Second), cells[0], cells[1])
+			}
+		}
+		if !strings.Contains(agents[0].Logs(), "released the program pages only start-up used") {
+			b.Fatalf("the default agent logged no release of its start-up pages:\n%s", agents[0].Logs())
+		}
+		b.ReportMetric(at60[0], "RSS-60-scrapes-MB")
+		b.ReportMetric(last[0], "RSS-last-scrape-MB")
+		b.ReportMetric(peak[0], "RSS-peak-MB")
+		b.ReportMetric(last[1], "RSS-kept-last-scrape-MB")
+	}
+}
+
+// procStatus is a process's RSS, RssAnon and RssFile in MB.
+func procStatus(b *testing.B, pid int) (rss, anon, file float64) {
+	b.Helper()
+	var err [3]error
+	rss, err[0] = lab.ProcStatusMB(pid, "VmRSS")
+	anon, err[1] = lab.ProcStatusMB(pid, "RssAnon")
+	file, err[2] = lab.ProcStatusMB(pid, "RssFile")
+	for _, e := range err {
+		if e != nil {
+			b.Fatal(e)
+		}
+	}
+	return rss, anon, file
 }
