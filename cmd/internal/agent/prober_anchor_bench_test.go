@@ -31,9 +31,11 @@ import (
 //     measures the same path (one of the targets, once a second, as the
 //     agent probes it), and the agent's mean RTT on that target (its
 //     histogram's sum / count over the window) is set against ping's mean;
-//     a second ping, every 5 ms on the next target, is a sender as warm as
-//     the agent (whose 1,000 probes a second keep its send path in the
-//     caches), set against the agent's mean on that target;
+//     then, after the CPU window (the agent's raw ICMP socket sees every
+//     echo reply in the namespace), a ping every 5 ms for 10 s on the next
+//     target is a sender as warm as the agent (whose 1,000 probes a second
+//     keep its send path in the caches), set against the agent's mean on
+//     that target;
 //   - one target, no load: the agent probing it every 200 ms against 100
 //     system pings every 200 ms over the same 20 s;
 //   - after the CPU window, each tool's working set (workingSetMB): its RSS
@@ -247,8 +249,9 @@ func startProberAgent(b *testing.B, bin, ns, cfg string) *lab.Agent {
 }
 
 // proberRound: the agent at the 1,000 targets, with the system ping on one
-// of them during the window, once a second, and on the next every 5 ms.
-// rtts: the agent's mean and ping's on the first, then on the second (µs).
+// of them during the window, once a second, and after it on the next every
+// 5 ms. rtts: the agent's mean and ping's on the first, then on the second
+// (µs).
 func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, workingMB float64, rtts [4]float64) {
 	b.Helper()
 	var cfg strings.Builder
@@ -260,28 +263,23 @@ func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, 
 	defer a.Stop()
 	time.Sleep(5 * time.Second)
 	paths := targets[len(targets)/2 : len(targets)/2+2]
-	pinged, warm := make(chan lab.PingResult, 1), make(chan lab.PingResult, 1)
+	pinged := make(chan lab.PingResult, 1)
 	go func() {
 		r, _ := lab.Ping(ns, paths[0], 19, time.Second, 56, false)
 		pinged <- r
 	}()
-	go func() {
-		r, _ := lab.Ping(ns, paths[1], 3800, 5*time.Millisecond, 56, false)
-		warm <- r
-	}()
-	var s0, n0, s1, n1 [2]float64
-	for i, p := range paths {
-		s0[i], n0[i] = rttSumCount(b, a, p)
-	}
+	s0, n0 := rttSumCount(b, a, paths[0])
 	cores, rssMB = cpuOver(b, a.Pid(), 20*time.Second)
 	saveHeapProfile(b, a, "prober-1000")
-	for i, p := range paths {
-		s1[i], n1[i] = rttSumCount(b, a, p)
-		if n1[i] <= n0[i] {
-			b.Fatalf("the agent answered no probe to %s in 20 s:\n%s", p, a.Logs())
-		}
+	s1, n1 := rttSumCount(b, a, paths[0])
+	ping := <-pinged
+	w0, m0 := rttSumCount(b, a, paths[1])
+	warm, _ := lab.Ping(ns, paths[1], 2000, 5*time.Millisecond, 56, false)
+	w1, m1 := rttSumCount(b, a, paths[1])
+	if n1 <= n0 || m1 <= m0 {
+		b.Fatalf("the agent answered no probe to %s or %s:\n%s", paths[0], paths[1], a.Logs())
 	}
-	rtts = [4]float64{(s1[0] - s0[0]) / (n1[0] - n0[0]) * 1e6, meanMicros(<-pinged), (s1[1] - s0[1]) / (n1[1] - n0[1]) * 1e6, meanMicros(<-warm)}
+	rtts = [4]float64{(s1 - s0) / (n1 - n0) * 1e6, meanMicros(ping), (w1 - w0) / (m1 - m0) * 1e6, meanMicros(warm)}
 	return cores, rssMB, workingSetMB(b, a.Pid()), rtts
 }
 
