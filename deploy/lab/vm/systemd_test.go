@@ -173,6 +173,12 @@ remediate:
 	}
 	must(t, site, "systemctl", "reload", "wgpulse")
 	waitFor(t, 20*time.Second, "the reload applied", func() bool { return countIn(site, "config reloaded") > 0 })
+	// 10 s after start the agent dropped its start-up pages (madvise, which
+	// the unit's SystemCallFilter=@system-service allows) and ran on: one
+	// start in the journal, not a restart after a SIGSYS.
+	if countIn(site, "released the program pages only start-up used") != 1 || countIn(site, "starting wgpulse") != 1 {
+		t.Errorf("want one start and one release of the start-up pages in the journal:\n%s", journal(t, site))
+	}
 	if n := strings.Count(journal(t, site), "remediation decision"); n < 2 {
 		t.Errorf("%d audit lines in the journal, want the switch and the return:\n%s", n, journal(t, site))
 	}
