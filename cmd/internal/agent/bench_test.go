@@ -346,13 +346,8 @@ func BenchmarkAgentProber1000(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { _ = lab.DelNetns(ns) }) // also when a step fails
-		var cfg strings.Builder
-		cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
-		for i := range 1000 {
-			fmt.Fprintf(&cfg, "    - {address: 127.1.%d.%d, device: lo}\n", i/250, i%250+1)
-		}
 		file := filepath.Join(b.TempDir(), "wgpulse.yml")
-		if err := os.WriteFile(file, []byte(cfg.String()), 0o600); err != nil {
+		if err := os.WriteFile(file, []byte(loopbackProberConfig(loopbackTargets(1000))), 0o600); err != nil {
 			b.Fatal(err)
 		}
 		a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn")

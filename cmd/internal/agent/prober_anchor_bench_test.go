@@ -54,10 +54,7 @@ func BenchmarkProberAnchor(b *testing.B) {
 		runs = n
 	}
 	const n = 1000
-	targets := make([]string, n)
-	for i := range targets {
-		targets[i] = fmt.Sprintf("127.1.%d.%d", i/250, i%250+1)
-	}
+	targets := loopbackTargets(n)
 	for b.Loop() {
 		var cpu, rss, ws [3][]float64 // wgpulse, fping, smokeping
 		var loadRTT, loadPing, warmRTT, warmPing, idleRTT, idlePing []float64
@@ -254,12 +251,7 @@ func startProberAgent(b *testing.B, bin, ns, cfg string) *lab.Agent {
 // (µs).
 func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, workingMB float64, rtts [4]float64) {
 	b.Helper()
-	var cfg strings.Builder
-	cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
-	for _, t := range targets {
-		fmt.Fprintf(&cfg, "    - {address: %s, device: lo}\n", t)
-	}
-	a := startProberAgent(b, bin, ns, cfg.String())
+	a := startProberAgent(b, bin, ns, loopbackProberConfig(targets))
 	defer a.Stop()
 	time.Sleep(5 * time.Second)
 	paths := targets[len(targets)/2 : len(targets)/2+2]
@@ -326,10 +318,9 @@ func BenchmarkProberRSSOverScrapes(b *testing.B) {
 	if n, err := strconv.Atoi(os.Getenv("WGPULSE_RSS_SCRAPES")); err == nil && n >= 60 {
 		scrapes = n
 	}
-	var cfg strings.Builder
-	cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
-	for i := range 1000 {
-		fmt.Fprintf(&cfg, "    - {address: 127.1.%d.%d, device: lo}\n", i/250, i%250+1)
+	file := filepath.Join(b.TempDir(), "wgpulse.yml")
+	if err := os.WriteFile(file, []byte(loopbackProberConfig(loopbackTargets(1000))), 0o600); err != nil {
+		b.Fatal(err)
 	}
 	for b.Loop() {
 		var agents [2]*lab.Agent
@@ -339,10 +330,6 @@ func BenchmarkProberRSSOverScrapes(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.Cleanup(func() { _ = lab.DelNetns(ns) })
-			file := filepath.Join(b.TempDir(), "wgpulse.yml")
-			if err := os.WriteFile(file, []byte(cfg.String()), 0o600); err != nil {
-				b.Fatal(err)
-			}
 			args := []string{"--config.file=" + file, "--log.level=info"}
 			if i == 1 {
 				args = append(args, "--no-runtime.release-startup-pages")
@@ -389,14 +376,29 @@ func BenchmarkProberRSSOverScrapes(b *testing.B) {
 // procStatus is a process's RSS, RssAnon and RssFile in MB.
 func procStatus(b *testing.B, pid int) (rss, anon, file float64) {
 	b.Helper()
-	var err [3]error
-	rss, err[0] = lab.ProcStatusMB(pid, "VmRSS")
-	anon, err[1] = lab.ProcStatusMB(pid, "RssAnon")
-	file, err[2] = lab.ProcStatusMB(pid, "RssFile")
-	for _, e := range err {
-		if e != nil {
-			b.Fatal(e)
-		}
+	mb, err := lab.ProcStatusMB(pid, "VmRSS", "RssAnon", "RssFile")
+	if err != nil {
+		b.Fatal(err)
 	}
-	return rss, anon, file
+	return mb[0], mb[1], mb[2]
+}
+
+// loopbackTargets are n addresses of 127.1.0.0/16, 250 to a /24.
+func loopbackTargets(n int) []string {
+	targets := make([]string, n)
+	for i := range targets {
+		targets[i] = fmt.Sprintf("127.1.%d.%d", i/250, i%250+1)
+	}
+	return targets
+}
+
+// loopbackProberConfig probes targets through lo at the prober's defaults,
+// pmtu off.
+func loopbackProberConfig(targets []string) string {
+	var cfg strings.Builder
+	cfg.WriteString("prober:\n  pmtu: {enabled: false}\n  targets:\n")
+	for _, t := range targets {
+		fmt.Fprintf(&cfg, "    - {address: %s, device: lo}\n", t)
+	}
+	return cfg.String()
 }
