@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
@@ -254,4 +255,55 @@ func leftovers(t *testing.T, prefix string) string {
 		found = append(found, "state dir")
 	}
 	return strings.Join(found, ", ")
+}
+
+// TestStartNodeOverStaleSocket: a node killed without cleanup leaves its UAPI
+// socket file behind. StartNode must not return until the new node answers
+// on it; seeing the file is not enough (configure would get "connection
+// refused", as TestCollectorOnRealTunnels once did in CI).
+func TestStartNodeOverStaleSocket(t *testing.T) {
+	labtest.Require(t)
+	p := "s" + labtest.UniquePrefix()
+	ns, dev := "wgpl-"+p, "wp"+p
+	if err := lab.AddNetns(ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := lab.DelNetns(ns); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	sock := filepath.Join("/var/run/wireguard", dev+".sock")
+	if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Bound and closed: the file stays and refuses connections.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	t.Cleanup(func() { _ = os.Remove(sock) })
+	if _, err := net.Dial("unix", sock); err == nil {
+		t.Fatal("stale socket accepted a connection; the test set-up is wrong")
+	}
+
+	proc, err := lab.StartNode(ns, dev, 1420, t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proc.Stop)
+	c, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &key}); err != nil {
+		t.Fatalf("configuring %s right after StartNode: %v", dev, err)
+	}
 }

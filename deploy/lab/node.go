@@ -3,6 +3,7 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -153,7 +154,12 @@ func StartNode(ns, dev string, mtu int, logDir string, detached bool, env ...str
 	sock := filepath.Join("/var/run/wireguard", dev+".sock")
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if fi, err := os.Stat(sock); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		// Dial, not stat: the socket file exists from bind(2), before
+		// listen(2), and a stale one from a killed node refuses until the
+		// child replaces it. Either way a caller's configure would fail
+		// with "connection refused".
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			c.Close() // the device reads EOF and drops the connection
 			break
 		}
 		select {
