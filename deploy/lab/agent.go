@@ -27,6 +27,13 @@ type AgentOptions struct {
 	// Ready waits for /-/ready (true) or only for the port (false, e.g.
 	// when a web config asks for credentials).
 	Ready bool
+	// NoUserspaceDevices gives the agent an empty /run/wireguard (a tmpfs
+	// in its own mount namespace): UAPI sockets are files, not netns
+	// members, so without it an agent in any namespace also watches every
+	// userspace device on the machine, a lab's or a concurrent test's. For
+	// measurements of the prober alone (it still sees kernel devices in
+	// NS).
+	NoUserspaceDevices bool
 }
 
 // Agent is a wgpulse process running inside a namespace.
@@ -51,7 +58,14 @@ func StartAgent(ctx context.Context, o AgentOptions) (*Agent, error) {
 	if !slices.ContainsFunc(o.Args, func(f string) bool { return strings.HasPrefix(f, "--log.level") }) {
 		args = append(args, "--log.level=debug")
 	}
-	a.cmd = Command(o.NS, o.Bin, args...)
+	if o.NoUserspaceDevices {
+		// unshare execs sh, sh execs the agent: the pid stays the agent's.
+		args = append([]string{"-m", "--propagation", "private", "sh", "-c",
+			`mkdir -p /run/wireguard && mount -t tmpfs -o size=64k,mode=0755 wgpulse-empty /run/wireguard && exec "$0" "$@"`, o.Bin}, args...)
+		a.cmd = Command(o.NS, "unshare", args...)
+	} else {
+		a.cmd = Command(o.NS, o.Bin, args...)
+	}
 	a.cmd.Env = append(os.Environ(), o.Env...)
 	var w io.Writer = lockedWriter{a}
 	if o.Log != nil {

@@ -448,3 +448,32 @@ func selfSigned(t *testing.T) (certPEM, keyPEM []byte) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
+
+// TestAgentWithoutUserspaceDevices: UAPI sockets are files, so an agent in
+// any namespace watches every userspace device on the machine; the option
+// the prober benchmarks use hides them, and the pid is still the agent's.
+func TestAgentWithoutUserspaceDevices(t *testing.T) {
+	pr := newPair(t)
+	bin := labtest.BuildBinary(t, "./cmd/wgpulse")
+	for _, hide := range []bool{false, true} {
+		ns := "wgpl-u" + labtest.UniquePrefix()
+		if err := lab.AddNetns(ns); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = lab.DelNetns(ns) })
+		a := labtest.StartAgentWith(t, lab.AgentOptions{Bin: bin, NS: ns, Addr: "127.0.0.1:9586", Ready: true, NoUserspaceDevices: hide,
+			Args: []string{"--log.level=warn"}})
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", a.Pid())); err != nil || exe != bin {
+			t.Errorf("hide=%v: Pid() is %d, running %q (%v), not the agent %s", hide, a.Pid(), exe, err, bin)
+		}
+		eventually(t, 10*time.Second, func() string {
+			_, body := scrape(t, a)
+			seen := strings.Contains(body, `device="`+pr.devA+`"`)
+			if seen == hide {
+				return fmt.Sprintf("hide=%v: the agent in %s sees %s in another namespace: %v", hide, ns, pr.devA, seen)
+			}
+			return ""
+		})
+		a.Stop()
+	}
+}

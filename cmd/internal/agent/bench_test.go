@@ -243,7 +243,11 @@ func BenchmarkAgentProcess(b *testing.B) {
 			if err := os.WriteFile(cfg, []byte("collector:\n  devices: ["+d.dev+"]\n  poll_interval: 5s\nprober:\n  enabled: false\n"), 0o600); err != nil {
 				b.Fatal(err)
 			}
-			a := labtest.StartAgent(b, bin, d.ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn", "--web.enable-pprof")
+			args := []string{"--config.file=" + cfg, "--log.level=warn"}
+			if os.Getenv("WGPULSE_BENCH_PROFILES") != "" { // --web.enable-pprof also samples allocations
+				args = append(args, "--web.enable-pprof")
+			}
+			a := labtest.StartAgent(b, bin, d.ns, "127.0.0.1:9586", args...)
 			pid := agentPid(b, a)
 			scrape := func() {
 				req, _ := http.NewRequest("GET", "http://"+a.Addr+"/metrics", nil)
@@ -350,7 +354,7 @@ func BenchmarkAgentProber1000(b *testing.B) {
 		if err := os.WriteFile(file, []byte(loopbackProberConfig(loopbackTargets(1000))), 0o600); err != nil {
 			b.Fatal(err)
 		}
-		a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn")
+		a := startBenchAgent(b, bin, ns, "--config.file="+file, "--log.level=warn")
 		time.Sleep(5 * time.Second) // all targets started
 		cpu0, t0 := procCPU(b, a.Pid()), time.Now()
 		time.Sleep(20 * time.Second)
@@ -441,7 +445,7 @@ func agentProber10k(b *testing.B, bin string, n int, native, answering bool) {
 		if err := os.WriteFile(file, []byte(cfg.String()), 0o600); err != nil {
 			b.Fatal(err)
 		}
-		a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn")
+		a := startBenchAgent(b, bin, ns, "--config.file="+file, "--log.level=warn")
 		time.Sleep(15 * time.Second) // every target probed at least once
 		// The probing's CPU, before any scrape: 10 s of steady state.
 		cpu0, t0 := procCPU(b, a.Pid()), time.Now()

@@ -242,7 +242,20 @@ func startProberAgent(b *testing.B, bin, ns, cfg string) *lab.Agent {
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	return labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+file, "--log.level=warn", "--web.enable-pprof")
+	return startBenchAgent(b, bin, ns, "--config.file="+file, "--log.level=warn")
+}
+
+// startBenchAgent runs the agent for a prober measurement: as shipped (its
+// heap profile only when WGPULSE_BENCH_PROFILES asks for one, as
+// --web.enable-pprof also turns on allocation sampling), and blind to
+// userspace WireGuard devices elsewhere on the machine (a lab, or CI's
+// tests), which it would otherwise watch and auto-probe.
+func startBenchAgent(b *testing.B, bin, ns string, args ...string) *lab.Agent {
+	b.Helper()
+	if os.Getenv("WGPULSE_BENCH_PROFILES") != "" {
+		args = append(args, "--web.enable-pprof")
+	}
+	return labtest.StartAgentWith(b, lab.AgentOptions{Bin: bin, NS: ns, Addr: "127.0.0.1:9586", Args: args, NoUserspaceDevices: true})
 }
 
 // proberRound: the agent at the 1,000 targets, with the system ping on one
@@ -334,7 +347,7 @@ func BenchmarkProberRSSOverScrapes(b *testing.B) {
 			if i == 1 {
 				args = append(args, "--no-runtime.release-startup-pages")
 			}
-			agents[i] = labtest.StartAgent(b, exe, ns, "127.0.0.1:9586", args...)
+			agents[i] = startBenchAgent(b, exe, ns, args...)
 			defer agents[i].Stop()
 		}
 		fmt.Printf("\nagent RSS at 1,000 loopback targets, a scrape every 5 s (MB: RSS = anonymous + file-backed):\n\n")
