@@ -3,6 +3,7 @@ package agent_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -245,23 +246,20 @@ func startProberAgent(b *testing.B, bin, ns, cfg string) *lab.Agent {
 	return startBenchAgent(b, bin, ns, "--config.file="+file, "--log.level=warn")
 }
 
-// installedCopy writes a copy of the binary at bin, as install(1), cp or
-// dpkg put one on a node: with write(2), where the linker wrote its output
-// through a mapping. The agent's RSS differs between the two: on this
-// kernel, with the rest of the file left in the page cache, the file pages
-// that faulted back after the start-up release were 13 MB of a copy and 8
-// MB of the linker's output (10-minute runs; it is 8 MB for both once the
-// agent drops the unmapped cache). A copy is also not a file another agent
-// maps (a page two processes map is not paged out).
+// installedCopy installs the binary at bin as `make install` does
+// (install(1), which copies as cp does), rather than run the linker's
+// output. How a binary was written decides how the page cache holds it, and
+// the agent's file RSS with it: a fault maps the whole cached folio around
+// the page it needs. The pages that faulted back after the start-up release
+// were about 8 MB of the linker's output (written through a mapping), 8 to
+// 13 MB of a copy made by cp, and 18 MB of a copy written in one write(2)
+// (large folios: the release barely shows there). A copy is also not a
+// file another agent maps (a page two processes map is not paged out).
 func installedCopy(b *testing.B, bin, name string) string {
 	b.Helper()
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		b.Fatal(err)
-	}
 	p := filepath.Join(b.TempDir(), name)
-	if err := os.WriteFile(p, data, 0o755); err != nil {
-		b.Fatal(err)
+	if out, err := exec.Command("install", "-m", "0755", bin, p).CombinedOutput(); err != nil {
+		b.Fatalf("install %s %s: %v\n%s", bin, p, err, out)
 	}
 	return p
 }
