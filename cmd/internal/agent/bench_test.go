@@ -243,10 +243,7 @@ func BenchmarkAgentProcess(b *testing.B) {
 			if err := os.WriteFile(cfg, []byte("collector:\n  devices: ["+d.dev+"]\n  poll_interval: 5s\nprober:\n  enabled: false\n"), 0o600); err != nil {
 				b.Fatal(err)
 			}
-			args := []string{"--config.file=" + cfg, "--log.level=warn"}
-			if os.Getenv("WGPULSE_BENCH_PROFILES") != "" { // --web.enable-pprof also samples allocations
-				args = append(args, "--web.enable-pprof")
-			}
+			args := benchProfileArgs([]string{"--config.file=" + cfg, "--log.level=warn"})
 			a := labtest.StartAgent(b, bin, d.ns, "127.0.0.1:9586", args...)
 			pid := agentPid(b, a)
 			scrape := func() {
@@ -343,7 +340,7 @@ func mustMB(b *testing.B, pid int) float64 {
 // whole 25 s measurement: run it with -benchtime=1x (make bench does).
 func BenchmarkAgentProber1000(b *testing.B) {
 	labtest.Require(b)
-	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
+	bin := installedCopy(b, labtest.BuildBinary(b, "./cmd/wgpulse"), "wgpulse") // RSS as make install's copy has it
 	for b.Loop() {
 		ns := "wgpl-p" + labtest.UniquePrefix()
 		if err := lab.AddNetns(ns); err != nil {
@@ -406,7 +403,7 @@ func procCPU(b *testing.B, pid int) time.Duration {
 // with -benchtime=1x (make bench does).
 func BenchmarkAgentProber10k(b *testing.B) {
 	labtest.Require(b)
-	bin := labtest.BuildBinary(b, "./cmd/wgpulse")
+	bin := installedCopy(b, labtest.BuildBinary(b, "./cmd/wgpulse"), "wgpulse") // RSS as make install's copy has it
 	const n = 10000
 	for _, native := range []bool{false, true} {
 		b.Run(fmt.Sprintf("native_histograms=%v", native), func(b *testing.B) { agentProber10k(b, bin, n, native, true) })

@@ -271,10 +271,17 @@ func installedCopy(b *testing.B, bin, name string) string {
 // tests), which it would otherwise watch and auto-probe.
 func startBenchAgent(b *testing.B, bin, ns string, args ...string) *lab.Agent {
 	b.Helper()
+	return labtest.StartAgentWith(b, lab.AgentOptions{Bin: bin, NS: ns, Addr: "127.0.0.1:9586", Args: benchProfileArgs(args), NoUserspaceDevices: true})
+}
+
+// benchProfileArgs adds --web.enable-pprof to an agent's arguments only when
+// WGPULSE_BENCH_PROFILES asks for heap profiles: the flag also turns on
+// allocation sampling, which costs RSS the shipped agent does not pay.
+func benchProfileArgs(args []string) []string {
 	if os.Getenv("WGPULSE_BENCH_PROFILES") != "" {
-		args = append(args, "--web.enable-pprof")
+		return append(args, "--web.enable-pprof")
 	}
-	return labtest.StartAgentWith(b, lab.AgentOptions{Bin: bin, NS: ns, Addr: "127.0.0.1:9586", Args: args, NoUserspaceDevices: true})
+	return args
 }
 
 // proberRound: the agent at the 1,000 targets, with the system ping on one
