@@ -152,7 +152,7 @@ remediate:
 	must(t, hub, "ip", "link", "set", "eth0", "up")
 	waitFor(t, holdDown+60*time.Second, "wgsp's endpoint back on the first wire", func() bool { return endpoint() == primaryEndpoint }, site)
 	back := time.Since(heal)
-	t.Logf("endpoint back %s after the heal (hold_down %s)", back.Round(100*time.Millisecond), holdDown)
+	t.Logf("endpoint back %s after the heal (hold_down %s); the site's failover lines:\n%s", back.Round(100*time.Millisecond), holdDown, failoverLines(site))
 	if back < holdDown {
 		t.Errorf("returned %s after the heal, before hold_down %s", back, holdDown)
 	}
@@ -179,7 +179,8 @@ nft add chain inet lablimit out '{ type filter hook output priority 0; }' &&
 nft add rule inet lablimit in iifname eth0 udp dport 51821 meta length gt 1300 drop &&
 nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 drop`)
 	if fits(limit + 1) {
-		t.Fatalf("an inner packet of %d bytes passes the 1300-byte limit: the fault does not bite, the test proves nothing", limit+1)
+		t.Fatalf("an inner packet of %d bytes passes the 1300-byte limit: the fault does not bite, the test proves nothing (wgsp's endpoint %s); the site's failover lines:\n%s",
+			limit+1, endpoint(), failoverLines(site))
 	}
 	if !fits(limit) {
 		t.Fatalf("an inner packet of %d bytes (the limit) does not pass", limit)
@@ -283,6 +284,14 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 			t.Error(err)
 		}
 	}
+}
+
+// failoverLines is what the site's agent logged about the failover group
+// (decisions, path health, conflicts) and wgsp's endpoint as the kernel
+// has it: why the endpoint moved when it did.
+func failoverLines(n *vm.Node) string {
+	out, _, _, _ := n.Exec(20*time.Second, "sh", "-c", `journalctl -u wgpulse --no-pager -o short-precise | grep -E 'group=wan|failover' | tail -40; wg show wgsp endpoints; date +%T.%N`)
+	return out
 }
 
 // watchedEndpoints is the endpoints of peer in the epwatch log on n, in
