@@ -3,6 +3,7 @@ package prober_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -241,6 +242,55 @@ func TestLossRatioAndRTTRules(t *testing.T) {
 		synctest.Wait()
 		if h := health(t, p, "10.0.0.7"); h.State != prober.StateDown || !strings.Contains(h.Reason, "median RTT 300ms") {
 			t.Errorf("300ms target: %s (%s), want down by the RTT rule", h.State, h.Reason)
+		}
+	})
+}
+
+// An outage in a target's first half-window: down by losses, and, once
+// it answers again, down by the ratio until that falls below the rule. It
+// never goes up and then down again when the window holds enough outcomes
+// to judge the ratio (seen on kernel WireGuard: up, then down by the ratio
+// 0.7 s later, then up again).
+func TestEarlyOutageIsNoFlap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fn := probertest.New(func(_ string, _ netip.Addr, n int) probertest.Reply {
+			if n < 5 { // the first five probes lost
+				return probertest.Reply{Drop: true}
+			}
+			return probertest.Reply{Delay: 10 * time.Millisecond}
+		})
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		target := tgt("10.0.0.9")
+		target.Window, target.Rule = 20*time.Second, prober.Rule{Losses: 3, LossRatio: 0.3} // judged from 10 outcomes
+		p, err := prober.New(testConfig(), slog.New(slog.DiscardHandler), prober.Options{Open: fn.Open})
+		if err != nil {
+			t.Fatal(err)
+		}
+		changes := p.SubscribeChanges(ctx)
+		go p.Run(ctx)
+		p.SetTargets("test", []prober.Target{target})
+		var seen []string
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for c := range changes {
+				seen = append(seen, fmt.Sprintf("%s->%s (%s)", c.From, c.Health.State, c.Health.Reason))
+			}
+		}()
+		time.Sleep(30 * time.Second)
+		synctest.Wait()
+		h := health(t, p, "10.0.0.9")
+		stop()
+		<-done
+		ups, byRatio := 0, false
+		for _, s := range seen {
+			ups += strings.Count(s, "->up")
+			byRatio = byRatio || strings.Contains(s, "->down (") && strings.Contains(s, "of probes lost over 20s")
+		}
+		t.Logf("verdicts %q", seen)
+		if h.State != prober.StateUp || ups != 1 || !byRatio {
+			t.Errorf("verdicts %q, now %s: want down by losses, down by the ratio while it answers, then up once", seen, h.State)
 		}
 	})
 }

@@ -351,7 +351,7 @@ func (t *target) evaluate(at time.Time) {
 	switch {
 	case t.run >= r.losses():
 		kind = downLosses
-	case r.LossRatio > 0 && t.n >= t.minSamples() && t.lossRatio() > r.LossRatio:
+	case r.LossRatio > 0 && t.lossRatio() > r.LossRatio && (t.n >= t.minSamples() || float64(t.lost) > r.LossRatio*float64(t.minSamples())):
 		kind = downRatio
 	case r.RTT > 0:
 		if median = t.medianRTT(); median > r.RTT {
@@ -387,7 +387,11 @@ func (t *target) evaluate(at time.Time) {
 }
 
 // minSamples is how many outcomes the loss window must hold before its
-// ratio is judged: half of what it holds when full, at least 5.
+// ratio is judged: half of what it holds when full, at least 5. Sooner
+// only when the losses it holds already doom that judgement (more than the
+// ratio of minSamples): a target answering again after an outage in its
+// first half-window (its start, a failover's reset) stays down by the
+// ratio instead of going up and then down when the window holds enough.
 func (t *target) minSamples() int {
 	return max(int(t.window/t.spec.Interval)/2, 5)
 }
