@@ -351,7 +351,7 @@ func (t *target) evaluate(at time.Time) {
 	switch {
 	case t.run >= r.losses():
 		kind = downLosses
-	case r.LossRatio > 0 && t.lossRatio() > r.LossRatio && (t.n >= t.minSamples() || float64(t.lost) > r.LossRatio*float64(t.minSamples())):
+	case r.LossRatio > 0 && t.ruleLossRatio() > r.LossRatio:
 		kind = downRatio
 	case r.RTT > 0:
 		if median = t.medianRTT(); median > r.RTT {
@@ -374,7 +374,10 @@ func (t *target) evaluate(at time.Time) {
 	case downLosses:
 		t.reason = fmt.Sprintf("%d probes lost in a row (rule: %d)", t.run, r.losses())
 	case downRatio:
-		t.reason = fmt.Sprintf("%.0f%% of probes lost over %s (rule: above %.0f%%)", 100*t.lossRatio(), t.window, 100*r.LossRatio)
+		t.reason = fmt.Sprintf("%.0f%% of probes lost over %s (rule: above %.0f%%)", 100*t.ruleLossRatio(), t.window, 100*r.LossRatio)
+		if slots := t.windowSlots(); t.n < slots {
+			t.reason += fmt.Sprintf("; %d lost of the %d probes the window holds, %d sent so far", t.lost, slots, t.n)
+		}
 	case downRTT:
 		t.reason = fmt.Sprintf("median RTT %s (rule: above %s)", median.Round(100*time.Microsecond), r.RTT)
 	default:
@@ -386,14 +389,22 @@ func (t *target) evaluate(at time.Time) {
 	t.e.p.changes.Publish(StateChange{Health: t.healthLocked(), From: from})
 }
 
-// minSamples is how many outcomes the loss window must hold before its
-// ratio is judged: half of what it holds when full, at least 5. Sooner
-// only when the losses it holds already doom that judgement (more than the
-// ratio of minSamples): a target answering again after an outage in its
-// first half-window (its start, a failover's reset) stays down by the
-// ratio instead of going up and then down when the window holds enough.
-func (t *target) minSamples() int {
-	return max(int(t.window/t.spec.Interval)/2, 5)
+// windowSlots is how many outcomes the loss window holds when full: one
+// per interval over it, at least 5.
+func (t *target) windowSlots() int {
+	return max(int(t.window/t.spec.Interval), 5)
+}
+
+// ruleLossRatio is the loss ratio the loss-ratio rule judges: the window's
+// losses over what the window holds when full, so a young window (a new
+// target, a failover's reset) counts the probes it has not seen yet as
+// answered. An outage weighs what it would weigh in a full window: a
+// target answering again after one is judged as it would be later, and
+// never goes up and then down again as more outcomes arrive (judged on
+// lost/n, a 17 s outage in the first 20 s of a 1m window reads 90%). A
+// young lossy path is down once its losses alone pass the ratio.
+func (t *target) ruleLossRatio() float64 {
+	return float64(t.lost) / float64(max(t.n, t.windowSlots()))
 }
 
 // medianRTT is the median of the last 8 SLI replies; 0 with fewer than 5.
