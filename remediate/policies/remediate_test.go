@@ -187,6 +187,32 @@ func TestMargin(t *testing.T) {
 	})
 }
 
+// An outage in the primary's first 20 s (the agent just started, say):
+// the group leaves, returns after hold_down once the primary answers, and
+// stays. The default profile's 30%-of-1m rule weighs the 17 lost probes
+// against the 60 a full window holds (28%): judged on the outcomes seen so
+// far (17 of 30 once the window held half, 57%) the primary went down
+// again after the return and the group left it a second time.
+func TestYoungWindowOutageIsOneFailover(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := group("default")
+		g.HoldDown = 5 * time.Second
+		r := newRig(t, config(t, remediate.ModeAuto, g))
+		r.start()
+		r.run(2 * time.Second)
+		r.fault(primaryTarget, dead)
+		r.run(17 * time.Second)
+		if !r.onBackup() {
+			t.Fatalf("primary dead for 17 s: not on the backup: %+v", r.audits())
+		}
+		r.fault(primaryTarget, nil)
+		r.run(2 * time.Minute)
+		if r.onBackup() || len(r.taken()) != 2 {
+			t.Errorf("after a 17 s outage and 2 minutes of a clean primary: on backup %v, %d switches, want 2 (away and back): %+v", r.onBackup(), len(r.taken()), r.taken())
+		}
+	})
+}
+
 // A primary that flaps can cause at most three switches: away, back (the
 // penalty reaches suppress) and away again (leaving a dead path is never
 // damped); then the group stays on the backup until the penalty decays.
