@@ -70,6 +70,17 @@ func blackHoleSeen(vw *view) bool {
 	return pmtu > 0 && pmtu <= 1300 && v.mtuPolicy > 0 && v.mtuPolicy <= 1300
 }
 
+// mtuTakenBack: the next full path MTU search on dc1-primary found the
+// whole 1420 again and dc1's MTU policy took its MTU back (after its
+// hold_down).
+func mtuTakenBack(vw *view) bool {
+	v, ok := vw.last["dc1-primary"]
+	if !ok || v.status == nil || v.status.Probe == nil {
+		return false
+	}
+	return v.status.Probe.PathMTU >= 1420 && v.mtuPolicy == 0
+}
+
 var timeline = []demoStep{
 	{title: "clean network: every tunnel handshaked, traffic flowing"},
 	{title: "20% loss and 40ms delay on dc1-primary", faults: [][]string{{"dc1-primary", "loss=20", "delay=40ms"}}},
@@ -81,6 +92,8 @@ var timeline = []demoStep{
 	{title: "dc1-primary back UP: traffic returns after hold_down", faults: [][]string{{"dc1-primary", "up"}}},
 	{title: "dc2-primary passes ICMP but drops TCP: dc2's groups probe with TCP connects and move to the backup", dropTCP: []string{"dc2-primary"}},
 	{title: "dc2-primary carries TCP again: traffic returns after hold_down", dropTCP: []string{}},
+	{title: "dc1-primary's black hole is gone (since step 6): the next full path MTU search finds 1420 and dc1's MTU policy takes its MTU back after hold_down",
+		until: mtuTakenBack, what: "dc1's MTU policy taking its MTU back"},
 }
 
 func (d *demoCommand) run(prefix string, stdout, stderr io.Writer) int {

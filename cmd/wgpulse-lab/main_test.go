@@ -138,17 +138,17 @@ func TestDemo(t *testing.T) {
 		return out[i:j]
 	}
 	// After the rebind step the hub agent counts an endpoint change for dc2-primary.
-	rebind := section("step 4/9", "step 5/9")
+	rebind := section("step 4/10", "step 5/10")
 	if !rowHas(rebind, "dc2-primary", " 1 ") {
 		t.Errorf("hub agent shows no endpoint change for dc2-primary after the rebind:\n%s", rebind)
 	}
-	mtu := section("step 5/9", "step 6/9")
+	mtu := section("step 5/10", "step 6/10")
 	if !rowHas(mtu, "dc1-primary", "LOST") || !rowHas(mtu, "dc1-backup", "passes") {
 		t.Errorf("MTU step does not show the black hole on dc1-primary only:\n%s", mtu)
 	}
 	// Every value is in from the first tick on: no column is "-".
 	rows := tableRows(t, out)
-	if len(rows) < 9*2*4 {
+	if len(rows) < len(timeline)*2*4 {
 		t.Fatalf("%d table rows, want at least 2 ticks of 4 tunnels per step", len(rows))
 	}
 	for _, r := range rows {
@@ -189,19 +189,19 @@ func TestDemo(t *testing.T) {
 	}
 	// 30ms ± 20ms of delay on dc2-primary: the agent sees milliseconds of
 	// jitter there, where the clean paths have tens of microseconds.
-	jitter := last(section("step 3/9", "step 4/9"), "dc2-primary")["jitter lab/agent"]
+	jitter := last(section("step 3/10", "step 4/10"), "dc2-primary")["jitter lab/agent"]
 	if _, seen, _ := strings.Cut(jitter, " / "); func() bool { d, err := time.ParseDuration(seen); return err != nil || d < time.Millisecond }() {
 		t.Errorf("jitter step: dc2-primary jitter lab/agent %q, want the agent's above 1ms", jitter)
 	}
-	if r := last(section("step 6/9", "step 7/9"), "dc1-primary"); r["health lab/agent"] != "down / down" {
+	if r := last(section("step 6/10", "step 7/10"), "dc1-primary"); r["health lab/agent"] != "down / down" {
 		t.Errorf("DOWN step: dc1-primary health lab/agent %q, want down / down", r["health lab/agent"])
 	}
-	if r := last(section("step 2/9", "step 3/9"), "dc1-primary"); strings.HasSuffix(r["loss lab/agent"], "/ 0%") {
+	if r := last(section("step 2/10", "step 3/10"), "dc1-primary"); strings.HasSuffix(r["loss lab/agent"], "/ 0%") {
 		t.Errorf("20%% loss on dc1-primary: the agent shows loss %q", r["loss lab/agent"])
 	}
 	// The failover shows live: both ends move dc1's LAN traffic to the
 	// backup with the decision's reason, within a second, and come back.
-	down := section("step 6/9", "step 7/9")
+	down := section("step 6/10", "step 7/10")
 	for _, want := range []string{"dc1  agent, group hub  on BACKUP", "hub  agent, group dc1  on BACKUP", "switch_to_backup ok", "7 probes lost in a row"} {
 		if !strings.Contains(down, want) {
 			t.Errorf("the DOWN step does not show %q:\n%s", want, down)
@@ -215,11 +215,11 @@ func TestDemo(t *testing.T) {
 		t.Errorf("demo failover outage %d ms, want <= 1000 (fast profile)", ms)
 	}
 	if !strings.Contains(out, "return_to_primary ok") || !strings.Contains(out, "since then: no ping lost; TCP stream intact") {
-		t.Errorf("the return is not shown, or lost pings or broke TCP:\n%s", out[strings.Index(out, "step 7/9"):])
+		t.Errorf("the return is not shown, or lost pings or broke TCP:\n%s", out[strings.Index(out, "step 7/10"):])
 	}
 	// A path that passes ICMP and drops TCP: dc2's groups, which probe with
 	// TCP connects, move to the backup at both ends, and come back.
-	tcp := section("step 8/9", "== failover")
+	tcp := section("step 8/10", "step 10/10")
 	for _, want := range []string{"dc2  agent, group hub  on BACKUP", "hub  agent, group dc2  on BACKUP"} {
 		if !strings.Contains(tcp, want) {
 			t.Errorf("the TCP step does not show %q:\n%s", want, tcp)
@@ -227,6 +227,15 @@ func TestDemo(t *testing.T) {
 	}
 	if !strings.Contains(tcp, "return_to_primary ok") {
 		t.Errorf("dc2 does not return after TCP passes again:\n%s", tcp)
+	}
+	// The black hole gone, the MTU policy takes its change back: the next
+	// full search measures 1420 and the MTU in force is the device's again.
+	if r := last(section("step 10/10", "== failover"), "dc1-primary"); r["path MTU lab/agent"] != "1420 / 1420" || r["MTU in force"] != "1420" {
+		t.Errorf("after the black hole: dc1-primary path MTU lab/agent %q, MTU in force %q; want 1420 / 1420 and 1420 (the policy's change taken back)",
+			r["path MTU lab/agent"], r["MTU in force"])
+	}
+	if strings.Contains(out, "did not show") {
+		t.Errorf("a step waited for the agents in vain:\n%s", out)
 	}
 	if !strings.Contains(out, "== cleaning up") {
 		t.Error("demo did not clean up")
