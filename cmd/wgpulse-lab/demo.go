@@ -62,23 +62,27 @@ const untilMax = 90 * time.Second
 // blackHoleSeen: dc1's agent measured the black hole on dc1-primary and its
 // MTU policy put the measured path MTU in force.
 func blackHoleSeen(vw *view) bool {
-	v, ok := vw.last["dc1-primary"]
-	if !ok || v.status == nil || v.status.Probe == nil {
-		return false
-	}
-	pmtu := v.status.Probe.PathMTU
-	return pmtu > 0 && pmtu <= 1300 && v.mtuPolicy > 0 && v.mtuPolicy <= 1300
+	pmtu, inForce, ok := dc1PrimaryMTU(vw)
+	return ok && pmtu > 0 && pmtu <= 1300 && inForce > 0 && inForce <= 1300
 }
 
 // mtuTakenBack: the next full path MTU search on dc1-primary found the
 // whole 1420 again and dc1's MTU policy took its MTU back (after its
 // hold_down).
 func mtuTakenBack(vw *view) bool {
-	v, ok := vw.last["dc1-primary"]
-	if !ok || v.status == nil || v.status.Probe == nil {
-		return false
+	pmtu, inForce, ok := dc1PrimaryMTU(vw)
+	return ok && pmtu >= 1420 && inForce == 0
+}
+
+// dc1PrimaryMTU is dc1-primary's path MTU as dc1's agent measured it and
+// the MTU its MTU policy has in force (0: none); ok is false until the
+// agent reports the target.
+func dc1PrimaryMTU(vw *view) (pmtu int, inForce float64, ok bool) {
+	v, found := vw.last["dc1-primary"]
+	if !found || v.status == nil || v.status.Probe == nil {
+		return 0, 0, false
 	}
-	return v.status.Probe.PathMTU >= 1420 && v.mtuPolicy == 0
+	return v.status.Probe.PathMTU, v.mtuPolicy, true
 }
 
 var timeline = []demoStep{
