@@ -38,8 +38,8 @@ import (
 //     against the agent's mean on that target: on loopback the whole echo
 //     runs inside the sender's sendto, so a sender's RTT is mostly how warm
 //     its send path is, and that is set by how often it sends, not by the
-//     path (ping alone on the same loopback reads about 40 µs once a
-//     second and 8 µs a thousand times a second);
+//     path (ping alone on the same loopback read 45 µs once a
+//     second and 6 µs a thousand times a second: pingByRate);
 //   - one target, no load: the agent probing it every 200 ms against 100
 //     system pings every 200 ms over the same 20 s (again the same rate);
 //   - after the CPU window, each tool's working set (workingSetMB): its RSS
