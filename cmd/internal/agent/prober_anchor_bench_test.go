@@ -158,18 +158,14 @@ func pingByRate(b *testing.B, target string) {
 		every time.Duration
 		count int
 	}{{time.Second, 20}, {200 * time.Millisecond, 100}, {5 * time.Millisecond, 2000}, {time.Millisecond, 10000}} {
-		r, err := lab.Ping(ns, target, run.count, run.every, 56, false)
-		if err != nil || len(r.RTTs) == 0 {
-			b.Fatalf("ping %s every %s: %v", target, run.every, err)
-		}
-		rtts := make([]float64, len(r.RTTs))
-		var sum float64
-		for i, d := range r.RTTs {
+		p := runPing(ns, target, run.count, run.every)
+		mean := meanMicros(b, p)
+		rtts := make([]float64, len(p.RTTs))
+		for i, d := range p.RTTs {
 			rtts[i] = float64(d.Nanoseconds()) / 1e3
-			sum += rtts[i]
 		}
 		lo, m, hi := spread(rtts)
-		fmt.Printf("| every %s | %d | %.0f | %.0f / %.0f / %.0f |\n", run.every, len(rtts), sum/float64(len(rtts)), lo, m, hi)
+		fmt.Printf("| every %s | %d | %.0f | %.0f / %.0f / %.0f |\n", run.every, len(rtts), mean, lo, m, hi)
 	}
 	_ = lab.DelNetns(ns)
 }
@@ -264,15 +260,29 @@ func rttSumCount(b *testing.B, a *lab.Agent, target string) (sum, count float64)
 	return sum, count
 }
 
-func meanMicros(r lab.PingResult) float64 {
-	if len(r.RTTs) == 0 {
-		return 0
+// pingRun is one run of the system ping: its result, or why it has none.
+type pingRun struct {
+	lab.PingResult
+	err error
+}
+
+func runPing(ns, target string, count int, every time.Duration) pingRun {
+	r, err := lab.Ping(ns, target, count, every, 56, false)
+	return pingRun{r, err}
+}
+
+// meanMicros is a ping run's mean RTT (µs). A run that failed or got no
+// answer ends the benchmark: as 0 µs it would pass any comparison.
+func meanMicros(b *testing.B, p pingRun) float64 {
+	b.Helper()
+	if p.err != nil || len(p.RTTs) == 0 {
+		b.Fatalf("the system ping measured nothing (sent %d, answered %d): %v", p.Sent, p.Received, p.err)
 	}
 	var s time.Duration
-	for _, d := range r.RTTs {
+	for _, d := range p.RTTs {
 		s += d
 	}
-	return float64(s.Microseconds()) / float64(len(r.RTTs))
+	return float64(s.Nanoseconds()) / 1e3 / float64(len(p.RTTs))
 }
 
 func startProberAgent(b *testing.B, bin, ns, cfg string) *lab.Agent {
@@ -332,23 +342,20 @@ func proberRound(b *testing.B, bin, ns string, targets []string) (cores, rssMB, 
 	defer a.Stop()
 	time.Sleep(5 * time.Second)
 	paths := targets[len(targets)/2 : len(targets)/2+2]
-	pinged := make(chan lab.PingResult, 1)
-	go func() {
-		r, _ := lab.Ping(ns, paths[0], 19, time.Second, 56, false)
-		pinged <- r
-	}()
+	pinged := make(chan pingRun, 1)
+	go func() { pinged <- runPing(ns, paths[0], 19, time.Second) }()
 	s0, n0 := rttSumCount(b, a, paths[0])
 	cores, rssMB = cpuOver(b, a.Pid(), 20*time.Second)
 	saveHeapProfile(b, a, "prober-1000")
 	s1, n1 := rttSumCount(b, a, paths[0])
 	ping := <-pinged
 	w0, m0 := rttSumCount(b, a, paths[1])
-	same, _ := lab.Ping(ns, paths[1], len(targets)*10, time.Second/time.Duration(len(targets)), 56, false)
+	same := runPing(ns, paths[1], len(targets)*10, time.Second/time.Duration(len(targets)))
 	w1, m1 := rttSumCount(b, a, paths[1])
 	if n1 <= n0 || m1 <= m0 {
 		b.Fatalf("the agent answered no probe to %s or %s:\n%s", paths[0], paths[1], a.Logs())
 	}
-	rtts = [4]float64{(s1 - s0) / (n1 - n0) * 1e6, meanMicros(ping), (w1 - w0) / (m1 - m0) * 1e6, meanMicros(same)}
+	rtts = [4]float64{(s1 - s0) / (n1 - n0) * 1e6, meanMicros(b, ping), (w1 - w0) / (m1 - m0) * 1e6, meanMicros(b, same)}
 	return cores, rssMB, workingSetMB(b, a.Pid()), rtts
 }
 
@@ -358,18 +365,15 @@ func idleRound(b *testing.B, bin, ns, target string) (rttMicros, pingMicros floa
 	a := startProberAgent(b, bin, ns, fmt.Sprintf("prober:\n  pmtu: {enabled: false}\n  targets:\n    - {address: %s, device: lo, interval: 200ms}\n", target))
 	defer a.Stop()
 	time.Sleep(2 * time.Second)
-	pinged := make(chan lab.PingResult, 1)
-	go func() {
-		r, _ := lab.Ping(ns, target, 100, 200*time.Millisecond, 56, false)
-		pinged <- r
-	}()
+	pinged := make(chan pingRun, 1)
+	go func() { pinged <- runPing(ns, target, 100, 200*time.Millisecond) }()
 	s0, n0 := rttSumCount(b, a, target)
 	time.Sleep(20 * time.Second)
 	s1, n1 := rttSumCount(b, a, target)
 	if n1 <= n0 {
 		b.Fatalf("the agent answered no probe in 20 s:\n%s", a.Logs())
 	}
-	return (s1 - s0) / (n1 - n0) * 1e6, meanMicros(<-pinged)
+	return (s1 - s0) / (n1 - n0) * 1e6, meanMicros(b, <-pinged)
 }
 
 // BenchmarkProberRSSOverScrapes runs the agent at the 1,000 loopback targets
