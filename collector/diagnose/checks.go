@@ -42,6 +42,12 @@ type Node struct {
 	// Host is the node's kernel settings (rp_filter, forwarding, fwmark
 	// rules, qdiscs); nil when not read, and the host checks are skipped.
 	Host *Host
+	// Previous is what the last Check of this node found (a running agent
+	// checks on every poll). A finding whose words cannot have changed is
+	// taken from it rather than written again: a hub whose 10,000 peers
+	// never handshake has 10,000 handshake_never findings, 4 MB of text
+	// that was built anew every 5 s while the last poll's was still held.
+	Previous []Finding
 }
 
 // FailoverGroup is a route-mode failover group: the prefixes it would route
@@ -88,7 +94,8 @@ func allowedCount(d *collector.Device) int {
 
 // Check runs every check and returns the findings, sorted.
 func Check(n Node) []Finding {
-	c := checker{Node: n, byName: map[string]*collector.Device{}, allowed: map[string]*prefixIndex[*collector.Peer]{}}
+	c := checker{Node: n, byName: map[string]*collector.Device{}, allowed: map[string]*prefixIndex[*collector.Peer]{},
+		out: make([]Finding, 0, len(n.Previous)+8)} // about as many as last time: no regrowing through 10,000
 	c.routes = newPrefixIndex(len(n.Routes), func(add func(netip.Prefix, *Route)) {
 		for i := range n.Routes {
 			add(n.Routes[i].Dst, &n.Routes[i])
@@ -108,6 +115,14 @@ func Check(n Node) []Finding {
 	for name, err := range n.Errors {
 		c.add(Finding{Severity: Error, Check: CheckDeviceUnreadable, Device: name, Object: "device " + name,
 			Evidence: err.Error(), Fix: "check that the device exists and that wgpulse may read it (CAP_NET_ADMIN; /var/run/wireguard for userspace devices)"})
+	}
+	for i := range n.Previous {
+		if f := &n.Previous[i]; f.Check == CheckHandshakeNever {
+			if c.never == nil {
+				c.never = map[peerRef]*Finding{}
+			}
+			c.never[peerRef{f.Device, f.PublicKey}] = f
+		}
 	}
 	c.keys()
 	for i := range n.Devices {
@@ -134,8 +149,12 @@ type checker struct {
 	routes  *prefixIndex[*Route]                     // the main table, best route per prefix
 	allowed map[string]*prefixIndex[*collector.Peer] // AllowedIPs by device
 	lans    [2]*lanAddr                              // IPv4, IPv6: worked out on first use
+	never   map[peerRef]*Finding                     // Previous's handshake_never findings
 	out     []Finding
 }
+
+// peerRef is a peer of a device, as a map key that costs no allocation.
+type peerRef struct{ device, publicKey string }
 
 func (c *checker) add(f Finding) { c.out = append(c.out, f) }
 
@@ -428,9 +447,13 @@ func (c *checker) peers(d *collector.Device) {
 				Fix:      "check the far end is up, its endpoint reachable over UDP (firewall, NAT) and the keys on both ends; wgpulse status shows loss and RTT"})
 		case collector.HandshakeNever:
 			if p.Endpoint.IsValid() && c.Now.Sub(p.HandshakeSince) >= c.NeverGrace {
+				if f := c.never[peerRef{d.Name, p.PublicKey}]; f != nil && f.Name == p.Name && neverEndpoint(f.Evidence, p.Endpoint) {
+					c.add(*f) // the same peer, name and endpoint: the same words
+					break
+				}
 				c.add(Finding{Severity: Warning, Check: CheckHandshakeNever, Device: d.Name, PublicKey: p.PublicKey, Name: p.Name, Object: peerObject(d, p),
-					Evidence: fmt.Sprintf("endpoint %s is set but no handshake ever completed", p.Endpoint),
-					Fix:      "check the keys on both ends (this device's public key must be the far end's peer), the far end's AllowedIPs, and that UDP reaches " + p.Endpoint.String()})
+					Evidence: "endpoint " + p.Endpoint.String() + neverEvidence,
+					Fix:      "check the keys on both ends (this device's public key must be the far end's peer), the far end's AllowedIPs, and that UDP reaches that endpoint (firewall, NAT)"})
 			}
 		}
 		if p.EndpointChanges > 0 && p.PersistentKeepalive == 0 {
@@ -439,6 +462,20 @@ func (c *checker) peers(d *collector.Device) {
 				Fix:      "set PersistentKeepalive = 25 on the peer behind the NAT (the side whose mapping expires), or enable remediate.keepalive; see README \"Which side of a NAT must act\""})
 		}
 	}
+}
+
+const neverEvidence = " is set but no handshake ever completed"
+
+// neverEndpoint says whether a handshake_never evidence names endpoint ep,
+// without building the text.
+func neverEndpoint(evidence string, ep netip.AddrPort) bool {
+	rest, ok := strings.CutPrefix(evidence, "endpoint ")
+	if !ok {
+		return false
+	}
+	rest, ok = strings.CutSuffix(rest, neverEvidence)
+	var buf [64]byte
+	return ok && string(ep.AppendTo(buf[:0])) == rest
 }
 
 // firewall: the listen port against the nftables prerouting and input

@@ -2,10 +2,13 @@ package diagnose_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/wgpulse/wgpulse/collector"
 	"github.com/wgpulse/wgpulse/collector/diagnose"
@@ -274,5 +277,59 @@ func TestUnreadSysctlsAreNoFindings(t *testing.T) {
 	n.Host.Unread = map[string]bool{"net.ipv4.ip_forward": true, "net.ipv4.conf.all.src_valid_mark": true}
 	if fs := diagnose.Check(n); len(fs) != 0 {
 		t.Errorf("findings from unread sysctls: %v", fs)
+	}
+}
+
+// A running agent checks on every poll. A handshake_never finding whose
+// peer, name and endpoint are unchanged is the last poll's (its text is not
+// built again); any change gives the words a fresh check gives. Either way
+// the findings are exactly those of a check with no history.
+func TestUnchangedFindingsAreCarriedOver(t *testing.T) {
+	never := func(n *diagnose.Node) {
+		for i := range n.Devices {
+			for j := range n.Devices[i].Peers {
+				p := &n.Devices[i].Peers[j]
+				p.Handshake, p.LastHandshake = collector.HandshakeNever, time.Time{}
+			}
+		}
+		n.Devices[0].Peers[1].EndpointChanges = 2 // and a NAT without keepalive on site-b
+	}
+	n := cleanNode(t)
+	never(&n)
+	first := diagnose.Check(n)
+	if got := strings.Count(fmt.Sprint(first), diagnose.CheckHandshakeNever); got != 3 {
+		t.Fatalf("%d handshake_never findings, want 3: %v", got, first)
+	}
+
+	n.Previous = first
+	n.Devices[0].Peers[0].Endpoint = netip.MustParseAddrPort("192.0.2.99:51820") // site-a roamed
+	n.Devices[1].Peers[0].Name = "site-a-spare"                                  // site-a-backup renamed
+	again := diagnose.Check(n)
+	fresh := n
+	fresh.Previous = nil
+	if want := diagnose.Check(fresh); !reflect.DeepEqual(again, want) {
+		t.Fatalf("with the last poll's findings:\n%v\nwithout:\n%v", again, want)
+	}
+	if got := strings.Count(fmt.Sprint(again), string(diagnose.CheckNATWithoutKeepalive)); got != 1 {
+		t.Errorf("the NAT check did not run on a carried-over peer: %v", again)
+	}
+	byKey := func(fs []diagnose.Finding, key string) diagnose.Finding {
+		for _, f := range fs {
+			if f.Check == diagnose.CheckHandshakeNever && f.PublicKey == key {
+				return f
+			}
+		}
+		t.Fatalf("no handshake_never finding for %s in %v", key, fs)
+		return diagnose.Finding{}
+	}
+	same := func(a, b string) bool { return len(a) > 0 && unsafe.StringData(a) == unsafe.StringData(b) }
+	if a, b := byKey(first, keyB), byKey(again, keyB); !same(a.Evidence, b.Evidence) || !same(a.Fix, b.Fix) || !same(a.Object, b.Object) {
+		t.Errorf("site-b unchanged: its finding was built again, not carried over")
+	}
+	if a, b := byKey(first, keyA), byKey(again, keyA); same(a.Evidence, b.Evidence) || !strings.Contains(b.Evidence, "192.0.2.99:51820") {
+		t.Errorf("site-a roamed: evidence %q carried over (was %q)", b.Evidence, a.Evidence)
+	}
+	if a, b := byKey(first, keyC), byKey(again, keyC); same(a.Object, b.Object) || !strings.Contains(b.Object, "site-a-spare") {
+		t.Errorf("site-a-backup renamed: object %q carried over (was %q)", b.Object, a.Object)
 	}
 }

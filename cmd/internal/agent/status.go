@@ -214,7 +214,8 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 		c.ruleset, c.fwErr = c.firewall(ctx)
 	}
 	n := diagnose.Node{Now: now, NeverGrace: neverGrace, Routes: c.kernel.Routes, LinkMTU: c.kernel.LinkMTU, Addrs: c.kernel.Addrs,
-		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: map[string]int{}, Errors: map[string]error{}, Failover: c.failover, Host: c.host}
+		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: map[string]int{}, Errors: map[string]error{}, Failover: c.failover, Host: c.host,
+		Previous: c.findings}
 	for _, d := range s.Devices {
 		if !d.Stale {
 			n.Devices = append(n.Devices, d)
