@@ -221,10 +221,17 @@ func (a *Agent) Registry() *prometheus.Registry { return a.registry }
 func (a *Agent) Gatherer() prometheus.Gatherer { return expo.Gatherers(a.reg.gatherers) }
 
 // Describe sends the descriptors of every registered metric, including the
-// labelled ones that have no series yet.
+// labelled ones that have no series yet, and of the families components
+// write themselves without a collector (wgpulse_config_problem).
 func (a *Agent) Describe(ch chan<- *prometheus.Desc) {
 	for _, c := range a.reg.collectors {
 		c.Describe(ch)
+	}
+	for _, g := range a.reg.gatherers {
+		_, registered := g.(prometheus.Collector) // described above
+		if d, ok := g.(interface{ Describe(chan<- *prometheus.Desc) }); ok && !registered {
+			d.Describe(ch)
+		}
 	}
 }
 

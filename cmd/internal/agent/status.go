@@ -101,7 +101,7 @@ type statusComponent struct {
 	routes     diagnose.RouteHandle // nil: route checks are skipped
 	firewall   func(context.Context) (*diagnose.Ruleset, error)
 	logger     *slog.Logger
-	problem    *prometheus.GaugeVec
+	problems   problemFamily
 	address    *prometheus.GaugeVec // one per address of a WireGuard device
 	covering   *prometheus.GaugeVec // one per prefix containing such an address
 
@@ -131,10 +131,6 @@ func newStatusComponent(a *Agent, cfg Config) *statusComponent {
 	return &statusComponent{
 		col: a.collector, prober: a.prober, remediator: a.remediator, routes: a.opts.Checks, firewall: fw,
 		logger: a.logger.With("component", "checks"), thresh: cfg.Alerts, failover: failoverGroups(cfg), held: map[string]bool{},
-		problem: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: "wgpulse", Name: "config_problem",
-			Help: "1 while a diagnose check finds a problem (warning or error) on a device or peer; check names the check (wgpulse diagnose lists them).",
-		}, []string{"device", "public_key", "name", "check"}),
 		address: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "wgpulse", Name: "device_address_info",
 			Help: "One series per address of a WireGuard device (with its prefix length).",
@@ -179,7 +175,8 @@ func failoverGroups(cfg Config) []diagnose.FailoverGroup {
 }
 
 func (c *statusComponent) Register(r *registrar) {
-	r.collectors = append(r.collectors, c.problem, c.address, c.covering)
+	r.collectors = append(r.collectors, c.address, c.covering)
+	r.gatherers = append(r.gatherers, &c.problems)
 	r.route(StatusPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -304,12 +301,11 @@ func (c *statusComponent) evaluate(ctx context.Context, s *collector.Snapshot) {
 	fs := diagnose.Check(c.node(ctx, s))
 	c.rates = peerRates(c.last, s)
 	c.last, c.findings = s, fs
-	now, problems := map[string]bool{}, map[[4]string]bool{}
+	now := map[string]bool{}
 	for _, f := range fs {
 		if f.Severity == diagnose.Info {
 			continue
 		}
-		problems[[4]string{f.Device, f.PublicKey, f.Name, f.Check}] = true
 		if strings.HasPrefix(f.Check, "handshake_") {
 			continue // logged as connection events (handshake_lost), not once more here
 		}
@@ -326,7 +322,7 @@ func (c *statusComponent) evaluate(ctx context.Context, s *collector.Snapshot) {
 		}
 	}
 	c.held = now
-	c.setOnes(c.problem, problems)
+	c.problems.set(fs)
 }
 
 // Status builds the status document from the latest snapshot.
