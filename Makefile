@@ -59,14 +59,14 @@ generate:
 # side-by-side anchors (BenchmarkCollectorAnchor: the previous release at
 # 10,000 peers; BenchmarkProberAnchor: Debian's fping and smokeping_prober at
 # 1,000 targets, RTT against the system ping; WGPULSE_ANCHOR_RUNS rounds), and
-# BenchmarkProberRSSOverScrapes (the agent's RSS over 120 scrapes, 10 min):
-# ~60 min in all. Just the anchors:
+# BenchmarkProberRSSOverScrapes and BenchmarkCollectorRSSOverTime (the agent's
+# RSS over 120 scrapes, one every 5 s, 10 min each): ~70 min in all. Just the anchors:
 #   go test -run '^$$' -bench 'CollectorAnchor|ProberAnchor' -benchtime=1x -timeout 60m ./cmd/internal/agent/
-MEASUREMENTS := ThousandTargets|AgentProber1000|AgentProber10k|FleetPrometheus|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU|Soak|CollectorAnchor|ProberAnchor|ProberRSSOverScrapes
+MEASUREMENTS := ThousandTargets|AgentProber1000|AgentProber10k|FleetPrometheus|FailoverOutage|EndpointOutage|MTUAndKeepaliveFix|DecisionToRoute|HundredGroupsCPU|Soak|CollectorAnchor|ProberAnchor|ProberRSSOverScrapes|CollectorRSSOverTime
 bench:
 	@deploy/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -skip '$(MEASUREMENTS)' -benchmem -benchtime=60x -timeout 30m ./...
-	$(GO) test -run '^$$' -bench '$(MEASUREMENTS)' -benchtime=1x -timeout 90m ./...
+	$(GO) test -run '^$$' -bench '$(MEASUREMENTS)' -benchtime=1x -timeout 120m ./...
 	@$(MAKE) --no-print-directory fuzz
 
 # fuzz: each parser of untrusted input for FUZZTIME; `make test` runs their

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgpulse/wgpulse/deploy/lab"
 	"github.com/wgpulse/wgpulse/deploy/lab/labtest"
 )
 
@@ -134,42 +135,8 @@ func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun
 	b.Helper()
 	a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn")
 	defer a.Stop()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		if code, _, _ := a.Get("/-/ready"); code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%s not ready within a minute:\n%s", bin, a.Logs())
-		}
-	}
-	// A timed scrape reads the body into io.Discard, as the gzip one does:
-	// an io.ReadAll of 11 MB (growing its buffer, faulting in fresh pages)
-	// cost the client 20-60 ms here, the same for both binaries, which
-	// measured the client more than the agent. The series are counted on
-	// one more scrape, untimed.
-	scrape := func(gzip bool, keep bool) (time.Duration, string) {
-		req, _ := http.NewRequest("GET", "http://"+a.Addr+"/metrics", nil)
-		// Set either way: the client (which dials inside the namespace)
-		// would ask for gzip and unpack it itself.
-		req.Header.Set("Accept-Encoding", map[bool]string{true: "gzip", false: "identity"}[gzip])
-		t0 := time.Now()
-		resp, err := a.Client.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		var body []byte
-		if keep {
-			body, err = io.ReadAll(resp.Body)
-		} else {
-			_, err = io.Copy(io.Discard, resp.Body)
-		}
-		resp.Body.Close()
-		took := time.Since(t0)
-		if err != nil || resp.StatusCode != 200 {
-			b.Fatalf("scrape: %d %v", resp.StatusCode, err)
-		}
-		return took, string(body)
-	}
+	waitReady(b, a)
+	scrape := func(gzip, keep bool) (time.Duration, string) { return scrapeMetrics(b, a, gzip, keep) }
 	var run collectorRun
 	var gz, plain []float64
 	cpu0 := procCPU(b, a.Pid())
@@ -191,7 +158,7 @@ func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun
 		took, _ := scrape(false, false)
 		plain = append(plain, float64(took.Microseconds())/1000)
 	}
-	_, body := scrape(false, true)
+	_, body := scrape(false, true) // the series are counted on one more scrape, untimed
 	_, run.gzipMs, _ = spread(gz)
 	_, run.plainMs, _ = spread(plain)
 	perPeer := 0
@@ -202,4 +169,122 @@ func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun
 	}
 	run.seriesPerPeer = float64(perPeer) / float64(peers)
 	return run
+}
+
+// BenchmarkCollectorRSSOverTime is the collector at 10,000 peers (prober
+// off) over WGPULSE_RSS_SCRAPES (120) gzip scrapes, one every 5 s, as
+// Prometheus scrapes a node: 10 minutes, 120 polls. BenchmarkCollectorAnchor's
+// 120 scrapes back to back take about one poll interval; this run shows
+// whether the RSS stays flat over many polls, and how high it gets between
+// them. It also passes the 2 minutes after which a peer with an endpoint
+// that never handshook is a problem (neverGrace): none of these peers ever
+// does. The anchor runs beside it, at once, on the same device, scraped
+// right after it. Both are installed copies (as `make install`): how a
+// binary was written decides how much of it the page cache maps.
+// WGPULSE_RSS_PROBER=1 runs both with the prober at its defaults instead
+// (every peer probed; none answers).
+func BenchmarkCollectorRSSOverTime(b *testing.B) {
+	labtest.Require(b)
+	rev := anchorRev
+	if r := os.Getenv("WGPULSE_ANCHOR_REV"); r != "" {
+		rev = r
+	}
+	scrapes := 120
+	if n, err := strconv.Atoi(os.Getenv("WGPULSE_RSS_SCRAPES")); err == nil && n >= 60 {
+		scrapes = n
+	}
+	bins := []string{installedCopy(b, labtest.BuildBinary(b, "./cmd/wgpulse"), "wgpulse"), installedCopy(b, buildRev(b, rev), "wgpulse-"+rev)}
+	const peers = 10000
+	d := setupBenchDevice(b, peers)
+	cfg := filepath.Join(b.TempDir(), "wgpulse.yml")
+	yml, what := "collector:\n  devices: ["+d.dev+"]\n  poll_interval: 5s\nprober:\n  enabled: false\n", "prober off"
+	if os.Getenv("WGPULSE_RSS_PROBER") == "1" {
+		yml, what = "collector:\n  devices: ["+d.dev+"]\n  poll_interval: 5s\n", "prober on (its defaults; no peer answers)"
+	}
+	if err := os.WriteFile(cfg, []byte(yml), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		var agents [2]*lab.Agent
+		for i, bin := range bins {
+			agents[i] = labtest.StartAgent(b, bin, d.ns, fmt.Sprintf("127.0.0.1:%d", 9586+i), "--config.file="+cfg, "--log.level=warn")
+			defer agents[i].Stop()
+			waitReady(b, agents[i])
+		}
+		fmt.Printf("\ncollector at %d peers, %s, a gzip scrape every 5 s (MB: RSS = anonymous + file-backed; scrape time):\n\n", peers, what)
+		fmt.Printf("| scrapes | time | wgpulse | anchor %s |\n|---|---|---|---|\n", rev)
+		var at60, last, peak [2]float64
+		var worst [2]time.Duration
+		start := time.Now()
+		for s := 1; s <= scrapes; s++ {
+			time.Sleep(time.Until(start.Add(time.Duration(s) * 5 * time.Second)))
+			var cells [2]string
+			for i, a := range agents {
+				took, _ := scrapeMetrics(b, a, true, false)
+				rss, anon, file := procStatus(b, a.Pid())
+				if s >= 2 { // the first is the agent's first poll too
+					peak[i] = max(peak[i], rss)
+					worst[i] = max(worst[i], took)
+				}
+				if s == 60 {
+					at60[i] = rss
+				}
+				last[i] = rss
+				cells[i] = fmt.Sprintf("%.1f = %.1f + %.1f; %s", rss, anon, file, took.Round(100*time.Microsecond))
+			}
+			if s == 1 || s%12 == 0 || s == scrapes {
+				fmt.Printf("| %d | %s | %s | %s |\n", s, time.Since(start).Round(time.Second), cells[0], cells[1])
+			}
+		}
+		fmt.Printf("\nhighest RSS after scrape 2 to %d: wgpulse %.1f MB, anchor %.1f MB (%.2f); slowest scrape %s and %s\n",
+			scrapes, peak[0], peak[1], peak[0]/peak[1], worst[0].Round(100*time.Microsecond), worst[1].Round(100*time.Microsecond))
+		b.ReportMetric(at60[0], "RSS-60-scrapes-MB")
+		b.ReportMetric(last[0], "RSS-last-scrape-MB")
+		b.ReportMetric(peak[0], "RSS-peak-MB")
+		b.ReportMetric(peak[0]/peak[1], "RSS-peak-ratio")
+		b.ReportMetric(peak[1], "anchor-RSS-peak-MB")
+	}
+}
+
+// waitReady waits up to a minute for a's first poll (/-/ready).
+func waitReady(b *testing.B, a *lab.Agent) {
+	b.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		if code, _, _ := a.Get("/-/ready"); code == 200 {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("agent not ready within a minute:\n%s", a.Logs())
+		}
+	}
+}
+
+// scrapeMetrics scrapes a's /metrics, with gzip or without, and returns
+// how long it took and, with keep, the body. A timed scrape reads the body
+// into io.Discard: an io.ReadAll of 11 MB (growing its buffer, faulting in
+// fresh pages) cost the client 20-60 ms here, the same for both binaries,
+// which measured the client more than the agent.
+func scrapeMetrics(b *testing.B, a *lab.Agent, gzip, keep bool) (time.Duration, string) {
+	b.Helper()
+	req, _ := http.NewRequest("GET", "http://"+a.Addr+"/metrics", nil)
+	// Set either way: the client (which dials inside the namespace) would
+	// ask for gzip and unpack it itself.
+	req.Header.Set("Accept-Encoding", map[bool]string{true: "gzip", false: "identity"}[gzip])
+	t0 := time.Now()
+	resp, err := a.Client.Do(req)
+	if err != nil {
+		b.Fatalf("scrape: %v\n%s", err, a.Logs())
+	}
+	var body []byte
+	if keep {
+		body, err = io.ReadAll(resp.Body)
+	} else {
+		_, err = io.Copy(io.Discard, resp.Body)
+	}
+	resp.Body.Close()
+	took := time.Since(t0)
+	if err != nil || resp.StatusCode != 200 {
+		b.Fatalf("scrape: %d %v\n%s", resp.StatusCode, err, a.Logs())
+	}
+	return took, string(body)
 }
