@@ -214,6 +214,7 @@ func BenchmarkCollectorRSSOverTime(b *testing.B) {
 		fmt.Printf("\ncollector at %d peers, %s, a gzip scrape every 5 s (MB: RSS = anonymous + file-backed; scrape time):\n\n", peers, what)
 		fmt.Printf("| scrapes | time | wgpulse | anchor %s |\n|---|---|---|---|\n", rev)
 		var at60, last, peak [2]float64
+		var early, late [2][]float64 // RSS after scrapes 2-24 (the first 2 minutes) and 25 on
 		var worst [2]time.Duration
 		start := time.Now()
 		for s := 1; s <= scrapes; s++ {
@@ -225,6 +226,12 @@ func BenchmarkCollectorRSSOverTime(b *testing.B) {
 				if s >= 2 { // the first is the agent's first poll too
 					peak[i] = max(peak[i], rss)
 					worst[i] = max(worst[i], took)
+				}
+				switch {
+				case s >= 25:
+					late[i] = append(late[i], rss)
+				case s >= 2:
+					early[i] = append(early[i], rss)
 				}
 				if s == 60 {
 					at60[i] = rss
@@ -238,6 +245,11 @@ func BenchmarkCollectorRSSOverTime(b *testing.B) {
 		}
 		fmt.Printf("\nhighest RSS after scrape 2 to %d: wgpulse %.1f MB, anchor %.1f MB (%.2f); slowest scrape %s and %s\n",
 			scrapes, peak[0], peak[1], peak[0]/peak[1], worst[0].Round(100*time.Microsecond), worst[1].Round(100*time.Microsecond))
+		for i, name := range []string{"wgpulse", "anchor " + rev} {
+			e0, e1, e2 := spread(early[i])
+			l0, l1, l2 := spread(late[i])
+			fmt.Printf("%s RSS (min / median / max): %.1f / %.1f / %.1f MB after scrapes 2-24, %.1f / %.1f / %.1f MB after 25-%d\n", name, e0, e1, e2, l0, l1, l2, scrapes)
+		}
 		b.ReportMetric(at60[0], "RSS-60-scrapes-MB")
 		b.ReportMetric(last[0], "RSS-last-scrape-MB")
 		b.ReportMetric(peak[0], "RSS-peak-MB")
