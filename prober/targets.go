@@ -1,7 +1,10 @@
 package prober
 
 import (
+	"cmp"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/wgpulse/wgpulse/collector"
 )
@@ -12,6 +15,12 @@ import (
 // configured targets, labelled with the peer whose AllowedIPs hold their
 // address. A configured target replaces an auto-target for the same address
 // on the same device.
+//
+// The targets are sorted by device, address and port, so a snapshot whose
+// peers come in another order gives an equal list: wireguard-go lists its
+// peers in Go map order, a new one on every read, and SetTargets merges a
+// list that is not equal to the last one again (at 10,000 peers, 8 MB of
+// garbage a poll). The list and its index are sized from the snapshot.
 func Targets(s *collector.Snapshot, cfg Config) []Target {
 	if !cfg.Enabled {
 		return nil
@@ -24,8 +33,20 @@ func Targets(s *collector.Snapshot, cfg Config) []Target {
 		addr   netip.Addr
 		port   uint16
 	}
-	index := map[id]int{}
-	var out []Target
+	n := len(cfg.Targets)
+	if cfg.AutoTargets && s != nil {
+		for _, d := range s.Devices {
+			for _, p := range d.Peers {
+				for _, a := range p.AllowedIPs {
+					if a.IsSingleIP() {
+						n++
+					}
+				}
+			}
+		}
+	}
+	index := make(map[id]int, n)
+	out := make([]Target, 0, n)
 	put := func(t Target) {
 		k := id{t.Device, t.Address, t.TCPPort}
 		if i, ok := index[k]; ok {
@@ -76,5 +97,8 @@ func Targets(s *collector.Snapshot, cfg Config) []Target {
 		}
 		put(t)
 	}
+	slices.SortFunc(out, func(a, b Target) int {
+		return cmp.Or(strings.Compare(a.Device, b.Device), a.Address.Compare(b.Address), cmp.Compare(a.TCPPort, b.TCPPort))
+	})
 	return out
 }

@@ -24,10 +24,10 @@ func TestTargetsFromSnapshot(t *testing.T) {
 	cfg := prober.DefaultConfig()
 	cfg.Targets = []prober.TargetConfig{{Name: "aws-transit", Address: "10.50.0.1", Device: "wg0", Interval: 5 * time.Second}}
 	got := prober.Targets(snap, cfg)
-	want := []prober.Target{
+	want := []prober.Target{ // by device, address and port
+		{Device: "wg0", Address: netip.MustParseAddr("10.50.0.1"), PublicKey: "A", Name: "aws-transit", Size: 56, Interval: 5 * time.Second, DeviceMTU: 1420},
 		{Device: "wg0", Address: netip.MustParseAddr("10.200.1.1"), PublicKey: "A", Name: "aws", Size: 56, Interval: time.Second, DeviceMTU: 1420},
 		{Device: "wg0", Address: netip.MustParseAddr("fd00::2"), PublicKey: "B", Size: 56, Interval: time.Second, DeviceMTU: 1420},
-		{Device: "wg0", Address: netip.MustParseAddr("10.50.0.1"), PublicKey: "A", Name: "aws-transit", Size: 56, Interval: 5 * time.Second, DeviceMTU: 1420},
 	}
 	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("targets (-want +got):\n%s", diff)
