@@ -66,6 +66,9 @@ func TestPMTUSearchBlackHoleAndRecovery(t *testing.T) {
 		if h.PMTUState != "search_complete" || h.PathMTU > 1232 || h.PathMTU < 1232-pmtuResolution {
 			t.Fatalf("after the search: state %s PMTU %d, want search_complete within 20 bytes below 1232", h.PMTUState, h.PathMTU)
 		}
+		if got := p.PeerPathMTUs(); len(got) != 1 || got[0] != (prober.PeerPathMTU{Device: "wg0", PublicKey: "key0", MTU: h.PathMTU}) {
+			t.Errorf("PeerPathMTUs() = %+v, want the one target's %d through key0 on wg0", got, h.PathMTU)
+		}
 		if h.PathMTUCeiling <= h.PathMTU { // the path lost the larger probes: a measurement, bounded by the device
 			t.Errorf("ceiling %d for a path that drops above %d, want the device MTU above it", h.PathMTUCeiling, h.PathMTU)
 		}
@@ -91,6 +94,9 @@ func TestPMTUSearchBlackHoleAndRecovery(t *testing.T) {
 		waitState(t, p, "10.0.0.1", "below_min", 3*time.Minute)
 		if h = health(t, p, "10.0.0.1"); h.PathMTU != 0 || h.PathMTUBelow != 1200 {
 			t.Fatalf("PMTU below min: PMTU %d, below %d; want 0 and the floor 1200", h.PathMTU, h.PathMTUBelow)
+		}
+		if got := p.PeerPathMTUs(); len(got) != 1 || got[0].MTU != 1199 { // what the checks hold against the device MTU
+			t.Errorf("PeerPathMTUs() below the floor = %+v, want 1199 (one under the floor that did not pass)", got)
 		}
 		if got := exported(t, p, "wgpulse_path_mtu_below_bytes", "10.0.0.1"); got != 1200 {
 			t.Errorf("wgpulse_path_mtu_below_bytes = %v, want 1200", got)

@@ -341,6 +341,42 @@ func (p *Prober) Health() []Health {
 	return out
 }
 
+// PeerPathMTU is the path MTU measured through one peer's target: the
+// largest inner packet that passed, or, when even the search floor was lost
+// (below_min), one byte under that floor.
+type PeerPathMTU struct {
+	Device, PublicKey string
+	MTU               int
+}
+
+// PeerPathMTUs are the path MTUs measured so far through targets a peer
+// holds, in no order: what the checks read of the prober on every poll.
+// Health would copy every target's whole state for it (at 15,000 targets,
+// 5 MB of garbage a poll).
+func (p *Prober) PeerPathMTUs() []PeerPathMTU {
+	p.mu.Lock()
+	ts := make([]*target, 0, len(p.targets))
+	for _, t := range p.targets {
+		if t.spec.PublicKey != "" {
+			ts = append(ts, t)
+		}
+	}
+	p.mu.Unlock()
+	var out []PeerPathMTU
+	for _, t := range ts {
+		t.e.mu.Lock()
+		m := PeerPathMTU{Device: t.spec.Device, PublicKey: t.spec.PublicKey, MTU: t.pmtu.mtu}
+		if t.pmtu.state == pmtuBelowMin && t.pmtu.below > 0 {
+			m.MTU = t.pmtu.below - 1
+		}
+		t.e.mu.Unlock()
+		if m.MTU > 0 && m.PublicKey != "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // SetTargets replaces the targets of one owner: OwnTargets for the
 // auto-targets and prober.targets, another name for another component's
 // (the remediator's failover paths). A target present in several sets is

@@ -223,14 +223,8 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 			n.Errors[name] = err
 		}
 	}
-	for _, h := range c.prober.Health() {
-		mtu := h.PathMTU
-		if h.PMTUState == "below_min" && h.PathMTUBelow > 0 {
-			mtu = h.PathMTUBelow - 1
-		}
-		if h.Target.PublicKey != "" && mtu > 0 {
-			n.PathMTU[diagnose.PeerKey(h.Target.Device, h.Target.PublicKey)] = mtu
-		}
+	for _, m := range c.prober.PeerPathMTUs() {
+		n.PathMTU[diagnose.PeerKey(m.Device, m.PublicKey)] = m.MTU
 	}
 	return n
 }
