@@ -27,7 +27,7 @@ func Targets(s *collector.Snapshot, cfg Config) []Target {
 	}
 	// By what Key names, without building its string three times a target
 	// on every snapshot: a later target with the same key replaces the
-	// earlier one in its place.
+	// earlier one.
 	type id struct {
 		device string
 		addr   netip.Addr

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/wgpulse/wgpulse/collector/diagnose"
 	"github.com/wgpulse/wgpulse/collector/expo"
 	"github.com/wgpulse/wgpulse/collector/expo/expotest"
+	"github.com/wgpulse/wgpulse/prober"
 )
 
 // problemFindings are a poll's findings: n peers that never handshook, a
@@ -90,5 +92,26 @@ func TestProblemFamilyScrapeAllocatesLittle(t *testing.T) {
 	gather := testing.AllocsPerRun(5, func() { _, _ = f.Gather() })
 	if text > 2 || gather > 20 {
 		t.Errorf("allocations per scrape of 10,000 problems: text %.0f (want at most 2), protobuf %.0f (want at most 20)", text, gather)
+	}
+}
+
+// A peer probed at its /32 and its /128 has the smaller path MTU, in
+// either order (the prober lists them in map order).
+func TestPeerPathMTUsTakeTheSmaller(t *testing.T) {
+	ms := []prober.PeerPathMTU{
+		{Device: "wg0", PublicKey: "A", MTU: 1420},
+		{Device: "wg0", PublicKey: "A", MTU: 1280},
+		{Device: "wg0", PublicKey: "B", MTU: 1400},
+		{Device: "wg1", PublicKey: "A", MTU: 1300},
+	}
+	want := map[string]int{diagnose.PeerKey("wg0", "A"): 1280, diagnose.PeerKey("wg0", "B"): 1400, diagnose.PeerKey("wg1", "A"): 1300}
+	for _, order := range [][]int{{0, 1, 2, 3}, {3, 2, 1, 0}} {
+		var in []prober.PeerPathMTU
+		for _, i := range order {
+			in = append(in, ms[i])
+		}
+		if got := peerPathMTUs(in); !maps.Equal(got, want) {
+			t.Errorf("order %v: %v, want %v", order, got, want)
+		}
 	}
 }

@@ -211,7 +211,7 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 		c.ruleset, c.fwErr = c.firewall(ctx)
 	}
 	n := diagnose.Node{Now: now, NeverGrace: neverGrace, Routes: c.kernel.Routes, LinkMTU: c.kernel.LinkMTU, Addrs: c.kernel.Addrs,
-		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: map[string]int{}, Errors: map[string]error{}, Failover: c.failover, Host: c.host,
+		Firewall: c.ruleset, FirewallErr: c.fwErr, PathMTU: peerPathMTUs(c.prober.PeerPathMTUs()), Errors: map[string]error{}, Failover: c.failover, Host: c.host,
 		Previous: c.findings}
 	for _, d := range s.Devices {
 		if !d.Stale {
@@ -223,10 +223,21 @@ func (c *statusComponent) node(ctx context.Context, s *collector.Snapshot) diagn
 			n.Errors[name] = err
 		}
 	}
-	for _, m := range c.prober.PeerPathMTUs() {
-		n.PathMTU[diagnose.PeerKey(m.Device, m.PublicKey)] = m.MTU
-	}
 	return n
+}
+
+// peerPathMTUs keys the measured path MTUs by peer (diagnose.PeerKey). A
+// peer probed at two addresses (its /32 and /128) has the smaller of the
+// two, whatever order they come in: larger packets are lost on that path.
+func peerPathMTUs(ms []prober.PeerPathMTU) map[string]int {
+	out := make(map[string]int, len(ms))
+	for _, m := range ms {
+		k := diagnose.PeerKey(m.Device, m.PublicKey)
+		if old, ok := out[k]; !ok || m.MTU < old {
+			out[k] = m.MTU
+		}
+	}
+	return out
 }
 
 // exportAddresses exports each WireGuard device's addresses and the
