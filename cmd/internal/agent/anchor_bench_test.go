@@ -24,6 +24,24 @@ import (
 // picks another revision.
 const anchorRev = "41d975e"
 
+// benchAnchorRev is the revision the collector is set against:
+// WGPULSE_ANCHOR_REV, or anchorRev.
+func benchAnchorRev() string {
+	if r := os.Getenv("WGPULSE_ANCHOR_REV"); r != "" {
+		return r
+	}
+	return anchorRev
+}
+
+// envCount is the whole number in the environment variable name when it is
+// at least least, else def.
+func envCount(name string, def, least int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n >= least {
+		return n
+	}
+	return def
+}
+
 // buildRev builds ./cmd/wgpulse as of a git revision (git archive into a
 // temporary directory, so the work tree is untouched).
 func buildRev(b *testing.B, rev string) string {
@@ -63,14 +81,7 @@ type collectorRun struct {
 // iteration: -benchtime=1x (make bench).
 func BenchmarkCollectorAnchor(b *testing.B) {
 	labtest.Require(b)
-	rev := anchorRev
-	if r := os.Getenv("WGPULSE_ANCHOR_REV"); r != "" {
-		rev = r
-	}
-	runs := 5
-	if n, err := strconv.Atoi(os.Getenv("WGPULSE_ANCHOR_RUNS")); err == nil && n > 0 {
-		runs = n
-	}
+	rev, runs := benchAnchorRev(), envCount("WGPULSE_ANCHOR_RUNS", 5, 1)
 	bins := map[string]string{"wgpulse": labtest.BuildBinary(b, "./cmd/wgpulse"), "anchor " + rev: buildRev(b, rev)}
 	names := []string{"wgpulse", "anchor " + rev}
 	const peers = 10000
@@ -185,14 +196,7 @@ func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun
 // (every peer probed; none answers).
 func BenchmarkCollectorRSSOverTime(b *testing.B) {
 	labtest.Require(b)
-	rev := anchorRev
-	if r := os.Getenv("WGPULSE_ANCHOR_REV"); r != "" {
-		rev = r
-	}
-	scrapes := 120
-	if n, err := strconv.Atoi(os.Getenv("WGPULSE_RSS_SCRAPES")); err == nil && n >= 60 {
-		scrapes = n
-	}
+	rev, scrapes := benchAnchorRev(), envCount("WGPULSE_RSS_SCRAPES", 120, 60)
 	bins := []string{installedCopy(b, labtest.BuildBinary(b, "./cmd/wgpulse"), "wgpulse"), installedCopy(b, buildRev(b, rev), "wgpulse-"+rev)}
 	const peers = 10000
 	d := setupBenchDevice(b, peers)

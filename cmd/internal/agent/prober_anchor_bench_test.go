@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,10 +52,7 @@ func BenchmarkProberAnchor(b *testing.B) {
 	smokeping := labtest.Tool(b, "prometheus-smokeping-prober", "prometheus-smokeping-prober")
 	labtest.Tool(b, "ping", "iputils-ping")
 	bin := installedCopy(b, labtest.BuildBinary(b, "./cmd/wgpulse"), "wgpulse")
-	runs := 3
-	if n, err := strconv.Atoi(os.Getenv("WGPULSE_ANCHOR_RUNS")); err == nil && n > 0 {
-		runs = n
-	}
+	runs := envCount("WGPULSE_ANCHOR_RUNS", 3, 1)
 	const n = 1000
 	targets := loopbackTargets(n)
 	for b.Loop() {
@@ -388,10 +384,7 @@ func BenchmarkProberRSSOverScrapes(b *testing.B) {
 	labtest.Require(b)
 	built := labtest.BuildBinary(b, "./cmd/wgpulse")
 	bin, kept := installedCopy(b, built, "wgpulse"), installedCopy(b, built, "wgpulse-kept")
-	scrapes := 120
-	if n, err := strconv.Atoi(os.Getenv("WGPULSE_RSS_SCRAPES")); err == nil && n >= 60 {
-		scrapes = n
-	}
+	scrapes := envCount("WGPULSE_RSS_SCRAPES", 120, 60)
 	file := filepath.Join(b.TempDir(), "wgpulse.yml")
 	if err := os.WriteFile(file, []byte(loopbackProberConfig(loopbackTargets(1000))), 0o600); err != nil {
 		b.Fatal(err)

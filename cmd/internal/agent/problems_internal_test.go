@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/common/expfmt"
 
 	"github.com/wgpulse/wgpulse/collector/diagnose"
 	"github.com/wgpulse/wgpulse/collector/expo"
@@ -44,21 +43,12 @@ func TestProblemFamilyExposesWhatTheGaugeVecDid(t *testing.T) {
 	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(vec)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want bytes.Buffer
-	for _, mf := range mfs {
-		if _, err := expfmt.MetricFamilyToText(&want, mf); err != nil {
-			t.Fatal(err)
-		}
-	}
+	want := expotest.Text(t, reg)
 	var f problemFamily
 	f.set(fs)
 	got := expotest.TextMatchesGather(t, &f)
-	if got != want.String() {
-		t.Errorf("wgpulse_config_problem differs from the GaugeVec's exposition:\n--- got\n%s--- want\n%s", got, want.String())
+	if got != want {
+		t.Errorf("wgpulse_config_problem differs from the GaugeVec's exposition:\n--- got\n%s--- want\n%s", got, want)
 	}
 	if n := strings.Count(got, "\n") - 2; n != 52 { // 50 peers, the route, the NAT problem once; no info
 		t.Errorf("%d series, want 52:\n%s", n, got)

@@ -23,16 +23,7 @@ type TextGatherer interface {
 // path sees), and returns that text.
 func TextMatchesGather(t testing.TB, g TextGatherer) string {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want bytes.Buffer
-	for _, mf := range mfs {
-		if _, err := expfmt.MetricFamilyToText(&want, mf); err != nil {
-			t.Fatal(err)
-		}
-	}
+	want := Text(t, g)
 	var got bytes.Buffer
 	w := expo.NewTextWriter(&got)
 	if err := g.WriteText(w); err != nil {
@@ -41,8 +32,25 @@ func TextMatchesGather(t testing.TB, g TextGatherer) string {
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(want.String(), got.String()); diff != "" {
+	if diff := cmp.Diff(want, got.String()); diff != "" {
 		t.Errorf("WriteText differs from expfmt of Gather (-want +got):\n%s", diff)
 	}
 	return got.String()
+}
+
+// Text is what expfmt writes for g's Gather: the text a scrape of g gets
+// through promhttp.
+func Text(t testing.TB, g prometheus.Gatherer) string {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return b.String()
 }
