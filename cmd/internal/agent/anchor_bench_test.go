@@ -144,15 +144,13 @@ func spread(vs []float64) (lo, med, hi float64) {
 
 func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun {
 	b.Helper()
-	a := labtest.StartAgent(b, bin, ns, "127.0.0.1:9586", "--config.file="+cfg, "--log.level=warn")
+	a := startReadyAgent(b, bin, ns, "127.0.0.1:9586", cfg)
 	defer a.Stop()
-	waitReady(b, a)
-	scrape := func(gzip, keep bool) (time.Duration, string) { return scrapeMetrics(b, a, gzip, keep) }
 	var run collectorRun
 	var gz, plain []float64
 	cpu0 := procCPU(b, a.Pid())
 	for i := 1; i <= 120; i++ {
-		took, _ := scrape(true, false)
+		took, _ := scrapeMetrics(b, a, true, false)
 		gz = append(gz, float64(took.Microseconds())/1000)
 		rss := procRSSMB(b, a.Pid())
 		run.rssMax = max(run.rssMax, rss)
@@ -166,10 +164,10 @@ func measureCollector(b *testing.B, bin, ns, cfg string, peers int) collectorRun
 	// The agent's CPU over the 120 scrapes, polls (every 5 s) included.
 	run.cpuMsPerScrape = float64((procCPU(b, a.Pid()) - cpu0).Microseconds()) / 1000 / 120
 	for range 20 {
-		took, _ := scrape(false, false)
+		took, _ := scrapeMetrics(b, a, false, false)
 		plain = append(plain, float64(took.Microseconds())/1000)
 	}
-	_, body := scrape(false, true) // the series are counted on one more scrape, untimed
+	_, body := scrapeMetrics(b, a, false, true) // the series are counted on one more scrape, untimed
 	_, run.gzipMs, _ = spread(gz)
 	_, run.plainMs, _ = spread(plain)
 	perPeer := 0
@@ -211,13 +209,12 @@ func BenchmarkCollectorRSSOverTime(b *testing.B) {
 	for b.Loop() {
 		var agents [2]*lab.Agent
 		for i, bin := range bins {
-			agents[i] = labtest.StartAgent(b, bin, d.ns, fmt.Sprintf("127.0.0.1:%d", 9586+i), "--config.file="+cfg, "--log.level=warn")
+			agents[i] = startReadyAgent(b, bin, d.ns, fmt.Sprintf("127.0.0.1:%d", 9586+i), cfg)
 			defer agents[i].Stop()
-			waitReady(b, agents[i])
 		}
 		fmt.Printf("\ncollector at %d peers, %s, a gzip scrape every 5 s (MB: RSS = anonymous + file-backed; scrape time):\n\n", peers, what)
 		fmt.Printf("| scrapes | time | wgpulse | anchor %s |\n|---|---|---|---|\n", rev)
-		var at60, last, peak [2]float64
+		var at60, last [2]float64
 		var early, late [2][]float64 // RSS after scrapes 2-24 (the first 2 minutes) and 25 on
 		var worst [2]time.Duration
 		start := time.Now()
@@ -227,15 +224,14 @@ func BenchmarkCollectorRSSOverTime(b *testing.B) {
 			for i, a := range agents {
 				took, _ := scrapeMetrics(b, a, true, false)
 				rss, anon, file := procStatus(b, a.Pid())
-				if s >= 2 { // the first is the agent's first poll too
-					peak[i] = max(peak[i], rss)
-					worst[i] = max(worst[i], took)
-				}
-				switch {
+				switch { // not the first: it is the agent's first poll too
 				case s >= 25:
 					late[i] = append(late[i], rss)
 				case s >= 2:
 					early[i] = append(early[i], rss)
+				}
+				if s >= 2 {
+					worst[i] = max(worst[i], took)
 				}
 				if s == 60 {
 					at60[i] = rss
@@ -247,13 +243,15 @@ func BenchmarkCollectorRSSOverTime(b *testing.B) {
 				fmt.Printf("| %d | %s | %s | %s |\n", s, time.Since(start).Round(time.Second), cells[0], cells[1])
 			}
 		}
-		fmt.Printf("\nhighest RSS after scrape 2 to %d: wgpulse %.1f MB, anchor %.1f MB (%.2f); slowest scrape %s and %s\n",
-			scrapes, peak[0], peak[1], peak[0]/peak[1], worst[0].Round(100*time.Microsecond), worst[1].Round(100*time.Microsecond))
+		var peak [2]float64
 		for i, name := range []string{"wgpulse", "anchor " + rev} {
 			e0, e1, e2 := spread(early[i])
 			l0, l1, l2 := spread(late[i])
+			peak[i] = max(e2, l2)
 			fmt.Printf("%s RSS (min / median / max): %.1f / %.1f / %.1f MB after scrapes 2-24, %.1f / %.1f / %.1f MB after 25-%d\n", name, e0, e1, e2, l0, l1, l2, scrapes)
 		}
+		fmt.Printf("\nhighest RSS after scrape 2 to %d: wgpulse %.1f MB, anchor %.1f MB (%.2f); slowest scrape %s and %s\n",
+			scrapes, peak[0], peak[1], peak[0]/peak[1], worst[0].Round(100*time.Microsecond), worst[1].Round(100*time.Microsecond))
 		b.ReportMetric(at60[0], "RSS-60-scrapes-MB")
 		b.ReportMetric(last[0], "RSS-last-scrape-MB")
 		b.ReportMetric(peak[0], "RSS-peak-MB")
@@ -262,17 +260,11 @@ func BenchmarkCollectorRSSOverTime(b *testing.B) {
 	}
 }
 
-// waitReady waits up to a minute for a's first poll (/-/ready).
-func waitReady(b *testing.B, a *lab.Agent) {
+// startReadyAgent starts bin with the config file cfg and returns once its
+// first poll is done (/-/ready).
+func startReadyAgent(b *testing.B, bin, ns, addr, cfg string) *lab.Agent {
 	b.Helper()
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
-		if code, _, _ := a.Get("/-/ready"); code == 200 {
-			return
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("agent not ready within a minute:\n%s", a.Logs())
-		}
-	}
+	return labtest.StartAgentWith(b, lab.AgentOptions{Bin: bin, NS: ns, Addr: addr, Ready: true, Args: []string{"--config.file=" + cfg, "--log.level=warn"}})
 }
 
 // scrapeMetrics scrapes a's /metrics, with gzip or without, and returns
