@@ -355,12 +355,7 @@ type PeerPathMTU struct {
 // 5 MB of garbage a poll).
 func (p *Prober) PeerPathMTUs() []PeerPathMTU {
 	p.mu.Lock()
-	ts := make([]*target, 0, len(p.targets))
-	for _, t := range p.targets {
-		if t.spec.PublicKey != "" {
-			ts = append(ts, t)
-		}
-	}
+	ts := slices.Collect(maps.Values(p.targets))
 	p.mu.Unlock()
 	var out []PeerPathMTU
 	for _, t := range ts {
