@@ -57,7 +57,7 @@ func bootPair(t *testing.T, img vm.Image, guest string, log *slog.Logger, tag in
 	stage := t.TempDir()
 	mk := exec.Command("make", "-C", repoRoot(t), "install", "DESTDIR="+stage)
 	if out, err := mk.CombinedOutput(); err != nil {
-		t.Fatalf("make install DESTDIR=%s: %v\n%s", stage, err, out)
+		fatalf(t, "make install DESTDIR=%s: %v\n%s", stage, err, out)
 	}
 	installed := map[string]vm.File{}
 	err := filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error { // what make install staged, as it is
@@ -73,14 +73,14 @@ func bootPair(t *testing.T, img vm.Image, guest string, log *slog.Logger, tag in
 		return nil
 	})
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	t.Logf("phase make install: %s", time.Since(phase).Round(100*time.Millisecond))
 
 	key := func() wgtypes.Key {
 		k, err := wgtypes.GeneratePrivateKey()
 		if err != nil {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		return k
 	}
@@ -136,7 +136,7 @@ func bootPair(t *testing.T, img vm.Image, guest string, log *slog.Logger, tag in
 		t.Cleanup(p.site.Kill)
 	}
 	if herr != nil || serr != nil {
-		t.Fatalf("booting: hub %v, site %v", herr, serr)
+		fatalf(t, "booting: hub %v, site %v", herr, serr)
 	}
 	t.Logf("phase boot: %s (hub %s, site %s, %s)", time.Since(phase).Round(100*time.Millisecond), p.hub.Booted.Round(100*time.Millisecond), p.site.Booted.Round(100*time.Millisecond), p.site.Accel)
 
@@ -155,11 +155,11 @@ func bootPair(t *testing.T, img vm.Image, guest string, log *slog.Logger, tag in
 	}
 	must(t, p.site, "systemctl", "start", "wg-quick@wgsp", "wg-quick@wgsb")
 	if out := must(t, p.site, "ip", "route", "show", hubLAN); !strings.Contains(out, "dev wgsp") || strings.Contains(out, "metric") {
-		t.Fatalf("wg-quick's route for the hub LAN: %q, want %s dev wgsp with metric 0", out, hubLAN)
+		fatalf(t, "wg-quick's route for the hub LAN: %q, want %s dev wgsp with metric 0", out, hubLAN)
 	}
 	for _, target := range []string{primaryHub, backupHub, "10.50.0.1"} {
 		if out, err := p.site.Run("ping", "-c", "2", "-W", "5", target); err != nil {
-			t.Fatalf("ping %s before any agent: %v\n%s", target, err, out)
+			fatalf(t, "ping %s before any agent: %v\n%s", target, err, out)
 		}
 	}
 	t.Logf("kernel devices from wg-quick@ units on the site:\n%s", redactKeys(must(t, p.site, "wg", "show", "all", "dump")))
@@ -172,7 +172,7 @@ func bootPair(t *testing.T, img vm.Image, guest string, log *slog.Logger, tag in
 func startAgent(t *testing.T, n *vm.Node, config string) {
 	t.Helper()
 	if err := n.Put("/etc/wgpulse/wgpulse.yml", []byte(config), 0o644); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	must(t, n, "systemctl", "daemon-reload")
 	must(t, n, "systemctl", "enable", "--now", "wgpulse")
@@ -183,7 +183,7 @@ func must(t *testing.T, n *vm.Node, argv ...string) string {
 	t.Helper()
 	out, err := n.Run(argv...)
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	return out
 }
@@ -214,7 +214,7 @@ func scrapeAgent(t *testing.T, n *vm.Node) (scrape, bool) {
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
 	if err != nil {
-		t.Fatalf("parsing the agent's metrics in %s: %v", n.Name, err)
+		fatalf(t, "parsing the agent's metrics in %s: %v", n.Name, err)
 	}
 	return mfs, true
 }

@@ -143,10 +143,10 @@ remediate:
 	bound := time.Second + tcgAllowance
 	t.Logf("endpoint failover on kernel WireGuard: %s in %s after the cut (bound %s: fast 1 s + TCG %s)", secondUplinkToHubP, took.Round(10*time.Millisecond), bound, tcgAllowance)
 	if took > bound+500*time.Millisecond { // a 250 ms poll, each an exec through the guest agent
-		t.Errorf("endpoint failover took %s, above %s", took, bound)
+		errorf(t, "endpoint failover took %s, above %s (cut at %s); the site's failover lines:\n%s", took, bound, cut.Format("15:04:05.000"), failoverLines(site))
 	}
 	if out, err := site.Run("ping", "-c", "2", "-W", "5", "10.50.0.1"); err != nil {
-		t.Errorf("the hub LAN over wgsp on the second wire: %v\n%s", err, out)
+		errorf(t, "the hub LAN over wgsp on the second wire: %v\n%s", err, out)
 	}
 	heal := time.Now()
 	must(t, hub, "ip", "link", "set", "eth0", "up")
@@ -154,10 +154,11 @@ remediate:
 	back := time.Since(heal)
 	t.Logf("endpoint back %s after the heal (hold_down %s); the site's failover lines:\n%s", back.Round(100*time.Millisecond), holdDown, failoverLines(site))
 	if back < holdDown {
-		t.Errorf("returned %s after the heal, before hold_down %s", back, holdDown)
+		errorf(t, "returned %s after the heal, before hold_down %s (cut at %s, switched %s later, healed at %s); the site's failover lines:\n%s",
+			back, holdDown, cut.Format("15:04:05.000"), took.Round(10*time.Millisecond), heal.Format("15:04:05.000"), failoverLines(site))
 	}
 	if out, err := site.Run("ping", "-c", "2", "-W", "5", "10.50.0.1"); err != nil {
-		t.Errorf("the hub LAN over wgsp after the return: %v\n%s", err, out)
+		errorf(t, "the hub LAN over wgsp after the return: %v\n%s", err, out)
 	}
 	t.Logf("phase endpoint failover: %s", time.Since(phase).Round(100*time.Millisecond))
 
@@ -179,11 +180,11 @@ nft add chain inet lablimit out '{ type filter hook output priority 0; }' &&
 nft add rule inet lablimit in iifname eth0 udp dport 51821 meta length gt 1300 drop &&
 nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 drop`)
 	if fits(limit + 1) {
-		t.Fatalf("an inner packet of %d bytes passes the 1300-byte limit: the fault does not bite, the test proves nothing (wgsp's endpoint %s); the site's failover lines:\n%s",
+		fatalf(t, "an inner packet of %d bytes passes the 1300-byte limit: the fault does not bite, the test proves nothing (wgsp's endpoint %s); the site's failover lines:\n%s",
 			limit+1, endpoint(), failoverLines(site))
 	}
 	if !fits(limit) {
-		t.Fatalf("an inner packet of %d bytes (the limit) does not pass", limit)
+		fatalf(t, "an inner packet of %d bytes (the limit) does not pass", limit)
 	}
 	var mtu float64
 	mtuBound := 60*time.Second + 10*tcgAllowance
@@ -196,24 +197,24 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 	routes := strings.TrimSpace(must(t, site, "ip", "route", "show", "proto", "117"))
 	t.Logf("MTU %g in force %s after the limit (bound %s); wgsp's MTU %d; our routes: %q", mtu, inForce.Round(100*time.Millisecond), mtuBound, kernel, routes)
 	if mtu > limit || mtu < limit-20 {
-		t.Errorf("MTU %g in force, want within 20 bytes below %d", mtu, limit)
+		errorf(t, "MTU %g in force, want within 20 bytes below %d", mtu, limit)
 	}
 	// wg-quick's route has metric 0, so there is no room below it for a
 	// route MTU, and wgsp has one peer: the policy lowers the device.
 	if kernel != int(mtu) && !strings.Contains(routes, fmt.Sprintf("mtu %g", mtu)) {
-		t.Errorf("the kernel does not carry MTU %g: wgsp's MTU %d, our routes %q", mtu, kernel, routes)
+		errorf(t, "the kernel does not carry MTU %g: wgsp's MTU %d, our routes %q", mtu, kernel, routes)
 	}
 	// This side of the black hole is gone: what fits the MTU in force
 	// crosses, a larger DF packet is refused at once with the MTU named,
 	// where before it vanished. (The hub's replies larger than 1232 bytes
 	// still vanish: the hub runs no MTU policy.)
 	if !fits(int(mtu)) {
-		t.Errorf("a DF packet of the MTU in force (%g) does not cross", mtu)
+		errorf(t, "a DF packet of the MTU in force (%g) does not cross", mtu)
 	}
 	if out, _, code, _ := site.Exec(20*time.Second, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1272", primaryHub); code == 0 || !strings.Contains(out+"", fmt.Sprintf("mtu=%g", mtu)) {
 		out2, errOut, _, _ := site.Exec(20*time.Second, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "1272", primaryHub)
 		if !strings.Contains(out2+errOut, fmt.Sprintf("mtu=%g", mtu)) {
-			t.Errorf("a 1300-byte DF ping is not refused with mtu=%g (exit %d):\n%s%s", mtu, code, out2, errOut)
+			errorf(t, "a 1300-byte DF ping is not refused with mtu=%g (exit %d):\n%s%s", mtu, code, out2, errOut)
 		}
 	}
 	cleared := time.Now()
@@ -235,16 +236,16 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 	est, _ := metric(t, hub, "wgpulse_keepalive_nat_timeout_estimate_seconds", "hubb", siteOnHubB)
 	m := regexp.MustCompile(`idle gaps kept up to (\S+), expired from (\S+);`).FindStringSubmatch(journal(t, hub))
 	if m == nil {
-		t.Fatalf("no NAT bracket in the hub's journal:\n%s", journal(t, hub))
+		fatalf(t, "no NAT bracket in the hub's journal:\n%s", journal(t, hub))
 	}
 	kept, _ := time.ParseDuration(m[1])
 	expired, _ := time.ParseDuration(m[2])
 	t.Logf("keepalive %gs on hubb; NAT lifetime estimate %.1fs from idle gaps kept up to %s, expired from %s (conntrack: 5 s)", set, est, kept, expired)
 	if set >= 5 {
-		t.Errorf("keepalive %gs, want below the 5 s conntrack timeout", set)
+		errorf(t, "keepalive %gs, want below the 5 s conntrack timeout", set)
 	}
 	if kept > 5500*time.Millisecond || expired < 4500*time.Millisecond {
-		t.Errorf("bracket kept %s, expired %s: the true 5 s lifetime lies outside it", kept, expired)
+		errorf(t, "bracket kept %s, expired %s: the true 5 s lifetime lies outside it", kept, expired)
 	}
 	time.Sleep(30 * time.Second) // the next keepalive of the site recreates the mapping; ours then holds it
 	rebinds, _ := metric(t, hub, "wireguard_peer_endpoint_changes_total", "hubb", siteOnHubB)
@@ -254,10 +255,10 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 	failed2, _ := metric(t, hub, "wgpulse_probe_failures_total", "hubb", "")
 	t.Logf("in the minute after: %g rebinds, %g failed probes (before: %g rebinds, %g failed in all)", rebinds2-rebinds, failed2-failed, rebinds, failed)
 	if rebinds2 != rebinds || failed2 > failed {
-		t.Errorf("symptoms go on with the keepalive set: %g more rebinds, %g more failed probes", rebinds2-rebinds, failed2-failed)
+		errorf(t, "symptoms go on with the keepalive set: %g more rebinds, %g more failed probes", rebinds2-rebinds, failed2-failed)
 	}
 	if rebinds < 2 || failed < 2 {
-		t.Errorf("only %g rebinds and %g failed probes: the NAT did not bite, the test proves nothing", rebinds, failed)
+		errorf(t, "only %g rebinds and %g failed probes: the NAT did not bite, the test proves nothing", rebinds, failed)
 	}
 	// The rebinds the agent counted are the changes wg show saw.
 	must(t, hub, "systemctl", "stop", "epwatch")
@@ -265,10 +266,10 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 	t.Logf("wg show hubb endpoints over the test: %s (the agent at c0 = %g: %s)", strings.Join(seen, " -> "), c0, e0)
 	from := slices.Index(seen, e0)
 	if from < 0 {
-		t.Fatalf("the agent's endpoint %s at c0 is not among those wg show saw", e0)
+		fatalf(t, "the agent's endpoint %s at c0 is not among those wg show saw", e0)
 	}
 	if changes := len(seen) - 1 - from; rebinds2-c0 != float64(changes) {
-		t.Errorf("wireguard_peer_endpoint_changes_total rose by %g, wg show saw %d changes", rebinds2-c0, changes)
+		errorf(t, "wireguard_peer_endpoint_changes_total rose by %g, wg show saw %d changes", rebinds2-c0, changes)
 	}
 	checkContract(t, hub)
 	t.Logf("phase keepalive policy and NAT rebinds: %s", time.Since(phase).Round(100*time.Millisecond))
@@ -277,21 +278,66 @@ nft add rule inet lablimit out oifname eth0 udp sport 51821 meta length gt 1300 
 		must(t, n, "systemctl", "stop", "wgpulse")
 	}
 	if v := atoi(must(t, site, "cat", "/sys/class/net/wgsp/mtu")); v != 1420 {
-		t.Errorf("wgsp's MTU %d after the agent stopped, want 1420", v)
+		errorf(t, "wgsp's MTU %d after the agent stopped, want 1420", v)
 	}
 	for _, n := range []*vm.Node{site, hub} {
 		if _, err := n.Shutdown(); err != nil {
-			t.Error(err)
+			errorf(t, "%v", err)
 		}
 	}
 }
 
 // failoverLines is what the site's agent logged about the failover group
-// (decisions, path health, conflicts) and wgsp's endpoint as the kernel
-// has it: why the endpoint moved when it did.
+// (decisions, path health, conflicts), a line each with the fields that
+// say why, and wgsp's endpoint as the kernel has it: why the endpoint moved
+// when it did.
 func failoverLines(n *vm.Node) string {
-	out, _, _, _ := n.Exec(20*time.Second, "sh", "-c", `journalctl -u wgpulse --no-pager -o short-precise | grep -E 'group=wan|failover' | tail -40; wg show wgsp endpoints; date +%T.%N`)
-	return out
+	out, _, _, _ := n.Exec(20*time.Second, "sh", "-c", `journalctl -u wgpulse --no-pager -o cat | grep -E 'group=wan|failover' | tail -40`)
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if l != "" {
+			b.WriteString(compactLogLine(l) + "\n")
+		}
+	}
+	ep, _, _, _ := n.Exec(20*time.Second, "sh", "-c", `echo "$(date +%T.%3N) wg show wgsp endpoints: $(wg show wgsp endpoints)"`)
+	return b.String() + strings.TrimSpace(ep)
+}
+
+// logField is one key=value of a slog text line (a quoted value whole).
+var logField = regexp.MustCompile(`(\w+)=("(?:[^"\\]|\\.)*"|\S+)`)
+
+// compactLogLine is a slog text line of the agent cut to the fields a
+// failover's story needs, the time as hh:mm:ss.mmm and a reason to 100 bytes.
+func compactLogLine(l string) string {
+	keep := map[string]bool{"msg": true, "action": true, "path": true, "from": true, "to": true, "suppressed": true,
+		"result": true, "reason": true, "conflict": true, "code": true}
+	var when string
+	var parts []string
+	for _, m := range logField.FindAllStringSubmatch(l, -1) {
+		k, v := m[1], m[2]
+		switch {
+		case k == "time":
+			if ts, err := time.Parse(time.RFC3339Nano, v); err == nil {
+				when = ts.Format("15:04:05.000")
+			}
+		case keep[k]:
+			if uq, err := strconv.Unquote(v); err == nil {
+				v = uq
+			}
+			if len(v) > 100 {
+				v = v[:100] + "..."
+			}
+			if k == "msg" {
+				parts = append(parts, v)
+			} else {
+				parts = append(parts, k+"="+v)
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return l
+	}
+	return strings.TrimSpace(when + " " + strings.Join(parts, " "))
 }
 
 // watchedEndpoints is the endpoints of peer in the epwatch log on n, in

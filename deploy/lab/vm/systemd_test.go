@@ -63,7 +63,7 @@ remediate:
 			Findings []struct{ Check, Device string }
 		}
 		if err != nil || json.Unmarshal([]byte(out), &rep) != nil {
-			t.Fatalf("wgpulse diagnose in the site: %v\n%s%s", err, out, errOut)
+			fatalf(t, "wgpulse diagnose in the site: %v\n%s%s", err, out, errOut)
 		}
 		m := map[string]bool{}
 		for _, f := range rep.Findings {
@@ -72,11 +72,11 @@ remediate:
 		return m
 	}
 	if f := findings(); !f["qdisc_without_aqm wgsp"] || f["forwarding_off wgsp"] {
-		t.Errorf("wgpulse diagnose on the site: %v, want qdisc_without_aqm on wgsp (noqueue) and no forwarding_off (no LAN)", f)
+		errorf(t, "wgpulse diagnose on the site: %v, want qdisc_without_aqm on wgsp (noqueue) and no forwarding_off (no LAN)", f)
 	}
 	must(t, site, "tc", "qdisc", "replace", "dev", "wgsp", "root", "fq_codel")
 	if f := findings(); f["qdisc_without_aqm wgsp"] || !f["qdisc_without_aqm wgsb"] {
-		t.Errorf("after tc qdisc replace dev wgsp root fq_codel: %v, want the info on wgsb only", f)
+		errorf(t, "after tc qdisc replace dev wgsp root fq_codel: %v, want the info on wgsb only", f)
 	}
 
 	phase := time.Now()
@@ -101,7 +101,7 @@ remediate:
 	up := must(t, site, "sh", "-c", "systemctl restart wg-quick@wgsb && date +%s.%N")
 	after := strings.TrimSpace(must(t, site, "cat", "/sys/class/net/wgsb/ifindex"))
 	if before == after {
-		t.Fatalf("wgsb kept ifindex %s across the restart: no churn, the test proves nothing", before)
+		fatalf(t, "wgsb kept ifindex %s across the restart: no churn, the test proves nothing", before)
 	}
 	const reopened = "probing through device again.*device=wgsb"
 	waitFor(t, 30*time.Second, "the backup's ICMP socket reopened", func() bool { return countIn(site, reopened) >= 1 }, site)
@@ -112,14 +112,14 @@ remediate:
 	churnBound := time.Second + 200*time.Millisecond + tcgAllowance
 	t.Logf("wgsb recreated (ifindex %s -> %s): probing again %s relative to the end of systemctl restart wg-quick@wgsb (negative: before it returned; bound %s)", before, after, took.Round(10*time.Millisecond), churnBound)
 	if took > churnBound {
-		t.Errorf("the backup was probed again %s after its device came back, above %s", took, churnBound)
+		errorf(t, "the backup was probed again %s after its device came back, above %s", took, churnBound)
 	}
 	waitFor(t, 10*time.Second, "the backup target up again", func() bool {
 		m, _, _ := site.Get("http://127.0.0.1:9586/metrics")
 		return strings.Contains(m, `wgpulse_probe_up{device="wgsb",`) && strings.Contains(m, `target="`+backupHub+`"} 1`)
 	}, site)
 	if n := countIn(site, "path=backup.*to=down"); n != 0 {
-		t.Errorf("the backup was believed down %d times across its own device's churn:\n%s", n, journal(t, site))
+		errorf(t, "the backup was believed down %d times across its own device's churn:\n%s", n, journal(t, site))
 	}
 	t.Logf("phase churn of the backup: %s", time.Since(phase).Round(100*time.Millisecond))
 
@@ -135,19 +135,19 @@ remediate:
 	t.Logf("failover on kernel WireGuard under systemd: our routes in %s after the cut (bound %s: fast 1 s + TCG %s); %s",
 		took.Round(10*time.Millisecond), bound, tcgAllowance, strings.TrimSpace(must(t, site, "ip", "route", "show", "proto", "117")))
 	if took > bound+500*time.Millisecond { // a 250 ms poll, each an exec through the guest agent
-		t.Errorf("failover took %s, above %s", took, bound)
+		errorf(t, "failover took %s, above %s", took, bound)
 	}
 	if out, err := site.Run("ping", "-c", "2", "-W", "5", "10.50.0.1"); err != nil {
-		t.Errorf("the hub LAN over the backup: %v\n%s", err, out)
+		errorf(t, "the hub LAN over the backup: %v\n%s", err, out)
 	}
 	// Churn of the primary while on the backup: wg-quick puts its metric-0
 	// route back; ours, more specific, still carry the traffic.
 	must(t, site, "systemctl", "restart", "wg-quick@wgsp")
 	if out := must(t, site, "ip", "route", "show", hubLAN); !strings.Contains(out, "dev wgsp") {
-		t.Errorf("wg-quick's route after the restart: %q", out)
+		errorf(t, "wg-quick's route after the restart: %q", out)
 	}
 	if out, err := site.Run("ping", "-c", "2", "-W", "5", "10.50.0.1"); err != nil {
-		t.Errorf("the hub LAN over the backup after wg-quick@wgsp restarted: %v\n%s", err, out)
+		errorf(t, "the hub LAN over the backup after wg-quick@wgsp restarted: %v\n%s", err, out)
 	}
 	heal := time.Now()
 	must(t, hub, "ip", "link", "set", "eth0", "up")
@@ -158,18 +158,18 @@ remediate:
 	back := time.Since(heal)
 	t.Logf("returned %s after the heal of the recreated primary (hold_down %s)", back.Round(100*time.Millisecond), holdDown)
 	if back < holdDown {
-		t.Errorf("returned %s after the heal, before hold_down %s", back, holdDown)
+		errorf(t, "returned %s after the heal, before hold_down %s", back, holdDown)
 	}
 	if out, err := site.Run("ping", "-c", "2", "-W", "5", "10.50.0.1"); err != nil {
-		t.Errorf("the hub LAN over the recreated primary: %v\n%s", err, out)
+		errorf(t, "the hub LAN over the recreated primary: %v\n%s", err, out)
 	}
 	t.Logf("phase failover and return: %s", time.Since(phase).Round(100*time.Millisecond))
 
 	if out := must(t, site, "sh", "-c", "ls -l /var/lib/wgpulse/ && cat /var/lib/wgpulse/remediate.json"); !strings.Contains(out, `"version": 2`) {
-		t.Errorf("the state in /var/lib/wgpulse:\n%s", out)
+		errorf(t, "the state in /var/lib/wgpulse:\n%s", out)
 	}
 	if err := site.Put("/etc/wgpulse/wgpulse.yml", []byte(agentConfig(6*time.Second)), 0o644); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	must(t, site, "systemctl", "reload", "wgpulse")
 	waitFor(t, 20*time.Second, "the reload applied", func() bool { return countIn(site, "config reloaded") > 0 })
@@ -177,10 +177,10 @@ remediate:
 	// the unit's SystemCallFilter=@system-service allows) and ran on: one
 	// start in the journal, not a restart after a SIGSYS.
 	if countIn(site, "released the program pages only start-up used") != 1 || countIn(site, "starting wgpulse") != 1 {
-		t.Errorf("want one start and one release of the start-up pages in the journal:\n%s", journal(t, site))
+		errorf(t, "want one start and one release of the start-up pages in the journal:\n%s", journal(t, site))
 	}
 	if n := strings.Count(journal(t, site), "remediation decision"); n < 2 {
-		t.Errorf("%d audit lines in the journal, want the switch and the return:\n%s", n, journal(t, site))
+		errorf(t, "%d audit lines in the journal, want the switch and the return:\n%s", n, journal(t, site))
 	}
 	security := must(t, site, "sh", "-c", "systemd-analyze security wgpulse --no-pager | tail -1")
 	t.Logf("inside the VM: %s", strings.TrimSpace(security))
@@ -194,15 +194,15 @@ remediate:
 	waitFor(t, 30*time.Second, "the primary up again, still within hold_down", func() bool { return countIn(site, "path=primary.*to=up") >= 3 })
 	must(t, site, "systemctl", "stop", "wgpulse")
 	if out := must(t, site, "ip", "route", "show", "proto", "117"); strings.TrimSpace(out) != "" {
-		t.Errorf("after systemctl stop with restore_on_exit: %s", out)
+		errorf(t, "after systemctl stop with restore_on_exit: %s", out)
 	}
 	must(t, site, "systemctl", "stop", "wg-quick@wgsp", "wg-quick@wgsb")
 	if out := must(t, site, "sh", "-c", "ip route show proto 117; ip -6 route show proto 117; ip rule | grep -v -E '^(0|32766|32767):' || true; nft list ruleset | grep -i wgpulse || true"); strings.TrimSpace(out) != "" {
-		t.Errorf("after wg-quick down of both tunnels, wgpulse left:\n%s", out)
+		errorf(t, "after wg-quick down of both tunnels, wgpulse left:\n%s", out)
 	}
 	for _, n := range []*vm.Node{site, hub} {
 		if _, err := n.Shutdown(); err != nil {
-			t.Error(err)
+			errorf(t, "%v", err)
 		}
 	}
 }
@@ -218,7 +218,7 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool, d
 				j, _, _, _ := n.Exec(20*time.Second, "sh", "-c", "systemctl status wgpulse --no-pager; journalctl -u wgpulse --no-pager | tail -40; wgpulse status --json | head -60; ip route")
 				info += "\n" + n.Name + ":\n" + j
 			}
-			t.Fatalf("%s: not within %s%s", what, limit, info)
+			fatalf(t, "%s: not within %s%s", what, limit, info)
 		}
 	}
 }
@@ -237,7 +237,7 @@ func repoRoot(t *testing.T) string {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	return filepath.Dir(strings.TrimSpace(string(out)))
 }
@@ -272,7 +272,7 @@ func checkContract(t *testing.T, n *vm.Node) {
 		}
 		time.Sleep(2 * time.Second)
 	}
-	t.Errorf("the collector disagrees with the kernel:\n%s", strings.Join(problems, "\n"))
+	errorf(t, "the collector disagrees with the kernel:\n%s", strings.Join(problems, "\n"))
 }
 
 func compareContract(t *testing.T, n *vm.Node) ([]string, int) {
@@ -281,11 +281,11 @@ func compareContract(t *testing.T, n *vm.Node) ([]string, int) {
 	errorf := func(format string, a ...any) { problems = append(problems, fmt.Sprintf(format, a...)) }
 	sc, ok := scrapeAgent(t, n)
 	if !ok {
-		t.Fatalf("scraping the agent in %s failed", n.Name)
+		fatalf(t, "scraping the agent in %s failed", n.Name)
 	}
 	dump, err := n.Run("wg", "show", "all", "dump")
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	value, labelsOf := sc.value, sc.labels
 	peers := 0
@@ -294,7 +294,7 @@ func compareContract(t *testing.T, n *vm.Node) ([]string, int) {
 		if len(f) == 5 { // a device: its MTU
 			mtu, err := n.Run("cat", "/sys/class/net/"+f[0]+"/mtu")
 			if err != nil {
-				t.Fatal(err)
+				fatalf(t, "%v", err)
 			}
 			if v, ok := value("wireguard_device_mtu_bytes", f[0], ""); !ok || fmt.Sprint(v) != strings.TrimSpace(mtu) {
 				errorf("%s: wireguard_device_mtu_bytes %v (present %v), the kernel says %s", f[0], v, ok, strings.TrimSpace(mtu))

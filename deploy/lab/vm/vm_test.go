@@ -30,7 +30,7 @@ func image(t *testing.T) (vm.Image, string, *slog.Logger) {
 	labtest.Require(t)
 	if err := vm.CheckTools(); err != nil {
 		if os.Getenv(labtest.EnvRequire) == "1" {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		t.Skip(err)
 	}
@@ -38,7 +38,7 @@ func image(t *testing.T) (vm.Image, string, *slog.Logger) {
 	start := time.Now()
 	img, err := vm.Build(vm.DefaultCache, log)
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	t.Logf("phase image: %s (kernel %s)", time.Since(start).Round(100*time.Millisecond), img.Release)
 	return img, labtest.BuildBinary(t, "./cmd/wgpulse-lab"), log
@@ -73,7 +73,7 @@ func TestTwoKernelWireGuardNodes(t *testing.T) {
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			t.Fatalf("booting %s: %v", ends[i].name, err)
+			fatalf(t, "booting %s: %v", ends[i].name, err)
 		}
 		t.Cleanup(nodes[i].Kill)
 	}
@@ -85,14 +85,14 @@ func TestTwoKernelWireGuardNodes(t *testing.T) {
 	for i, e := range ends {
 		n := nodes[i]
 		if out, err := n.Run("cat", "/root/marker"); err != nil || out != string(marker) {
-			t.Fatalf("%s: the file copied in at boot reads %q (%v)", e.name, out, err)
+			fatalf(t, "%s: the file copied in at boot reads %q (%v)", e.name, out, err)
 		}
 		priv, err := n.Run("wg", "genkey")
 		if err != nil {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		if err := n.Put("/etc/wireguard/wg0.key", []byte(priv), 0o600); err != nil {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		for _, c := range [][]string{
 			{"modprobe", "wireguard"},
@@ -104,28 +104,28 @@ func TestTwoKernelWireGuardNodes(t *testing.T) {
 			{"ip", "link", "set", "wg0", "up"},
 		} {
 			if _, err := n.Run(c...); err != nil {
-				t.Fatal(err)
+				fatalf(t, "%v", err)
 			}
 		}
 		pub, err := n.Run("wg", "show", "wg0", "public-key")
 		if err != nil {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		keys[i] = strings.TrimSpace(pub)
 	}
 	for i, e := range ends {
 		o := ends[1-i]
 		if _, err := nodes[i].Run("wg", "set", "wg0", "peer", keys[1-i], "endpoint", o.addr+":51820", "allowed-ips", o.tunnel+"/32"); err != nil {
-			t.Fatalf("%s: %v", e.name, err)
+			fatalf(t, "%s: %v", e.name, err)
 		}
 	}
 	if out, err := nodes[0].Run("ping", "-c", "3", "-W", "5", ends[1].tunnel); err != nil {
-		t.Fatalf("ping through the kernel tunnel: %v\n%s", err, out)
+		fatalf(t, "ping through the kernel tunnel: %v\n%s", err, out)
 	}
 	for i, n := range nodes {
 		dump, err := n.Run("wg", "show", "all", "dump")
 		if err != nil {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		var handshake bool
 		for _, l := range strings.Split(strings.TrimSpace(dump), "\n") {
@@ -135,10 +135,10 @@ func TestTwoKernelWireGuardNodes(t *testing.T) {
 			}
 		}
 		if !handshake {
-			t.Errorf("%s: no handshake with the other node in wg show all dump:\n%s", n.Name, dump)
+			errorf(t, "%s: no handshake with the other node in wg show all dump:\n%s", n.Name, dump)
 		}
 		if _, err := n.Run("sh", "-c", "lsmod | grep -q '^wireguard '"); err != nil {
-			t.Errorf("%s: the wireguard module is not loaded: %v", n.Name, err)
+			errorf(t, "%s: the wireguard module is not loaded: %v", n.Name, err)
 		}
 	}
 	t.Logf("phase tests: %s (kernel WireGuard between the nodes: handshake and pings)", time.Since(start).Round(100*time.Millisecond))
@@ -147,12 +147,12 @@ func TestTwoKernelWireGuardNodes(t *testing.T) {
 	for _, n := range nodes {
 		took, err := n.Shutdown()
 		if err != nil {
-			t.Error(err)
+			errorf(t, "%v", err)
 		}
 		t.Logf("%s powered off in %s", n.Name, took.Round(10*time.Millisecond))
 	}
 	t.Logf("phase shutdown: %s", time.Since(start).Round(100*time.Millisecond))
 	if b, err := os.ReadFile(filepath.Join(img.Dir, "release")); err != nil || strings.TrimSpace(string(b)) != img.Release {
-		t.Errorf("the image cache has no release file (%v): it would be rebuilt every time", err)
+		errorf(t, "the image cache has no release file (%v): it would be rebuilt every time", err)
 	}
 }
