@@ -347,6 +347,13 @@ func (p *Policy) evaluate(env remediate.Env, g *group) remediate.Plan {
 			}
 			g.settleUntil = now.Add(settleFor)
 			env.Prober.ResetState(g.tunnel.Key()) // the old verdict is about the old path
+			// The path left is judged by its underlay target from now on.
+			// That target's verdict may predate the failure (a target slower
+			// to notice than the tunnel, or one that lost fewer probes in a
+			// row than its rule before the path healed): it must come from
+			// probes sent after the switch, or hold_down would count time
+			// the path was down.
+			env.Prober.ResetState(g.targets[pathIndex(other(d.To))].Key())
 		}
 	}
 	plan.After = p.after(g, env.Now)

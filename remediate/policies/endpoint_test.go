@@ -125,22 +125,41 @@ func TestEndpointRoamBackAndConflict(t *testing.T) {
 	})
 }
 
+// A clean exit with restore_on_exit hands the endpoint back once the
+// primary uplink is up again, and keeps it on the backup while the primary
+// is down (returning would drop the traffic), saying so.
 func TestEndpointRestoreOnExit(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, policies.Config{})
-		var down1, down2 atomic.Bool
-		r.wan(&down1, &down2)
-		r.cfg = config(t, remediate.ModeAuto, dualWAN(r, "fast"))
-		r.cfg.RestoreOnExit = true
-		r.start()
-		r.run(2 * time.Second)
-		down1.Store(true)
-		waitFor(t, 2*time.Second, "swap", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
-		r.stop()
-		if ep := r.wg.endpointOf(tunnelDev); ep != uplink1 {
-			t.Errorf("after a clean exit the endpoint is %s, want the original %s", ep, uplink1)
-		}
-	})
+	for _, healed := range []bool{true, false} {
+		t.Run(map[bool]string{true: "primary up", false: "primary down"}[healed], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				r := newRig(t, policies.Config{})
+				var down1, down2 atomic.Bool
+				r.wan(&down1, &down2)
+				r.cfg = config(t, remediate.ModeAuto, dualWAN(r, "fast"))
+				r.cfg.RestoreOnExit = true
+				r.start()
+				r.run(2 * time.Second)
+				down1.Store(true)
+				waitFor(t, 2*time.Second, "swap", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+				want := uplink2
+				if healed {
+					down1.Store(false)
+					want = uplink1
+				}
+				waitFor(t, 2*time.Second, "a verdict on the primary after the swap", func() bool {
+					st := r.status().Groups[0].Paths["primary"].State
+					return st == map[bool]string{true: "up", false: "down"}[healed]
+				})
+				r.stop()
+				if ep := r.wg.endpointOf(tunnelDev); ep != want {
+					t.Errorf("after a clean exit the endpoint is %s, want %s", ep, want)
+				}
+				if s := r.suppressed("primary_not_up"); !healed && (len(s) != 1 || !strings.Contains(s[0].Reason, "kept on the backup")) {
+					t.Errorf("exit with the primary down: suppressed %+v, want one 'kept on the backup'", s)
+				}
+			})
+		})
+	}
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -217,6 +236,50 @@ func TestEndpointHoldDownCountsFromTheSwitch(t *testing.T) {
 		}
 		if a := r.taken(); len(a) != 1 {
 			t.Errorf("decisions %+v, want the one switch", a)
+		}
+	})
+}
+
+// The uplink's underlay target loses probes from the switch on, but fewer
+// in a row than its rule needs before the uplink heals (under emulation a
+// slow prober sees a short outage so): its "up" never ends, yet it says
+// nothing of the uplink after the failure. Hold_down counts from the first
+// reply to a probe sent after the switch, so the return comes hold_down
+// after the heal, not after the switch (a VM run of the lab returned 100 ms
+// after the heal that way).
+func TestEndpointHoldDownNeedsAVerdictAfterTheSwitch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, policies.Config{})
+		var down1, down2, underlayDown atomic.Bool
+		r.wan(&underlayDown, &down2)
+		tunnel := r.faults[tunnelTarget]
+		r.fault(tunnelTarget, func(n int) probertest.Reply {
+			if down1.Load() && r.wg.endpointOf(tunnelDev) == uplink1 {
+				return dead(n)
+			}
+			return tunnel(n)
+		})
+		g := dualWAN(r, "fast")
+		g.HoldDown = 5 * time.Second
+		r.cfg = config(t, remediate.ModeAuto, g)
+		r.start()
+		r.run(5 * time.Second)
+		down1.Store(true)                                                         // the tunnel over uplink 1 dies...
+		time.AfterFunc(200*time.Millisecond, func() { underlayDown.Store(true) }) // ...its underlay target loses probes later
+		waitFor(t, 2*time.Second, "swap", func() bool { return r.wg.endpointOf(tunnelDev) == uplink2 })
+		r.run(100 * time.Millisecond)
+		down1.Store(false) // the uplink heals before 7 of its probes are lost in a row (its rule)
+		underlayDown.Store(false)
+		heal := time.Now()
+		if st := r.status().Groups[0]; st.Paths["primary"].State == "down" {
+			t.Fatalf("the underlay target went down: the test needs it to miss the outage; %+v", st.Paths["primary"])
+		}
+		waitFor(t, 15*time.Second, "return to uplink 1", func() bool { return r.wg.endpointOf(tunnelDev) == uplink1 })
+		if back := time.Since(heal); back < g.HoldDown {
+			t.Errorf("returned %s after the heal, before hold_down %s: an up from before the switch counted", back, g.HoldDown)
+		}
+		if a := r.taken(); len(a) != 2 {
+			t.Errorf("decisions %+v, want the switch and the return", a)
 		}
 	})
 }
