@@ -79,7 +79,13 @@ type Collector struct {
 
 type deviceTrack struct {
 	peers map[wgtypes.Key]*peerTrack
-	last  Device // the last successful read, carried forward while reads fail
+	// placed is how many peers the positions (peerTrack.pos) were given
+	// for: the snapshot lists peers by public key, whatever order the
+	// device reads in (wireguard-go's is Go map order, another on every
+	// read), and the order is computed again only when the set changes.
+	placed int
+	read   []*peerTrack // the tracks in the read's order (scratch, kept between polls)
+	last   Device       // the last successful read, carried forward while reads fail
 }
 
 type peerTrack struct {
@@ -91,6 +97,7 @@ type peerTrack struct {
 	allowed    []netip.Prefix
 	allowedS   []string
 	seen       uint64
+	pos        int // index in the snapshot's peers, by public key
 	hs         HandshakeState
 	hsSince    time.Time
 }
@@ -252,27 +259,34 @@ func (c *Collector) track(d *wgtypes.Device, mtu int, files PeerFiles, now time.
 		ListenPort:    d.ListenPort,
 		FirewallMark:  d.FirewallMark,
 		MTU:           mtu,
-		Peers:         make([]Peer, len(d.Peers)),
 		ReadAt:        now,
 		listenPortStr: strconv.Itoa(d.ListenPort),
 	}
+	dt.read = slices.Grow(dt.read[:0], len(d.Peers))
+	fresh := false
 	for i := range d.Peers {
 		p := &d.Peers[i]
-		hs := p.LastHandshakeTime
-		if hs.Unix() <= 0 {
-			hs = time.Time{}
-		}
-		state := handshakeState(hs, now)
 		pt := dt.peers[p.PublicKey]
 		if pt == nil {
-			pt = &peerTrack{key: p.PublicKey.String(), hs: state, hsSince: now}
+			pt = &peerTrack{key: p.PublicKey.String(), hs: handshakeState(lastHandshake(p), now), hsSince: now}
 			dt.peers[p.PublicKey] = pt
+			fresh = true
 		}
+		pt.seen = gen
+		dt.read = append(dt.read, pt)
+	}
+	if fresh || len(d.Peers) != dt.placed {
+		dt.place(gen)
+	}
+	out.Peers = make([]Peer, dt.placed) // a key read twice is one peer, the last read
+	for i := range d.Peers {
+		p, pt := &d.Peers[i], dt.read[i]
+		hs := lastHandshake(p)
+		state := handshakeState(hs, now)
 		if state != pt.hs {
 			c.changes.Publish(Change{Time: now, Device: d.Name, PublicKey: pt.key, Name: files.Names[pt.key], From: pt.hs, To: state})
 			pt.hs, pt.hsSince = state, now
 		}
-		pt.seen = gen
 		ep := udpAddrPort(p.Endpoint)
 		if ep != pt.endpoint {
 			if pt.endpoint.IsValid() && ep.IsValid() {
@@ -288,7 +302,7 @@ func (c *Collector) track(d *wgtypes.Device, mtu int, files PeerFiles, now time.
 		if !sameAllowed(pt.allowed, p.AllowedIPs) {
 			pt.allowed, pt.allowedS = allowedPrefixes(p.AllowedIPs)
 		}
-		out.Peers[i] = Peer{
+		out.Peers[pt.pos] = Peer{
 			PublicKey:           pt.key,
 			Name:                files.Names[pt.key],
 			EndpointHost:        files.Hosts[pt.key],
@@ -306,14 +320,35 @@ func (c *Collector) track(d *wgtypes.Device, mtu int, files PeerFiles, now time.
 			allowedStr:          pt.allowedS,
 		}
 	}
-	if len(dt.peers) != len(d.Peers) {
-		for k, pt := range dt.peers {
-			if pt.seen != gen {
-				delete(dt.peers, k)
-			}
-		}
-	}
+	clear(dt.read) // no track kept alive by the scratch
 	return out
+}
+
+// place forgets the peers the read of generation gen did not hold and
+// gives the others their positions, by public key.
+func (dt *deviceTrack) place(gen uint64) {
+	order := make([]*peerTrack, 0, len(dt.read))
+	for k, pt := range dt.peers {
+		if pt.seen != gen {
+			delete(dt.peers, k)
+			continue
+		}
+		order = append(order, pt)
+	}
+	slices.SortFunc(order, func(a, b *peerTrack) int { return strings.Compare(a.key, b.key) })
+	for i, pt := range order {
+		pt.pos = i
+	}
+	dt.placed = len(order)
+}
+
+// lastHandshake is p's last handshake, zero for none (WireGuard's 0, or
+// a time before 1970 from a bad read).
+func lastHandshake(p *wgtypes.Peer) time.Time {
+	if p.LastHandshakeTime.Unix() <= 0 {
+		return time.Time{}
+	}
+	return p.LastHandshakeTime
 }
 
 func deviceType(t wgtypes.DeviceType) string {

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/synctest"
@@ -568,4 +570,69 @@ func TestRemovedPeerIsForgotten(t *testing.T) {
 	if got := snap.Devices[0].Peers[1].EndpointChanges; got != 0 {
 		t.Errorf("re-added peer counts %d endpoint changes, want 0 (first sight)", got)
 	}
+}
+
+// The snapshot lists a device's peers by public key, whatever order the
+// device reads in (wireguard-go's is Go map order, another on every read):
+// the status API, the scrape and the prober's targets see one order. A
+// peer added or removed takes or leaves its place; a key read twice is
+// one peer.
+func TestPeersAreInKeyOrder(t *testing.T) {
+	keys := make([]wgtypes.Key, 40)
+	for i := range keys {
+		keys[i] = key(t, byte(200-3*i)) // read order is not key order
+	}
+	var read []wgtypes.Peer
+	setPeers := func(ks []wgtypes.Key) {
+		read = read[:0]
+		for i, k := range ks {
+			read = append(read, wgtypes.Peer{PublicKey: k, Endpoint: udp(fmt.Sprintf("198.51.100.%d:51820", i+1))})
+		}
+	}
+	client := &fakeClient{devices: func(string) (*wgtypes.Device, error) {
+		rand.Shuffle(len(read), func(i, j int) { read[i], read[j] = read[j], read[i] })
+		return &wgtypes.Device{Name: "wg0", Peers: slices.Clone(read)}, nil
+	}}
+	col := newCollector(t, collector.Config{PollInterval: time.Second, Devices: []string{"wg0"}}, client, &fakeLinks{}, nil, nil)
+	order := func() []string {
+		var out []string
+		for _, p := range col.Poll().Devices[0].Peers {
+			out = append(out, p.PublicKey)
+		}
+		return out
+	}
+	want := func(ks []wgtypes.Key) []string {
+		var out []string
+		for _, k := range ks {
+			out = append(out, k.String())
+		}
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	setPeers(keys)
+	for i := range 5 {
+		if got := order(); !slices.Equal(got, want(keys)) {
+			t.Fatalf("poll %d: peers in the order %v, want by key %v", i, got, want(keys))
+		}
+	}
+	setPeers(append(slices.Clone(keys[:10]), keys[11:]...)) // one removed
+	if got := order(); !slices.Equal(got, want(read2keys(read))) {
+		t.Fatalf("after a removal: %v, want %v", got, want(read2keys(read)))
+	}
+	setPeers(append(slices.Clone(keys), key(t, 255))) // it is back, with a new one
+	if got := order(); !slices.Equal(got, want(read2keys(read))) {
+		t.Fatalf("after two additions: %v, want %v", got, want(read2keys(read)))
+	}
+	setPeers(append(slices.Clone(keys[:20]), keys[0])) // 21 reads of 20 keys
+	if got := order(); !slices.Equal(got, want(keys[:20])) {
+		t.Fatalf("a key read twice: %v, want it once among %v", got, want(keys[:20]))
+	}
+}
+
+func read2keys(ps []wgtypes.Peer) []wgtypes.Key {
+	var out []wgtypes.Key
+	for _, p := range ps {
+		out = append(out, p.PublicKey)
+	}
+	return out
 }

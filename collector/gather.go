@@ -11,7 +11,7 @@ import (
 // and label pairs come from a few slabs per family, and a peer's label pairs
 // are shared by all of its series, so a scrape of 10,000 peers costs tens of
 // allocations per family instead of several per series. Series order is
-// device, then peer order as WireGuard reports it.
+// device, then peer by public key (the snapshot's order).
 func (c *Collector) Gather() ([]*dto.MetricFamily, error) {
 	s := c.snap.Load()
 	if s == nil {

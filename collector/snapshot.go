@@ -30,7 +30,8 @@ type Device struct {
 	FirewallMark int
 	// MTU is the link MTU read through netlink; 0 when the link is not visible
 	// from this network namespace.
-	MTU   int
+	MTU int
+	// Peers are sorted by public key, whatever order the device reads in.
 	Peers []Peer
 	// Stale is set when this poll failed to read the device: the rest is the
 	// last successful read, from ReadAt. Stale devices keep their probe

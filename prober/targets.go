@@ -17,8 +17,8 @@ import (
 // on the same device.
 //
 // The targets are sorted by device, address and port, so a snapshot whose
-// peers come in another order gives an equal list: wireguard-go lists its
-// peers in Go map order, a new one on every read, and SetTargets merges a
+// peers come in another order gives an equal list (the collector lists
+// them by key, but a snapshot is not bound to that): SetTargets merges a
 // list that is not equal to the last one again (at 10,000 peers, 8 MB of
 // garbage a poll). The list and its index are sized from the snapshot.
 func Targets(s *collector.Snapshot, cfg Config) []Target {
