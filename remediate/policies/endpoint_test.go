@@ -66,20 +66,8 @@ func TestEndpointFailoverAndReturn(t *testing.T) {
 // tunnel over it does not work) goes back to the backup, counted as a flap.
 func TestEndpointUnconfirmedReturnIsAFlap(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, policies.Config{})
-		var down1, down2, tunnelBroken atomic.Bool
-		r.wan(&down1, &down2)
-		wan := r.faults[tunnelTarget]
-		r.fault(tunnelTarget, func(n int) probertest.Reply {
-			if tunnelBroken.Load() && r.wg.endpointOf(tunnelDev) == uplink1 {
-				return dead(n)
-			}
-			return wan(n)
-		})
-		g := dualWAN(r, "fast")
-		g.HoldDown = 5 * time.Second
-		r.cfg = config(t, remediate.ModeAuto, g)
-		r.start()
+		var down1, tunnelBroken atomic.Bool
+		r, _ := splitWAN(t, 5*time.Second, &down1, &tunnelBroken)
 		r.run(2 * time.Second)
 		down1.Store(true)
 		tunnelBroken.Store(true) // stays broken after the uplink is back
@@ -212,20 +200,8 @@ func TestConfigValidate(t *testing.T) {
 // not count toward hold_down. No return while the uplink is down, no flap.
 func TestEndpointHoldDownCountsFromTheSwitch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, policies.Config{})
-		var down1, down2, underlayDown atomic.Bool
-		r.wan(&underlayDown, &down2)
-		tunnel := r.faults[tunnelTarget]
-		r.fault(tunnelTarget, func(n int) probertest.Reply {
-			if down1.Load() && r.wg.endpointOf(tunnelDev) == uplink1 {
-				return dead(n)
-			}
-			return tunnel(n)
-		})
-		g := dualWAN(r, "fast")
-		g.HoldDown = 2 * time.Second
-		r.cfg = config(t, remediate.ModeAuto, g)
-		r.start()
+		var down1, underlayDown atomic.Bool
+		r, _ := splitWAN(t, 2*time.Second, &underlayDown, &down1)
 		r.run(5 * time.Second)
 		down1.Store(true)                                                         // the tunnel over uplink 1 dies first...
 		time.AfterFunc(300*time.Millisecond, func() { underlayDown.Store(true) }) // ...its underlay target a moment later
@@ -245,24 +221,12 @@ func TestEndpointHoldDownCountsFromTheSwitch(t *testing.T) {
 // slow prober sees a short outage so): its "up" never ends, yet it says
 // nothing of the uplink after the failure. Hold_down counts from the first
 // reply to a probe sent after the switch, so the return comes hold_down
-// after the heal, not after the switch (a VM run of the lab returned 100 ms
-// after the heal that way).
+// after the heal, not after the switch (the likely cause of a VM run of the
+// lab returning 100 ms after the heal).
 func TestEndpointHoldDownNeedsAVerdictAfterTheSwitch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		r := newRig(t, policies.Config{})
-		var down1, down2, underlayDown atomic.Bool
-		r.wan(&underlayDown, &down2)
-		tunnel := r.faults[tunnelTarget]
-		r.fault(tunnelTarget, func(n int) probertest.Reply {
-			if down1.Load() && r.wg.endpointOf(tunnelDev) == uplink1 {
-				return dead(n)
-			}
-			return tunnel(n)
-		})
-		g := dualWAN(r, "fast")
-		g.HoldDown = 5 * time.Second
-		r.cfg = config(t, remediate.ModeAuto, g)
-		r.start()
+		var down1, underlayDown atomic.Bool
+		r, g := splitWAN(t, 5*time.Second, &underlayDown, &down1)
 		r.run(5 * time.Second)
 		down1.Store(true)                                                         // the tunnel over uplink 1 dies...
 		time.AfterFunc(200*time.Millisecond, func() { underlayDown.Store(true) }) // ...its underlay target loses probes later
@@ -282,4 +246,26 @@ func TestEndpointHoldDownNeedsAVerdictAfterTheSwitch(t *testing.T) {
 			t.Errorf("decisions %+v, want the switch and the return", a)
 		}
 	})
+}
+
+// splitWAN is a started rig on a dual-WAN group with holdDown whose uplink
+// 1 drops its underlay target's probes while underlay1 is set, and the
+// tunnel's over it while tunnel1 is set: the tunnel can die alone, or
+// before its underlay target notices.
+func splitWAN(t *testing.T, holdDown time.Duration, underlay1, tunnel1 *atomic.Bool) (*rig, failover.Group) {
+	r := newRig(t, policies.Config{})
+	var down2 atomic.Bool
+	r.wan(underlay1, &down2)
+	wan := r.faults[tunnelTarget]
+	r.fault(tunnelTarget, func(n int) probertest.Reply {
+		if tunnel1.Load() && r.wg.endpointOf(tunnelDev) == uplink1 {
+			return dead(n)
+		}
+		return wan(n)
+	})
+	g := dualWAN(r, "fast")
+	g.HoldDown = holdDown
+	r.cfg = config(t, remediate.ModeAuto, g)
+	r.start()
+	return r, g
 }
